@@ -1,0 +1,48 @@
+# Two commands for a new user on a fresh Debian machine (as root or with sudo):
+#   make demo   runs the whole system locally
+#   make test   runs the tests
+# Each installs what it needs by itself and does nothing twice.
+
+PY      ?= python3
+VENV    := .venv
+STAMPS  := .make-stamps
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PKGS := mosquitto mosquitto-clients libzbar0 python3-venv openssl sqlite3 systemd
+DURATION ?= 30
+
+.PHONY: demo test lint bench clean deps
+
+$(STAMPS)/apt:
+	@mkdir -p $(STAMPS)
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	else echo "==> Debian packages present"; fi
+	@touch $@
+
+$(STAMPS)/venv: setup.py $(STAMPS)/apt
+	@mkdir -p $(STAMPS)
+	@[ -x $(VENV)/bin/python ] || { echo "==> creating $(VENV)"; $(PY) -m venv $(VENV); }
+	@echo "==> installing chot and its test tools into $(VENV)"
+	@$(VENV)/bin/pip install -q --upgrade pip
+	@$(VENV)/bin/pip install -q -e '.[test,usb,postgres]'
+	@touch $@
+
+deps: $(STAMPS)/venv
+
+test: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
+
+lint: deps
+	$(VENV)/bin/ruff check .
+
+demo: deps
+	$(VENV)/bin/chot demo --duration $(DURATION)
+
+bench: deps
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) $(STAMPS) build *.egg-info

@@ -1,0 +1,1 @@
+"""The central collector: MQTT subscriber, storage, tracing queries, HTTP API."""

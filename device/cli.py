@@ -1,0 +1,57 @@
+"""Subcommands of the terminal side: `chot terminal ...`, `chot scan`, `chot issue`."""
+
+import sys
+
+
+def register(sub):
+    term = sub.add_parser("terminal", help="run and check a checkpoint terminal")
+    term.set_defaults(group_parser=term)
+    tsub = term.add_subparsers(dest="terminal_command", metavar="ACTION")
+
+    p = tsub.add_parser("run", help="run the terminal daemon")
+    p.add_argument("--config", "-c", default="/etc/chot/terminal.toml", help="terminal config (TOML)")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (tests)")
+    p.add_argument("--once", action="store_true", help="stop when the frame source runs out")
+    p.set_defaults(func=_run)
+
+    p = tsub.add_parser("check-config", help="validate a terminal config and list every problem")
+    p.add_argument("file", nargs="?", help="terminal config (TOML)")
+    p.add_argument("--defaults", action="store_true", help="print every key with its default")
+    p.set_defaults(func=_check_config)
+
+    p = tsub.add_parser("selftest", help="check LEDs, buzzer, camera, outbox, broker and clock")
+    p.add_argument("--config", "-c", default="/etc/chot/terminal.toml", help="terminal config (TOML)")
+    p.set_defaults(func=_selftest)
+
+    from device import scan_cli  # noqa: PLC0415  (kept in its own module)
+
+    scan_cli.register(sub)
+    from device.credentials import issue_cli  # noqa: PLC0415
+
+    issue_cli.register(sub)
+
+
+def _check_config(args):
+    from device.config import defaults_toml, load_terminal_config
+
+    if args.defaults:
+        sys.stdout.write(defaults_toml())
+        return 0
+    if not args.file:
+        print("chot terminal check-config: give a FILE, or --defaults", file=sys.stderr)
+        return 2
+    cfg = load_terminal_config(args.file)
+    print(f"{args.file}: OK (device {cfg.device.id}, checkpoint {cfg.device.checkpoint}, {cfg.device.direction})")
+    return 0
+
+
+def _run(args):
+    from device.daemon import run_from_config
+
+    return run_from_config(args.config, max_frames=args.max_frames, once=args.once)
+
+
+def _selftest(args):
+    from device.selftest import run_selftest
+
+    return run_selftest(args.config)

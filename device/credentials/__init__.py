@@ -1,0 +1,1 @@
+"""QR credential formats, their verification and the pass/fail policy (pure logic)."""

@@ -1,0 +1,37 @@
+"""Reason codes: why a credential passed or failed. A stable, documented list.
+
+docs/reasons.md lists the same codes for users; `chot scan` prints them in `reason`.
+"""
+
+OK = "ok"
+
+REASONS = {
+    "ok": "every check passed",
+    "no_code": "no QR code found in the image",
+    "unreadable": "the QR text could not be decoded (garbled, truncated, bad encoding)",
+    "unknown_format": "a QR code that is not a credential this terminal knows",
+    "unsigned": "a plain text with no signature (an ID number, a link); fails unless policy.accept_plain",
+    "format_not_accepted": "a format that policy.accept_formats does not accept",
+    "bad_signature": "the signature does not verify: forged or tampered",
+    "unknown_issuer": "the signer is not in the trusted issuers",
+    "expired": "past its expiry, or older than policy.max_age_h",
+    "not_yet_valid": "issued in the future (beyond policy.clock_skew_s)",
+    "symptoms_declared": "the declaration reports symptoms",
+    "contact_declared": "the declaration reports contact with a case",
+    "travel_declared": "the declaration reports travel from an outbreak area",
+    "denylisted": "the subject is on the deny list",
+    "outbox_full": "the outbox is full: the terminal fails closed until it drains",
+    "incomplete": "a multi-part code (shc:/N/M/) whose parts did not all arrive",
+    "key_usage": "DCC: the signing certificate may not sign this kind of certificate",
+    "schema": "DCC: the certificate does not follow its JSON schema",
+    "revoked": "SHC: the card is on its issuer's revocation list",
+    "vaccination_incomplete": "DCC/SHC: the vaccination series is not complete",
+    "recovery_expired": "DCC: the recovery is older than policy.dcc_recovery_days",
+    "test_expired": "DCC: the negative test is older than policy.dcc_test_hours",
+    "test_positive": "DCC: the test result is positive",
+    "manual": "recorded by a guard: a person checked on paper",
+}
+
+
+def describe(code):
+    return REASONS.get(code, "unknown reason code")

@@ -1,0 +1,1 @@
+"""GPIO feedback through gpiozero: pass/fail LEDs, buzzer, relay, button, status LED."""

@@ -1,0 +1,1 @@
+"""Frame sources (picamera2, USB camera, image files, a synthetic crowd) and QR decoding."""

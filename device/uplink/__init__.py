@@ -1,0 +1,1 @@
+"""The outbox (peewee on SQLite) and the MQTT link to the collector."""

@@ -1,0 +1,1 @@
+"""Provisioning: fleet CA and device credentials, broker configuration, device configs."""

@@ -1,0 +1,41 @@
+"""Chot: QR checkpoint terminals on Raspberry Pi and their central collector."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="chot",
+    version="0.1.0",
+    description="Firmware for wall-mounted QR checkpoint terminals and their central collector",
+    python_requires=">=3.11",
+    packages=find_packages(include=["chot*", "device*", "collector*", "provisioning*"]),
+    include_package_data=True,
+    package_data={"collector": ["static/*"], "provisioning": ["*.sh"]},
+    install_requires=[
+        "zxing-cpp==3.1.1",
+        "pyzbar==0.1.9",
+        "gpiozero==2.0.1.post3",
+        "paho-mqtt==2.2.0",
+        "peewee==4.5.3",
+        "cbor2==6.3.0",
+        "cryptography==50.0.2",
+        "segno==1.6.6",
+        "pillow==13.0.0",
+        "numpy==2.4.6",
+        "jsonschema==4.26.0",
+    ],
+    extras_require={
+        # Only a Pi has these; picamera2 comes from Raspberry Pi OS (python3-picamera2).
+        "pi": ["RPi.GPIO>=0.7.1", "lgpio>=0.2.2.0"],
+        "usb": ["opencv-python-headless==5.0.0.93"],
+        "postgres": ["psycopg2-binary==2.9.13"],
+        "test": [
+            "pytest==9.2.0",
+            "pytest-timeout==2.4.0",
+            "hypothesis==6.170.17",
+            "ruff==0.17.6",
+            "opencv-python-headless==5.0.0.93",
+            "psycopg2-binary==2.9.13",
+        ],
+    },
+    entry_points={"console_scripts": ["chot=chot.cli:main"]},
+)
