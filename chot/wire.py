@@ -108,3 +108,157 @@ def validate_event(obj):
 def dumps(obj):
     """Compact JSON as sent on the wire (UTF-8 bytes)."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode("utf-8")
+
+
+# --- event messages: one event, or a batch while draining ------------------------------------
+
+
+class WireError(ValueError):
+    """A message on the wire is malformed; `problems` lists what is wrong."""
+
+    def __init__(self, problems):
+        self.problems = list(problems) if isinstance(problems, list | tuple) else [str(problems)]
+        super().__init__("; ".join(self.problems))
+
+
+def encode_events(events):
+    """One event as an object, several as {"batch": [...]} (UTF-8 JSON bytes)."""
+    events = list(events)
+    return dumps(events[0] if len(events) == 1 else {"batch": events})
+
+
+def decode_event_message(topic, payload):
+    """Parse an event message; return (good_events, problems).
+
+    Raises WireError when the message as a whole is unusable (not JSON, too big, wrong topic).
+    A batch may hold some bad events: those are returned as problems, the good ones kept.
+    Every event's device_id must equal the device id in the topic.
+    """
+    device = device_from_topic(topic)
+    if device is None or not topic.endswith("/event"):
+        raise WireError(f"not an event topic: {topic!r}")
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise WireError(f"message too large: {len(payload)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise WireError(f"not JSON: {exc.__class__.__name__}") from None
+    if isinstance(obj, dict) and set(obj) == {"batch"}:
+        items = obj["batch"]
+        if not isinstance(items, list) or not items:
+            raise WireError("batch must be a non-empty list")
+    else:
+        items = [obj]
+    good, problems = [], []
+    for i, ev in enumerate(items):
+        errs = validate_event(ev)
+        if not errs and ev["device_id"] != device:
+            errs = [f"device_id {ev['device_id']!r} differs from the topic's {device!r}"]
+        if errs:
+            problems.append(f"event {i}: " + "; ".join(errs))
+        else:
+            good.append(ev)
+    return good, problems
+
+
+# --- acks: collector -> device ----------------------------------------------------------------
+
+
+def encode_ack(device_id, seq):
+    """The collector's ack: every event of `device_id` with seq <= `seq` is stored."""
+    return dumps({"device_id": device_id, "seq": int(seq)})
+
+
+def decode_ack(payload):
+    """Return (device_id, seq) or raise WireError."""
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"ack is not JSON: {exc.__class__.__name__}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("device_id"), str) or not _is_int(obj.get("seq")):
+        raise WireError("ack must be {device_id: str, seq: int}")
+    return obj["device_id"], obj["seq"]
+
+
+# --- status: device -> all, retained ----------------------------------------------------------
+
+STATUS_FIELDS = (
+    "device_id",  # str
+    "online",  # bool; the last will has online false
+    "version",  # software version
+    "time",  # ISO UTC
+    "outbox_depth",  # undelivered events
+    "oldest_undelivered_age_s",  # float or null
+    "clock_synced",  # bool
+    "last_scan",  # ISO UTC or null
+    "passes",  # int since start
+    "fails",  # int since start
+    "last_seq",  # int
+)
+
+
+def encode_status(**fields):
+    return dumps({k: fields.get(k) for k in STATUS_FIELDS})
+
+
+def offline_status(device_id):
+    """The last-will payload."""
+    return dumps({"device_id": device_id, "online": False})
+
+
+# --- signed envelopes: collector -> devices (config, denylist, trust) -------------------------
+# {"kind": str, "version": int, "issued": ISO, "target": device id or "*", "body": {...},
+#  "alg": "Ed25519", "sig": base64url(signature over canonical JSON of the other five fields)}
+
+SIGNED_KINDS = ("config", "denylist", "trust")
+
+
+def _signed_bytes(env):
+    return dumps({k: env[k] for k in ("kind", "version", "issued", "target", "body")})
+
+
+def sign_envelope(private_key, kind, version, body, target="*", issued=None):
+    """Sign a message with the collector's Ed25519 private key; return JSON bytes."""
+    import base64
+    from datetime import UTC, datetime
+
+    if kind not in SIGNED_KINDS:
+        raise ValueError(f"kind must be one of {SIGNED_KINDS}")
+    env = {
+        "kind": kind,
+        "version": int(version),
+        "issued": issued or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "target": target,
+        "body": body,
+    }
+    sig = private_key.sign(_signed_bytes(env))
+    env["alg"] = "Ed25519"
+    env["sig"] = base64.urlsafe_b64encode(sig).decode().rstrip("=")
+    return dumps(env)
+
+
+def verify_envelope(public_key, payload, kind, target=None):
+    """Verify a signed message; return the envelope dict or raise WireError saying why."""
+    import base64
+
+    from cryptography.exceptions import InvalidSignature
+
+    try:
+        env = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise WireError("signed message is not JSON") from None
+    need = ("kind", "version", "issued", "target", "body", "alg", "sig")
+    if not isinstance(env, dict) or any(k not in env for k in need):
+        raise WireError("signed message lacks fields: needs " + ", ".join(need))
+    if env["kind"] != kind:
+        raise WireError(f"expected a {kind!r} message, found {env['kind']!r}")
+    if not _is_int(env["version"]) or env["alg"] != "Ed25519" or not isinstance(env["sig"], str):
+        raise WireError("bad version, alg or sig")
+    if target is not None and env["target"] not in ("*", target):
+        raise WireError(f"message is for {env['target']!r}, not {target!r}")
+    try:
+        sig = base64.urlsafe_b64decode(env["sig"] + "=" * (-len(env["sig"]) % 4))
+        public_key.verify(sig, _signed_bytes(env))
+    except (InvalidSignature, ValueError, TypeError):
+        raise WireError("signature does not verify against the pinned collector key") from None
+    return env
