@@ -11,7 +11,6 @@ def register(sub):
     p = tsub.add_parser("run", help="run the terminal daemon")
     p.add_argument("--config", "-c", default="/etc/chot/terminal.toml", help="terminal config (TOML)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (tests)")
-    p.add_argument("--once", action="store_true", help="stop when the frame source runs out")
     p.set_defaults(func=_run)
 
     p = tsub.add_parser("check-config", help="validate a terminal config and list every problem")
@@ -48,7 +47,7 @@ def _check_config(args):
 def _run(args):
     from device.daemon import run_from_config
 
-    return run_from_config(args.config, max_frames=args.max_frames, once=args.once)
+    return run_from_config(args.config, max_frames=args.max_frames)
 
 
 def _selftest(args):

@@ -1,0 +1,291 @@
+"""The terminal daemon: wires scanner, credentials, outbox, feedback and uplink together.
+
+The path of one scan: frame -> QR decode -> chunk assembly -> cooldown -> verification ->
+policy -> event committed to the outbox -> feedback on the pins -> the uplink is woken.
+No feedback without a record: when the outbox cannot take the event the terminal fails
+closed (fault signal, reason `outbox_full`, a log line saying why). The frame loop blocks
+on nothing but the outbox commit; feedback runs in gpiozero's background threads and the
+MQTT link in its own thread.
+"""
+
+import hashlib
+import logging
+import signal
+import threading
+import time
+from datetime import UTC, datetime
+
+from chot import __version__
+from chot.errors import ChotError, OutboxError
+from device.clock import clock_quality, utc_now_iso
+from device.cooldown import Cooldown
+from device.credentials.policy import Policy
+from device.credentials.result import Decision
+from device.credentials.trust import TrustStore
+from device.credentials.verify import verify_text
+from device.scanner.assemble import ChunkAssembler
+from device.scanner.decode import make_decoder
+from device.systemd import Notifier
+
+log = logging.getLogger(__name__)
+
+# Reasons that get the "unreadable" pattern rather than the plain FAIL one.
+UNREADABLE_REASONS = {"unreadable", "unsigned", "unknown_format", "incomplete", "format_not_accepted"}
+
+
+def feedback_kind(decision):
+    """Which feedback pattern a decision gets: pass, fail, unreadable or fault."""
+    if decision.passed:
+        return "pass"
+    if decision.reason == "outbox_full":
+        return "fault"
+    if decision.reason in UNREADABLE_REASONS:
+        return "unreadable"
+    return "fail"
+
+
+def _load_denylist(path):
+    if not path:
+        return None
+    from device.credentials.denylist import DenyList
+
+    return DenyList.load(path)
+
+
+class Terminal:
+    """One checkpoint terminal. Parts may be passed in (tests, the demo); else built from `cfg`.
+
+    `process_frame(frame)` handles one frame and returns the events it committed;
+    `run()` loops over the frame source until it is exhausted or `stop()` is called.
+    """
+
+    def __init__(self, cfg, source=None, feedback=None, outbox=None, link=None, trust=None, now=None):
+        self.cfg = cfg
+        self._now = now or (lambda: datetime.now(UTC))
+        self.decoder = make_decoder(cfg.scanner)
+        self.assembler = ChunkAssembler(timeout_s=cfg.scanner.chunk_timeout_s)
+        self.cooldown = Cooldown(cfg.scanner.cooldown_s)
+        self.trust = trust if trust is not None else TrustStore.load(cfg.policy.trusted_issuers)
+        self.policy = Policy(cfg.policy, denylist=_load_denylist(cfg.policy.denylist))
+        self.source = source
+        self.feedback = feedback
+        self.outbox = outbox
+        self.link = link
+        self.notifier = Notifier()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()  # the frame loop and the guard's button both record
+        self.counts = {"PASS": 0, "FAIL": 0, "frames": 0, "faults": 0}
+        self.last_scan = None
+        self.decisions = []  # (event or None, Decision, Verification) of the last run, for the demo
+        self.on_decision = None  # optional callable(event, decision, verification)
+        if self.feedback is not None and hasattr(self.feedback, "on_manual"):
+            self.feedback.on_manual(self.record_manual)
+
+    # --- building from config -------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg, source=None, texts=None):
+        """Build every part from the config (the real daemon)."""
+        from device.io.feedback import Feedback
+        from device.io.pins import make_pin_factory
+        from device.scanner.frames import open_source
+        from device.uplink.outbox import Outbox
+
+        outbox = Outbox.from_config(cfg)
+        try:
+            feedback = Feedback(cfg.pins, cfg.feedback, pin_factory=make_pin_factory(cfg.pins.factory))
+            source = source or open_source(cfg.scanner, texts=texts)
+        except BaseException:
+            outbox.close()
+            raise
+        term = cls(cfg, source=source, feedback=feedback, outbox=outbox)
+        if cfg.mqtt.enabled:
+            from device.uplink.link import Link
+
+            term.link = Link(cfg, outbox, on_update=term.apply_update, status_source=term.status)
+        return term
+
+    # --- one frame ------------------------------------------------------------------------
+
+    def process_frame(self, frame):
+        """Decode one frame and handle every credential in it; return the committed events."""
+        self.counts["frames"] += 1
+        events = []
+        texts = self.decoder.decode(frame.gray)
+        if not texts:
+            return events
+        mono = time.monotonic()
+        for raw in texts:
+            text = self.assembler.feed(raw, mono)
+            if text is None:  # a part of a multi-QR code: wait for the rest
+                continue
+            text_key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+            if self.cooldown.seen(text_key, mono):
+                continue
+            at = self._now()
+            verification = verify_text(text, self.trust, at)
+            if verification.subject_key and self.cooldown.seen("s:" + verification.subject_key, mono):
+                continue  # the same person with another code, within the cooldown
+            decision = self.policy.decide(verification, at)
+            event = self._record(decision, verification, source="camera")
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _record(self, decision, verification, source):
+        """Commit the event, then give feedback. Fails closed when the outbox cannot take it."""
+        fields = {
+            "checkpoint": self.cfg.device.checkpoint,
+            "direction": self.cfg.device.direction,
+            "time": utc_now_iso(),
+            "clock": clock_quality(),
+            "source": source,
+            "format": verification.format if verification is not None else "none",
+            "decision": decision.decision,
+            "reason": decision.reason,
+            "subject": self._subject(verification),
+        }
+        try:
+            with self._lock:
+                event = self.outbox.append(fields)
+        except OutboxError as exc:
+            # Never a pass without a record, never a silent drop: fault signal and a log line.
+            self.counts["faults"] += 1
+            log.error("event NOT recorded, failing closed (%s): %s", decision.decision, exc)
+            decision = Decision("FAIL", "outbox_full")
+            self._signal(decision)
+            if self.feedback is not None:
+                self.feedback.set_status("fault")
+            self._report(None, decision, verification)
+            return None
+        self.counts[decision.decision] += 1
+        self.last_scan = fields["time"]
+        self._signal(decision)
+        log.info("seq %d %s %s (%s)", event["seq"], decision.decision, decision.reason, fields["format"])
+        if self.link is not None:
+            self.link.wake()
+        self._report(event, decision, verification)
+        return event
+
+    @staticmethod
+    def _subject(verification):
+        if verification is None:
+            return {}
+        subject = dict(verification.subject or {})
+        if verification.subject_key:
+            subject["key"] = verification.subject_key
+        return subject
+
+    def _signal(self, decision):
+        if self.feedback is not None:
+            self.feedback.signal(feedback_kind(decision))
+
+    def _report(self, event, decision, verification):
+        self.decisions.append((event, decision, verification))
+        del self.decisions[:-1000]
+        if self.on_decision is not None:
+            self.on_decision(event, decision, verification)
+
+    def record_manual(self):
+        """The guard's button: a person checked on paper passes, recorded with source `manual`."""
+        return self._record(self.policy.manual(), None, source="manual")
+
+    # --- updates from the collector -------------------------------------------------------
+
+    def apply_update(self, kind, body, version):
+        """Apply a verified update from the collector (deny list, trusted issuers)."""
+        if kind == "denylist":
+            from device.credentials.denylist import DenyList
+
+            self.policy.denylist = DenyList.from_json(body)
+            log.info("deny list version %s applied", version)
+        elif kind == "trust":
+            self.trust = TrustStore.from_update(body, base=self.cfg.policy.trusted_issuers)
+            log.info("trusted issuers version %s applied", version)
+        elif kind == "config":
+            log.info("config version %s received; applied keys: %s", version, ", ".join(sorted(body)) or "none")
+            self.policy = Policy.with_overrides(self.cfg.policy, body.get("policy", {}), self.policy.denylist)
+
+    # --- status for the uplink ------------------------------------------------------------
+
+    def status(self):
+        stats = self.outbox.stats() if self.outbox is not None else {}
+        return {
+            "version": __version__,
+            "outbox_depth": stats.get("depth"),
+            "oldest_undelivered_time": stats.get("oldest_undelivered_time"),
+            "last_seq": stats.get("last_seq"),
+            "clock_synced": clock_quality()["synced"],
+            "last_scan": self.last_scan,
+            "passes": self.counts["PASS"],
+            "fails": self.counts["FAIL"],
+        }
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def stop(self, *_):
+        self._stop.set()
+
+    def run(self, max_frames=None):
+        """Loop over frames until the source is exhausted, `max_frames`, or `stop()`."""
+        if self.link is not None:
+            self.link.start()
+        if self.feedback is not None:
+            self.feedback.set_status("ok")
+        self.notifier.ready(f"scanning at {self.cfg.device.checkpoint} ({self.cfg.device.direction})")
+        n = 0
+        while not self._stop.is_set():
+            frame = self.source.read()
+            if frame is None:
+                break
+            try:
+                self.process_frame(frame)
+            except ChotError as exc:
+                log.error("frame skipped: %s", exc)
+            self.notifier.watchdog()
+            n += 1
+            if max_frames is not None and n >= max_frames:
+                break
+        return n
+
+    def close(self):
+        """Release the camera, stop the uplink, close the outbox and the pins."""
+        self.notifier.stopping()
+        for part in (self.source, self.link, self.feedback, self.outbox):
+            if part is None:
+                continue
+            try:
+                part.close()
+            except Exception as exc:  # closing must go on for the other parts
+                log.warning("closing %s: %s", type(part).__name__, exc)
+        self.notifier.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def run_from_config(path, max_frames=None):
+    """`chot terminal run`: load the config, run until SIGTERM (or the source ends)."""
+    from device.config import load_terminal_config
+
+    cfg = load_terminal_config(path)
+    texts = None
+    if cfg.scanner.source == "synthetic":
+        from device.simulate import crowd_texts
+
+        texts = crowd_texts(cfg)
+    term = Terminal.from_config(cfg, texts=texts)
+    signal.signal(signal.SIGTERM, term.stop)
+    signal.signal(signal.SIGINT, term.stop)
+    log.warning(
+        "terminal %s started at %s (%s), decoder %s, source %s",
+        cfg.device.id, cfg.device.checkpoint, cfg.device.direction, cfg.scanner.decoder, cfg.scanner.source,
+    )
+    with term:
+        frames = term.run(max_frames=max_frames)
+    log.warning("terminal stopped after %d frames: %d pass, %d fail, %d faults",
+                frames, term.counts["PASS"], term.counts["FAIL"], term.counts["faults"])
+    return 0

@@ -1,0 +1,103 @@
+"""The synthetic crowd's people: which QR texts they carry, for the demo and the tests.
+
+`crowd_texts(cfg, issuer_key, seed)` yields QR texts the way a checkpoint sees them: mostly
+valid signed declarations, and some expired, symptomatic, forged (signed by a key nobody
+trusts), garbled, unsigned (a bare ID number, a tokhaiyte.vn link) and foreign codes.
+The scanner renders them onto camera-like frames (device.scanner.synthetic); it never
+knows what they mean. Every person is fictional.
+"""
+
+import random
+import time
+from datetime import UTC, datetime, timedelta
+
+# (kind, weight): what people walking up to the terminal carry.
+MIX = (
+    ("valid", 70),
+    ("symptoms", 5),
+    ("expired", 5),
+    ("forged", 5),
+    ("plain_id", 5),
+    ("link", 3),
+    ("garbled", 4),
+    ("foreign", 3),
+)
+
+
+def person_texts(issuer_key, seed=1, now=None, forger_key=None):
+    """Yield (kind, text) forever, deterministic for `seed` (given `now` and the keys)."""
+    from device.credentials.issue_cli import issue_declaration, make_test_identities
+    from device.credentials.keys import generate_key
+
+    rng = random.Random(seed)
+    forger_key = forger_key or generate_key("ed25519")
+    kinds, weights = zip(*MIX, strict=True)
+    batch = 0
+    while True:
+        people = make_test_identities(50, seed=seed * 1000 + batch)
+        batch += 1
+        for person in people:
+            kind = rng.choices(kinds, weights)[0]
+            at = now or datetime.now(UTC)
+            fields = dict(person)
+            issued = at - timedelta(minutes=rng.randint(1, 600))
+            valid = timedelta(hours=24)
+            key = issuer_key
+            if kind == "symptoms":
+                fields["symptoms"] = True
+            elif kind == "expired":
+                issued = at - timedelta(days=3)
+            elif kind == "forged":
+                key = forger_key
+            if kind in ("valid", "symptoms", "expired", "forged", "garbled"):
+                text = issue_declaration(key, fields, issued_at=issued, valid_for=valid)
+                if kind == "garbled":
+                    text = _garble(text, rng)
+            elif kind == "plain_id":
+                text = fields["id_number"]
+            elif kind == "link":
+                text = f"https://tokhaiyte.vn/?code={rng.getrandbits(48):012x}"
+            else:
+                text = rng.choice(["WIFI:T:WPA;S:cafe-wifi;P:12345678;;", "https://shopee.vn/item/123",
+                                   "BEGIN:VCARD\nFN:Shop\nEND:VCARD"])
+            yield kind, text
+
+
+def _garble(text, rng):
+    """Change a few characters inside the base45 body: the QR decodes, the credential doesn't."""
+    head, _, body = text.partition(":")
+    chars = list(body)
+    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
+    for _ in range(3):
+        i = rng.randrange(len(chars))
+        chars[i] = rng.choice(alphabet)
+    return head + ":" + "".join(chars)
+
+
+def crowd_texts(cfg, issuer_key=None, now=None):
+    """The texts for a synthetic source configured in `cfg.scanner` (key from synthetic_issuer_key)."""
+    from device.credentials.keys import generate_key, load_private_key
+
+    if issuer_key is None:
+        path = cfg.scanner.synthetic_issuer_key
+        issuer_key = load_private_key(path) if path else generate_key("ed25519")
+    return (text for _, text in person_texts(issuer_key, seed=cfg.scanner.synthetic_seed, now=now))
+
+
+class Paced:
+    """Wraps a frame source so frames come at most `fps` per second, like a camera's."""
+
+    def __init__(self, source, fps):
+        self.source = source
+        self.period = 1.0 / fps
+        self._next = time.monotonic()
+
+    def read(self):
+        delay = self._next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        self._next = max(self._next + self.period, time.monotonic())
+        return self.source.read()
+
+    def close(self):
+        self.source.close()
