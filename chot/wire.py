@@ -105,6 +105,28 @@ def validate_event(obj):
     return problems
 
 
+SUBJECT_KEY_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def normalise_id_number(id_number):
+    """An ID number as hashed: every whitespace removed, letters upper-cased."""
+    return "".join(str(id_number).split()).upper()
+
+
+def subject_key_for_id(id_number):
+    """The subject key of an ID number: sha256("chot-subject-v1|" + normalised id), hex.
+
+    Both sides use it: the terminal puts it in an event's `subject["key"]`, the collector
+    indexes it and turns a tracer's ID number into it; the ID itself never travels.
+    """
+    import hashlib
+
+    norm = normalise_id_number(id_number)
+    if not norm:
+        raise ValueError("an ID number must not be empty")
+    return hashlib.sha256(("chot-subject-v1|" + norm).encode("utf-8")).hexdigest()
+
+
 def dumps(obj):
     """Compact JSON as sent on the wire (UTF-8 bytes)."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode("utf-8")
