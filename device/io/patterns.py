@@ -1,0 +1,89 @@
+"""Feedback patterns as plain data, computed from the `[feedback]` config section.
+
+A signal is a list of `Step`s that start together, one per output device; each step
+switches its device on for `on_s`, off for `off_s`, `n` times (gpiozero's `blink`). So a
+device's pin goes through exactly `[False] + [True, False] * n` (see `pin_states`), which
+is what tests compare with the mock pins' `states`.
+
+- pass:        green `pass_led_s` once; `pass_beeps` beeps of `pass_beep_s`; relay pulse `relay_s`
+- fail:        red `fail_led_s` once (steady); `fail_beeps` beeps of `fail_beep_s`
+- unreadable:  red blinks `unreadable_blinks` times (`unreadable_blink_s`); one long beep
+  `unreadable_beep_s` (also used for unsigned codes)
+- fault:       fail closed: red fast blink (`fault_blink_s`) and one beep, both for `fault_s`
+
+The status LED repeats a list of (on_s, off_s) cycles until the state changes:
+ok = one short flash per `heartbeat_s`, fault = fast even blink (`fault_blink_s`),
+uplink_down = a double flash per `heartbeat_s`, off = dark.
+"""
+
+from collections import namedtuple
+from types import SimpleNamespace
+
+from chot.config import validate
+
+Step = namedtuple("Step", "device on_s off_s n")
+Step.__doc__ = "One device of a signal: on `on_s`, off `off_s`, `n` times."
+
+SIGNALS = ("pass", "fail", "unreadable", "unsigned", "fault")
+STATUSES = ("ok", "fault", "uplink_down", "off")
+SIGNAL_DEVICES = ("pass_led", "fail_led", "buzzer", "relay")
+
+
+def settings(section, values):
+    """Validate a config section given as a dict, a namespace or None (defaults filled in)."""
+    from device.config import SCHEMA
+
+    if values is None:
+        values = {}
+    elif isinstance(values, SimpleNamespace):
+        values = dict(vars(values))
+    else:
+        values = dict(values)
+    return getattr(validate({section: values}, {section: SCHEMA[section]}, source=f"[{section}]"), section)
+
+
+def signal_steps(kind, fb):
+    """The steps of signal `kind` (one of `SIGNALS`) for feedback settings `fb`."""
+    if kind == "pass":
+        steps = [Step("pass_led", fb.pass_led_s, 0.0, 1), Step("relay", fb.relay_s, 0.0, 1)]
+        if fb.pass_beeps:
+            steps.append(Step("buzzer", fb.pass_beep_s, fb.pass_beep_s, fb.pass_beeps))
+    elif kind == "fail":
+        steps = [Step("fail_led", fb.fail_led_s, 0.0, 1)]
+        if fb.fail_beeps:
+            steps.append(Step("buzzer", fb.fail_beep_s, fb.fail_beep_s, fb.fail_beeps))
+    elif kind in ("unreadable", "unsigned"):
+        steps = [Step("buzzer", fb.unreadable_beep_s, 0.0, 1)]
+        if fb.unreadable_blinks:
+            steps.append(Step("fail_led", fb.unreadable_blink_s, fb.unreadable_blink_s, fb.unreadable_blinks))
+    elif kind == "fault":
+        blinks = max(1, round(fb.fault_s / (2 * fb.fault_blink_s)))
+        steps = [Step("fail_led", fb.fault_blink_s, fb.fault_blink_s, blinks), Step("buzzer", fb.fault_s, 0.0, 1)]
+    else:
+        raise ValueError(f"unknown signal {kind!r}; allowed: {', '.join(SIGNALS)}")
+    return steps
+
+
+def status_cycles(state, fb):
+    """The (on_s, off_s) cycles the status LED repeats in `state` (one of `STATUSES`)."""
+    h = fb.heartbeat_s
+    if state == "ok":
+        return [(0.1 * h, 0.9 * h)]
+    if state == "fault":
+        return [(fb.fault_blink_s, fb.fault_blink_s)]
+    if state == "uplink_down":
+        return [(0.1 * h, 0.1 * h), (0.1 * h, 0.7 * h)]
+    if state == "off":
+        return []
+    raise ValueError(f"unknown status {state!r}; allowed: {', '.join(STATUSES)}")
+
+
+def pin_states(step, active_high=True):
+    """The values a fresh output pin goes through for `step` (initial state included)."""
+    on, off = (True, False) if active_high else (False, True)
+    return [off] + [on, off] * step.n
+
+
+def duration(steps):
+    """Seconds until every step of a signal has finished."""
+    return max((s.n * (s.on_s + s.off_s) for s in steps), default=0.0)
