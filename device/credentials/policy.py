@@ -1,0 +1,145 @@
+"""The pass/fail policy: a `Verification` in, a `Decision` (PASS/FAIL + reason code) out.
+
+Rules come from the `[policy]` section of the terminal config (device/config.py), in order:
+
+1. plain texts (an ID, a link) fail `unsigned` unless `accept_plain` (or "plain" is in
+   `accept_formats`); an accepted plain text still meets the deny list;
+2. a failed verification fails with its reason (`bad_signature`, `unknown_issuer`, `expired`...);
+3. a format not in `accept_formats` fails `format_not_accepted`;
+4. a subject on the deny list fails `denylisted`;
+5. native declarations older than `max_age_h` (0: no limit) fail `expired`, then the health
+   answers: `symptoms_declared`, `contact_declared`, `travel_declared` per `fail_on_*`;
+6. DCC and SHC: `device.credentials.dcc.rules(v, cfg, at)` / `shc.rules(v, cfg, at)` return a
+   reason code or None (`cfg` is the policy namespace with every key of SCHEMA["policy"]).
+
+Otherwise PASS, reason `ok`. `Checker` bundles trust, verification and policy for the daemon
+and `chot scan`: `Checker.from_config(cfg.policy).check(text, at) -> (Verification, Decision)`.
+"""
+
+import importlib
+import logging
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+from device.config import SCHEMA
+from device.credentials.denylist import DenyList
+from device.credentials.result import Decision
+from device.credentials.trust import TrustStore
+from device.credentials.verify import verify_text
+
+log = logging.getLogger(__name__)
+
+PASS, FAIL = "PASS", "FAIL"
+_HOOKED = ("dcc", "shc")
+
+
+def policy_namespace(policy_cfg=None):
+    """Every key of SCHEMA['policy'], from a Config section, a dict or None (defaults)."""
+    if policy_cfg is None:
+        given = {}
+    elif isinstance(policy_cfg, dict):
+        given = dict(policy_cfg)
+    else:
+        given = dict(vars(policy_cfg))
+    values = {}
+    for key, field in SCHEMA["policy"].items():
+        default = field.default
+        values[key] = given.get(key, list(default) if isinstance(default, list | tuple) else default)
+    for key in given.keys() - values.keys():
+        values[key] = given[key]  # keys added to the schema later, or by the DCC/SHC rules
+    return SimpleNamespace(**values)
+
+
+def _utc(at):
+    if at is None:
+        return datetime.now(UTC)
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+class Policy:
+    """Decides PASS or FAIL for a verified (or not) credential. Pure and thread-safe."""
+
+    def __init__(self, policy_cfg=None, denylist=None):
+        self.cfg = policy_namespace(policy_cfg)
+        self.denylist = denylist if denylist is not None else DenyList()
+        self._rules = {}
+        for name in _HOOKED:
+            try:
+                mod = importlib.import_module(f"device.credentials.{name}")
+            except ModuleNotFoundError as exc:
+                if exc.name != f"device.credentials.{name}":
+                    raise
+                continue
+            if callable(getattr(mod, "rules", None)):
+                self._rules[name] = mod.rules
+
+    @staticmethod
+    def manual():
+        """The guard's manual pass (a person checked on paper)."""
+        return Decision(PASS, "manual")
+
+    def _plain_accepted(self):
+        return bool(self.cfg.accept_plain) or "plain" in self.cfg.accept_formats
+
+    def decide(self, v, at=None) -> Decision:
+        at = _utc(at)
+        cfg = self.cfg
+        if v.format == "plain":
+            if not self._plain_accepted():
+                return Decision(FAIL, "unsigned")
+            if self.denylist.contains(v.subject_key):
+                return Decision(FAIL, "denylisted")
+            return Decision(PASS, "ok")
+        if not v.verified:
+            return Decision(FAIL, v.reason or "unreadable")
+        if v.format not in cfg.accept_formats:
+            return Decision(FAIL, "format_not_accepted")
+        if self.denylist.contains(v.subject_key):
+            return Decision(FAIL, "denylisted")
+        if v.format == "native":
+            return self._native(v, at)
+        rules = self._rules.get(v.format)
+        if rules is None:
+            return Decision(FAIL, "format_not_accepted")
+        reason = rules(v, cfg, at)
+        return Decision(FAIL, reason) if reason else Decision(PASS, "ok")
+
+    def _native(self, v, at):
+        cfg = self.cfg
+        if cfg.max_age_h and v.issued_at is not None and at - v.issued_at > timedelta(hours=cfg.max_age_h):
+            return Decision(FAIL, "expired")
+        c = v.claims
+        if cfg.fail_on_symptoms and c.get("symptoms"):
+            return Decision(FAIL, "symptoms_declared")
+        if cfg.fail_on_contact and c.get("contact"):
+            return Decision(FAIL, "contact_declared")
+        if cfg.fail_on_travel and c.get("travel"):
+            return Decision(FAIL, "travel_declared")
+        return Decision(PASS, "ok")
+
+
+class Checker:
+    """Trust + verification + policy: what the daemon and `chot scan` call for each QR text."""
+
+    def __init__(self, trust=None, policy=None):
+        self.trust = trust if trust is not None else TrustStore()
+        self.policy = policy if policy is not None else Policy()
+
+    @classmethod
+    def from_config(cls, policy_cfg=None, extra_trust=()):
+        """Load trusted issuers (+ `extra_trust` paths), SHC CRLs and the deny list; CredentialError if unusable."""
+        cfg = policy_namespace(policy_cfg)
+        trust = TrustStore.load([*cfg.trusted_issuers, *extra_trust, *cfg.shc_crl])
+        denylist = DenyList.load(cfg.denylist) if cfg.denylist else DenyList()
+        return cls(trust, Policy(cfg, denylist))
+
+    def check(self, text, at=None):
+        """(Verification, Decision) for one QR text at instant `at` (default now). Never raises on bad input."""
+        at = _utc(at)
+        v = verify_text(text, self.trust, at, skew_s=self.policy.cfg.clock_skew_s)
+        try:
+            d = self.policy.decide(v, at)
+        except Exception as exc:  # a rule's bug must not stop the terminal
+            log.error("policy failed unexpectedly (%s); FAIL unreadable", type(exc).__name__)
+            d = Decision(FAIL, "unreadable")
+        return v, d

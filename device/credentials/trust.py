@@ -1,0 +1,164 @@
+"""Trust material: which issuers a terminal believes, for every credential format.
+
+`TrustStore.load(paths)` reads files once at start-up (never in the frame loop) and sniffs
+each one:
+
+- a public key (PEM or DER SubjectPublicKeyInfo): a native declaration issuer;
+- an X.509 certificate or bundle (PEM or DER): its key becomes a native issuer AND the
+  certificate is stored in `dcc_certs` under the DCC key id, sha256(certificate DER)[:8];
+- a JSON file: handed to the hooks `device.credentials.dcc.load_trust_json(store, obj)` and
+  `device.credentials.shc.load_trust_json(store, obj, path)` (a JWKS, an object with "keys",
+  goes to SHC first, anything else to DCC first). A hook returns a true value when the JSON was
+  its kind and it loaded it, a false value when the JSON is not its kind (then the other hook
+  is asked), and raises CredentialError when it is its kind but broken;
+- a directory: every file in it, in name order.
+
+Anything else raises CredentialError naming the formats accepted.
+"""
+
+import hashlib
+import importlib
+import json
+import logging
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from chot.errors import CredentialError
+from device.credentials import keys as keymod
+
+log = logging.getLogger(__name__)
+
+MAX_TRUST_FILE = 32 * 1024 * 1024
+ACCEPTED = (
+    "a public key (PEM or DER), an X.509 certificate or bundle (PEM or DER), "
+    "a DCC trust list (JSON) or an SHC issuer JWKS (jwks.json)"
+)
+
+
+def dcc_kid(cert):
+    """The EU DCC key id of a signing certificate: the first 8 bytes of sha256(DER)."""
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()[:8]
+
+
+class TrustStore:
+    """Issuer keys and certificates a terminal trusts, by format. Plain data; no I/O after loading."""
+
+    def __init__(self):
+        self.native_keys = {}  # bytes kid (8) -> public key
+        self.dcc_certs = {}  # bytes kid (8) -> x509.Certificate
+        self.shc_issuers = {}  # str iss -> {str kid -> public key}
+        self.shc_revoked = {}  # str iss -> set of str rid
+        self.sources = []  # the paths loaded, for logs and `chot scan`
+
+    @classmethod
+    def load(cls, paths):
+        """A store holding everything in `paths` (files or directories)."""
+        store = cls()
+        for p in paths or ():
+            store.add_path(p)
+        return store
+
+    def __len__(self):
+        return (
+            len(self.native_keys) + len(self.dcc_certs) + sum(len(k) for k in self.shc_issuers.values())
+        )
+
+    def add_native_key(self, public_key):
+        """Trust a native issuer's public key; returns its kid."""
+        keymod.check_supported(public_key, "native issuer key")
+        kid = keymod.kid_of(public_key)
+        self.native_keys[kid] = keymod.public_of(public_key)
+        return kid
+
+    def add_certificate(self, cert):
+        """Trust a certificate: as a DCC signer by its DCC kid, and its key as a native issuer when usable."""
+        self.dcc_certs[dcc_kid(cert)] = cert
+        try:
+            self.add_native_key(cert.public_key())
+        except CredentialError:
+            pass  # e.g. an RSA DCC signer: no native declaration uses it
+
+    def add_path(self, path):
+        """Load one trust file or directory (see the module docstring)."""
+        path = Path(path)
+        if path.is_dir():
+            for child in sorted(path.iterdir()):
+                if child.is_file() and not child.name.startswith("."):
+                    self.add_path(child)
+            return self
+        try:
+            if path.stat().st_size > MAX_TRUST_FILE:
+                raise CredentialError(f"trust file {path} is larger than {MAX_TRUST_FILE} bytes")
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise CredentialError(f"trust file {path} does not exist; check --trust / policy.trusted_issuers") from exc
+        except OSError as exc:
+            raise CredentialError(f"cannot read trust file {path}: {exc.strerror}") from exc
+        self._add_bytes(data, path)
+        self.sources.append(str(path))
+        log.info("trust: loaded %s", path)
+        return self
+
+    def _add_bytes(self, data, path):
+        stripped = data.lstrip()
+        if b"-----BEGIN" in data[:4096] or stripped.startswith(b"-----BEGIN"):
+            return self._add_pem(data, path)
+        if stripped[:1] in (b"{", b"["):
+            try:
+                obj = json.loads(data.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise CredentialError(f"trust file {path} is not valid JSON ({exc}); accepted: {ACCEPTED}") from exc
+            return self._add_json(obj, path)
+        try:
+            return self.add_native_key(serialization.load_der_public_key(data))
+        except ValueError:
+            pass
+        try:
+            return self.add_certificate(x509.load_der_x509_certificate(data))
+        except ValueError:
+            pass
+        raise CredentialError(f"trust file {path}: format not recognised; accepted: {ACCEPTED}")
+
+    def _add_pem(self, data, path):
+        if b"PRIVATE KEY-----" in data:
+            raise CredentialError(
+                f"trust file {path} holds a PRIVATE key: give the terminal the public key (issuer.pub.pem) only"
+            )
+        found = False
+        if b"CERTIFICATE-----" in data:
+            try:
+                certs = x509.load_pem_x509_certificates(data)
+            except ValueError as exc:
+                raise CredentialError(f"trust file {path}: a PEM certificate does not parse ({exc})") from exc
+            for cert in certs:
+                self.add_certificate(cert)
+            found = bool(certs)
+        if b"PUBLIC KEY-----" in data:
+            for block in data.split(b"-----BEGIN ")[1:]:
+                if block.startswith(b"PUBLIC KEY-----"):
+                    try:
+                        key = serialization.load_pem_public_key(b"-----BEGIN " + block)
+                    except ValueError as exc:
+                        raise CredentialError(f"trust file {path}: a PEM public key does not parse") from exc
+                    self.add_native_key(key)
+                    found = True
+        if not found:
+            raise CredentialError(f"trust file {path}: PEM without a public key or certificate; accepted: {ACCEPTED}")
+
+    def _add_json(self, obj, path):
+        order = ("shc", "dcc") if isinstance(obj, dict) and isinstance(obj.get("keys"), list) else ("dcc", "shc")
+        for name in order:
+            try:
+                mod = importlib.import_module(f"device.credentials.{name}")
+            except ImportError:
+                continue
+            hook = getattr(mod, "load_trust_json", None)
+            if hook is None:
+                continue
+            handled = hook(self, obj) if name == "dcc" else hook(self, obj, path)
+            if handled:
+                return handled
+        raise CredentialError(f"unsupported trust file {path}: a JSON file that no credential format reads; "
+                              f"accepted: {ACCEPTED}")
