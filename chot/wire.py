@@ -108,9 +108,15 @@ def validate_event(obj):
 SUBJECT_KEY_RE = re.compile(r"[0-9a-f]{64}")
 
 
+_ID_SEP_RE = re.compile(r"[\s.\-_/]+")
+
+
 def normalise_id_number(id_number):
-    """An ID number as hashed: every whitespace removed, letters upper-cased."""
-    return "".join(str(id_number).split()).upper()
+    """An ID number as hashed: spaces, dots, dashes, underscores and slashes removed, upper-cased.
+
+    The same as device/credentials/subject.py `normalise_id`: '001 090-012.345' -> '001090012345'.
+    """
+    return _ID_SEP_RE.sub("", str(id_number)).upper()
 
 
 def subject_key_for_id(id_number):
