@@ -90,7 +90,7 @@ def _hint(path, exc):
             f"the outbox {path} is read-only ({exc}): make the file and {where} writable by the user running "
             "chot, and check that the file system is mounted read-write"
         )
-    elif "unable to open" in text or "permission denied" in text or "not a directory" in text:
+    elif any(t in text for t in ("unable to open", "permission denied", "not a directory", "no such file", "exists")):
         msg = (
             f"cannot open the outbox {path} ({exc}): create {where} and make it writable by the user running "
             "chot (systemd: StateDirectory=chot), or set outbox.path"
