@@ -1,6 +1,178 @@
-"""Subcommands of the provisioning: `chot provisioning ...`."""
+"""Subcommands of the provisioning: `chot provision ...`.
+
+    chot provision init-fleet DIR --broker-host HOST   the fleet CA, broker and collector credentials
+    chot provision device ID --checkpoint CP --direction in|out [--fleet DIR]   enrol a terminal
+    chot provision broker-config --fleet DIR --out DIR [--port 8883]   mosquitto.conf, ACL, TLS files
+    chot provision revoke ID [--fleet DIR]              shut a terminal out (CRL and ACL)
+    chot provision bundle ID / list / crl               rebuild a bundle, list the fleet, re-sign the CRL
+
+The fleet directory defaults to $CHOT_FLEET, else ./fleet. Nothing secret is ever printed:
+the commands print paths, never keys.
+"""
+
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def _fleet_default():
+    return os.environ.get("CHOT_FLEET", "fleet")
 
 
 def register(sub):
-    p = sub.add_parser("provision", help="the provisioning")
+    p = sub.add_parser(
+        "provision",
+        help="fleet CA, terminal credentials and bundles, broker config, revocation",
+        description="Make and keep the fleet's keys and certificates, enrol terminals, configure the broker.",
+    )
     p.set_defaults(group_parser=p)
+    ps = p.add_subparsers(dest="provision_command", metavar="ACTION")
+
+    a = ps.add_parser("init-fleet", help="make a new fleet directory: CA, broker and collector credentials")
+    a.add_argument("dir", help="the new fleet directory (keep it secret and backed up)")
+    a.add_argument("--broker-host", required=True, help="the broker's host name as the terminals reach it")
+    a.add_argument("--broker-port", type=int, default=8883, help="the broker's TLS port (default 8883)")
+    a.add_argument("--broker-alt-name", action="append", default=[], help="another name or IP of the broker")
+    a.add_argument("--collector-user", default="collector", help="the collector's MQTT user (its certificate CN)")
+    a.add_argument("--name", default="Chot fleet", help="the fleet's name (in certificates)")
+    a.set_defaults(func=_init_fleet)
+
+    a = ps.add_parser("device", help="enrol a terminal: key, certificate, terminal.toml and a bundle to carry")
+    a.add_argument("id", help="device id (the MQTT user and topic segment), e.g. hk-phuc-tan-gate-1-in")
+    a.add_argument("--checkpoint", required=True, help="checkpoint id, e.g. hk-phuc-tan-gate-1")
+    a.add_argument("--direction", required=True, choices=("in", "out"), help="entry or exit")
+    a.add_argument("--fleet", default=_fleet_default(), help="fleet directory (default $CHOT_FLEET or ./fleet)")
+    a.add_argument("--pins", "--pin", action="append", default=[], metavar="KEY=PIN[,KEY=PIN]",
+                   help="pins of [pins], e.g. pass_led=GPIO17,buzzer=GPIO22,rgb_led=GPIO17/GPIO27/GPIO22")
+    a.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="any other terminal.toml key, e.g. policy.max_age_h=12 or scanner.source=\"usb\"")
+    a.add_argument("--trust", action="append", default=[], metavar="FILE",
+                   help="issuer public key or certificate the terminal trusts (repeatable)")
+    a.add_argument("--wheel", help="a chot wheel to put into the bundle (pip wheel --no-deps .)")
+    a.add_argument("--renew", action="store_true", help="issue a new key to an enrolled device (old one revoked)")
+    a.set_defaults(func=_device)
+
+    a = ps.add_parser("bundle", help="make an enrolled terminal's bundle again (e.g. with a new --wheel)")
+    a.add_argument("id")
+    a.add_argument("--fleet", default=_fleet_default())
+    a.add_argument("--wheel")
+    a.set_defaults(func=_bundle)
+
+    a = ps.add_parser("broker-config", help="write mosquitto.conf, the ACL and the TLS files for the broker")
+    a.add_argument("--fleet", default=_fleet_default())
+    a.add_argument("--out", required=True, help="output directory")
+    a.add_argument("--port", type=int, default=None, help="TLS port (default: the fleet's broker port)")
+    a.add_argument("--bind", default=None, help="address to listen on (default: all)")
+    a.add_argument("--conf-dir", default=None,
+                   help="where the files will live on the broker host (paths in mosquitto.conf; default --out)")
+    a.add_argument("--persistence-dir", default="/var/lib/mosquitto", help="mosquitto's persistence_location")
+    a.add_argument("--log-dest", default="syslog", help="mosquitto log_dest (syslog, stderr, 'file PATH')")
+    a.add_argument("--user", default="mosquitto",
+                   help="the user mosquitto drops to (it must read the ACL and server key; default mosquitto)")
+    a.set_defaults(func=_broker_config)
+
+    a = ps.add_parser("revoke", help="shut a terminal out: its certificate into the CRL, its user denied in the ACL")
+    a.add_argument("id")
+    a.add_argument("--fleet", default=_fleet_default())
+    a.set_defaults(func=_revoke)
+
+    a = ps.add_parser("crl", help="sign the CRL again (renews its expiry) and refresh the broker configs")
+    a.add_argument("--fleet", default=_fleet_default())
+    a.set_defaults(func=_crl)
+
+    a = ps.add_parser("list", help="list the enrolled and revoked terminals")
+    a.add_argument("--fleet", default=_fleet_default())
+    a.set_defaults(func=_list)
+
+
+def _init_fleet(args):
+    from provisioning.fleet import init_fleet
+
+    fleet = init_fleet(
+        args.dir, args.broker_host, broker_port=args.broker_port, collector_user=args.collector_user,
+        name=args.name, extra_names=args.broker_alt_name,
+    )
+    print(f"fleet made in {fleet.dir}")
+    print(f"  CA certificate:        {fleet.ca_crt}")
+    print(f"  broker certificate:    {fleet.server_crt} (for {args.broker_host}, localhost, 127.0.0.1)")
+    print(f"  collector signing key: {fleet.signing_key} (terminals pin {fleet.signing_pub})")
+    print(f"  collector client cert: {fleet.collector_crt} (MQTT user {args.collector_user!r})")
+    print("private keys are mode 0600: keep this directory secret and backed up")
+    print(f"next: chot provision broker-config --fleet {fleet.dir} --out DIR")
+    return 0
+
+
+def _device(args):
+    from provisioning.devices import provision_device
+    from provisioning.fleet import Fleet, parse_assignments
+
+    fleet = Fleet(args.fleet)
+    bundle = provision_device(
+        fleet, args.id, args.checkpoint, args.direction,
+        pins=parse_assignments(args.pins, "--pins"), sets=parse_assignments(args.set, "--set"),
+        trust=args.trust, wheel=args.wheel, renew=args.renew,
+    )
+    print(f"terminal {args.id} enrolled; config {fleet.device_dir(args.id) / 'terminal.toml'}")
+    print(f"bundle: {bundle} (mode 0600: it holds the terminal's private key)")
+    print("on the Pi, as root:")
+    print(f"  tar xzf {bundle.name} && ./chot-{args.id}/setup-terminal.sh")
+    return 0
+
+
+def _bundle(args):
+    from provisioning.devices import rebuild_bundle
+    from provisioning.fleet import Fleet
+
+    print(f"bundle: {rebuild_bundle(Fleet(args.fleet), args.id, wheel=args.wheel)}")
+    return 0
+
+
+def _broker_config(args):
+    from provisioning.broker import write_broker_config
+    from provisioning.fleet import Fleet
+
+    fleet = Fleet(args.fleet)
+    conf = write_broker_config(
+        fleet, args.out, port=args.port or fleet.cfg.broker_port, bind=args.bind, conf_dir=args.conf_dir,
+        persistence_dir=args.persistence_dir, log_dest=args.log_dest, user=args.user,
+    )
+    print(f"broker config written: {conf}")
+    print(f"  test it: mosquitto -c {conf}")
+    return 0
+
+
+def _revoke(args):
+    from provisioning.fleet import Fleet
+
+    fleet = Fleet(args.fleet)
+    refreshed = fleet.revoke(args.id)
+    print(f"terminal {args.id} revoked: its certificate is in {fleet.crl} and its user is denied in the ACL")
+    for out in refreshed:
+        print(f"  broker config refreshed: {out}")
+    if not refreshed:
+        print("  no broker config written yet: run `chot provision broker-config` and install it")
+    print("apply it now: reload the broker (systemctl reload mosquitto, i.e. SIGHUP) or restart it;")
+    print("until then the terminal can still connect")
+    return 0
+
+
+def _crl(args):
+    from provisioning.fleet import Fleet
+
+    fleet = Fleet(args.fleet)
+    print(f"CRL signed again: {fleet.write_crl()}")
+    for out in fleet.refresh_brokers():
+        print(f"  broker config refreshed: {out}")
+    return 0
+
+
+def _list(args):
+    from provisioning.fleet import Fleet
+
+    fleet = Fleet(args.fleet)
+    revoked = set(fleet.revoked_ids())
+    for dev in fleet.devices():
+        sys.stdout.write(f"{dev}\t{'revoked' if dev in revoked else 'enrolled'}\n")
+    return 0

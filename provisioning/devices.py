@@ -1,0 +1,210 @@
+"""Enrolling a terminal: its key and certificate, its terminal.toml, and one bundle to carry.
+
+`provision_device(fleet, device_id, checkpoint=..., direction=...)` writes into the fleet
+directory `devices/<id>/` (device.key 0600, device.crt, terminal.toml) and makes
+`bundles/chot-<id>.tar.gz` (0600: it holds the device's private key). The bundle unpacks to
+`chot-<id>/` with everything the technician's setup script installs:
+
+    chot-<id>/setup-terminal.sh        0755  run it as root on the Pi
+    chot-<id>/chot-terminal.service    0644  the systemd unit
+    chot-<id>/terminal.toml            0640  the terminal's config (paths under /etc/chot)
+    chot-<id>/tls/ca.crt               0644  the fleet CA (to trust the broker)
+    chot-<id>/tls/device.crt           0644  the device's certificate (CN = device id = MQTT user)
+    chot-<id>/tls/device.key           0600  the device's private key
+    chot-<id>/collector.pub            0644  the collector's signing key, pinned
+    chot-<id>/trust/*                  0644  issuer keys the policy trusts (--trust)
+    chot-<id>/*.whl                    0644  the chot package, when --wheel is given
+
+The terminal.toml is validated against device/config.py's SCHEMA before anything is written.
+"""
+
+import io
+import json
+import logging
+import shutil
+import tarfile
+import time
+import tomllib
+from pathlib import Path
+
+from chot.config import validate
+from chot.errors import ConfigError, ProvisioningError
+from device.config import SCHEMA
+from provisioning import pki
+from provisioning.fleet import check_device_id
+
+log = logging.getLogger(__name__)
+
+PROVISIONING_DIR = Path(__file__).resolve().parent
+SETUP_SCRIPT = PROVISIONING_DIR / "setup-terminal.sh"
+
+
+def unit_file(name="chot-terminal.service"):
+    """The unit file shipped in systemd/ of the source tree."""
+    for cand in (PROVISIONING_DIR.parent / "systemd" / name, PROVISIONING_DIR / name):
+        if cand.is_file():
+            return cand
+    raise ProvisioningError(
+        f"{name} not found next to the chot package: run `chot provision device` from a source checkout of chot"
+    )
+
+
+def _toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def to_toml(data, header=""):
+    """A config dict of sections as TOML text."""
+    out = [header] if header else []
+    for section, values in data.items():
+        out.append(f"[{section}]")
+        out += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        out.append("")
+    return "\n".join(out)
+
+
+def _parse_value(text):
+    """A --set value as TOML (numbers, booleans, lists, quoted strings), else the plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def terminal_config(fleet, device_id, checkpoint, direction, pins=None, sets=None, trust_names=()):
+    """The terminal.toml data for a device (dict of sections), validated against the SCHEMA."""
+    etc = fleet.cfg.etc_dir.rstrip("/")
+    data = {
+        "device": {"id": device_id, "checkpoint": checkpoint, "direction": direction},
+        "scanner": {"source": "picamera2", "decoder": "zxing"},
+        "pins": {"factory": "auto"},
+        "policy": {"trusted_issuers": [f"{etc}/trust/{n}" for n in trust_names]},
+        "outbox": {"path": f"{fleet.cfg.state_dir.rstrip('/')}/outbox.db"},
+        "mqtt": {
+            "enabled": True,
+            "host": fleet.cfg.broker_host,
+            "port": fleet.cfg.broker_port,
+            "tls": True,
+            "ca": f"{etc}/tls/ca.crt",
+            "cert": f"{etc}/tls/device.crt",
+            "key": f"{etc}/tls/device.key",
+            "collector_public_key": f"{etc}/collector.pub",
+        },
+    }
+    for key, value in (pins or {}).items():
+        if key == "rgb_led":
+            value = [p for p in value.replace(":", "/").split("/") if p]
+        elif key == "relay_active_high":
+            value = _parse_value(value)
+        data["pins"][key] = value
+    for dotted, value in (sets or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ProvisioningError(f"--set {dotted}: write SECTION.KEY=VALUE, e.g. policy.max_age_h=12")
+        if (section, key) in (("device", "id"), ("mqtt", "key"), ("mqtt", "cert"), ("mqtt", "ca")):
+            raise ProvisioningError(f"--set {dotted}: this key is set by provisioning and cannot be changed")
+        data.setdefault(section, {})[key] = _parse_value(value)
+    try:
+        validate(data, SCHEMA, source=f"terminal config of {device_id}")
+    except ConfigError as exc:
+        raise ProvisioningError(f"{exc}\nfix the --pin/--set options") from None
+    return data
+
+
+def _add(tar, name, data, mode):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    info.mtime = int(time.time())
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    tar.addfile(info, io.BytesIO(data))
+
+
+def make_bundle(fleet, device_id, wheel=None, trust_files=()):
+    """Write bundles/chot-<id>.tar.gz (0600) from the device's files; return its path."""
+    ddir = fleet.device_dir(device_id)
+    top = f"chot-{device_id}"
+    members = [
+        ("setup-terminal.sh", SETUP_SCRIPT.read_bytes(), 0o755),
+        ("chot-terminal.service", unit_file().read_bytes(), 0o644),
+        ("terminal.toml", (ddir / "terminal.toml").read_bytes(), 0o640),
+        ("tls/ca.crt", fleet.ca_crt.read_bytes(), 0o644),
+        ("tls/device.crt", (ddir / "device.crt").read_bytes(), 0o644),
+        ("tls/device.key", (ddir / "device.key").read_bytes(), 0o600),
+        ("collector.pub", fleet.signing_pub.read_bytes(), 0o644),
+    ]
+    for f in trust_files:
+        members.append((f"trust/{Path(f).name}", Path(f).read_bytes(), 0o644))
+    if wheel:
+        members.append((Path(wheel).name, Path(wheel).read_bytes(), 0o644))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for d in ("", "/tls", "/trust"):
+            info = tarfile.TarInfo(top + d)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755 if d != "/tls" else 0o750, int(time.time())
+            tar.addfile(info)
+        for name, data, mode in members:
+            _add(tar, f"{top}/{name}", data, mode)
+    return pki.write_private(fleet.bundle_path(device_id), buf.getvalue())
+
+
+def provision_device(fleet, device_id, checkpoint, direction, pins=None, sets=None, trust=(), wheel=None,
+                     renew=False):
+    """Enrol a terminal; return the bundle's path. See the module doc."""
+    check_device_id(device_id, fleet)
+    if device_id in fleet.revoked_ids():
+        raise ProvisioningError(
+            f"device {device_id} was revoked and stays shut out (the broker denies its user): "
+            "give the replacement terminal a new id"
+        )
+    ddir = fleet.device_dir(device_id)
+    old_crt = ddir / "device.crt"
+    if old_crt.exists() and not renew:
+        raise ProvisioningError(
+            f"device {device_id} is already enrolled; to issue it a new key and certificate (the old one is "
+            "revoked as superseded) add --renew, or rebuild its bundle with `chot provision bundle`"
+        )
+    trust = [Path(t) for t in trust]
+    for t in trust:
+        if not t.is_file():
+            raise ProvisioningError(f"--trust {t}: no such file; give an issuer public key or certificate (PEM)")
+    if wheel and not Path(wheel).is_file():
+        raise ProvisioningError(f"--wheel {wheel}: no such file; build one with `pip wheel --no-deps .`")
+    data = terminal_config(fleet, device_id, checkpoint, direction, pins, sets, [t.name for t in trust])
+
+    ca_key, ca_cert = fleet.ca()
+    if old_crt.exists():
+        fleet.add_revocation(device_id, pki.load_cert(old_crt), "superseded")
+        fleet.refresh_brokers()
+    ddir.mkdir(parents=True, exist_ok=True)
+    ddir.chmod(0o700)
+    key, cert = pki.issue_cert(ca_key, ca_cert, device_id)
+    pki.write_private(ddir / "device.key", pki.key_pem(key))
+    pki.write_file(ddir / "device.crt", pki.cert_pem(cert))
+    header = (f"# Terminal {device_id}: made by `chot provision device`. "
+              "Check it with `chot terminal check-config FILE`.\n")
+    pki.write_file(ddir / "terminal.toml", to_toml(data, header), 0o640)
+    tdir = ddir / "trust"
+    if tdir.exists():
+        shutil.rmtree(tdir)
+    for t in trust:
+        pki.write_file(tdir / t.name, t.read_bytes())
+    return make_bundle(fleet, device_id, wheel=wheel, trust_files=trust)
+
+
+def rebuild_bundle(fleet, device_id, wheel=None):
+    """Make the bundle again from the device's existing files (e.g. with a new wheel)."""
+    ddir = fleet.device_dir(device_id)
+    if not (ddir / "device.crt").is_file():
+        raise ProvisioningError(f"device {device_id} is not enrolled: run `chot provision device {device_id} ...`")
+    if device_id in fleet.revoked_ids():
+        raise ProvisioningError(f"device {device_id} was revoked: a bundle for it would not connect")
+    trust = sorted((ddir / "trust").glob("*")) if (ddir / "trust").is_dir() else []
+    return make_bundle(fleet, device_id, wheel=wheel, trust_files=trust)
