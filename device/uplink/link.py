@@ -1,0 +1,522 @@
+"""The terminal's MQTT link to the collector: publishes the outbox, takes acks and signed updates.
+
+`Link(cfg, outbox, on_update=None, status_source=None, on_health=None)` speaks MQTT 5 through
+paho-mqtt 2.x (client id = device id, clean start off with a session expiry, QoS 1, TLS with
+a client certificate or a username and password file, reconnect with exponential backoff).
+
+Delivery (docs/uplink.md):
+
+- The outbox is the queue. One worker thread publishes from it in seq order, one event per
+  message or up to `mqtt.batch` events per message while a backlog drains, only while
+  connected, with at most `mqtt.inflight` messages awaiting the broker's PUBACK and at most
+  `inflight * batch` events awaiting the collector's ack. paho's own offline queue is not
+  used as a queue (it is bounded and only holds what is in flight).
+- An event is marked delivered only when the collector's ack (`chot/v1/dev/<id>/ack`, the
+  highest seq stored contiguously) covers it, never on PUBACK. What is not acked within
+  `mqtt.ack_timeout_s` is sent again from the last acked seq (the collector stores a
+  duplicate once); repeated timeouts back off up to 8 times the timeout.
+- After each reconnect everything not acked is sent again from the last acked seq.
+
+The paho callbacks only hand work to the worker (a queue and an event); the worker also
+refreshes the retained status (`chot/v1/dev/<id>/status`, every `mqtt.status_interval_s`
+and on connect; the last will says offline), applies signed updates (`device.uplink.updates`)
+through `on_update(kind, body, version)`, purges delivered events past their retention and
+reports the link's health through `on_health("uplink_down" | "ok")` once it has been down
+longer than `mqtt.down_alarm_min`. The frame loop only ever calls `wake()`.
+"""
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from chot import __version__, wire
+from chot.errors import UplinkError
+from device.uplink.updates import UpdateStore, load_public_key, store_path_for
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.25  # the worker looks at timers at least this often
+PURGE_INTERVAL_S = 600.0  # delivered events past their retention are deleted this often
+RESEND_BACKOFF_MAX = 8  # consecutive ack timeouts stretch the timeout up to this factor
+CLOSE_WAIT_S = 2.0  # how long close() waits for the offline status to reach the broker
+
+
+def _age_s(when, now=None):
+    """Seconds since `when` (ISO UTC text, epoch seconds or datetime); None when unknown."""
+    if when is None:
+        return None
+    now = now or datetime.now(UTC)
+    try:
+        if isinstance(when, int | float):
+            dt = datetime.fromtimestamp(when, UTC)
+        elif isinstance(when, str):
+            dt = datetime.fromisoformat(when.replace("Z", "+00:00"))
+        elif isinstance(when, datetime):
+            dt = when
+        else:
+            return None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+    return round(max(0.0, (now - dt).total_seconds()), 3)
+
+
+def _iso_now():
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Link:
+    """The MQTT link of one terminal. `start()`, `wake()` after each append, `close()`."""
+
+    def __init__(self, cfg, outbox, on_update=None, status_source=None, on_health=None):
+        self.cfg = cfg
+        m = cfg.mqtt
+        self.m = m
+        self.device_id = cfg.device.id
+        self.outbox = outbox
+        self.on_update = on_update
+        self.status_source = status_source
+        self.on_health = on_health
+        self.inflight = int(m.inflight)
+        self.batch = int(m.batch)
+        self.window = self.inflight * self.batch  # events sent but not acked by the collector
+        self.ack_timeout_s = float(m.ack_timeout_s)
+        self.topic_event = wire.event_topic(self.device_id)
+        self.topic_status = wire.status_topic(self.device_id)
+        self.topic_ack = wire.ack_topic(self.device_id)
+        self.topic_config = wire.config_topic(self.device_id)
+        self.topic_broadcast = wire.broadcast_topic("#")
+
+        public_key = load_public_key(m.collector_public_key) if m.collector_public_key else None
+        if public_key is None:
+            log.warning("no collector public key pinned (mqtt.collector_public_key): config and lists are ignored")
+        self.updates = UpdateStore(store_path_for(cfg.outbox.path), public_key, self.device_id)
+
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._inbox = queue.SimpleQueue()  # (topic, payload) from on_message
+        self._lock = threading.Lock()  # connection state shared with paho's thread
+        self._ack_cond = threading.Condition()
+        self._connected = False
+        self._gen = 0  # connection generation, bumped by on_connect
+        self._down_since = time.monotonic()
+        self._health = None
+        self._worker = None
+        self._started = False
+        self._closed = False
+
+        stats = outbox.stats()
+        self._acked = int(stats.get("delivered_upto") or 0)  # the collector's ack, as persisted
+        self._sent = self._acked  # highest seq handed to paho in this round
+        self._inflight = []  # [(MQTTMessageInfo, last seq)] awaiting PUBACK
+        self._deadline = None  # when the collector's ack is overdue
+        self._timeouts = 0  # consecutive ack timeouts
+        self.counters = {"messages": 0, "events_sent": 0, "resends": 0, "acks": 0, "refused": 0, "updates": 0}
+
+        self.client = self._make_client()
+        self._replay_updates()
+
+    # --- building the client --------------------------------------------------------------------
+
+    def _make_client(self):
+        m = self.m
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.device_id,
+            protocol=mqtt.MQTTv5,
+            reconnect_on_failure=True,
+        )
+        client.enable_logger(logging.getLogger(__name__ + ".paho"))
+        if m.tls:
+            client.tls_set_context(self._tls_context())
+        if m.username or m.password_file:
+            client.username_pw_set(m.username or self.device_id, self._password())
+        client.will_set(self.topic_status, wire.offline_status(self.device_id), qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=m.reconnect_min_s, max_delay=max(m.reconnect_min_s, m.reconnect_max_s))
+        client.max_inflight_messages_set(self.inflight)
+        # paho's queue only ever holds what is in flight (plus status messages): the outbox is the queue.
+        client.max_queued_messages_set(2 * self.inflight + 10)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        return client
+
+    def _tls_context(self):
+        m = self.m
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=m.ca)
+            if m.cert:
+                ctx.load_cert_chain(m.cert, m.key)
+        except FileNotFoundError as exc:
+            raise UplinkError(
+                f"TLS file not found: {exc.filename}; check mqtt.ca, mqtt.cert and mqtt.key "
+                "(`chot provision` writes them)"
+            ) from None
+        except (ssl.SSLError, OSError) as exc:
+            raise UplinkError(
+                f"cannot use the TLS files (mqtt.ca, mqtt.cert, mqtt.key): {exc}; "
+                "the certificate and key must be PEM and belong together"
+            ) from None
+        return ctx
+
+    def _password(self):
+        if not self.m.password_file:
+            return None
+        try:
+            return Path(self.m.password_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UplinkError(
+                f"cannot read mqtt.password_file {self.m.password_file}: {exc.strerror}; "
+                "write the device's broker password there (mode 0600)"
+            ) from None
+
+    def _replay_updates(self):
+        """Hand the updates kept from earlier runs to the daemon: it decides with what it last had."""
+        for kind, body, version in self.updates.applied():
+            if self.on_update is None:
+                continue
+            try:
+                self.on_update(kind, body, version)
+                log.info("kept %s version %d applied at start", kind, version)
+            except Exception as exc:
+                log.error("kept %s version %d could not be applied: %s", kind, version, exc)
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    def start(self):
+        """Connect in the background and start the worker; returns at once."""
+        if self._started:
+            return self
+        self._started = True
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = int(self.m.session_expiry_s)
+        self.client.connect_async(
+            self.m.host, self.m.port, keepalive=self.m.keepalive_s, clean_start=False, properties=props
+        )
+        self.client.loop_start()
+        self._worker = threading.Thread(target=self._run, name=f"chot-link-{self.device_id}", daemon=True)
+        self._worker.start()
+        log.info("uplink to %s:%d started (tls %s)", self.m.host, self.m.port, "on" if self.m.tls else "off")
+        return self
+
+    def wake(self):
+        """A new event is in the outbox: publish it now (never blocks)."""
+        self._wake.set()
+
+    def close(self):
+        """Publish the offline status, disconnect and stop the threads (the outbox stays open)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stopping.set()
+        self._wake.set()
+        if self._worker is not None:
+            self._worker.join(10)
+        if self._started:
+            if self.connected:
+                try:
+                    info = self.client.publish(
+                        self.topic_status, self._status_payload(online=False), qos=1, retain=True
+                    )
+                    info.wait_for_publish(CLOSE_WAIT_S)
+                except (ValueError, RuntimeError) as exc:
+                    log.warning("offline status not sent: %s", exc)
+            self.client.disconnect()
+            self.client.loop_stop()
+        log.info("uplink closed; acked up to seq %d", self._acked)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- state for the daemon and tests ---------------------------------------------------------
+
+    @property
+    def connected(self):
+        with self._lock:
+            return self._connected
+
+    @property
+    def acked_seq(self):
+        """The highest seq the collector has acked (every event up to it is delivered)."""
+        with self._ack_cond:
+            return self._acked
+
+    def uplink_down_for(self):
+        """Seconds the link has been down (0 while connected)."""
+        with self._lock:
+            return 0.0 if self._connected else time.monotonic() - self._down_since
+
+    def wait_acked(self, seq, timeout):
+        """Block until the collector's ack covers `seq` or `timeout` passes; return whether it did."""
+        deadline = time.monotonic() + timeout
+        with self._ack_cond:
+            while self._acked < seq:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._ack_cond.wait(left)
+            return True
+
+    def wait_connected(self, timeout):
+        """Block until connected or `timeout` passes; return whether it is connected."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.connected:
+                return True
+            time.sleep(0.02)
+        return self.connected
+
+    # --- paho callbacks (paho's thread): hand work over, nothing more ---------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            log.error(
+                "the broker refused the connection: %s; check the device's certificate or password "
+                "and the broker's ACL", reason_code
+            )
+            return
+        with self._lock:
+            self._connected = True
+            self._gen += 1
+        log.info("uplink connected (session present: %s)", flags.session_present)
+        self._wake.set()
+
+    def _on_connect_fail(self, client, userdata):
+        log.debug("uplink: cannot reach the broker; retrying with backoff")
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        with self._lock:
+            was = self._connected
+            self._connected = False
+            if was:
+                self._down_since = time.monotonic()
+        if was and not self._stopping.is_set():
+            log.warning("uplink lost (%s); events stay in the outbox and go out after reconnecting", reason_code)
+        self._wake.set()
+
+    def _on_message(self, client, userdata, message):
+        self._inbox.put((message.topic, message.payload))
+        self._wake.set()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        if reason_code.is_failure:
+            self.counters["refused"] += 1
+            log.warning(
+                "the broker refused a publish (%s): check the broker ACL allows chot/v1/dev/%s/#",
+                reason_code, self.device_id,
+            )
+        self._wake.set()
+
+    # --- the worker -----------------------------------------------------------------------------
+
+    def _run(self):
+        handled_gen = 0
+        next_status = 0.0
+        next_purge = time.monotonic()
+        while not self._stopping.is_set():
+            self._wake.wait(TICK_S)
+            self._wake.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                self._take_inbox()
+                now = time.monotonic()
+                with self._lock:
+                    connected, gen = self._connected, self._gen
+                if connected:
+                    if gen != handled_gen:
+                        handled_gen = gen
+                        self._connected_work()
+                        next_status = 0.0
+                    if now >= next_status:
+                        self._publish_status()
+                        next_status = now + self.m.status_interval_s
+                    self._check_ack_timeout(now)
+                    self._publish_pending(now)
+                if now >= next_purge:
+                    next_purge = now + PURGE_INTERVAL_S
+                    self._purge()
+                self._check_health()
+            except Exception:  # the link must survive anything and keep the outbox intact
+                log.exception("uplink worker error; retrying")
+                self._stopping.wait(1.0)
+
+    def _connected_work(self):
+        """After each (re)connect: subscribe, and send again everything not acked."""
+        self.client.subscribe(
+            [(self.topic_ack, 1), (self.topic_config, 1), (self.topic_broadcast, 1)]
+        )
+        self._inflight = []
+        if self._sent > self._acked:
+            log.info("reconnected: sending again from seq %d", self._acked + 1)
+        self._sent = self._acked
+        self._deadline = None
+        self._timeouts = 0
+
+    def _take_inbox(self):
+        while True:
+            try:
+                topic, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if topic == self.topic_ack:
+                self._take_ack(payload)
+            else:
+                self._take_update(topic, payload)
+
+    def _take_ack(self, payload):
+        try:
+            device, seq = wire.decode_ack(payload)
+        except wire.WireError as exc:
+            log.warning("malformed ack ignored: %s", exc)
+            return
+        if device != self.device_id:
+            log.warning("ack for another device ignored")
+            return
+        self.counters["acks"] += 1
+        # An ack beyond what this outbox holds means the outbox was replaced: the outbox then
+        # continues its seq after it, so that no seq is used twice (Outbox.mark_delivered).
+        if seq <= self._acked:
+            return
+        self.outbox.mark_delivered(seq)
+        with self._ack_cond:
+            self._acked = seq
+            self._ack_cond.notify_all()
+        self._sent = max(self._sent, seq)
+        self._timeouts = 0
+        self._deadline = time.monotonic() + self.ack_timeout_s if self._sent > self._acked else None
+
+    def _take_update(self, topic, payload):
+        offered = self.updates.offer(topic, payload)
+        if offered is None:
+            return
+        kind, body, version = offered
+        if self.on_update is not None:
+            try:
+                self.on_update(kind, body, version)
+            except Exception as exc:
+                self.updates.discard(kind)
+                log.error("%s update version %d could not be applied: %s", kind, version, exc)
+                return
+        self.updates.commit(kind)
+        self.counters["updates"] += 1
+
+    def _check_ack_timeout(self, now):
+        if self._deadline is None or now < self._deadline:
+            return
+        if self._sent <= self._acked:
+            self._deadline = None
+            return
+        self._timeouts += 1
+        self.counters["resends"] += 1
+        log.warning(
+            "the collector has not acked seq %d..%d in time; sending them again", self._acked + 1, self._sent
+        )
+        self._sent = self._acked
+        self._deadline = None
+
+    def _publish_pending(self, now):
+        self._inflight = [(info, s) for info, s in self._inflight if not info.is_published()]
+        while len(self._inflight) < self.inflight and self._sent - self._acked < self.window:
+            if self._stopping.is_set() or not self.connected:
+                return
+            limit = min(self.batch, self.window - (self._sent - self._acked))
+            events = self.outbox.pending(after_seq=self._sent, limit=limit)
+            if not events:
+                return
+            payload = wire.encode_events(events)
+            while len(payload) > wire.MAX_MESSAGE_BYTES and len(events) > 1:
+                events = events[: len(events) // 2]
+                payload = wire.encode_events(events)
+            info = self.client.publish(self.topic_event, payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                log.debug("publish deferred: %s", mqtt.error_string(info.rc))
+                return
+            last = events[-1]["seq"]
+            self._inflight.append((info, last))
+            self._sent = last
+            self.counters["messages"] += 1
+            self.counters["events_sent"] += len(events)
+            if self._deadline is None:
+                factor = min(2**self._timeouts, RESEND_BACKOFF_MAX)
+                self._deadline = now + self.ack_timeout_s * factor
+
+    # --- status, purge, health ------------------------------------------------------------------
+
+    def _status_fields(self):
+        src = {}
+        if self.status_source is not None:
+            try:
+                src = dict(self.status_source() or {})
+            except Exception as exc:
+                log.warning("status source failed: %s", exc)
+        if "outbox_depth" not in src or "last_seq" not in src:
+            stats = self.outbox.stats()
+            src.setdefault("outbox_depth", stats.get("depth"))
+            src.setdefault("oldest_undelivered_time", stats.get("oldest_undelivered_time"))
+            src.setdefault("last_seq", stats.get("last_seq"))
+        if "clock_synced" not in src:
+            from device.clock import clock_quality
+
+            src["clock_synced"] = clock_quality()["synced"]
+        age = src.get("oldest_undelivered_age_s")
+        if age is None:
+            age = _age_s(src.get("oldest_undelivered_time"))
+        return {
+            "device_id": self.device_id,
+            "version": src.get("version") or __version__,
+            "time": _iso_now(),
+            "outbox_depth": src.get("outbox_depth"),
+            "oldest_undelivered_age_s": age,
+            "clock_synced": bool(src.get("clock_synced")),
+            "last_scan": src.get("last_scan"),
+            "passes": int(src.get("passes") or 0),
+            "fails": int(src.get("fails") or 0),
+            "last_seq": src.get("last_seq"),
+        }
+
+    def _status_payload(self, online):
+        return wire.encode_status(online=online, **self._status_fields())
+
+    def _publish_status(self):
+        info = self.client.publish(self.topic_status, self._status_payload(online=True), qos=1, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            log.debug("status deferred: %s", mqtt.error_string(info.rc))
+
+    def _purge(self):
+        try:
+            removed = self.outbox.purge()
+            if removed:
+                log.info("purged %s delivered events past their retention", removed)
+        except Exception as exc:
+            log.warning("outbox purge failed: %s", exc)
+
+    def _check_health(self):
+        down = self.uplink_down_for()
+        state = "uplink_down" if down >= self.m.down_alarm_min * 60.0 else "ok"
+        if state == self._health or (state == "ok" and self._health is None):
+            return
+        self._health = state
+        if state == "uplink_down":
+            log.error("uplink down for %.0f minutes; events are kept in the outbox", down / 60.0)
+        else:
+            log.warning("uplink back after an alarm")
+        if self.on_health is not None:
+            try:
+                self.on_health(state)
+            except Exception as exc:
+                log.warning("health callback failed: %s", exc)

@@ -1,0 +1,188 @@
+"""Signed updates from the collector (config, deny list, trusted issuers): check, keep, replay.
+
+The collector publishes each device's config on `chot/v1/dev/<id>/config` and the broadcast
+lists on `chot/v1/broadcast/denylist` and `chot/v1/broadcast/trust`, all retained and
+signed with its Ed25519 key (`chot.wire.sign_envelope`). `UpdateStore.offer(topic, payload)`
+accepts an update only when
+
+- its signature verifies against the collector public key pinned in the terminal's config
+  (`mqtt.collector_public_key`), its kind matches the topic and it is meant for this device;
+- its version is newer than the last one applied of that kind.
+
+Accepted updates are kept, as the signed messages themselves, in one small JSON file next
+to the outbox (`<outbox>.updates.json`, written atomically: temp file, fsync, rename), so
+that after a restart the terminal decides with what it last had even while offline. On
+loading, each kept message is verified again: a file edited by hand is not trusted.
+"""
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from chot import wire
+from chot.errors import UplinkError
+
+log = logging.getLogger(__name__)
+
+BROADCAST_KINDS = ("denylist", "trust")
+
+
+def load_public_key(path):
+    """The collector's Ed25519 public key from a PEM file; raise UplinkError saying what to fix."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UplinkError(
+            f"cannot read the collector public key {path}: {exc.strerror}; "
+            "copy the collector's public key (PEM) there or fix mqtt.collector_public_key"
+        ) from None
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError:
+        raise UplinkError(f"{path} is not a PEM public key; give the collector's Ed25519 public key") from None
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        raise UplinkError(f"{path} is a {type(key).__name__}; the collector signs with Ed25519: give its public key")
+    return key
+
+
+def store_path_for(outbox_path):
+    """Where the applied updates are kept: next to the outbox database."""
+    p = Path(outbox_path)
+    return p.with_name(p.name + ".updates.json")
+
+
+class UpdateStore:
+    """The last applied signed update of each kind, verified and kept on disk.
+
+    `offer(topic, payload)` returns `(kind, body, version)` when the update is to be applied,
+    else None (and logs why). Call `commit(kind)` once it has been applied, so it is persisted;
+    `applied()` lists what was kept, to replay at start-up.
+    """
+
+    def __init__(self, path, public_key, device_id):
+        self.path = Path(path)
+        self.public_key = public_key
+        self.device_id = device_id
+        self._kept = {}  # kind -> {"version": int, "payload": str}
+        self._pending = {}  # kind -> (version, payload) offered, not yet committed
+        self._load()
+
+    # --- topics -----------------------------------------------------------------------------
+
+    def kind_of(self, topic):
+        """The kind of update a topic carries, or None when it is not an update topic."""
+        if topic == wire.config_topic(self.device_id):
+            return "config"
+        prefix = wire.broadcast_topic("")
+        if topic.startswith(prefix) and topic[len(prefix):] in BROADCAST_KINDS:
+            return topic[len(prefix):]
+        return None
+
+    # --- offers -----------------------------------------------------------------------------
+
+    def version(self, kind):
+        """The version last applied of `kind`, or None."""
+        kept = self._kept.get(kind)
+        return kept["version"] if kept else None
+
+    def offer(self, topic, payload):
+        kind = self.kind_of(topic)
+        if kind is None:
+            log.debug("ignoring a message on %s: not an update topic", topic)
+            return None
+        if not payload:
+            log.info("the retained %s was cleared at the collector; keeping version %s", kind, self.version(kind))
+            return None
+        if self.public_key is None:
+            log.warning(
+                "%s update ignored: no collector public key is pinned (set mqtt.collector_public_key)", kind
+            )
+            return None
+        try:
+            env = wire.verify_envelope(self.public_key, payload, kind, target=self.device_id)
+        except wire.WireError as exc:
+            log.warning("%s update REJECTED (forged or malformed): %s", kind, exc)
+            return None
+        version = env["version"]
+        current = self.version(kind)
+        if current is not None and version <= current:
+            if version < current:
+                log.warning("%s update version %d ignored: older than the applied version %d", kind, version, current)
+            else:
+                log.debug("%s version %d already applied", kind, version)
+            return None
+        self._pending[kind] = (version, payload.decode("utf-8") if isinstance(payload, bytes) else payload)
+        return kind, env["body"], version
+
+    def commit(self, kind):
+        """Persist the update last offered of `kind` (after it was applied)."""
+        version, payload = self._pending.pop(kind)
+        self._kept[kind] = {"version": version, "payload": payload}
+        self._save()
+        log.info("%s version %d applied and kept", kind, version)
+
+    def discard(self, kind):
+        """Forget the update last offered of `kind` (applying it failed)."""
+        self._pending.pop(kind, None)
+
+    def applied(self):
+        """[(kind, body, version)] of the kept updates, to hand to the daemon at start-up."""
+        out = []
+        for kind, kept in sorted(self._kept.items()):
+            env = json.loads(kept["payload"])
+            out.append((kind, env["body"], kept["version"]))
+        return out
+
+    # --- the file ---------------------------------------------------------------------------
+
+    def _load(self):
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("cannot read the kept updates %s (%s); starting without them", self.path, exc)
+            return
+        if not isinstance(data, dict):
+            log.error("kept updates %s are not a JSON object; starting without them", self.path)
+            return
+        for kind, kept in data.items():
+            try:
+                payload = kept["payload"]
+                if self.public_key is None:
+                    raise wire.WireError("no collector public key is pinned (set mqtt.collector_public_key)")
+                env = wire.verify_envelope(self.public_key, payload.encode("utf-8"), kind, target=self.device_id)
+            except (KeyError, TypeError, AttributeError, wire.WireError) as exc:
+                log.error("kept %s update does not verify (%s); ignored", kind, exc)
+                continue
+            self._kept[kind] = {"version": env["version"], "payload": payload}
+
+    def _save(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self._kept, sort_keys=True, indent=1)
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        try:  # make the rename itself durable
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError:
+            pass
