@@ -1,0 +1,692 @@
+"""EU Digital COVID Certificate ("HC1:" QR codes): decode, verify and the DCC policy rules.
+
+Vietnam's vaccination certificates use this format. A text is checked in these steps, each
+recorded in `Verification.steps` (True passed, False failed, None not reached):
+
+- `unprefix`:   the text starts with "HC1:" (any other context, "HC2:", "HL0:", fails);
+- `base45`:     the rest is base45 (RFC 9285);
+- `decompress`: zlib, inflated to at most MAX_INFLATED bytes (an uncompressed COSE fails);
+- `decode`:     COSE_Sign1 (tag 18, optionally inside CWT tag 61) and the CWT claims
+                (1 iss, 4 exp, 6 iat, -260 hcert {1: the certificate});
+- `signature`:  the key id (protected header, else unprotected) names a trusted signing
+                certificate (kid = sha256(certificate DER)[:8]), the certificate is valid
+                at the evaluation time, and the signature verifies (ES256 raw r||s, or PS256);
+- `time`:       iat <= clock (+ skew) and clock <= exp;
+- `key_usage`:  the certificate's extended key usage allows the content: OIDs
+                1.3.6.1.4.1.1847.2021.1.1 / .2 / .3 for test / vaccination / recovery; a
+                certificate with none of these OIDs may sign anything;
+- `schema`:     the certificate follows its JSON schema (the version named by "ver") and
+                holds exactly one entry of exactly one kind (v, t or r).
+
+Once `decode` passed, the four checks after it are all run and reported (so `chot scan` and
+the conformance test see each one); `reason` is the first failure. `subject` and
+`subject_key` are filled only when the signature verified.
+
+Trust material: `load_trust_json(store, obj)` reads a DCC trust list (see its docstring);
+single certificates (PEM/DER) are stored by device.credentials.trust itself.
+
+JSON schemas: the ehn-dcc-schema releases (one directory per version holding one
+*.combined-schema.json), found in $CHOT_DCC_SCHEMA_DIR, /usr/share/chot/dcc-schema or, in a
+development checkout, ../shared/testdata/dcc/ehn-dcc-schema; `set_schema_dir(path)` chooses
+another. Without any schema the `schema` step only checks the one-entry rule. Loaded once.
+
+Pure logic apart from that lazy schema load; `verify` never raises, whatever the input.
+"""
+
+import base64
+import binascii
+import functools
+import json
+import logging
+import math
+import os
+import re
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import cbor2
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from chot.errors import CredentialError
+from device.credentials import native
+from device.credentials.result import Verification
+from device.credentials.subject import initials, subject_key_for_person
+
+log = logging.getLogger(__name__)
+
+PREFIX = "HC1:"
+MAX_TEXT = native.MAX_TEXT
+MAX_INFLATED = 65536
+STEPS = ("unprefix", "base45", "decompress", "decode", "signature", "time", "key_usage", "schema")
+
+ALG_ES256, ALG_PS256 = -7, -37
+HDR_ALG, HDR_KID = 1, 4
+CWT_ISS, CWT_EXP, CWT_IAT, CWT_HCERT = 1, 4, 6, -260
+KINDS = {"v": "vaccination", "t": "test", "r": "recovery"}
+# Extended key usage OIDs of DCC signing certificates; the ".0." variants were in early
+# drafts of the specification and are still found on certificates.
+EKU = {
+    "1.3.6.1.4.1.1847.2021.1.1": "t",
+    "1.3.6.1.4.1.1847.2021.1.2": "v",
+    "1.3.6.1.4.1.1847.2021.1.3": "r",
+    "1.3.6.1.4.1.0.1847.2021.1.1": "t",
+    "1.3.6.1.4.1.0.1847.2021.1.2": "v",
+    "1.3.6.1.4.1.0.1847.2021.1.3": "r",
+}
+TEST_NOT_DETECTED = "260415000"
+TEST_DETECTED = "260373001"
+_MAX_TIME = 2**40
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _utc(t):
+    if t is None:
+        return datetime.now(UTC)
+    if isinstance(t, str):
+        t = parse_time(t)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+_FRACTION = re.compile(r"(\.\d+)")
+
+
+def parse_time(text):
+    """An ISO 8601 instant ('2021-06-08T20:17:27.9906293Z', '2021-05-03', ...) as an aware UTC datetime.
+
+    ValueError when it is not one. Fractions beyond microseconds are cut; no zone means UTC.
+    """
+    s = str(text).strip()
+    if not s or len(s) > 64:
+        raise ValueError("not a date/time")
+    s = s.replace("z", "Z")
+    if s.endswith("Z"):
+        s = s[:-1] + "+00:00"
+    s = _FRACTION.sub(lambda m: m.group(1)[:7], s, count=1)
+    t = datetime.fromisoformat(s)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _jsonable(obj, depth=0):
+    """CBOR values as JSON values: datetimes and dates as ISO text, bytes as base64."""
+    if depth > 32:
+        raise ValueError("CBOR nested too deeply")
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, str) else k: _jsonable(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v, depth + 1) for v in obj]
+    if isinstance(obj, datetime):
+        if obj.tzinfo is not None and obj.utcoffset() == timedelta(0):
+            return obj.replace(tzinfo=None).isoformat() + "Z"
+        return obj.isoformat()
+    if isinstance(obj, date):
+        return obj.isoformat()
+    if isinstance(obj, bytes | bytearray):
+        return base64.b64encode(bytes(obj)).decode("ascii")
+    if isinstance(obj, cbor2.CBORTag):
+        return _jsonable(obj.value, depth + 1)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError("non-finite number")
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    return str(obj)
+
+
+def _num_time(v):
+    """A CWT time (int or float seconds) as an aware datetime, or None when absent/invalid."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if not -_MAX_TIME < v < _MAX_TIME:
+        return None
+    try:
+        return datetime.fromtimestamp(v, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _cert_time(cert, attr):
+    try:
+        return getattr(cert, attr + "_utc")
+    except AttributeError:  # cryptography < 42
+        return getattr(cert, attr).replace(tzinfo=UTC)
+
+
+# ---------------------------------------------------------------- JSON schemas
+
+
+_schema_dir_override = None
+
+
+def _schema_candidates():
+    if _schema_dir_override is not None:
+        yield Path(_schema_dir_override)
+    env = os.environ.get("CHOT_DCC_SCHEMA_DIR")
+    if env:
+        yield Path(env)
+    yield Path("/usr/share/chot/dcc-schema")
+    yield Path(__file__).resolve().parents[3] / "shared" / "testdata" / "dcc" / "ehn-dcc-schema"
+
+
+def set_schema_dir(path):
+    """Use the ehn-dcc-schema releases under `path` (one directory per version)."""
+    global _schema_dir_override
+    _schema_dir_override = None if path is None else str(path)
+    _schemas.cache_clear()
+
+
+def _version_key(v):
+    try:
+        return tuple(int(p) for p in v.split("."))
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _schemas():
+    """{version tuple: jsonschema validator}, loaded once from the first schema directory found."""
+    import jsonschema
+
+    for base in _schema_candidates():
+        if not base.is_dir():
+            continue
+        found = {}
+        for sub in sorted(base.iterdir()):
+            key = _version_key(sub.name) if sub.is_dir() else None
+            if key is None:
+                continue
+            files = sorted(sub.glob("*combined-schema.json")) or sorted(sub.glob("*.json"))
+            if not files:
+                continue
+            try:
+                schema = json.loads(files[0].read_text("utf-8"))
+                cls = jsonschema.validators.validator_for(schema)
+                found[key] = cls(schema)
+            except (OSError, ValueError) as exc:
+                log.warning("DCC schema %s not usable: %s", files[0], exc)
+        if found:
+            log.info("DCC schemas %s loaded from %s", ", ".join(".".join(map(str, k)) for k in found), base)
+            return found
+    log.warning("no DCC JSON schema found: set CHOT_DCC_SCHEMA_DIR to the ehn-dcc-schema releases")
+    return {}
+
+
+def _validators_for(ver):
+    """The validators that may accept version `ver`: its own schema, then the newest of the same major.
+
+    Later minor releases only relax the earlier ones (partial dates of birth, longer texts),
+    and certificates in circulation were issued against drafts that the first release already
+    tightened; so a certificate passes when either of the two accepts it.
+    """
+    schemas = _schemas()
+    key = _version_key(ver) if isinstance(ver, str) else None
+    if key is None or not schemas:
+        return []
+    same_major = [k for k in schemas if k[0] == key[0]]
+    if not same_major:
+        return []
+    out = []
+    if key in schemas:
+        out.append(schemas[key])
+    else:
+        older = [k for k in same_major if k <= key]
+        if older:
+            out.append(schemas[max(older)])
+    newest = schemas[max(same_major)]
+    if newest not in out:
+        out.append(newest)
+    return out
+
+
+def check_schema(dgc, issued_at=None):
+    """None when `dgc` (JSON form) follows its schema and the one-entry rule, else a short problem text.
+
+    Keys v, t, r that are null count as absent (early issuers wrote all three). A date of birth
+    after the issuing time is refused as well.
+    """
+    if not isinstance(dgc, dict):
+        return "the certificate is not a map"
+    dgc = {k: val for k, val in dgc.items() if not (k in KINDS and val is None)}
+    kinds = [k for k in KINDS if k in dgc]
+    if len(kinds) != 1:
+        return "the certificate must hold exactly one of v, t, r"
+    entries = dgc[kinds[0]]
+    if not isinstance(entries, list) or len(entries) != 1:
+        return f"{kinds[0]} must hold exactly one entry"
+    ver = dgc.get("ver")
+    if not isinstance(ver, str) or _version_key(ver) is None:
+        return "ver (the schema version) is missing"
+    dob = dgc.get("dob")
+    if isinstance(dob, str) and dob[:4].isdigit() and issued_at is not None and int(dob[:4]) > issued_at.year:
+        return "the date of birth is after the issuing time"
+    validators = _validators_for(ver)
+    if not validators:
+        if _schemas():
+            return f"no schema for version {ver[:16]}"
+        return None
+    first = None
+    for validator in validators:
+        err = next(iter(validator.iter_errors(dgc)), None)
+        if err is None:
+            return None
+        first = first or err
+    where = "/".join(str(p) for p in first.absolute_path) or "(top)"
+    return f"schema {ver[:16]}: {where}: {first.validator} failed"
+
+
+# ---------------------------------------------------------------- signature
+
+
+def verify_signature(public_key, alg, to_be_signed, signature):
+    """True when `signature` verifies with `public_key` for COSE alg ES256 (-7) or PS256 (-37)."""
+    try:
+        if alg == ALG_ES256 and isinstance(public_key, ec.EllipticCurvePublicKey):
+            return native.verify_cose_signature(public_key, ALG_ES256, to_be_signed, signature)
+        if alg == ALG_PS256 and isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(
+                signature,
+                to_be_signed,
+                padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO),
+                hashes.SHA256(),
+            )
+            return True
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return False
+
+
+def _der_items(data, start=0, end=None):
+    """(tag, content start, content end) of each DER element in data[start:end]; ValueError when malformed."""
+    end = len(data) if end is None else end
+    i = start
+    while i < end:
+        if i + 2 > end:
+            raise ValueError("DER: truncated")
+        tag, length = data[i], data[i + 1]
+        i += 2
+        if length & 0x80:
+            n = length & 0x7F
+            if n == 0 or n > 4 or i + n > end:
+                raise ValueError("DER: bad length")
+            length = int.from_bytes(data[i:i + n], "big")
+            i += n
+        if i + length > end:
+            raise ValueError("DER: truncated")
+        yield tag, i, i + length
+        i += length
+
+
+def _oid_text(body):
+    if not body:
+        raise ValueError("DER: empty OID")
+    first = body[0]
+    parts = [min(first // 40, 2), first - 40 * min(first // 40, 2)]
+    n = 0
+    for b in body[1:]:
+        n = (n << 7) | (b & 0x7F)
+        if not b & 0x80:
+            parts.append(n)
+            n = 0
+    return ".".join(map(str, parts))
+
+
+_OID_EKU = bytes.fromhex("551d25")  # 2.5.29.37
+
+
+def _eku_from_der(der):
+    """The EKU OIDs of a certificate read straight from its DER (for certificates that cryptography's
+    strict parser refuses, e.g. an explicitly encoded default); None when it has no EKU extension."""
+    cert_tag, cs, ce = next(_der_items(der))
+    tbs_tag, ts, te = next(_der_items(der, cs, ce))
+    for tag, s, e in _der_items(der, ts, te):
+        if tag != 0xA3:  # [3] extensions
+            continue
+        _seq, xs, xe = next(_der_items(der, s, e))
+        for _t, es, ee in _der_items(der, xs, xe):
+            parts = list(_der_items(der, es, ee))
+            if not parts or der[parts[0][1]:parts[0][2]] != _OID_EKU:
+                continue
+            _ot, vs, ve = parts[-1]  # extnValue OCTET STRING holding SEQUENCE OF OID
+            inner = list(_der_items(der, vs, ve))
+            if not inner:
+                return []
+            _st, ss, se = inner[0]
+            return [_oid_text(der[a:b]) for t, a, b in _der_items(der, ss, se) if t == 0x06]
+    return None
+
+
+def key_usage_kinds(cert):
+    """The kinds ("v", "t", "r") a signing certificate may sign; None when its EKU names none (all allowed)."""
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        oids = [o.dotted_string for o in eku]
+    except x509.ExtensionNotFound:
+        oids = []
+    except ValueError:  # an extension cryptography refuses to parse: read the EKU ourselves
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        try:
+            oids = _eku_from_der(cert.public_bytes(Encoding.DER)) or []
+        except (ValueError, StopIteration):
+            oids = []
+    kinds = {EKU[o] for o in oids if o in EKU}
+    return kinds or None
+
+
+# ---------------------------------------------------------------- decoding
+
+
+class Decoded:
+    """The parts of a decoded (not yet verified) DCC. `dgc` is in JSON form."""
+
+    __slots__ = ("alg", "kid", "to_be_signed", "signature", "claims", "iss", "iat", "exp", "dgc")
+
+
+def decode_cose(raw):
+    """Parse the COSE_Sign1 and CWT claims of an inflated DCC; ValueError when malformed."""
+    protected, pmap, unprotected, payload, signature = native.parse_sign1(raw)
+    try:
+        claims = cbor2.loads(payload)
+    except Exception as exc:  # noqa: BLE001 - cbor2 raises several types on bad input
+        raise ValueError("CWT payload is not CBOR") from exc
+    if not isinstance(claims, dict):
+        raise ValueError("CWT payload is not a map")
+    hcert = claims.get(CWT_HCERT)
+    if not isinstance(hcert, dict) or not isinstance(hcert.get(1), dict):
+        raise ValueError("CWT claim -260 (hcert) with the certificate is missing")
+    d = Decoded()
+    d.alg = pmap.get(HDR_ALG, unprotected.get(HDR_ALG))
+    d.kid = pmap[HDR_KID] if HDR_KID in pmap else unprotected.get(HDR_KID)
+    d.to_be_signed = native.sig_structure(protected, payload)
+    d.signature = signature
+    d.claims = claims
+    iss = claims.get(CWT_ISS)
+    d.iss = iss if isinstance(iss, str) else None
+    d.iat, d.exp = _num_time(claims.get(CWT_IAT)), _num_time(claims.get(CWT_EXP))
+    d.dgc = _jsonable(hcert[1])
+    return d
+
+
+def unprefix(text):
+    """The base45 part of an "HC1:" text; ValueError otherwise."""
+    if not isinstance(text, str):
+        raise ValueError("not text")
+    if len(text) > MAX_TEXT:
+        raise ValueError(f"longer than {MAX_TEXT} characters")
+    t = text.strip()
+    if not t.startswith(PREFIX):
+        raise ValueError(f"not prefixed {PREFIX}")
+    return t[len(PREFIX):]
+
+
+def inflate(data):
+    """zlib-inflate at most MAX_INFLATED bytes; ValueError on bad, truncated or oversized data."""
+    return native.inflate_bounded(data, MAX_INFLATED)
+
+
+# ---------------------------------------------------------------- subject and claims
+
+
+def _birth_year(dob):
+    return int(dob[:4]) if isinstance(dob, str) and dob[:4].isdigit() else None
+
+
+def _subject(dgc):
+    nam = dgc.get("nam") if isinstance(dgc.get("nam"), dict) else {}
+    fnt, gnt = str(nam.get("fnt") or ""), str(nam.get("gnt") or "")
+    fn, gn = str(nam.get("fn") or fnt), str(nam.get("gn") or gnt)
+    dob = dgc.get("dob") if isinstance(dgc.get("dob"), str) else ""
+    subject = {"name_masked": initials(f"{fn} {gn}".replace("<", " ")), "birth_year": _birth_year(dob)}
+    key = subject_key_for_person(f"{fnt} {gnt}", dob[:10]) if (fnt or gnt) else None
+    return subject, key
+
+
+def _claims(dgc, iss):
+    kinds = [k for k in KINDS if isinstance(dgc.get(k), list) and dgc[k]]
+    kind = kinds[0] if len(kinds) == 1 else None
+    entry = dgc[kind][0] if kind and isinstance(dgc[kind][0], dict) else {}
+    return {
+        "kind": KINDS.get(kind),
+        "entry": entry,
+        "ver": dgc.get("ver") if isinstance(dgc.get("ver"), str) else None,
+        "country": entry.get("co") if isinstance(entry.get("co"), str) else None,
+        "iss": iss,
+    }
+
+
+# ---------------------------------------------------------------- verification
+
+
+def _first_open_step(v):
+    return next((s for s in STEPS if v.steps.get(s) is None), STEPS[-1])
+
+
+def verify(text, trust=None, at=None, skew_s: float = 0.0, trace=None) -> Verification:
+    """Verify an "HC1:" text against `trust` (a TrustStore; None trusts nothing) at `at` (default now).
+
+    Never raises. `skew_s` tolerates a clock running behind the issuer (iat in the future).
+    `trace`, a dict, receives the intermediate values (base45 part, compressed, cose, payload, dgc).
+    """
+    v = Verification(text=text if isinstance(text, str) else None, format="dcc", steps=dict.fromkeys(STEPS))
+    try:
+        return _verify(v, text, trust, _utc(at), float(skew_s or 0.0), trace if trace is not None else {})
+    except Exception as exc:  # noqa: BLE001 - last resort: a bug must not stop the terminal
+        log.error("DCC verification failed unexpectedly (%s)", type(exc).__name__, exc_info=True)
+        return v.fail(_first_open_step(v), "unreadable", f"internal error ({type(exc).__name__})")
+
+
+def _verify(v, text, trust, at, skew_s, trace):
+    try:
+        body = unprefix(text)
+    except ValueError as exc:
+        reason = "unreadable" if isinstance(text, str) and len(text) > MAX_TEXT else "unknown_format"
+        return v.fail("unprefix", reason, str(exc))
+    v.steps["unprefix"] = True
+    trace["base45"] = body
+    try:
+        compressed = native.b45decode(body)
+    except ValueError as exc:
+        return v.fail("base45", "unreadable", str(exc))
+    v.steps["base45"] = True
+    trace["compressed"] = compressed
+    try:
+        raw = inflate(compressed)
+    except ValueError as exc:
+        return v.fail("decompress", "unreadable", str(exc))
+    v.steps["decompress"] = True
+    trace["cose"] = raw
+    try:
+        d = decode_cose(raw)
+    except (ValueError, RecursionError) as exc:
+        return v.fail("decode", "unreadable", str(exc)[:200])
+    v.steps["decode"] = True
+    trace["claims"], trace["dgc"] = d.claims, d.dgc
+    v.issued_at, v.expires_at, v.issuer = d.iat, d.exp, d.iss
+    v.claims = _claims(d.dgc, d.iss)
+
+    # signature (with the key id and the signing certificate's validity)
+    certs = getattr(trust, "dcc_certs", None) or {}
+    cert = certs.get(d.kid) if isinstance(d.kid, bytes) else None
+    if not isinstance(d.kid, bytes) or not d.kid:
+        v.fail("signature", "unknown_issuer", "no key id in the COSE headers")
+    elif cert is None:
+        v.fail("signature", "unknown_issuer", f"signing certificate {d.kid[:8].hex()} is not trusted")
+    elif d.alg not in (ALG_ES256, ALG_PS256) or type(d.alg) is not int:
+        v.fail("signature", "bad_signature", "COSE alg is not ES256 (-7) or PS256 (-37)")
+    elif not verify_signature(cert.public_key(), d.alg, d.to_be_signed, d.signature):
+        v.fail("signature", "bad_signature", "the signature does not verify with the signing certificate")
+    else:
+        if at + timedelta(seconds=skew_s) < _cert_time(cert, "not_valid_before"):
+            v.fail("signature", "not_yet_valid", "the signing certificate is not valid yet")
+        elif at > _cert_time(cert, "not_valid_after"):
+            v.fail("signature", "expired", "the signing certificate has expired")
+        else:
+            v.steps["signature"] = True
+            v.issuer = d.iss or cert.subject.rfc4514_string()[:120]
+
+    # time: iat <= clock <= exp
+    if d.iat is None or d.exp is None:
+        v.fail("time", "unreadable", "iat or exp missing")
+    elif d.iat > at + timedelta(seconds=skew_s):
+        v.fail("time", "not_yet_valid", "issued after the evaluation time")
+    elif at > d.exp:
+        v.fail("time", "expired", "past its expiry (exp)")
+    else:
+        v.steps["time"] = True
+
+    # key usage of the signing certificate
+    if cert is not None:
+        allowed = key_usage_kinds(cert)
+        present = [k for k in KINDS if k in d.dgc]
+        if allowed is not None and (not present or any(k not in allowed for k in present)):
+            v.fail("key_usage", "key_usage", "the signing certificate may not sign this kind of certificate")
+        else:
+            v.steps["key_usage"] = True
+
+    problem = check_schema(d.dgc, d.iat)
+    if problem:
+        v.fail("schema", "schema", problem)
+    else:
+        v.steps["schema"] = True
+
+    if v.steps["signature"]:
+        v.subject, v.subject_key = _subject(d.dgc)
+        v.subject["kind"] = v.claims["kind"]
+    return v
+
+
+# ---------------------------------------------------------------- trust lists
+
+
+def _b64(text):
+    s = str(text).strip()
+    try:
+        return base64.b64decode(s + "=" * (-len(s) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+def _trust_entries(obj):
+    """(kid text or None, certificate base64) pairs of a trust list, or None when `obj` is not one."""
+    if isinstance(obj, dict) and isinstance(obj.get("certificates"), list):
+        obj = obj["certificates"]
+    if isinstance(obj, list):
+        if not obj or not all(isinstance(e, dict) and isinstance(e.get("rawData"), str) for e in obj):
+            return None
+        return [(e.get("kid"), e["rawData"]) for e in obj]
+    if isinstance(obj, dict) and obj and "keys" not in obj:
+        if all(isinstance(k, str) and isinstance(c, str) and len(c) > 100 for k, c in obj.items()):
+            return list(obj.items())
+    return None
+
+
+def load_trust_json(store, obj):
+    """Load a DCC trust list into `store.dcc_certs`; the number of certificates, or 0 when `obj` is not one.
+
+    Accepted shapes (certificates as base64 DER; kid as base64 of the 8-byte key id):
+      - the EU gateway's trust list export, a list of {"kid", "rawData", "country", "certificateType", ...};
+      - the same wrapped as {"certificates": [...]} (the national DSC list downloads);
+      - a plain map {"<kid base64>": "<certificate base64 DER>", ...}.
+    Each certificate is stored under its computed key id (sha256(DER)[:8]) and, when the list
+    gives a different one, under that too. Raises CredentialError for a list with a broken entry.
+    """
+    entries = _trust_entries(obj)
+    if entries is None:
+        return 0
+    from device.credentials.trust import dcc_kid
+
+    n = 0
+    for i, (kid_text, cert_b64) in enumerate(entries):
+        try:
+            cert = x509.load_der_x509_certificate(_b64(cert_b64))
+            listed = _b64(kid_text) if kid_text else None
+        except (ValueError, binascii.Error) as exc:
+            raise CredentialError(
+                f"DCC trust list entry {i}: the certificate (base64 DER) does not parse; "
+                "re-download the trust list"
+            ) from exc
+        kid = dcc_kid(cert)
+        store.dcc_certs[kid] = cert
+        if listed and listed != kid:
+            log.warning("DCC trust list entry %d: listed kid %s differs from %s", i, listed.hex(), kid.hex())
+            store.dcc_certs[listed] = cert
+        n += 1
+    log.info("DCC trust list: %d signing certificates", n)
+    return n
+
+
+# ---------------------------------------------------------------- policy rules
+
+
+def _get(cfg, key, default):
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def _date(text):
+    """A date or date-time text as an aware UTC datetime (dates at 00:00), or None."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        return parse_time(text if "T" in text else text.strip()[:10])
+    except ValueError:
+        return None
+
+
+def _int(x):
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, int):
+        return x
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    return None
+
+
+def rules(v, policy_cfg, at):
+    """The DCC policy for a verified certificate: a reason code, or None when it passes.
+
+    - vaccination: with dcc_require_complete_vaccination, dn >= sd (dose number >= doses in series);
+    - recovery: at most dcc_recovery_days after the first positive test (fr), and not past du;
+    - test: the result is "not detected" (260415000) and the sample was taken at most
+      dcc_test_hours before (a sample time in the future beyond clock_skew_s: not_yet_valid).
+    """
+    at = _utc(at)
+    c = v.claims or {}
+    e = c.get("entry") if isinstance(c.get("entry"), dict) else {}
+    kind = c.get("kind")
+    if kind == "vaccination":
+        if _get(policy_cfg, "dcc_require_complete_vaccination", True):
+            dn, sd = _int(e.get("dn")), _int(e.get("sd"))
+            if dn is None or sd is None or dn < 1 or dn < sd:
+                return "vaccination_incomplete"
+        return None
+    if kind == "recovery":
+        days = _get(policy_cfg, "dcc_recovery_days", 180)
+        fr, du = _date(e.get("fr")), _date(e.get("du"))
+        if fr is None:
+            return "recovery_expired"
+        if at > fr + timedelta(days=days):
+            return "recovery_expired"
+        if du is not None and at > du + timedelta(days=1):
+            return "recovery_expired"
+        return None
+    if kind == "test":
+        if str(e.get("tr", "")) != TEST_NOT_DETECTED:
+            return "test_positive"
+        hours = _get(policy_cfg, "dcc_test_hours", 72)
+        sc = _date(e.get("sc"))
+        if sc is None:
+            return "test_expired"
+        skew = timedelta(seconds=float(_get(policy_cfg, "clock_skew_s", 300.0) or 0.0))
+        if sc > at + skew:
+            return "not_yet_valid"
+        if at - sc > timedelta(hours=hours):
+            return "test_expired"
+        return None
+    return "schema"
