@@ -19,10 +19,8 @@ from chot import __version__
 from chot.errors import ChotError, OutboxError
 from device.clock import clock_quality, utc_now_iso
 from device.cooldown import Cooldown
-from device.credentials.policy import Policy
+from device.credentials.policy import Checker, Policy
 from device.credentials.result import Decision
-from device.credentials.trust import TrustStore
-from device.credentials.verify import verify_text
 from device.scanner.assemble import ChunkAssembler
 from device.scanner.decode import make_decoder
 from device.systemd import Notifier
@@ -44,14 +42,6 @@ def feedback_kind(decision):
     return "fail"
 
 
-def _load_denylist(path):
-    if not path:
-        return None
-    from device.credentials.denylist import DenyList
-
-    return DenyList.load(path)
-
-
 class Terminal:
     """One checkpoint terminal. Parts may be passed in (tests, the demo); else built from `cfg`.
 
@@ -59,14 +49,14 @@ class Terminal:
     `run()` loops over the frame source until it is exhausted or `stop()` is called.
     """
 
-    def __init__(self, cfg, source=None, feedback=None, outbox=None, link=None, trust=None, now=None):
+    def __init__(self, cfg, source=None, feedback=None, outbox=None, link=None, checker=None, now=None):
         self.cfg = cfg
         self._now = now or (lambda: datetime.now(UTC))
         self.decoder = make_decoder(cfg.scanner)
         self.assembler = ChunkAssembler(timeout_s=cfg.scanner.chunk_timeout_s)
         self.cooldown = Cooldown(cfg.scanner.cooldown_s)
-        self.trust = trust if trust is not None else TrustStore.load(cfg.policy.trusted_issuers)
-        self.policy = Policy(cfg.policy, denylist=_load_denylist(cfg.policy.denylist))
+        # Trusted issuers, the deny list and the policy rules; replaced by collector updates.
+        self.checker = checker if checker is not None else Checker.from_config(cfg.policy)
         self.source = source
         self.feedback = feedback
         self.outbox = outbox
@@ -122,11 +112,9 @@ class Terminal:
             text_key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
             if self.cooldown.seen(text_key, mono):
                 continue
-            at = self._now()
-            verification = verify_text(text, self.trust, at)
+            verification, decision = self.checker.check(text, self._now())
             if verification.subject_key and self.cooldown.seen("s:" + verification.subject_key, mono):
                 continue  # the same person with another code, within the cooldown
-            decision = self.policy.decide(verification, at)
             event = self._record(decision, verification, source="camera")
             if event is not None:
                 events.append(event)
@@ -188,23 +176,15 @@ class Terminal:
 
     def record_manual(self):
         """The guard's button: a person checked on paper passes, recorded with source `manual`."""
-        return self._record(self.policy.manual(), None, source="manual")
+        return self._record(Policy.manual(), None, source="manual")
 
     # --- updates from the collector -------------------------------------------------------
 
     def apply_update(self, kind, body, version):
         """Apply a verified update from the collector (deny list, trusted issuers)."""
-        if kind == "denylist":
-            from device.credentials.denylist import DenyList
+        from device.updates import apply_update
 
-            self.policy.denylist = DenyList.from_json(body)
-            log.info("deny list version %s applied", version)
-        elif kind == "trust":
-            self.trust = TrustStore.from_update(body, base=self.cfg.policy.trusted_issuers)
-            log.info("trusted issuers version %s applied", version)
-        elif kind == "config":
-            log.info("config version %s received; applied keys: %s", version, ", ".join(sorted(body)) or "none")
-            self.policy = Policy.with_overrides(self.cfg.policy, body.get("policy", {}), self.policy.denylist)
+        self.checker = apply_update(self.cfg, self.checker, kind, body, version)
 
     # --- status for the uplink ------------------------------------------------------------
 

@@ -75,25 +75,17 @@ class Scanner:
     """The terminal's decoding, verification and policy without pins, outbox or camera."""
 
     def __init__(self, cfg, extra_trust=(), at=None):
-        from device.credentials.denylist import DenyList
-        from device.credentials.policy import Policy
-        from device.credentials.trust import TrustStore
+        from device.credentials.policy import Checker
         from device.scanner.assemble import ChunkAssembler
         from device.scanner.decode import make_decoder
 
         self.decoder = make_decoder(cfg.scanner)
         self.assembler = ChunkAssembler(timeout_s=cfg.scanner.chunk_timeout_s)
-        self.trust = TrustStore.load(list(cfg.policy.trusted_issuers) + list(extra_trust))
-        denylist = DenyList.load(cfg.policy.denylist) if cfg.policy.denylist else None
-        self.policy = Policy(cfg.policy, denylist=denylist)
+        self.checker = Checker.from_config(cfg.policy, extra_trust=extra_trust)
         self.at = at
 
     def check_text(self, text, source):
-        from device.credentials.verify import verify_text
-
-        at = self.at or datetime.now(UTC)
-        v = verify_text(text, self.trust, at)
-        d = self.policy.decide(v, at)
+        v, d = self.checker.check(text, self.at or datetime.now(UTC))
         return {
             "source": source,
             "text": text,

@@ -27,10 +27,10 @@ MIX = (
 def person_texts(issuer_key, seed=1, now=None, forger_key=None):
     """Yield (kind, text) forever, deterministic for `seed` (given `now` and the keys)."""
     from device.credentials.issue_cli import issue_declaration, make_test_identities
-    from device.credentials.keys import generate_key
+    from device.credentials.keys import generate
 
     rng = random.Random(seed)
-    forger_key = forger_key or generate_key("ed25519")
+    forger_key = forger_key or generate("ed25519")
     kinds, weights = zip(*MIX, strict=True)
     batch = 0
     while True:
@@ -76,11 +76,11 @@ def _garble(text, rng):
 
 def crowd_texts(cfg, issuer_key=None, now=None):
     """The texts for a synthetic source configured in `cfg.scanner` (key from synthetic_issuer_key)."""
-    from device.credentials.keys import generate_key, load_private_key
+    from device.credentials.keys import generate, load_private_key
 
     if issuer_key is None:
         path = cfg.scanner.synthetic_issuer_key
-        issuer_key = load_private_key(path) if path else generate_key("ed25519")
+        issuer_key = load_private_key(path) if path else generate("ed25519")
     return (text for _, text in person_texts(issuer_key, seed=cfg.scanner.synthetic_seed, now=now))
 
 

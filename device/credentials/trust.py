@@ -101,6 +101,12 @@ class TrustStore:
         log.info("trust: loaded %s", path)
         return self
 
+    def add_bytes(self, data, origin="<bytes>"):
+        """Trust material given as bytes (PEM/DER key or certificate, JSON); `origin` names it in errors."""
+        self._add_bytes(data, origin)
+        self.sources.append(str(origin))
+        return self
+
     def _add_bytes(self, data, path):
         stripped = data.lstrip()
         if b"-----BEGIN" in data[:4096] or stripped.startswith(b"-----BEGIN"):
