@@ -6,13 +6,16 @@ The collector's tracing computes the same hash from an ID number a tracer types 
     subject_key_for_id(id) = sha256_hex("chot-subject-v1|" + normalise_id(id))
 
 where `normalise_id` removes spaces, dots and dashes and upper-cases letters (passport
-numbers). Formats without an ID number (DCC, SHC) use `subject_key_for_person(name, dob)`.
-This module is pure and tiny so that any part may copy or import it.
+numbers). The hash itself is `chot.wire.subject_key_for_id`, which the collector shares; IDs
+are stripped of punctuation here first (issued declarations never contain any).
+Formats without an ID number (DCC, SHC) use `subject_key_for_person(name, dob)`.
 """
 
 import hashlib
 import re
 import unicodedata
+
+from chot import wire
 
 PREFIX = "chot-subject-v1|"
 _SEP = re.compile(r"[\s.\-_/]+")
@@ -25,7 +28,7 @@ def normalise_id(id_number):
 
 def subject_key_for_id(id_number):
     """The subject key of the person with this ID number (hex SHA-256)."""
-    return hashlib.sha256((PREFIX + normalise_id(id_number)).encode("utf-8")).hexdigest()
+    return wire.subject_key_for_id(normalise_id(id_number))
 
 
 def fold_name(name):
