@@ -68,7 +68,9 @@ SCHEMA = {
         "fail_beep_s": Field("float", 0.12, min=0.01, max=2.0, help="FAIL: length of a beep"),
         "unreadable_blinks": Field("int", 2, min=0, max=10, help="unreadable/unsigned: red blinks"),
         "unreadable_beep_s": Field("float", 0.6, min=0.01, max=3.0, help="unreadable/unsigned: one long beep"),
-        "unreadable_blink_s": Field("float", 0.2, min=0.02, max=2.0, help="unreadable/unsigned: red on (and off) per blink"),
+        "unreadable_blink_s": Field(
+            "float", 0.2, min=0.02, max=2.0, help="unreadable/unsigned: red on (and off) per blink"
+        ),
         "fault_s": Field("float", 2.0, min=0.1, max=30.0, help="fault (fail closed): red fast blink and beep for"),
         "fault_blink_s": Field("float", 0.1, min=0.02, max=2.0, help="status LED fast blink on a fault"),
         "heartbeat_s": Field("float", 1.0, min=0.1, max=10.0, help="status LED heartbeat period"),

@@ -8,7 +8,6 @@ knows what they mean. Every person is fictional.
 """
 
 import random
-import time
 from datetime import UTC, datetime, timedelta
 
 # (kind, weight): what people walking up to the terminal carry.
@@ -82,22 +81,3 @@ def crowd_texts(cfg, issuer_key=None, now=None):
         path = cfg.scanner.synthetic_issuer_key
         issuer_key = load_private_key(path) if path else generate("ed25519")
     return (text for _, text in person_texts(issuer_key, seed=cfg.scanner.synthetic_seed, now=now))
-
-
-class Paced:
-    """Wraps a frame source so frames come at most `fps` per second, like a camera's."""
-
-    def __init__(self, source, fps):
-        self.source = source
-        self.period = 1.0 / fps
-        self._next = time.monotonic()
-
-    def read(self):
-        delay = self._next - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        self._next = max(self._next + self.period, time.monotonic())
-        return self.source.read()
-
-    def close(self):
-        self.source.close()
