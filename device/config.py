@@ -99,6 +99,9 @@ SCHEMA = {
         "dcc_recovery_days": Field("int", 180, min=0, max=3650, help="DCC: recovery valid for"),
         "dcc_test_hours": Field("int", 72, min=0, max=720, help="DCC: negative test valid for"),
         "shc_crl": Field("list", [], item="str", help="SHC: revocation list files (issuer CRLs)"),
+        "shc_require_complete_vaccination": Field(
+            "bool", True, help="SHC: an immunization card must show a complete series (2 doses, or 1 of Janssen)"
+        ),
     },
     "outbox": {
         "path": Field("path", "/var/lib/chot/outbox.db", help="the outbox database (SQLite, WAL)"),
