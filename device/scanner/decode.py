@@ -47,7 +47,12 @@ MIN_UPSCALE = 1.2
 
 @dataclass
 class Scan:
-    """What one frame gave: the texts read and the number of QR symbols seen but not readable."""
+    """What one frame gave: the texts read and the number of QR symbols seen but not readable.
+
+    `unreadable` is an estimate (one damaged symbol may count twice); > 0 with no texts means
+    a QR code was in view but damaged or too poor to read: the daemon may answer with the
+    "unreadable" signal. pyzbar cannot tell, so it always gives 0.
+    """
 
     texts: list = field(default_factory=list)
     unreadable: int = 0
@@ -80,17 +85,24 @@ def _unique(texts):
     return out
 
 
-def _resize(gray, scale):
-    """`gray` scaled by `scale`, bilinear: through OpenCV when installed (8 times faster), else Pillow."""
-    h, w = gray.shape
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+def _cv2():
+    """OpenCV when installed (an optional extra), else None."""
     try:
         import cv2
     except ImportError:
-        from PIL import Image
+        return None
+    return cv2
 
-        return np.asarray(Image.fromarray(gray).resize(size, Image.BILINEAR))
-    return cv2.resize(gray, size, interpolation=cv2.INTER_LINEAR)
+
+def _resize(gray, scale, cv2=None):
+    """`gray` scaled by `scale`, bilinear: through OpenCV when given (8 times faster), else Pillow."""
+    h, w = gray.shape
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if cv2 is not None:
+        return cv2.resize(gray, size, interpolation=cv2.INTER_LINEAR)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(gray).resize(size, Image.BILINEAR))
 
 
 class Decoder:
@@ -146,6 +158,10 @@ class ZxingDecoder(Decoder):
         self.second_pass = bool(second_pass)
         self.budget_s = max(0.0, float(second_pass_budget_ms)) / 1000.0
         self.steps = tuple((float(s), getattr(zxingcpp.Binarizer, b)) for s, b in steps)
+        # imported now, not inside the first second pass, whose time budget it would eat
+        self._cv2 = _cv2() if self.second_pass else None
+        if self.second_pass and self._cv2 is None:
+            from PIL import Image  # noqa: F401
 
     def _read(self, gray, binarizer=None, return_errors=False):
         kw = {"formats": self._format, "text_mode": self._plain, "return_errors": return_errors}
@@ -165,13 +181,24 @@ class ZxingDecoder(Decoder):
         return text
 
     def _split(self, barcodes):
-        texts, bad = [], 0
+        """(texts of the valid codes, number of distinct places holding a QR symbol that failed)."""
+        texts, bad = [], []
         for b in barcodes:
             if b.valid:
                 texts.append(self._text(b))
-            else:
-                bad += 1
-        return texts, bad
+                continue
+            try:
+                pts = [(p.x, p.y) for p in (b.position.top_left, b.position.top_right, b.position.bottom_left)]
+            except Exception:  # noqa: BLE001
+                bad.append((float(len(bad)) * 1e6, 0.0, 0.0))
+                continue
+            cx = (pts[1][0] + pts[2][0]) / 2
+            cy = (pts[1][1] + pts[2][1]) / 2
+            r = math.dist(pts[0], pts[1]) / 2
+            # one symbol reported twice (inverted, another corner guess) counts once
+            if not any(math.dist((cx, cy), (x, y)) < max(r, q) for x, y, q in bad):
+                bad.append((cx, cy, r))
+        return texts, len(bad)
 
     def _scan(self, gray):
         texts, bad = self._split(self._read(gray, return_errors=True))
@@ -189,7 +216,7 @@ class ZxingDecoder(Decoder):
                     continue
             img = scaled.get(scale)
             if img is None:
-                img = scaled[scale] = _resize(gray, scale)
+                img = scaled[scale] = _resize(gray, scale, self._cv2)
             found = [self._text(b) for b in self._read(img, binarizer)]
             if found:
                 return Scan(_unique(found), 0)
