@@ -1,0 +1,244 @@
+"""The collector's Ed25519 key and the signed messages it publishes (config, deny list, trust).
+
+`keygen(dir)` writes `collector.key` (private, PEM PKCS#8, mode 0600) and `collector.pub`
+(public, PEM: pin it in every terminal's `mqtt.collector_public_key`). The messages are
+`chot.wire` signed envelopes, published retained with QoS 1:
+
+- `config`   on chot/v1/dev/<id>/config, target the device; body = the TOML/JSON file as a dict
+             (sections of the terminal config to override, e.g. {"policy": {...}});
+- `denylist` on chot/v1/broadcast/denylist, target "*"; body = a `chot-denylist-v1` object
+             (device/credentials/denylist.py): a random salt and sha256(salt + subject key)
+             entries, so the list carries neither ID numbers nor subject keys;
+- `trust`    on chot/v1/broadcast/trust, target "*"; body = {"format": "chot-trust-v1",
+             "files": [{"name": ..., "pem": "..."} | {"name": ..., "json": {...}}]}: the
+             trusted issuers' public keys, certificates and trust lists.
+
+Each message's version grows per topic and is kept in the database (`chot_published`).
+"""
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import stat
+import threading
+import tomllib
+from pathlib import Path
+
+from chot import wire
+from chot.errors import CollectorError
+
+log = logging.getLogger(__name__)
+
+DENYLIST_FORMAT = "chot-denylist-v1"
+TRUST_FORMAT = "chot-trust-v1"
+
+
+def keygen(out_dir, force=False):
+    """Write a new Ed25519 key pair into `out_dir`; return (private path, public path)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    priv_path, pub_path = out / "collector.key", out / "collector.pub"
+    if priv_path.exists() and not force:
+        raise CollectorError(f"{priv_path} exists: keep it (every terminal pins its public key) or use --force")
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    tmp = priv_path.with_name(priv_path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, priv_path)
+    pub_path.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    return priv_path, pub_path
+
+
+def load_signing_key(path):
+    """The collector's Ed25519 private key; refuses a file others can read."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    if not path:
+        raise CollectorError("collector.signing_key is not set: run `chot collector keygen --out DIR` and set it")
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        data = p.read_bytes()
+    except OSError as exc:
+        raise CollectorError(f"cannot read the signing key {p}: {exc.strerror}; check collector.signing_key") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise CollectorError(f"the signing key {p} is readable by others: run chmod 600 {p}")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise CollectorError(
+            f"{p} is not an unencrypted PEM private key: make one with `chot collector keygen`"
+        ) from None
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise CollectorError(
+            f"{p} is a {type(key).__name__}, not an Ed25519 key: make one with `chot collector keygen`"
+        )
+    return key
+
+
+def load_public_key(path):
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        return serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CollectorError(f"cannot load the public key {path}: {exc}") from None
+
+
+# --- bodies -----------------------------------------------------------------------------------
+
+
+def read_config_body(path):
+    """A device config file (TOML or JSON) as a dict."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CollectorError(f"cannot read {p}: {exc}") from None
+    try:
+        body = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise CollectorError(f"{p} is not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {exc}") from None
+    if not isinstance(body, dict):
+        raise CollectorError(f"{p} must hold a table/object of config sections")
+    return body
+
+
+def read_subject_list(path):
+    """Subject keys from a file of ID numbers or subject keys, one a line (# comments)."""
+    from collector.queries import resolve_subject
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CollectorError(f"cannot read the deny list input {path}: {exc}") from None
+    keys = []
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line:
+            keys.append(resolve_subject(line))
+    return sorted(set(keys))
+
+
+def denylist_body(subject_keys, version):
+    """The body the terminals load (device.credentials.denylist.DenyList.from_dict)."""
+    try:  # the terminal's own class, when installed alongside: exactly what it loads
+        from device.credentials.denylist import DenyList
+
+        return DenyList.from_subject_keys(subject_keys, version=version).to_dict()
+    except ImportError:
+        salt = secrets.token_bytes(16)
+        entries = sorted(hashlib.sha256(salt + k.encode("utf-8")).hexdigest() for k in subject_keys)
+        return {"format": DENYLIST_FORMAT, "version": version, "salt": salt.hex(), "entries": entries}
+
+
+def trust_body(paths):
+    """Trusted issuer material from PEM files (keys, certificates) and JSON trust lists."""
+    files = []
+    for path in paths:
+        p = Path(path)
+        for f in sorted(p.iterdir()) if p.is_dir() else [p]:
+            try:
+                data = f.read_bytes()
+            except OSError as exc:
+                raise CollectorError(f"cannot read trust file {f}: {exc.strerror}") from None
+            text = data.decode("utf-8", errors="replace")
+            if "-----BEGIN" in text:
+                if "PRIVATE KEY" in text:
+                    raise CollectorError(f"{f} holds a PRIVATE key: publish only public keys and certificates")
+                files.append({"name": f.name, "pem": text})
+                continue
+            try:
+                files.append({"name": f.name, "json": json.loads(text)})
+            except ValueError:
+                raise CollectorError(f"{f} is neither PEM (public key, certificate) nor a JSON trust list") from None
+    if not files:
+        raise CollectorError("no trust files given: give PEM public keys / certificates or JSON trust lists")
+    return {"format": TRUST_FORMAT, "files": files}
+
+
+# --- publishing -------------------------------------------------------------------------------
+
+
+def publish_retained(cfg, topic, payload, timeout=15.0):
+    """Connect, publish one retained QoS 1 message, wait for the broker's PUBACK, disconnect."""
+    from collector.config import client_id
+    from collector.subscriber import make_client
+
+    client = make_client(cfg, client_id_=f"{client_id(cfg)}-pub-{secrets.token_hex(3)}")
+    connected = threading.Event()
+    result = {}
+
+    def on_connect(c, u, flags, rc, props):
+        result["rc"] = rc
+        connected.set()
+
+    client.on_connect = on_connect
+    m = cfg.mqtt
+    try:
+        client.connect(m.host, m.port, keepalive=m.keepalive_s)
+    except OSError as exc:
+        raise CollectorError(f"cannot reach the broker {m.host}:{m.port}: {exc}; is it running?") from None
+    client.loop_start()
+    try:
+        if not connected.wait(timeout) or result["rc"].is_failure:
+            raise CollectorError(f"the broker {m.host}:{m.port} refused or did not answer: {result.get('rc')}")
+        info = client.publish(topic, payload, qos=1, retain=True)
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise CollectorError(f"the broker did not confirm the message on {topic} within {timeout} s")
+        if info.rc != 0:
+            raise CollectorError(f"publishing on {topic} failed: rc {info.rc} (check the collector's ACL)")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    log.info("published %d bytes on %s", len(payload), topic)
+
+
+def signed(storage, cfg, kind, body, topic, target="*", key=None):
+    """Sign `body` as a `kind` envelope with the next version for `topic`; return (payload, version)."""
+    key = key or load_signing_key(cfg.collector.signing_key)
+    version = storage.next_publish_version(topic)
+    return wire.sign_envelope(key, kind, version, body, target=target), version
+
+
+def set_config(storage, cfg, device_id, path, publish=True):
+    if not wire.DEVICE_ID_RE.fullmatch(device_id):
+        raise CollectorError(f"{device_id!r} is not a device id")
+    body = read_config_body(path)
+    payload, version = signed(storage, cfg, "config", body, wire.config_topic(device_id), target=device_id)
+    if publish:
+        publish_retained(cfg, wire.config_topic(device_id), payload)
+    return payload, version
+
+
+def publish_denylist(storage, cfg, path, publish=True):
+    keys = read_subject_list(path)
+    topic = wire.broadcast_topic("denylist")
+    key = load_signing_key(cfg.collector.signing_key)
+    version = storage.next_publish_version(topic)
+    body = denylist_body(keys, version)
+    payload = wire.sign_envelope(key, "denylist", version, body, target="*")
+    if publish:
+        publish_retained(cfg, topic, payload)
+    return payload, version, len(keys)
+
+
+def publish_trust(storage, cfg, paths, publish=True):
+    body = trust_body(paths)
+    topic = wire.broadcast_topic("trust")
+    payload, version = signed(storage, cfg, "trust", body, topic)
+    if publish:
+        publish_retained(cfg, topic, payload)
+    return payload, version, len(body["files"])

@@ -1,0 +1,412 @@
+"""The collector's MQTT subscriber: events in, batches stored, then acks out.
+
+`Collector(cfg)` connects to the broker with paho-mqtt 2.x (MQTT 5, a persistent session,
+manual acks, a receive maximum of at least the batch size) and subscribes to
+`$share/<group>/chot/v1/dev/+/event` (so that several collectors split the load) and to
+`chot/v1/dev/+/status`. `on_message` only queues the message; one worker thread takes up to
+`batch_size` messages or waits `batch_max_wait_ms`, validates each one, stores the good events
+in ONE transaction, and only THEN acks the MQTT messages to the broker and publishes each
+device's contiguous seq to `chot/v1/dev/<id>/ack`. A message that the collector is killed
+before acking is redelivered by the broker and stored once (duplicates are ignored).
+
+A bad message (not JSON, too large, wrong types, another device's id) is counted per reason,
+logged without personal data and acked so it does not come back; it never stops the
+collector or the good messages around it. Gaps in a device's seq that stay open longer than
+`gap_report_s` are logged once. `stats()` returns the counters.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from peewee import InterfaceError, OperationalError
+
+from chot import wire
+from chot.errors import CollectorError
+from collector.config import client_id
+from collector.storage import Storage
+
+log = logging.getLogger(__name__)
+
+EVENT_FILTER = "chot/v1/dev/+/event"
+STATUS_FILTER = "chot/v1/dev/+/status"
+
+
+def classify(problem):
+    """A short reason code for a rejected message or event (the counters' keys)."""
+    p = problem.lower()
+    if "too large" in p:
+        return "oversized"
+    if "not json" in p:
+        return "malformed"
+    if "differs from the topic" in p:
+        return "device_mismatch"
+    if "not an event topic" in p:
+        return "bad_topic"
+    if "batch must be" in p:
+        return "malformed"
+    return "invalid"
+
+
+def make_client(cfg, client_id_=None, manual_ack=False):
+    """A paho MQTT 5 client set up from the `[mqtt]` section (TLS, credentials, reconnect delays)."""
+    m = cfg.mqtt
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id_ or client_id(cfg),
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    if m.tls:
+        try:
+            client.tls_set(ca_certs=m.ca, certfile=m.cert, keyfile=m.key)
+        except (OSError, ValueError) as exc:
+            raise CollectorError(f"cannot set up TLS (mqtt.ca / mqtt.cert / mqtt.key): {exc}") from None
+    if m.username:
+        password = None
+        if m.password_file:
+            try:
+                with open(m.password_file, encoding="utf-8") as f:
+                    password = f.read().strip()
+            except OSError as exc:
+                raise CollectorError(f"cannot read mqtt.password_file {m.password_file}: {exc.strerror}") from None
+        client.username_pw_set(m.username, password)
+    client.reconnect_delay_set(min_delay=m.reconnect_min_s, max_delay=m.reconnect_max_s)
+    return client
+
+
+class Collector:
+    """Subscribes to the events of every device and stores them in batches; a context manager."""
+
+    def __init__(self, cfg, storage=None):
+        self.cfg = cfg
+        self._own_storage = storage is None
+        self.storage = storage or Storage(cfg.collector.database, synchronous=cfg.collector.sqlite_synchronous)
+        self.batch_size = cfg.collector.batch_size
+        self.max_wait = cfg.collector.batch_max_wait_ms / 1000.0
+        self.gap_report_s = cfg.collector.gap_report_s
+        self._q = queue.Queue()
+        self._stop = threading.Event()
+        self._counters = Counter()
+        self._rejected = Counter()
+        self._lock = threading.Lock()
+        self._gen = 0  # connection generation: message ids of an old connection are not acked
+        self._reported_gaps = set()
+        self._last_gap_check = 0.0
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self.client = None
+        self._worker = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self):
+        m = self.cfg.mqtt
+        self.client = make_client(self.cfg, manual_ack=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = self._on_subscribe
+        self.client.on_message = self._on_message
+        self.client.max_inflight_messages_set(100)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = m.session_expiry_s
+        props.ReceiveMaximum = m.receive_maximum
+        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
+        self._worker = threading.Thread(target=self._work, name="collector-worker", daemon=True)
+        self._worker.start()
+        self.client.loop_start()
+        log.info("collector %s connecting to %s:%d", self.cfg.collector.id, m.host, m.port)
+        return self
+
+    def stop(self, timeout=10.0):
+        """Store what is queued, ack it, then disconnect (what is left unacked comes back later)."""
+        self._stop.set()
+        if self._worker:
+            self._worker.join(timeout)
+            self._worker = None
+        if self.client:
+            try:
+                self.client.disconnect()
+            finally:
+                self.client.loop_stop()
+            self.client = None
+        if self._own_storage:
+            self.storage.close()
+
+    close = stop
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def wait_subscribed(self, timeout=10.0):
+        """Block until the subscriptions are in place; raise CollectorError if not in time."""
+        if not self.subscribed.wait(timeout):
+            m = self.cfg.mqtt
+            raise CollectorError(f"no subscription at the broker {m.host}:{m.port} within {timeout} s: is it running?")
+
+    def stats(self):
+        """The counters: received, stored, duplicates, rejected (per reason), batches, acks ..."""
+        with self._lock:
+            out = dict(self._counters)
+            out["rejected"] = dict(self._rejected)
+        out["rejected_total"] = sum(out["rejected"].values())
+        out["queued"] = self._q.qsize()
+        out["connected"] = self.connected.is_set()
+        return out
+
+    # --- paho callbacks (network thread) ------------------------------------------------------
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            log.error("broker refused the connection: %s (check mqtt credentials and ACL)", reason_code)
+            return
+        self._gen += 1
+        self._count("connects")
+        self.connected.set()
+        group = self.cfg.mqtt.shared_group
+        opts = SubscribeOptions(qos=1)
+        client.subscribe([(f"$share/{group}/{EVENT_FILTER}", opts), (STATUS_FILTER, opts)])
+        log.info("connected (session present: %s)", flags.session_present)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        bad = [rc for rc in reason_codes if rc.is_failure]
+        if bad:
+            log.error("broker refused a subscription: %s (check the collector's ACL)", bad)
+        else:
+            self.subscribed.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.connected.clear()
+        self.subscribed.clear()
+        if not self._stop.is_set():
+            self._count("disconnects")
+            log.warning("disconnected from the broker (%s); reconnecting with backoff", reason_code)
+
+    def _on_message(self, client, userdata, msg):
+        self._q.put((self._gen, msg.topic, msg.payload, msg.mid, msg.qos))
+
+    # --- the worker ---------------------------------------------------------------------------
+
+    def _count(self, name, n=1):
+        with self._lock:
+            self._counters[name] += n
+
+    def _reject(self, reason, topic, detail):
+        with self._lock:
+            self._rejected[reason] += 1
+        # topic names a device id (not personal data); detail names fields, never values
+        log.warning("rejected a message on %s (%s): %s", topic, reason, detail[:300])
+
+    def _work(self):
+        try:
+            with self.storage.connection():
+                while not (self._stop.is_set() and self._q.empty()):
+                    batch = self._take_batch()
+                    if batch:
+                        self._process(batch)
+                    self._check_gaps()
+        except Exception:  # a bug must not leave the collector silently deaf
+            log.exception("the collector worker stopped on an unexpected error")
+            self._count("worker_crashes")
+            raise
+
+    def _take_batch(self):
+        try:
+            first = self._q.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.batch_size:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(self._q.get(timeout=left))
+            except queue.Empty:
+                break
+        return batch
+
+    def _process(self, batch):
+        events = {}  # (device_id, seq) -> event, so a batch holding a duplicate stores it once
+        messages = []  # (gen, mid, qos, events of this message)
+        statuses = {}
+        self._count("received", len(batch))
+        for gen, topic, payload, mid, qos in batch:
+            if topic.endswith("/status"):
+                st = self._parse_status(topic, payload)
+                if st is not None:
+                    statuses[st["device_id"]] = st
+                messages.append((gen, mid, qos, []))
+                continue
+            try:
+                good, problems = wire.decode_event_message(topic, payload)
+            except wire.WireError as exc:
+                self._reject(classify(str(exc)), topic, str(exc))
+                good, problems = [], []
+            for p in problems:
+                self._reject(classify(p), topic, p)
+            for ev in good:
+                events[(ev["device_id"], ev["seq"])] = ev
+            messages.append((gen, mid, qos, good))
+        acks = self._store(list(events.values()), messages)
+        if acks is None:  # stopping while the database is down: leave the messages unacked
+            return
+        for dev, st in statuses.items():
+            self._store_status(dev, st)
+        self._ack_mqtt(messages)
+        self._ack_devices(acks)
+        self._count("batches")
+
+    def _store(self, events, messages):
+        """Store in one transaction, retrying while the database is unreachable; returns acks or None."""
+        delay = 0.5
+        while True:
+            try:
+                acks, inserted = self.storage.store_batch_counted(events)
+                self._count("stored", inserted)
+                self._count("duplicates", len(events) - inserted)
+                return acks
+            except (OperationalError, InterfaceError) as exc:
+                log.error("cannot store a batch (%s); retrying in %.1f s", exc.__class__.__name__, delay)
+                self._count("store_retries")
+                if self._stop.wait(delay):
+                    return None
+                delay = min(delay * 2, 30.0)
+                self._reconnect_db()
+            except Exception as exc:  # a value the database refuses: store message by message
+                log.error("a batch was refused (%s); storing its messages one by one", exc.__class__.__name__)
+                return self._store_one_by_one(messages)
+
+    def _store_one_by_one(self, messages):
+        acks = {}
+        for _gen, _mid, _qos, evs in messages:
+            if not evs:
+                continue
+            try:
+                got, inserted = self.storage.store_batch_counted(evs)
+                acks.update(got)
+                self._count("stored", inserted)
+                self._count("duplicates", len(evs) - inserted)
+            except (OperationalError, InterfaceError):
+                raise
+            except Exception as exc:
+                self._reject("unstorable", wire.event_topic(evs[0]["device_id"]), exc.__class__.__name__)
+                self._reconnect_db()
+        return acks
+
+    def _reconnect_db(self):
+        try:
+            db = self.storage.db
+            if not db.is_closed() and db.in_transaction():
+                db.rollback()
+            if not db.is_closed():
+                db.close()
+            db.connect(reuse_if_open=True)
+        except Exception as exc:  # still down: the next try says so
+            log.debug("database reconnect failed: %s", exc)
+
+    def _parse_status(self, topic, payload):
+        import json
+
+        if not payload:
+            return None  # a cleared retained message
+        device = wire.device_from_topic(topic)
+        try:
+            st = json.loads(payload)
+        except (UnicodeDecodeError, ValueError):
+            self._reject("status_invalid", topic, "status is not JSON")
+            return None
+        if not isinstance(st, dict) or st.get("device_id") != device or not isinstance(st.get("online"), bool):
+            self._reject("status_invalid", topic, "status must be an object naming the topic's device and online")
+            return None
+        return st
+
+    def _store_status(self, device, st):
+        try:
+            self.storage.update_status(device, st)
+            self._count("status")
+            log.info("device %s is %s", device, "online" if st["online"] else "offline")
+        except Exception as exc:
+            log.error("cannot record the status of %s: %s", device, exc.__class__.__name__)
+
+    def _ack_mqtt(self, messages):
+        client, gen = self.client, self._gen
+        for g, mid, qos, _evs in messages:
+            if qos == 0 or client is None:
+                continue
+            if g != gen:  # the connection that delivered it is gone: the broker sends it again
+                self._count("acks_skipped_reconnect")
+                continue
+            client.ack(mid, qos)
+            self._count("mqtt_acks")
+
+    def _ack_devices(self, acks):
+        client = self.client
+        if client is None:
+            return
+        for dev, seq in acks.items():
+            if seq > 0 and not dev.startswith("collector-"):
+                client.publish(wire.ack_topic(dev), wire.encode_ack(dev, seq), qos=1)
+                self._count("device_acks")
+
+    def _check_gaps(self):
+        now = time.monotonic()
+        if now - self._last_gap_check < 1.0:
+            return
+        self._last_gap_check = now
+        try:
+            gaps = self.storage.open_gaps(self.gap_report_s)
+        except Exception as exc:
+            log.debug("gap check failed: %s", exc)
+            return
+        open_now = set()
+        for dev, a, b, since in gaps:
+            open_now.add((dev, a))
+            if (dev, a) not in self._reported_gaps:
+                self._reported_gaps.add((dev, a))
+                self._count("gaps_reported")
+                log.warning("device %s: events %d to %d missing since %s (gap still open)", dev, a, b, since)
+        self._reported_gaps &= open_now  # a gap that closed and opens again is reported again
+
+
+def run(cfg, http=True, ready=None):
+    """Run the collector (and its HTTP API when enabled) until SIGTERM or SIGINT."""
+    import signal
+
+    stop = threading.Event()
+
+    def _handler(signum, frame):
+        stop.set()
+
+    old = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    api = None
+    try:
+        with Collector(cfg) as col:
+            if http and cfg.http.enabled:
+                from collector.api import ApiServer
+
+                api = ApiServer(cfg, col.storage, collector=col).start()
+                log.warning("HTTP API on http://%s:%d/", api.host, api.port)
+            log.warning("collector %s running (database %s)", cfg.collector.id, col.storage.safe_url)
+            if ready:
+                ready(col)
+            while not stop.wait(1.0):
+                pass
+            log.warning("stopping: %s", col.stats())
+    finally:
+        if api:
+            api.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return 0
