@@ -225,3 +225,11 @@ def test_checker_from_terminal_config(tmp_path, key, person):
     assert checker.check(decl(key, {**person, "id_number": "001090000007"}), AT)[1].reason == "denylisted"
     with pytest.raises(CredentialError, match="does not exist"):
         Checker.from_config({"trusted_issuers": [str(tmp_path / "nope.pem")]})
+
+
+def test_docs_list_every_reason_code():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "reasons.md").read_text(encoding="utf-8")
+    missing = [code for code in REASONS if f"`{code}`" not in doc]
+    assert missing == []
