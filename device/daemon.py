@@ -66,6 +66,8 @@ class Terminal:
         self._lock = threading.Lock()  # the frame loop and the guard's button both record
         self.counts = {"PASS": 0, "FAIL": 0, "frames": 0, "faults": 0}
         self.last_scan = None
+        self._faulted = False
+        self._uplink_state = "ok"
         self.decisions = []  # (event or None, Decision, Verification) of the last run, for the demo
         self.on_decision = None  # optional callable(event, decision, verification)
         if self.feedback is not None and hasattr(self.feedback, "on_manual"):
@@ -92,7 +94,9 @@ class Terminal:
         if cfg.mqtt.enabled:
             from device.uplink.link import Link
 
-            term.link = Link(cfg, outbox, on_update=term.apply_update, status_source=term.status)
+            term.link = Link(
+                cfg, outbox, on_update=term.apply_update, status_source=term.status, on_health=term.set_health
+            )
         return term
 
     # --- one frame ------------------------------------------------------------------------
@@ -142,12 +146,15 @@ class Terminal:
             log.error("event NOT recorded, failing closed (%s): %s", decision.decision, exc)
             decision = Decision("FAIL", "outbox_full")
             self._signal(decision)
-            if self.feedback is not None:
-                self.feedback.set_status("fault")
+            self._faulted = True
+            self.set_health("fault")
             self._report(None, decision, verification)
             return None
         self.counts[decision.decision] += 1
         self.last_scan = fields["time"]
+        if self._faulted:  # the outbox takes events again
+            self._faulted = False
+            self.set_health(self._uplink_state)
         self._signal(decision)
         log.info("seq %d %s %s (%s)", event["seq"], decision.decision, decision.reason, fields["format"])
         if self.link is not None:
@@ -189,17 +196,22 @@ class Terminal:
     # --- status for the uplink ------------------------------------------------------------
 
     def status(self):
-        stats = self.outbox.stats() if self.outbox is not None else {}
+        """The terminal's part of the retained status (the link adds the outbox figures)."""
         return {
             "version": __version__,
-            "outbox_depth": stats.get("depth"),
-            "oldest_undelivered_time": stats.get("oldest_undelivered_time"),
-            "last_seq": stats.get("last_seq"),
             "clock_synced": clock_quality()["synced"],
             "last_scan": self.last_scan,
             "passes": self.counts["PASS"],
             "fails": self.counts["FAIL"],
         }
+
+    def set_health(self, state):
+        """The status LED: `fault` (outbox cannot record) wins over `uplink_down`, then `ok`."""
+        if state in ("ok", "uplink_down"):
+            self._uplink_state = state
+        if self.feedback is None:
+            return
+        self.feedback.set_status("fault" if self._faulted else self._uplink_state)
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -210,8 +222,7 @@ class Terminal:
         """Loop over frames until the source is exhausted, `max_frames`, or `stop()`."""
         if self.link is not None:
             self.link.start()
-        if self.feedback is not None:
-            self.feedback.set_status("ok")
+        self.set_health("ok")
         self.notifier.ready(f"scanning at {self.cfg.device.checkpoint} ({self.cfg.device.direction})")
         n = 0
         while not self._stop.is_set():
