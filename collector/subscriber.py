@@ -259,7 +259,8 @@ class Collector:
             for ev in good:
                 events[(ev["device_id"], ev["seq"])] = ev
             messages.append((gen, mid, qos, good))
-        acks = self._store(list(events.values()), messages)
+        n_good = sum(len(m[3]) for m in messages)
+        acks = self._store(list(events.values()), messages, n_good)
         if acks is None:  # stopping while the database is down: leave the messages unacked
             return
         for dev, st in statuses.items():
@@ -268,14 +269,14 @@ class Collector:
         self._ack_devices(acks)
         self._count("batches")
 
-    def _store(self, events, messages):
+    def _store(self, events, messages, n_good):
         """Store in one transaction, retrying while the database is unreachable; returns acks or None."""
         delay = 0.5
         while True:
             try:
                 acks, inserted = self.storage.store_batch_counted(events)
                 self._count("stored", inserted)
-                self._count("duplicates", len(events) - inserted)
+                self._count("duplicates", n_good - inserted)
                 return acks
             except (OperationalError, InterfaceError) as exc:
                 log.error("cannot store a batch (%s); retrying in %.1f s", exc.__class__.__name__, delay)
