@@ -6,8 +6,7 @@ The collector's tracing computes the same hash from an ID number a tracer types 
     subject_key_for_id(id) = sha256_hex("chot-subject-v1|" + normalise_id(id))
 
 where `normalise_id` removes spaces, dots and dashes and upper-cases letters (passport
-numbers). The hash itself is `chot.wire.subject_key_for_id`, which the collector shares; IDs
-are stripped of punctuation here first (issued declarations never contain any).
+numbers). Both live in `chot.wire`, which the collector shares.
 Formats without an ID number (DCC, SHC) use `subject_key_for_person(name, dob)`.
 """
 
@@ -18,17 +17,8 @@ import unicodedata
 from chot import wire
 
 PREFIX = "chot-subject-v1|"
-_SEP = re.compile(r"[\s.\-_/]+")
-
-
-def normalise_id(id_number):
-    """'001 090-012.345' -> '001090012345'; passport letters upper-cased."""
-    return _SEP.sub("", str(id_number)).upper()
-
-
-def subject_key_for_id(id_number):
-    """The subject key of the person with this ID number (hex SHA-256)."""
-    return wire.subject_key_for_id(normalise_id(id_number))
+normalise_id = wire.normalise_id_number  # '001 090-012.345' -> '001090012345'
+subject_key_for_id = wire.subject_key_for_id  # the one hash both sides share
 
 
 def fold_name(name):
