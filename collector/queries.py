@@ -248,7 +248,7 @@ def traffic(storage, checkpoint=None, start=None, end=None):
     E = storage.Event
     from peewee import SQL, fn
 
-    hour = fn.substr(E.time, 1, 13) if storage.sqlite else fn.date_trunc(SQL("'hour'"), E.time)
+    hour = fn.substr(E.time, 1, 13).coerce(False) if storage.sqlite else fn.date_trunc(SQL("'hour'"), E.time)
     cond = (E.time >= start) & (E.time < end)
     if checkpoint:
         cond &= E.checkpoint == checkpoint
