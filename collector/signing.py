@@ -132,15 +132,14 @@ def read_subject_list(path):
 
 
 def denylist_body(subject_keys, version):
-    """The body the terminals load (device.credentials.denylist.DenyList.from_dict)."""
-    try:  # the terminal's own class, when installed alongside: exactly what it loads
-        from device.credentials.denylist import DenyList
+    """The body the terminals load (device.credentials.denylist.DenyList.from_dict; the test checks it).
 
-        return DenyList.from_subject_keys(subject_keys, version=version).to_dict()
-    except ImportError:
-        salt = secrets.token_bytes(16)
-        entries = sorted(hashlib.sha256(salt + k.encode("utf-8")).hexdigest() for k in subject_keys)
-        return {"format": DENYLIST_FORMAT, "version": version, "salt": salt.hex(), "entries": entries}
+    The collector does not import device code (they share only chot.wire): the format is
+    {"format": "chot-denylist-v1", "version", "salt": hex, "entries": [sha256(salt + key) hex]}.
+    """
+    salt = secrets.token_bytes(16)
+    entries = sorted(hashlib.sha256(salt + k.encode("utf-8")).hexdigest() for k in subject_keys)
+    return {"format": DENYLIST_FORMAT, "version": version, "salt": salt.hex(), "entries": entries}
 
 
 def trust_body(paths):
