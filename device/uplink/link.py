@@ -232,6 +232,7 @@ class Link:
                     info.wait_for_publish(CLOSE_WAIT_S)
                 except (ValueError, RuntimeError) as exc:
                     log.warning("offline status not sent: %s", exc)
+            self.client.disable_logger()  # paho logs an ERROR when its loop sees the closed socket
             self.client.disconnect()
             self.client.loop_stop()
         log.info("uplink closed; acked up to seq %d", self._acked)
