@@ -19,7 +19,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from servers import Mosquitto
-from uplink_helpers import Watcher, fill, terminal_cfg, wait_until
+from uplink_helpers import Watcher, fill, publish, terminal_cfg, wait_until
 
 from chot import wire
 from collector.config import config_from_dict
@@ -299,3 +299,91 @@ def test_status_reaches_the_collector_registry(tmp_path, broker):
             with Link(cfg, outbox, status_source=lambda: {"version": "7.7", "passes": 4, "fails": 0}) as link:
                 assert link.wait_acked(4, 10)
                 assert wait_until(lambda: any(d["version"] == "7.7" for d in col.storage.devices()))
+
+
+def _chot(*args, cwd):
+    """Run the `chot` command line (as a technician would); return its stdout."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from chot.cli import main; sys.exit(main())", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _qr_frame(text, tmp_path):
+    """A grey camera frame holding the QR code of `text` (decoded from its pixels by the terminal)."""
+    import numpy as np
+    import segno
+    from PIL import Image
+
+    from device.scanner.frames import Frame
+
+    png = tmp_path / "qr.png"
+    segno.make_qr(text).save(str(png), scale=6, border=4)
+    img = Image.new("L", (640, 480), 255)
+    img.paste(Image.open(png).convert("L"), (200, 120))
+    return Frame(np.asarray(img, dtype=np.uint8), time.monotonic())
+
+
+def test_denylist_published_by_the_collector_changes_the_terminals_next_decision(tmp_path, broker):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from device.daemon import Terminal
+
+    _chot("collector", "keygen", "--out", str(tmp_path / "keys"), cwd=tmp_path)
+    url = sqlite_url(tmp_path)
+    col_toml = tmp_path / "collector.toml"
+    col_toml.write_text(
+        f'[collector]\ndatabase = "{url}"\nsigning_key = "{tmp_path / "keys" / "collector.key"}"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n[http]\nenabled = false\n'
+    )
+    id_number = "001203004567"
+    (tmp_path / "deny.txt").write_text(f"# people who must not pass\n{id_number}\n")
+    (tmp_path / "empty.txt").write_text("# nobody\n")
+    cfg = terminal_cfg(
+        tmp_path, broker.port, collector_public_key=str(tmp_path / "keys" / "collector.pub"),
+        sections={"policy": {"accept_plain": True}, "scanner": {"cooldown_s": 0.0}},
+    )
+    frame = _qr_frame(id_number, tmp_path)
+    col_cfg = collector_cfg(broker.port, url)
+    with Collector(col_cfg) as col, Outbox.from_config(cfg) as outbox, Terminal(cfg, outbox=outbox) as term:
+        col.wait_subscribed(10)
+        term.link = link = Link(cfg, outbox, on_update=term.apply_update, status_source=term.status).start()
+        assert link.wait_connected(10)
+
+        def decide():
+            (event,) = term.process_frame(frame)
+            return event["decision"], event["reason"]
+
+        assert decide() == ("PASS", "ok")  # a plain ID passes here (accept_plain), not yet denied
+
+        _chot("collector", "publish-denylist", str(tmp_path / "deny.txt"), "--config", str(col_toml), cwd=tmp_path)
+        assert wait_until(lambda: link.updates.version("denylist") is not None)
+        assert decide() == ("FAIL", "denylisted")  # the very next decision
+        version = link.updates.version("denylist")
+
+        # a forged list (another key, newer version) and an older genuine one are ignored
+        forger = ed25519.Ed25519PrivateKey.generate()
+        key = serialization.load_pem_private_key((tmp_path / "keys" / "collector.key").read_bytes(), None)
+        empty = {"format": "chot-denylist-v1", "version": version + 5, "salt": "00" * 16, "entries": []}
+        topic = wire.broadcast_topic("denylist")
+        ignored = link.counters["updates_ignored"]
+        publish(broker.port, topic, wire.sign_envelope(forger, "denylist", version + 5, empty))
+        publish(broker.port, topic, wire.sign_envelope(key, "denylist", version - 1, dict(empty, version=version - 1)))
+        assert wait_until(lambda: link.counters["updates_ignored"] >= ignored + 2)
+        assert link.updates.version("denylist") == version
+        assert decide() == ("FAIL", "denylisted")
+
+        # a newer genuine list (empty) lifts the ban
+        _chot("collector", "publish-denylist", str(tmp_path / "empty.txt"), "--config", str(col_toml), cwd=tmp_path)
+        assert wait_until(lambda: (link.updates.version("denylist") or 0) > version)
+        assert decide() == ("PASS", "ok")
+
+        assert link.wait_acked(4, 10)
+        link.close()
+    with Storage(url, migrate=False) as st:
+        E = st.Event
+        rows = list(E.select(E.seq, E.decision, E.reason).where(E.device_id == DEV).order_by(E.seq).tuples())
+    assert rows == [(1, "PASS", "ok"), (2, "FAIL", "denylisted"), (3, "FAIL", "denylisted"), (4, "PASS", "ok")]

@@ -17,8 +17,8 @@ from chot.config import validate
 from device.config import SCHEMA
 
 
-def terminal_cfg(tmp_path, port, device_id="term-1", **mqtt_keys):
-    """A validated terminal config for tests: small timeouts, outbox in tmp_path."""
+def terminal_cfg(tmp_path, port, device_id="term-1", sections=None, **mqtt_keys):
+    """A validated terminal config for tests: small timeouts, outbox in tmp_path; `sections` adds others."""
     keys = {
         "enabled": True,
         "host": "127.0.0.1",
@@ -35,6 +35,8 @@ def terminal_cfg(tmp_path, port, device_id="term-1", **mqtt_keys):
         "outbox": {"path": str(tmp_path / f"{device_id}-outbox.db"), "synchronous": "NORMAL"},
         "mqtt": keys,
     }
+    for name, values in (sections or {}).items():
+        data.setdefault(name, {}).update(values)
     return validate(data, SCHEMA)
 
 

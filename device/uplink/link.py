@@ -120,7 +120,8 @@ class Link:
         self._inflight = []  # [(MQTTMessageInfo, last seq)] awaiting PUBACK
         self._deadline = None  # when the collector's ack is overdue
         self._timeouts = 0  # consecutive ack timeouts
-        self.counters = {"messages": 0, "events_sent": 0, "resends": 0, "acks": 0, "refused": 0, "updates": 0}
+        self.counters = {"messages": 0, "events_sent": 0, "resends": 0, "acks": 0, "refused": 0, "updates": 0,
+                         "updates_ignored": 0}
 
         self.client = self._make_client()
         self._replay_updates()
@@ -404,6 +405,7 @@ class Link:
     def _take_update(self, topic, payload):
         offered = self.updates.offer(topic, payload)
         if offered is None:
+            self.counters["updates_ignored"] += 1
             return
         kind, body, version = offered
         if self.on_update is not None:
