@@ -211,7 +211,7 @@ def _subject(payload):
     family, given = _name(p)
     dob = p.get("birthDate") if isinstance(p.get("birthDate"), str) else ""
     subject = {
-        "name_masked": initials(f"{given} {family}"),
+        "name_masked": initials(f"{given} {family}") or None,
         "birth_year": int(dob[:4]) if dob[:4].isdigit() else None,
     }
     key = subject_key_for_person(f"{family} {given}", dob[:10]) if (family or given) else None
