@@ -152,6 +152,8 @@ def _load_deviations():
 def test_dcc_testdata_conformance(testdata):
     root = testdata / "dcc" / "dgc-testdata"
     need(root.is_dir(), f"DCC test data at {root}")
+    dcc.set_schema_dir(testdata / "dcc" / "ehn-dcc-schema")
+    assert len(dcc._schemas()) >= 9, "the ehn-dcc-schema releases 1.0.0 to 1.3.3 were not loaded"
     decoder = _decoder()
     deviations = _load_deviations()
     used = Counter()
