@@ -1,0 +1,312 @@
+"""Provisioning: the fleet CA and certificates, device enrolment and its bundle, the broker config,
+revocation, and the terminal's self-test (files source, MockFactory pins, a local broker)."""
+
+import io
+import stat
+import subprocess
+import tarfile
+import tomllib
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from servers import MOSQUITTO
+
+from chot import wire
+from chot.cli import main as chot_main
+from chot.errors import ProvisioningError
+from device.config import load_terminal_config
+from provisioning import pki
+from provisioning.fleet import Fleet
+
+KEYS = ["ca/ca.key", "broker/server.key", "collector/signing.key", "collector/client.key"]
+
+
+def mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def fleet_dir(tmp_path, capsys):
+    d = tmp_path / "fleet"
+    assert chot_main(["provision", "init-fleet", str(d), "--broker-host", "broker.hanoi.example"]) == 0
+    out = capsys.readouterr().out
+    for key in KEYS:
+        assert "PRIVATE KEY" not in out and (d / key).read_text() not in out
+    return d
+
+
+def cn(cert):
+    return cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+
+
+def test_init_fleet_makes_ca_broker_and_collector_credentials(fleet_dir):
+    for key in KEYS:
+        assert mode(fleet_dir / key) == 0o600, key
+    ca = x509.load_pem_x509_certificate((fleet_dir / "ca/ca.crt").read_bytes())
+    assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey) and ca.public_key().curve.name == "secp256r1"
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    srv = x509.load_pem_x509_certificate((fleet_dir / "broker/server.crt").read_bytes())
+    srv.verify_directly_issued_by(ca)
+    san = srv.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"broker.hanoi.example", "localhost"}
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert ExtendedKeyUsageOID.SERVER_AUTH in srv.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    col = x509.load_pem_x509_certificate((fleet_dir / "collector/client.crt").read_bytes())
+    col.verify_directly_issued_by(ca)
+    assert cn(col) == "collector"
+    # the signing key signs envelopes that verify with the public key the terminals pin
+    sk = pki.load_key(fleet_dir / "collector/signing.key")
+    assert isinstance(sk, ed25519.Ed25519PrivateKey)
+    from device.uplink.updates import load_public_key
+
+    pub = load_public_key(fleet_dir / "collector/signing.pub")
+    env = wire.verify_envelope(pub, wire.sign_envelope(sk, "denylist", 1, {"h": []}), "denylist")
+    assert env["version"] == 1
+    crl = x509.load_pem_x509_crl((fleet_dir / "ca/crl.pem").read_bytes())
+    assert crl.is_signature_valid(ca.public_key()) and len(list(crl)) == 0
+    fleet = tomllib.loads((fleet_dir / "fleet.toml").read_text())["fleet"]
+    assert fleet["broker_host"] == "broker.hanoi.example" and fleet["broker_port"] == 8883
+
+
+def test_init_fleet_refuses_to_replace_a_ca(fleet_dir):
+    before = (fleet_dir / "ca/ca.key").read_bytes()
+    assert chot_main(["provision", "init-fleet", str(fleet_dir), "--broker-host", "x.example"]) != 0
+    assert (fleet_dir / "ca/ca.key").read_bytes() == before
+
+
+def test_device_enrolment_writes_key_cert_config_and_one_bundle(fleet_dir, tmp_path, capsys):
+    issuer = tmp_path / "issuer.pub"
+    issuer.write_text("-----BEGIN PUBLIC KEY-----\nnot checked here\n-----END PUBLIC KEY-----\n")
+    rc = chot_main(["provision", "device", "hk-gate-1-in", "--checkpoint", "hk-phuc-tan-gate-1", "--direction", "in",
+                    "--fleet", str(fleet_dir), "--pins", "pass_led=GPIO23,buzzer=GPIO24", "--pin", "relay=GPIO25",
+                    "--set", "policy.max_age_h=12", "--trust", str(issuer)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    d = fleet_dir / "devices/hk-gate-1-in"
+    assert (d / "device.key").read_text() not in out
+    assert mode(d / "device.key") == 0o600
+    ca = x509.load_pem_x509_certificate((fleet_dir / "ca/ca.crt").read_bytes())
+    cert = x509.load_pem_x509_certificate((d / "device.crt").read_bytes())
+    cert.verify_directly_issued_by(ca)
+    assert cn(cert) == "hk-gate-1-in"
+    cfg = load_terminal_config(d / "terminal.toml")  # valid against device/config.py SCHEMA
+    assert (cfg.device.id, cfg.device.checkpoint, cfg.device.direction) == ("hk-gate-1-in", "hk-phuc-tan-gate-1", "in")
+    assert (cfg.mqtt.enabled, cfg.mqtt.tls, cfg.mqtt.host, cfg.mqtt.port) == (True, True, "broker.hanoi.example", 8883)
+    assert (cfg.mqtt.ca, cfg.mqtt.cert, cfg.mqtt.key) == (
+        "/etc/chot/tls/ca.crt", "/etc/chot/tls/device.crt", "/etc/chot/tls/device.key")
+    assert cfg.mqtt.collector_public_key == "/etc/chot/collector.pub"
+    assert cfg.outbox.path == "/var/lib/chot/outbox.db"
+    assert (cfg.pins.pass_led, cfg.pins.buzzer, cfg.pins.relay) == ("GPIO23", "GPIO24", "GPIO25")
+    assert cfg.policy.max_age_h == 12.0 and cfg.policy.trusted_issuers == ["/etc/chot/trust/issuer.pub"]
+
+    bundle = fleet_dir / "bundles/chot-hk-gate-1-in.tar.gz"
+    assert mode(bundle) == 0o600
+    with tarfile.open(bundle) as tar:
+        members = {m.name: m for m in tar.getmembers() if m.isfile()}
+        top = "chot-hk-gate-1-in/"
+        assert {n[len(top):]: m.mode for n, m in members.items()} == {
+            "setup-terminal.sh": 0o755, "chot-terminal.service": 0o644, "terminal.toml": 0o640,
+            "tls/ca.crt": 0o644, "tls/device.crt": 0o644, "tls/device.key": 0o600, "collector.pub": 0o644,
+            "trust/issuer.pub": 0o644,
+        }
+        read = lambda name: tar.extractfile(members[top + name]).read()  # noqa: E731
+        assert read("tls/device.key") == (d / "device.key").read_bytes()
+        assert read("collector.pub") == (fleet_dir / "collector/signing.pub").read_bytes()
+        assert read("terminal.toml") == (d / "terminal.toml").read_bytes()
+
+
+def test_device_enrolment_errors_say_what_to_do(fleet_dir):
+    f = Fleet(fleet_dir)
+    from provisioning.devices import provision_device
+
+    with pytest.raises(ProvisioningError, match="not allowed"):
+        provision_device(f, "bad/id", "cp", "in")
+    with pytest.raises(ProvisioningError, match="collector's MQTT user"):
+        provision_device(f, "collector", "cp", "in")
+    with pytest.raises(ProvisioningError, match="pins.pass_led"):
+        provision_device(f, "d1", "cp", "in", pins={"pass_led": "pin seventeen"})
+    assert not f.device_dir("d1").exists()
+    provision_device(f, "d1", "cp", "in")
+    with pytest.raises(ProvisioningError, match="--renew"):
+        provision_device(f, "d1", "cp", "in")
+    old = x509.load_pem_x509_certificate((f.device_dir("d1") / "device.crt").read_bytes())
+    provision_device(f, "d1", "cp", "out", renew=True)
+    new = x509.load_pem_x509_certificate((f.device_dir("d1") / "device.crt").read_bytes())
+    crl = x509.load_pem_x509_crl(f.crl.read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(old.serial_number) is not None
+    assert crl.get_revoked_certificate_by_serial_number(new.serial_number) is None
+    assert "d1" not in f.revoked_ids()  # superseded, not shut out
+
+
+def test_broker_config_and_revocation(fleet_dir, tmp_path, capsys):
+    f = Fleet(fleet_dir)
+    from provisioning.devices import provision_device
+
+    provision_device(f, "gate-a", "cp", "in")
+    provision_device(f, "gate-b", "cp", "out")
+    out = tmp_path / "broker"
+    assert chot_main(["provision", "broker-config", "--fleet", str(fleet_dir), "--out", str(out), "--user",
+                      "root"]) == 0
+    conf = (out / "mosquitto.conf").read_text()
+    for line in ("require_certificate true", "use_identity_as_username true", "allow_anonymous false",
+                 f"cafile {out}/ca.crt", f"certfile {out}/server.crt", f"keyfile {out}/server.key",
+                 f"crlfile {out}/crl.pem", f"acl_file {out}/acl", "listener 8883", "max_queued_messages 0",
+                 "max_inflight_messages 0", "persistence true"):
+        assert f"\n{line}\n" in conf, line
+    assert mode(out / "server.key") == 0o600
+    acl = (out / "acl").read_text()
+    assert "pattern write chot/v1/dev/%u/event" in acl and "pattern read chot/v1/broadcast/#" in acl
+    assert "user collector\ntopic read chot/v1/dev/+/event" in acl
+    assert "topic deny" not in acl
+    # mosquitto itself accepts the file (-t is not in 2.0.11: start it on a free port and stop it)
+    capsys.readouterr()
+    assert chot_main(["provision", "revoke", "gate-b", "--fleet", str(fleet_dir)]) == 0
+    said = capsys.readouterr().out
+    assert str(out) in said and "reload" in said
+    acl = (out / "acl").read_text()
+    assert "user gate-b\ntopic deny #" in acl and "user gate-a" not in acl
+    crl = x509.load_pem_x509_crl((out / "crl.pem").read_bytes())
+    b = x509.load_pem_x509_certificate((f.device_dir("gate-b") / "device.crt").read_bytes())
+    a = x509.load_pem_x509_certificate((f.device_dir("gate-a") / "device.crt").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(b.serial_number) is not None
+    assert crl.get_revoked_certificate_by_serial_number(a.serial_number) is None
+    assert crl.is_signature_valid(pki.load_cert(f.ca_crt).public_key())
+    assert chot_main(["provision", "list", "--fleet", str(fleet_dir)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["gate-a\tenrolled", "gate-b\trevoked"]
+    assert chot_main(["provision", "revoke", "nobody", "--fleet", str(fleet_dir)]) != 0
+
+
+def test_generated_mosquitto_conf_starts(fleet_dir, tmp_path):
+    import getpass
+
+    from conftest import need
+    from servers import free_port, wait_port
+
+    from provisioning.broker import write_broker_config
+
+    need(MOSQUITTO and __import__("os").path.exists(MOSQUITTO), "mosquitto")
+    port = free_port()
+    conf = write_broker_config(Fleet(fleet_dir), tmp_path / "b", port=port, bind="127.0.0.1",
+                               persistence_dir=tmp_path, log_dest="stderr", user=getpass.getuser())
+    p = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_port(port), p.stderr.read() if p.poll() is not None else "mosquitto did not listen"
+    finally:
+        p.terminate()
+        err = p.communicate(timeout=10)[1]
+    assert "Error" not in err, err
+
+
+# --- the self-test ---------------------------------------------------------------------------------
+
+
+def write_terminal_toml(path, **sections):
+    from provisioning.devices import to_toml
+
+    data = {"device": {"id": "st-1", "checkpoint": "cp", "direction": "in"}}
+    for k, v in sections.items():
+        data.setdefault(k, {}).update(v)
+    path.write_text(to_toml(data))
+    return path
+
+
+def qr_photo(testdata):
+    return testdata / "qr-photos/zxing-blackbox/qrcode-2/1.png"
+
+
+def run(cfg_path, pins):
+    out = io.StringIO()
+    rc = chot_selftest(cfg_path, pins, out)
+    return rc, out.getvalue()
+
+
+def chot_selftest(cfg_path, pins, out):
+    from device.selftest import run_selftest
+
+    return run_selftest(str(cfg_path), pin_factory=pins, out=out, on_s=0.05, broker_timeout=5.0)
+
+
+def lines(text):
+    return {ln.split()[1]: ln.split()[0] for ln in text.splitlines() if ln[:4] in ("PASS", "FAIL", "SKIP")}
+
+
+def test_selftest_all_pass_with_files_source_mock_pins_and_broker(tmp_path, testdata, broker, mock_pins,
+                                                                  monkeypatch):
+    import device.clock
+
+    monkeypatch.setattr(device.clock, "kernel_synced", lambda: True)
+    cfg = write_terminal_toml(
+        tmp_path / "t.toml",
+        scanner={"source": "files", "path": str(qr_photo(testdata))},
+        pins={"factory": "mock", "relay": "GPIO25"},
+        outbox={"path": str(tmp_path / "state/outbox.db")},
+        mqtt={"enabled": True, "host": "127.0.0.1", "port": broker.port},
+    )
+    (tmp_path / "state").mkdir()
+    rc, text = run(cfg, mock_pins)
+    assert rc == 0, text
+    assert lines(text) == {"config": "PASS", "pass_led": "PASS", "fail_led": "PASS", "buzzer": "PASS",
+                           "status_led": "PASS", "relay": "PASS", "camera": "PASS", "decoder": "PASS",
+                           "outbox": "PASS", "broker": "PASS", "clock": "PASS"}
+    assert "1 code(s) read" in text and "brightness" in text and "sharpness" in text
+    # each output went on and off once (GPIO17 pass, 27 fail, 22 buzzer, 5 status, 25 relay)
+    for gpio in (17, 27, 22, 5, 25):
+        states = [bool(s.state) for s in mock_pins.pin(gpio).states]
+        assert states == [False, True, False], (gpio, states)
+    assert not (tmp_path / "state/outbox.db").exists()  # nothing created
+
+
+def test_selftest_outbox_scratch_write_is_rolled_back(tmp_path, testdata, mock_pins, monkeypatch):
+    import device.clock
+    from device.uplink.outbox import Outbox
+
+    monkeypatch.setattr(device.clock, "kernel_synced", lambda: True)
+    db = tmp_path / "outbox.db"
+    with Outbox(db, device_id="st-1") as ob:
+        ob.append({"checkpoint": "cp", "direction": "in", "source": "camera", "format": "none",
+                   "decision": "FAIL", "reason": "unreadable", "subject": {}})
+    cfg = write_terminal_toml(tmp_path / "t.toml", scanner={"source": "files", "path": str(qr_photo(testdata))},
+                              pins={"factory": "mock"}, outbox={"path": str(db)})
+    rc, text = run(cfg, mock_pins)
+    assert rc == 0, text
+    assert lines(text)["broker"] == "SKIP"
+    with Outbox(db, device_id="st-1") as ob:
+        assert ob.last_seq == 1  # the one real event, and no other
+        assert [e["seq"] for e in ob.pending()] == [1]
+    import sqlite3
+
+    names = {r[0] for r in sqlite3.connect(db).execute("SELECT name FROM sqlite_master")}
+    assert "chot_selftest_scratch" not in names
+
+
+def test_selftest_failures_say_what_to_do(tmp_path, testdata, mock_pins, monkeypatch):
+    from servers import free_port
+
+    import device.clock
+
+    monkeypatch.setattr(device.clock, "kernel_synced", lambda: False)
+    dark = tmp_path / "dark.png"
+    from PIL import Image
+
+    Image.new("L", (640, 480), 5).save(dark)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    cfg = write_terminal_toml(
+        tmp_path / "t.toml", scanner={"source": "files", "path": str(dark)}, pins={"factory": "mock"},
+        outbox={"path": str(tmp_path / "missing-dir/outbox.db")},
+        mqtt={"enabled": True, "host": "127.0.0.1", "port": free_port()},
+    )
+    rc, text = run(cfg, mock_pins)
+    assert rc == 1
+    got = lines(text)
+    assert got["camera"] == "FAIL" and "too dark" in text and "lens" in text
+    assert got["outbox"] == "FAIL" and got["broker"] == "FAIL" and got["clock"] == "FAIL"
+    assert got["decoder"] == "PASS"
+    assert "timedatectl" in text and "FAILED: camera, outbox, broker, clock" in text
+    # a bad config: one FAIL listing the problems
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[device]\nid = "x"\n')
+    rc, text = run(bad, mock_pins)
+    assert rc == 1 and "config" in text and "device.checkpoint" in text
