@@ -227,3 +227,18 @@ def test_missing_tls_files_and_bad_key_say_what_to_fix(tmp_path, broker):
         cfg2 = terminal_cfg(tmp_path, broker.port, collector_public_key=str(bad))
         with pytest.raises(UplinkError, match="PEM"):
             Link(cfg2, outbox)
+
+
+def test_delivered_events_are_purged_after_their_retention(tmp_path, broker):
+    # delivered events are kept no time at all
+    cfg = terminal_cfg(tmp_path, broker.port, sections={"outbox": {"retention_days": 0.0}})
+    with _outbox(cfg) as outbox, Acker(broker.port):
+        fill(outbox, 10)
+        with Link(cfg, outbox) as link:
+            assert link.wait_acked(10, 10)
+        assert outbox.stats()["rows"] == 10  # delivered, still kept until the next purge
+        fill(outbox, 2, start=10)
+        with Link(cfg, outbox) as link:  # the link purges when it starts, then every few minutes
+            assert wait_until(lambda: outbox.stats()["rows"] <= 2)
+            assert link.wait_acked(12, 10)
+        assert [e["seq"] for e in outbox.pending()] == []
