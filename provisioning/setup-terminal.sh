@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# Chot: turn a Raspberry Pi (Raspberry Pi OS) into an enrolled checkpoint terminal.
+#
+# Run as root with the bundle made by `chot provision device` (unpacked next to this script):
+#   tar xzf chot-<id>.tar.gz && sudo ./chot-<id>/setup-terminal.sh [--package WHEEL_OR_DIR]
+#
+# Steps: Debian packages -> service user -> virtual environment (--system-site-packages, so the
+# OS's picamera2 is seen) -> the chot package -> config and credentials under /etc/chot ->
+# systemd unit -> self-test -> service enabled and started.
+# Idempotent: every file is compared before it is written and every package checked before it
+# is installed, so a second run changes nothing. Any failure stops it with a message.
+#
+# Options:
+#   --bundle DIR      the unpacked bundle (default: this script's directory)
+#   --package PATH    a chot wheel or source directory to pip install (default: a *.whl in the bundle)
+#   --root PREFIX     install under PREFIX instead of / (tests; also env CHOT_ROOT)
+#   --dry-run         say what would be done, change nothing
+#   --no-selftest     skip the self-test
+#   --no-apt          skip the Debian packages (an image that has them)
+#   -h, --help
+# Environment (tests): CHOT_USER / CHOT_GROUP (service user, default chot), CHOT_ADMIN (owner of
+# root's files, default root), CHOT_APT_PACKAGES (the package list).
+set -euo pipefail
+
+PROG=setup-terminal.sh
+BUNDLE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PACKAGE=""
+ROOT="${CHOT_ROOT:-}"
+DRY_RUN=0
+SELFTEST=1
+APT=1
+SVC_USER="${CHOT_USER:-chot}"
+SVC_GROUP="${CHOT_GROUP:-$SVC_USER}"
+ADMIN="${CHOT_ADMIN:-root}"
+APT_PACKAGES="${CHOT_APT_PACKAGES:-python3 python3-venv python3-pip python3-picamera2 python3-lgpio libzbar0 ca-certificates}"
+CHANGED=0
+
+say()  { printf '==> %s\n' "$*"; }
+info() { printf '    %s\n' "$*"; }
+die()  {
+  printf '%s: ERROR: %s\n' "$PROG" "$*" >&2
+  printf '%s: stopped; nothing after this step was done. Fix it and run the script again: it resumes safely.\n' "$PROG" >&2
+  trap - ERR
+  exit 1
+}
+trap 'printf "%s: ERROR: unexpected failure at line %s (exit %s); run it again with bash -x to see more\n" "$PROG" "$LINENO" "$?" >&2' ERR
+
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --bundle) BUNDLE="${2:?--bundle needs a directory}"; shift 2 ;;
+    --package) PACKAGE="${2:?--package needs a wheel or directory}"; shift 2 ;;
+    --root) ROOT="${2:?--root needs a directory}"; shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --no-selftest) SELFTEST=0; shift ;;
+    --no-apt) APT=0; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown option $1 (see --help)" ;;
+  esac
+done
+ROOT="${ROOT%/}"
+
+ETC="$ROOT/etc/chot"
+STATE="$ROOT/var/lib/chot"
+OPT="$ROOT/opt/chot"
+VENV="$OPT/venv"
+UNIT_DIR="$ROOT/etc/systemd/system"
+UNIT=chot-terminal.service
+
+run() {  # run a command that changes the system, or only say it under --dry-run
+  if [ "$DRY_RUN" = 1 ]; then info "would run: $*"; return 0; fi
+  info "running: $*"
+  "$@"
+}
+
+# --- checks -------------------------------------------------------------------------------------
+say "checking the bundle in $BUNDLE"
+for f in terminal.toml tls/ca.crt tls/device.crt tls/device.key collector.pub chot-terminal.service; do
+  [ -f "$BUNDLE/$f" ] || die "the bundle lacks $f: unpack the whole chot-<id>.tar.gz made by 'chot provision device' and run the script from it"
+done
+DEVICE_ID="$(sed -n 's/^id = "\(.*\)"$/\1/p' "$BUNDLE/terminal.toml" | head -n1)"
+[ -n "$DEVICE_ID" ] || die "$BUNDLE/terminal.toml has no [device] id: make the bundle again with 'chot provision device'"
+info "terminal $DEVICE_ID"
+if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ] && [ "$DRY_RUN" = 0 ]; then
+  die "run it as root: sudo $0 $*"
+fi
+if [ -z "$PACKAGE" ]; then
+  for w in "$BUNDLE"/*.whl; do [ -f "$w" ] && PACKAGE="$w"; done
+fi
+
+# --- 1. Debian packages ---------------------------------------------------------------------------
+if [ "$APT" = 1 ]; then
+  say "Debian packages: $APT_PACKAGES"
+  missing=()
+  for p in $APT_PACKAGES; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    info "all installed"
+  else
+    info "missing: ${missing[*]}"
+    if [ "$DRY_RUN" = 0 ]; then
+      apt-get update -qq || die "apt-get update failed: check the network connection and /etc/apt/sources.list"
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" \
+        || die "apt-get install ${missing[*]} failed: see the message above (network? disk full? another apt running?)"
+      CHANGED=1
+    else
+      info "would run: apt-get update && apt-get install -y ${missing[*]}"
+    fi
+  fi
+else
+  say "Debian packages: skipped (--no-apt)"
+fi
+
+# --- 2. service user --------------------------------------------------------------------------------
+say "service user $SVC_USER"
+if getent passwd "$SVC_USER" >/dev/null 2>&1; then
+  info "exists"
+else
+  run useradd --system --user-group --home-dir /var/lib/chot --no-create-home --shell /usr/sbin/nologin \
+      --groups gpio,video "$SVC_USER" || die "useradd $SVC_USER failed (do the groups gpio and video exist? this is meant for Raspberry Pi OS)"
+  CHANGED=1
+fi
+
+# --- helpers for files --------------------------------------------------------------------------------
+ensure_dir() {  # ensure_dir DIR MODE OWNER:GROUP
+  local d="$1" mode="$2" owner="$3"
+  if [ -d "$d" ] && [ "$(stat -c '%a %U:%G' "$d")" = "$mode $owner" ]; then return 0; fi
+  if [ "$DRY_RUN" = 1 ]; then info "would make directory $d ($mode $owner)"; return 0; fi
+  mkdir -p "$d" || die "cannot make $d"
+  chmod "$mode" "$d" && chown "$owner" "$d" || die "cannot set mode $mode / owner $owner on $d"
+  info "directory $d ($mode $owner)"
+  CHANGED=1
+}
+
+install_file() {  # install_file SRC DEST MODE OWNER:GROUP; writes only when content, mode or owner differ
+  local src="$1" dest="$2" mode="$3" owner="$4"
+  if [ -f "$dest" ] && cmp -s "$src" "$dest" && [ "$(stat -c '%a %U:%G' "$dest")" = "$mode $owner" ]; then
+    info "unchanged $dest"
+    return 0
+  fi
+  if [ "$DRY_RUN" = 1 ]; then info "would install $dest ($mode $owner)"; return 0; fi
+  local tmp
+  tmp="$(mktemp "$(dirname "$dest")/.chot-XXXXXX")" || die "cannot write in $(dirname "$dest")"
+  chmod 600 "$tmp"
+  cat "$src" >"$tmp" && chown "$owner" "$tmp" && chmod "$mode" "$tmp" && mv -f "$tmp" "$dest" \
+    || { rm -f "$tmp"; die "cannot install $dest"; }
+  info "installed $dest ($mode $owner)"
+  CHANGED=1
+  FILE_CHANGED=1
+}
+
+# --- 3. virtual environment and the package ------------------------------------------------------------
+say "virtual environment $VENV (with the system's site packages, for picamera2 and lgpio)"
+ensure_dir "$OPT" 755 "$ADMIN:$ADMIN"
+if [ -x "$VENV/bin/python" ] && grep -q '^include-system-site-packages = true' "$VENV/pyvenv.cfg" 2>/dev/null; then
+  info "exists"
+else
+  run python3 -m venv --system-site-packages "$VENV" || die "python3 -m venv failed: is python3-venv installed?"
+  CHANGED=1
+fi
+
+say "the chot package"
+STAMP="$OPT/installed.sha256"
+if [ -n "$PACKAGE" ]; then
+  [ -e "$PACKAGE" ] || die "--package $PACKAGE: no such file or directory"
+  if [ -d "$PACKAGE" ]; then
+    want="$(cd "$PACKAGE" && find . -type f \( -name '*.py' -o -name '*.sh' -o -name '*.toml' -o -name '*.cfg' -o -name '*.service' \) \
+             -not -path './.venv/*' -not -path './.git/*' -not -path './build/*' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
+  else
+    want="$(sha256sum "$PACKAGE" | cut -d' ' -f1)"
+  fi
+  if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/chot" ]; then
+    info "already installed from this package"
+  else
+    run "$VENV/bin/pip" install --quiet --disable-pip-version-check "$PACKAGE" \
+      || die "pip install $PACKAGE failed: see the message above (network for the dependencies? a wheel for this Python?)"
+    if [ "$DRY_RUN" = 0 ]; then printf '%s\n' "$want" >"$STAMP"; fi
+    CHANGED=1
+  fi
+elif [ -x "$VENV/bin/chot" ]; then
+  info "installed (no --package given)"
+else
+  die "chot is not installed and no package was given: add --package chot-*.whl (or a source directory), or make the bundle with --wheel"
+fi
+
+# --- 4. config and credentials ----------------------------------------------------------------------------
+say "config and credentials in $ETC"
+ensure_dir "$ETC" 750 "$ADMIN:$SVC_GROUP"
+ensure_dir "$ETC/tls" 750 "$ADMIN:$SVC_GROUP"
+ensure_dir "$STATE" 750 "$SVC_USER:$SVC_GROUP"
+install_file "$BUNDLE/terminal.toml" "$ETC/terminal.toml" 640 "$ADMIN:$SVC_GROUP"
+install_file "$BUNDLE/tls/ca.crt" "$ETC/tls/ca.crt" 644 "$ADMIN:$ADMIN"
+install_file "$BUNDLE/tls/device.crt" "$ETC/tls/device.crt" 644 "$ADMIN:$ADMIN"
+install_file "$BUNDLE/tls/device.key" "$ETC/tls/device.key" 600 "$SVC_USER:$SVC_GROUP"
+install_file "$BUNDLE/collector.pub" "$ETC/collector.pub" 644 "$ADMIN:$ADMIN"
+if [ -d "$BUNDLE/trust" ] && [ -n "$(ls -A "$BUNDLE/trust")" ]; then
+  ensure_dir "$ETC/trust" 755 "$ADMIN:$ADMIN"
+  for t in "$BUNDLE"/trust/*; do
+    install_file "$t" "$ETC/trust/$(basename "$t")" 644 "$ADMIN:$ADMIN"
+  done
+fi
+
+# --- 5. systemd unit -----------------------------------------------------------------------------------------
+say "systemd unit $UNIT"
+ensure_dir "$UNIT_DIR" 755 "$ADMIN:$ADMIN"
+FILE_CHANGED=0
+install_file "$BUNDLE/chot-terminal.service" "$UNIT_DIR/$UNIT" 644 "$ADMIN:$ADMIN"
+if [ "$FILE_CHANGED" = 1 ]; then
+  run systemctl daemon-reload || die "systemctl daemon-reload failed"
+fi
+
+# --- 6. self-test and start ------------------------------------------------------------------------------------
+active=0; enabled=0
+systemctl is-active --quiet "$UNIT" 2>/dev/null && active=1
+systemctl is-enabled --quiet "$UNIT" 2>/dev/null && enabled=1
+if [ "$CHANGED" = 0 ] && [ "$active" = 1 ] && [ "$enabled" = 1 ]; then
+  say "nothing changed and the terminal is running: done"
+  info "to test it again: systemctl stop $UNIT; sudo -u $SVC_USER $VENV/bin/chot terminal selftest --config /etc/chot/terminal.toml; systemctl start $UNIT"
+  exit 0
+fi
+
+selftest_rc=0
+if [ "$SELFTEST" = 1 ]; then
+  say "self-test (the service is stopped meanwhile: the camera and pins serve one process)"
+  if [ "$active" = 1 ]; then run systemctl stop "$UNIT" || die "systemctl stop $UNIT failed"; fi
+  if [ "$DRY_RUN" = 1 ]; then
+    info "would run: $VENV/bin/chot terminal selftest --config /etc/chot/terminal.toml (as $SVC_USER)"
+  else
+    if [ -z "$ROOT" ] && command -v runuser >/dev/null 2>&1; then
+      (cd "$STATE" && runuser -u "$SVC_USER" -- "$VENV/bin/chot" terminal selftest --config "$ETC/terminal.toml") || selftest_rc=$?
+    else
+      (cd "$STATE" && "$VENV/bin/chot" terminal selftest --config "$ETC/terminal.toml") || selftest_rc=$?
+    fi
+  fi
+else
+  say "self-test: skipped (--no-selftest)"
+fi
+
+say "service $UNIT: enable and start"
+if [ "$enabled" = 0 ]; then run systemctl enable "$UNIT" || die "systemctl enable $UNIT failed"; fi
+run systemctl restart "$UNIT" || die "systemctl restart $UNIT failed: see journalctl -u $UNIT"
+
+if [ "$selftest_rc" != 0 ]; then
+  printf '%s: the terminal is installed and running, but the self-test FAILED (see above): fix each item and run: %s terminal selftest --config /etc/chot/terminal.toml\n' "$PROG" "$VENV/bin/chot" >&2
+  exit 3
+fi
+say "done: terminal $DEVICE_ID is installed and running (journalctl -u $UNIT -f)"

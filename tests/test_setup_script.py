@@ -1,0 +1,267 @@
+"""provisioning/setup-terminal.sh on a fake root, with stand-ins for the system's commands.
+
+The script runs for real (bash) with `--root PREFIX`; the commands that would change the
+machine (apt-get, dpkg, useradd, getent, systemctl, python3 -m venv, and the venv's pip and
+chot) are small scripts first on PATH that append their argv to a log and keep their state
+(installed packages, users, unit state) in files, so a second run sees what the first did.
+The service user and the owner of root's files are the user running the tests
+(CHOT_USER/CHOT_ADMIN), so the real chown and stat of the script are exercised.
+"""
+
+import getpass
+import grp
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from provisioning.devices import provision_device
+from provisioning.fleet import init_fleet
+
+SCRIPT = Path(__file__).resolve().parent.parent / "provisioning" / "setup-terminal.sh"
+ME = getpass.getuser()
+MY_GROUP = grp.getgrgid(os.getgid()).gr_name
+
+FAKES = {
+    "apt-get": """
+echo "apt-get $*" >> "$FAKE_LOG"
+if [ "${FAKE_APT_FAIL:-0}" = 1 ]; then echo "E: Unable to fetch some archives" >&2; exit 100; fi
+if [ "$1" = install ]; then
+  for a in "$@"; do case "$a" in -*|install) ;; *) echo "$a" >> "$FAKE_STATE/dpkg";; esac; done
+fi
+exit 0
+""",
+    "dpkg": """
+echo "dpkg $*" >> "$FAKE_LOG"
+[ "$1" = -s ] && grep -qx "$2" "$FAKE_STATE/dpkg" 2>/dev/null
+""",
+    "getent": """
+echo "getent $*" >> "$FAKE_LOG"
+grep -qx "$2" "$FAKE_STATE/users" 2>/dev/null
+""",
+    "useradd": """
+echo "useradd $*" >> "$FAKE_LOG"
+for last; do :; done; echo "$last" >> "$FAKE_STATE/users"
+""",
+    "systemctl": """
+echo "systemctl $*" >> "$FAKE_LOG"
+q=""; [ "${2:-}" = --quiet ] && q=1
+case "$1" in
+  is-active) [ -f "$FAKE_STATE/active" ] ;;
+  is-enabled) [ -f "$FAKE_STATE/enabled" ] ;;
+  enable) touch "$FAKE_STATE/enabled" ;;
+  start|restart) touch "$FAKE_STATE/active" ;;
+  stop) rm -f "$FAKE_STATE/active" ;;
+  daemon-reload) ;;
+esac
+""",
+    "python3": """
+echo "python3 $*" >> "$FAKE_LOG"
+if [ "$1 $2" = "-m venv" ]; then
+  for d; do :; done
+  mkdir -p "$d/bin"
+  printf 'home = /usr/bin\\ninclude-system-site-packages = true\\n' > "$d/pyvenv.cfg"
+  printf '#!/bin/sh\\n' > "$d/bin/python"
+  cp "$(dirname "$0")/fake-pip" "$d/bin/pip"
+  chmod 755 "$d/bin/python" "$d/bin/pip"
+fi
+""",
+    # the venv's pip: it "installs" chot, a stand-in that logs and exits with FAKE_SELFTEST_RC
+    "fake-pip": """
+echo "pip $*" >> "$FAKE_LOG"
+[ "${FAKE_PIP_FAIL:-0}" = 1 ] && exit 1
+cp "$(dirname "$(command -v apt-get)")/fake-chot" "$(dirname "$0")/chot"
+""",
+    "fake-chot": """
+echo "chot $*" >> "$FAKE_LOG"
+exit "${FAKE_SELFTEST_RC:-0}"
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A real bundle made by `chot provision device`, unpacked."""
+    base = tmp_path_factory.mktemp("bundle")
+    fleet = init_fleet(base / "fleet", "broker.test")
+    path = provision_device(fleet, "pi-gate-1", "gate-1", "in")
+    with tarfile.open(path) as tar:
+        tar.extractall(base / "unpacked", filter="data")
+    wheel = base / "chot-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"not really a wheel: the fake pip does not read it")
+    return base / "unpacked" / "chot-pi-gate-1", wheel
+
+
+@pytest.fixture
+def env(tmp_path):
+    fakebin = tmp_path / "fakebin"
+    fakebin.mkdir()
+    for name, body in FAKES.items():
+        (fakebin / name).write_text("#!/bin/bash\n" + body)
+        (fakebin / name).chmod(0o755)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "root").mkdir()
+    return {
+        **os.environ,
+        "PATH": f"{fakebin}:{os.environ['PATH']}",
+        "FAKE_LOG": str(tmp_path / "calls.log"),
+        "FAKE_STATE": str(tmp_path / "state"),
+        "CHOT_USER": ME,
+        "CHOT_GROUP": MY_GROUP,
+        "CHOT_ADMIN": ME,
+    }
+
+
+def run(bundle, env, *args, **extra):
+    bdir, wheel = bundle
+    root = Path(env["FAKE_STATE"]).parent / "root"
+    cmd = ["bash", str(bdir / "setup-terminal.sh"), "--root", str(root), "--package", str(wheel), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**env, **extra}, timeout=60)
+
+
+def calls(env):
+    p = Path(env["FAKE_LOG"])
+    return p.read_text().splitlines() if p.exists() else []
+
+
+def snapshot(root):
+    """{path: (mode, owner, mtime_ns, sha256)} of everything under root (a directory's mtime aside)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+        mtime = st.st_mtime_ns if p.is_file() else None
+        out[str(p.relative_to(root))] = (stat.S_IMODE(st.st_mode), st.st_uid, mtime, digest)
+    return out
+
+
+def mode(p):
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+CHANGING = ("apt-get", "useradd", "python3 -m venv", "pip", "systemctl daemon-reload", "systemctl enable",
+            "systemctl restart", "systemctl start", "systemctl stop", "chot terminal selftest")
+
+
+def changing(lines):
+    return [c for c in lines if c.startswith(CHANGING)]
+
+
+def test_first_run_installs_everything_with_the_right_modes(bundle, env):
+    bdir, _ = bundle
+    r = run(bundle, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    root = Path(env["FAKE_STATE"]).parent / "root"
+    expect = {  # path: (mode, content source in the bundle)
+        "etc/chot/terminal.toml": (0o640, "terminal.toml"),
+        "etc/chot/tls/ca.crt": (0o644, "tls/ca.crt"),
+        "etc/chot/tls/device.crt": (0o644, "tls/device.crt"),
+        "etc/chot/tls/device.key": (0o600, "tls/device.key"),
+        "etc/chot/collector.pub": (0o644, "collector.pub"),
+        "etc/systemd/system/chot-terminal.service": (0o644, "chot-terminal.service"),
+    }
+    for rel, (m, src) in expect.items():
+        assert mode(root / rel) == m, rel
+        assert (root / rel).read_bytes() == (bdir / src).read_bytes(), rel
+    assert (root / "etc/chot/tls/device.key").stat().st_uid == os.getuid()
+    for d, m in (("etc/chot", 0o750), ("etc/chot/tls", 0o750), ("var/lib/chot", 0o750)):
+        assert mode(root / d) == m, d
+    assert (root / "opt/chot/venv/pyvenv.cfg").read_text().count("include-system-site-packages = true") == 1
+    log = calls(env)
+    apt_install = [c for c in log if c.startswith("apt-get install")]
+    assert len(apt_install) == 1
+    for pkg in ("python3-picamera2", "libzbar0", "python3-venv", "python3-lgpio"):
+        assert pkg in apt_install[0].split()
+    assert any(c.startswith("useradd --system") and c.endswith(ME) for c in log)
+    assert any(c.startswith("python3 -m venv --system-site-packages") for c in log)
+    assert [c for c in log if c.startswith("pip install")] == [f"pip install --quiet --disable-pip-version-check "
+                                                                f"{bundle[1]}"]
+    sys_calls = [c for c in log if c.startswith("systemctl") and "is-" not in c]
+    assert sys_calls == ["systemctl daemon-reload", "systemctl enable chot-terminal.service",
+                         "systemctl restart chot-terminal.service"]
+    selftest = [c for c in log if c.startswith("chot ")]
+    assert selftest == [f"chot terminal selftest --config {root}/etc/chot/terminal.toml"]
+    # it says what it does at each step
+    for step in ("Debian packages", "service user", "virtual environment", "the chot package", "config and credentials",
+                 "systemd unit", "self-test", "enable and start", "done"):
+        assert step in r.stdout, step
+    assert "PRIVATE KEY" not in r.stdout + r.stderr
+
+
+def test_second_run_changes_nothing(bundle, env):
+    assert run(bundle, env).returncode == 0
+    root = Path(env["FAKE_STATE"]).parent / "root"
+    before = snapshot(root)
+    n = len(calls(env))
+    r = run(bundle, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert snapshot(root) == before
+    assert changing(calls(env)[n:]) == []
+    assert "nothing changed" in r.stdout
+
+
+def test_a_changed_file_is_installed_alone_and_the_service_restarted(bundle, env, tmp_path):
+    assert run(bundle, env).returncode == 0
+    bdir = tmp_path / "bundle2"
+    shutil.copytree(bundle[0], bdir)
+    (bdir / "terminal.toml").write_text((bdir / "terminal.toml").read_text() + "# changed\n")
+    root = Path(env["FAKE_STATE"]).parent / "root"
+    before = snapshot(root)
+    n = len(calls(env))
+    r = subprocess.run(["bash", str(bdir / "setup-terminal.sh"), "--root", str(root), "--package", str(bundle[1])],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    after = snapshot(root)
+    assert [k for k in after if after[k] != before.get(k)] == ["etc/chot/terminal.toml"]
+    assert mode(root / "etc/chot/terminal.toml") == 0o640
+    assert changing(calls(env)[n:]) == [
+        "systemctl stop chot-terminal.service",
+        f"chot terminal selftest --config {root}/etc/chot/terminal.toml",
+        "systemctl restart chot-terminal.service",
+    ]
+
+
+def test_dry_run_writes_nothing(bundle, env):
+    r = run(bundle, env, "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    root = Path(env["FAKE_STATE"]).parent / "root"
+    assert list(root.iterdir()) == []
+    assert changing(calls(env)) == []
+    for said in ("would run: apt-get", "would install", "would run: systemctl enable"):
+        assert said in r.stdout
+
+
+def test_failing_apt_get_stops_with_a_clear_message(bundle, env):
+    r = run(bundle, env, FAKE_APT_FAIL="1")
+    assert r.returncode != 0
+    assert "ERROR: apt-get" in r.stderr and "failed" in r.stderr and "network" in r.stderr
+    assert "stopped" in r.stderr
+    log = calls(env)
+    assert not any(c.startswith(("useradd", "python3", "pip", "systemctl enable")) for c in log)
+    root = Path(env["FAKE_STATE"]).parent / "root"
+    assert list(root.iterdir()) == []
+
+
+def test_failing_pip_and_failing_selftest(bundle, env):
+    r = run(bundle, env, FAKE_PIP_FAIL="1")
+    assert r.returncode != 0 and "pip install" in r.stderr and "failed" in r.stderr
+    assert not any(c.startswith("systemctl enable") for c in calls(env))
+    r = run(bundle, env, FAKE_SELFTEST_RC="1")
+    assert r.returncode == 3
+    assert "self-test FAILED" in r.stderr
+    assert "systemctl restart chot-terminal.service" in calls(env)  # it still runs: it works offline
+
+
+def test_incomplete_bundle_is_refused(bundle, env, tmp_path):
+    bdir = tmp_path / "b"
+    shutil.copytree(bundle[0], bdir)
+    (bdir / "tls/device.key").unlink()
+    r = subprocess.run(["bash", str(bdir / "setup-terminal.sh"), "--root", str(tmp_path / "root")],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode != 0 and "lacks tls/device.key" in r.stderr
+    assert calls(env) == []
