@@ -114,6 +114,7 @@ class Collector:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.max_inflight_messages_set(100)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = m.session_expiry_s
@@ -177,6 +178,13 @@ class Collector:
         opts = SubscribeOptions(qos=1)
         client.subscribe([(f"$share/{group}/{EVENT_FILTER}", opts), (STATUS_FILTER, opts)])
         log.info("connected (session present: %s)", flags.session_present)
+
+    def _on_connect_fail(self, client, userdata):
+        self._count("connect_failures")
+        m = self.cfg.mqtt
+        log.warning(
+            "cannot reach the broker %s:%d; retrying with backoff (is it running? check [mqtt])", m.host, m.port
+        )
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         bad = [rc for rc in reason_codes if rc.is_failure]
