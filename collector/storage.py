@@ -363,7 +363,8 @@ class Storage:
             d[2] = max(d[2], r["time"])
         with self.db.atomic():
             inserted = self._insert_rows(rows)
-            acks = {dev: self._advance(dev, lo, hi, now) for dev, (lo, hi, _t) in by_device.items()}
+            # devices in a fixed order: collectors sharing a PostgreSQL database lock rows alike
+            acks = {dev: self._advance(dev, lo, hi, now) for dev, (lo, hi, _t) in sorted(by_device.items())}
         return acks, inserted
 
     def _insert_rows(self, rows):
@@ -389,10 +390,11 @@ class Storage:
     def _advance(self, device_id, lo, hi, now):
         """Update the registry row of `device_id` after storing seqs lo..hi; return its contiguous seq."""
         D, E = self.Device, self.Event
-        dev = D.get_or_none(D.device_id == device_id)
-        if dev is None:
-            D.insert(device_id=device_id, first_seen=now, last_seen=now).on_conflict_ignore().execute()
-            dev = D.get(D.device_id == device_id)
+        D.insert(device_id=device_id, first_seen=now, last_seen=now).on_conflict_ignore().execute()
+        q = D.select().where(D.device_id == device_id)
+        # PostgreSQL: lock the row, so that collectors sharing the database advance it one at a
+        # time and each sees the events the other committed (SQLite: BEGIN IMMEDIATE already)
+        dev = (q if self.sqlite else q.for_update()).get()
         c = dev.contiguous_seq or 0
         # walk the stored seqs above the old contiguous mark while they follow each other
         while True:

@@ -212,3 +212,24 @@ def test_sigkill_mid_batch_loses_nothing(broker, tmp_path):
     assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
     with Storage(f"sqlite:///{db_path}") as st:
         assert st.contiguous("gate-k") == n
+
+
+def test_two_collectors_share_the_load_on_one_postgresql(broker, pg_dsn):
+    from collector.testing import collector_config
+
+    n = 2000
+    cfgs = [collector_config(pg_dsn, port=broker.port, collector={"id": f"c{i}", "batch_size": 50,
+                                                                  "batch_max_wait_ms": 20}) for i in (1, 2)]
+    with Collector(cfgs[0]) as c1, Collector(cfgs[1]) as c2:
+        c1.wait_subscribed()
+        c2.wait_subscribed()
+        dev = Device(broker, "gate-s")
+        for s in range(1, n + 1):
+            dev.publish(wire.encode_events([make_event("gate-s", s)]))
+        wait_for(lambda: c1.stats().get("received", 0) + c2.stats().get("received", 0) >= n, 30, "all received")
+        # both got a share, and the acks reach the end although the events were split
+        assert c1.stats()["received"] > 0 and c2.stats()["received"] > 0
+        wait_for(lambda: dev.last_ack() == n, 30, "the final ack")
+        dev.close()
+    with Storage(pg_dsn) as st:
+        assert st.event_count() == n and st.contiguous("gate-s") == n
