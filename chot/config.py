@@ -33,6 +33,8 @@ class Field:
     help: str = ""
 
     def allowed(self):
+        if self.choices and self.kind == "list":
+            return "a list, each item one of " + ", ".join(repr(c) for c in self.choices)
         if self.choices:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         desc = {
@@ -75,7 +77,7 @@ def _check_value(field, value):
         return field.allowed()
     if not isinstance(value, types):
         return field.allowed()
-    if field.choices and value not in field.choices:
+    if field.choices and field.kind != "list" and value not in field.choices:
         return field.allowed()
     if field.kind in ("int", "float"):
         if field.min is not None and value < field.min or field.max is not None and value > field.max:

@@ -414,8 +414,8 @@ def record_manual(
         raise QueryError("id_number: missing; give the person's ID number (or a subject_key)")
     t = _time_arg(time, "time", None) or utcnow()
     subject = {"key": key, "paper": True}
-    if name:
-        subject["name"] = str(name)[:200]
+    if name:  # initials only, as the terminals record: the central database holds no names
+        subject["name_masked"] = " ".join(w[0].upper() + "." for w in str(name).split()[:6])
     device_id = manual_device_id(collector_id)
 
     def make(seq):

@@ -189,7 +189,7 @@ class Terminal:
 
     def apply_update(self, kind, body, version):
         """Apply a verified update from the collector (deny list, trusted issuers)."""
-        from device.updates import apply_update
+        from device.update_apply import apply_update
 
         self.checker = apply_update(self.cfg, self.checker, kind, body, version)
 

@@ -4,13 +4,15 @@ The MQTT link checks each update's signature (the collector's pinned key) and ve
 before calling this; here the body is turned into a new `Checker` for the daemon. Bodies:
 
 - `denylist`: the `DenyList.to_dict()` object (salted hashes, version);
-- `trust`: `{"items": ["<PEM public key or certificate>", ...]}`, added to the trust files
-  of the config (updates add issuers; they never remove the ones configured on the device);
+- `trust`: `{"format": "chot-trust-v1", "files": [{"name", "pem"} | {"name", "json"}]}` (made by
+  `chot collector publish-trust`), added to the trust files of the config (updates add
+  issuers; they never remove the ones configured on the device);
 - `config`: `{"policy": {key: value, ...}}`, checked against the terminal's schema.
 
 A body that does not fit raises `CredentialError`/`ConfigError` and changes nothing.
 """
 
+import json
 import logging
 
 from chot.config import validate
@@ -34,11 +36,14 @@ def apply_update(cfg, checker, kind, body, version):
         return checker
     if kind == "trust":
         trust = TrustStore.load(cfg.policy.trusted_issuers)
-        items = body.get("items", [])
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise CredentialError(f"trust update version {version}: items must be a list of PEM texts")
-        for i, item in enumerate(items):
-            trust.add_bytes(item.encode("utf-8"), f"trust update v{version} item {i}")
+        files = body.get("files")
+        if body.get("format") != "chot-trust-v1" or not isinstance(files, list):
+            raise CredentialError(f"trust update version {version}: expected a chot-trust-v1 object with files")
+        for i, item in enumerate(files):
+            if not isinstance(item, dict) or not ("pem" in item or "json" in item):
+                raise CredentialError(f"trust update version {version}: file {i} has neither pem nor json")
+            data = item["pem"].encode("utf-8") if "pem" in item else json.dumps(item["json"]).encode("utf-8")
+            trust.add_bytes(data, f"trust update v{version} {item.get('name', i)}")
         log.warning("trusted issuers version %s applied (%d keys)", version, len(trust))
         return Checker(trust, checker.policy)
     if kind == "config":

@@ -40,9 +40,13 @@ class LocalBroker:
     """A private Mosquitto broker on a loopback port (the demo, the tests)."""
 
     # Raised limits: the defaults drop QoS 1 messages silently (see DESIGN.md).
+    # `user root` keeps a broker started by root able to read its own temp files (ignored otherwise).
+    # A finite max_queued_messages: with 0, Mosquitto 2.0.11 disconnects a client after refusing
+    # one of its publishes (PUBACK 135, then "Unspecified error").
     BASE = (
+        "user root\n"
         "allow_anonymous true\n"
-        "max_queued_messages 0\n"
+        "max_queued_messages 10000000\n"
         "max_inflight_messages 0\n"
         "max_queued_bytes 0\n"
         "max_packet_size 2000000\n"

@@ -77,3 +77,13 @@ def test_check_config_cli_exit_status(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "chot.cli", "terminal", "check-config",
                               str(tmp_path / "nope.toml")], capture_output=True, text=True)
     assert missing.returncode == 2 and "file not found" in missing.stderr
+
+
+def test_list_choices_are_checked_per_item(tmp_path):
+    f = tmp_path / "t.toml"
+    f.write_text(GOOD + '[policy]\naccept_formats = ["native", "dcc"]\n')
+    assert load_terminal_config(f).policy.accept_formats == ["native", "dcc"]
+    f.write_text(GOOD + '[policy]\naccept_formats = ["native", "pdf"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_terminal_config(f)
+    assert "policy.accept_formats: found ['native', 'pdf']; allowed: a list, each item one of" in str(err.value)

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEV = "term-1"
 # Mosquitto started as root drops to the `mosquitto` user, which cannot read pytest's 0700 temp
 # dirs (ACL file, persistence, log); `user root` keeps it as it is (ignored when not root).
-KEEP_USER = "user root\n"
+KEEP_USER = ""  # LocalBroker.BASE has `user root` now
 
 
 def collector_data(port, database, **collector_keys):
