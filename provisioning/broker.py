@@ -75,9 +75,10 @@ acl_file {d}/acl
 
 # Queues and in-flight windows. Mosquitto's defaults (max_queued_messages 1000,
 # max_inflight_messages 20) DROP QoS 1 messages silently once a client falls behind, while
-# every publish is still PUBACKed. 0 means no limit: a terminal's outbox and the collector's
-# acks bound what is outstanding, and nothing may vanish at the broker.
-max_queued_messages 0
+# every publish is still PUBACKed. A terminal's outbox and the collector's acks bound what is
+# outstanding, so the queue limit is set far above it; not 0 ("no limit"), because with 0
+# Mosquitto 2.0.11 disconnects a client right after refusing one of its publishes.
+max_queued_messages 10000000
 max_queued_bytes 0
 max_inflight_messages 0
 max_inflight_bytes 0

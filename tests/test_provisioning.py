@@ -152,7 +152,7 @@ def test_broker_config_and_revocation(fleet_dir, tmp_path, capsys):
     conf = (out / "mosquitto.conf").read_text()
     for line in ("require_certificate true", "use_identity_as_username true", "allow_anonymous false",
                  f"cafile {out}/ca.crt", f"certfile {out}/server.crt", f"keyfile {out}/server.key",
-                 f"crlfile {out}/crl.pem", f"acl_file {out}/acl", "listener 8883", "max_queued_messages 0",
+                 f"crlfile {out}/crl.pem", f"acl_file {out}/acl", "listener 8883", "max_queued_messages 10000000",
                  "max_inflight_messages 0", "persistence true"):
         assert f"\n{line}\n" in conf, line
     assert mode(out / "server.key") == 0o600
