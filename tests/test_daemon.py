@@ -219,3 +219,18 @@ def test_sigkill_mid_run_loses_no_committed_event_and_reuses_no_seq(tmp_path, is
     assert stored == sorted(stored)
     first_round_max = max(seen[:15])
     assert min(seen[15:]) > first_round_max
+
+
+def test_status_led_shows_uplink_down_and_fault_wins(tmp_path, issuer, mock_pins):
+    key, pub, _ = issuer
+    write_frames(tmp_path / "frames", [None])
+    cfg = make_cfg(tmp_path, tmp_path / "frames", pub)
+    with Terminal.from_config(cfg) as term:
+        term.set_health("ok")
+        assert term.feedback.status == "ok"
+        term.set_health("uplink_down")  # what the link reports after mqtt.down_alarm_min
+        assert term.feedback.status == "uplink_down"
+        term._faulted = True
+        term.set_health("fault")
+        term.set_health("ok")  # the uplink came back, but the outbox still cannot record
+        assert term.feedback.status == "fault"
