@@ -26,26 +26,9 @@ from datetime import timedelta
 
 from chot import wire
 from chot.errors import CollectorError
-from collector.storage import format_time, parse_time, row_to_event, utcnow
+from collector.storage import EVENT_COLUMNS, format_time, parse_time, row_to_event, utcnow
 
-EXPORT_COLUMNS = (
-    "device_id",
-    "seq",
-    "uuid",
-    "checkpoint",
-    "direction",
-    "time",
-    "clock_synced",
-    "boot_id",
-    "mono_ns",
-    "source",
-    "format",
-    "decision",
-    "reason",
-    "subject_key",
-    "subject",
-    "received_at",
-)
+EXPORT_COLUMNS = EVENT_COLUMNS  # the CSV for the national declaration system: one column per field
 
 _PROBE_RANGES = 40  # checkpoint ranges OR-ed in one probe query
 

@@ -135,18 +135,6 @@ def _jsonable(obj, depth=0):
     return str(obj)
 
 
-def _num_time(v):
-    """A CWT time (int or float seconds) as an aware datetime, or None when absent/invalid."""
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if not -_MAX_TIME < v < _MAX_TIME:
-        return None
-    try:
-        return datetime.fromtimestamp(v, UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
 
 
 def _cert_time(cert, attr):
@@ -406,7 +394,7 @@ def decode_cose(raw):
     d.claims = claims
     iss = claims.get(CWT_ISS)
     d.iss = iss if isinstance(iss, str) else None
-    d.iat, d.exp = _num_time(claims.get(CWT_IAT)), _num_time(claims.get(CWT_EXP))
+    d.iat, d.exp = native.epoch_time(claims.get(CWT_IAT)), native.epoch_time(claims.get(CWT_EXP))
     d.dgc = _jsonable(hcert[1])
     return d
 

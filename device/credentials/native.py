@@ -9,6 +9,7 @@ Pure logic: no files, no network; `verify` never raises on bad input.
 """
 
 import logging
+import math
 import os
 import re
 import unicodedata
@@ -87,18 +88,36 @@ def b45decode(text: str) -> bytes:
     return bytes(out)
 
 
-def inflate_bounded(data: bytes, limit: int = MAX_INFLATED) -> bytes:
-    """zlib-inflate at most `limit` bytes; ValueError on bad data or when it would be larger."""
-    d = zlib.decompressobj()
+def inflate_bounded(data: bytes, limit: int = MAX_INFLATED, raw: bool = False) -> bytes:
+    """Inflate zlib (or, with `raw`, raw DEFLATE) data to at most `limit` bytes.
+
+    ValueError on bad or truncated data, or when it would inflate beyond `limit` (zip bombs).
+    """
+    what = "DEFLATE" if raw else "zlib"
+    d = zlib.decompressobj(-15 if raw else 15)
     try:
         out = d.decompress(data, limit)
     except zlib.error as exc:
-        raise ValueError("zlib: bad compressed data") from exc
+        raise ValueError(f"{what}: bad compressed data") from exc
     if d.unconsumed_tail:
-        raise ValueError(f"zlib: inflates beyond {limit} bytes")
+        raise ValueError(f"{what}: inflates beyond {limit} bytes")
     if not d.eof:
-        raise ValueError("zlib: truncated compressed data")
+        raise ValueError(f"{what}: truncated compressed data")
     return out
+
+
+def epoch_time(v):
+    """A CWT/JWT time (int or float seconds) as an aware UTC datetime, or None when absent/invalid."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if not -_MAX_TIME < v < _MAX_TIME:
+        return None
+    try:
+        return datetime.fromtimestamp(v, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------- COSE_Sign1

@@ -34,9 +34,7 @@ import base64
 import binascii
 import json
 import logging
-import math
 import re
-import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -95,17 +93,6 @@ def b64url_decode(text):
         raise ValueError("not base64url") from exc
 
 
-def _num_time(v):
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        return None
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if not -_MAX_TIME < v < _MAX_TIME:
-        return None
-    try:
-        return datetime.fromtimestamp(v, UTC)
-    except (OverflowError, OSError, ValueError):
-        return None
 
 
 def numeric_to_jws(text):
@@ -142,18 +129,10 @@ class IncompleteError(ValueError):
     """A lone chunk of a multi-part card."""
 
 
+
 def inflate_raw(data, limit=MAX_INFLATED):
     """Raw-DEFLATE-inflate at most `limit` bytes; ValueError on bad, truncated or oversized data."""
-    d = zlib.decompressobj(-15)
-    try:
-        out = d.decompress(data, limit)
-    except zlib.error as exc:
-        raise ValueError("DEFLATE: bad compressed data") from exc
-    if d.unconsumed_tail:
-        raise ValueError(f"DEFLATE: inflates beyond {limit} bytes")
-    if not d.eof:
-        raise ValueError("DEFLATE: truncated compressed data")
-    return out
+    return native.inflate_bounded(data, limit, raw=True)
 
 
 def _json(data, what):
@@ -312,12 +291,12 @@ def _verify(v, text, trust, at, skew_s, trace):
     except ValueError as exc:
         return v.fail("inflate", "unreadable", str(exc))
     iss = payload.get("iss")
-    nbf = _num_time(payload.get("nbf"))
+    nbf = native.epoch_time(payload.get("nbf"))
     if not isinstance(iss, str) or not iss or nbf is None or not isinstance(payload.get("vc"), dict):
         return v.fail("inflate", "unreadable", "payload: iss, nbf or vc missing")
     v.steps["inflate"] = True
     trace["payload"] = payload
-    exp = _num_time(payload.get("exp")) if "exp" in payload else None
+    exp = native.epoch_time(payload.get("exp")) if "exp" in payload else None
     v.issuer, v.not_before, v.issued_at, v.expires_at = iss[:200], nbf, nbf, exp
     v.claims = _claims(payload)
 
