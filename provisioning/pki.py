@@ -24,8 +24,6 @@ import datetime as dt
 import ipaddress
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from cryptography import x509
@@ -34,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from chot.errors import ProvisioningError
+from chot.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -57,25 +56,7 @@ _NOT_FLEET = "is this a fleet directory made by `chot provision init-fleet`?"
 
 def write_file(path, data, mode=0o644):
     """Write `data` (bytes or str) atomically with `mode`; the file never exists with wider modes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return path
+    return atomic_write(path, data, mode)
 
 
 def write_private(path, data):

@@ -13,13 +13,13 @@ is atomic and thread-safe (the frame loop calls `contains` meanwhile).
 import hashlib
 import json
 import logging
-import os
 import re
 import secrets
 import threading
 from pathlib import Path
 
 from chot.errors import CredentialError
+from chot.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -83,15 +83,8 @@ class DenyList:
 
     def save(self, path):
         """Write atomically (temporary file, fsync, rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        data = json.dumps(self.to_dict(), indent=1).encode("utf-8")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps(self.to_dict(), indent=1))
         except OSError as exc:
             raise CredentialError(f"cannot write deny list {path}: {exc.strerror}") from exc
 

@@ -17,12 +17,11 @@ loading, each kept message is verified again: a file edited by hand is not trust
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from chot import wire
 from chot.errors import UplinkError
+from chot.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -163,26 +162,4 @@ class UpdateStore:
             self._kept[kind] = {"version": env["version"], "payload": payload}
 
     def _save(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self._kept, sort_keys=True, indent=1)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        try:  # make the rename itself durable
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
+        atomic_write(self.path, json.dumps(self._kept, sort_keys=True, indent=1), mode=0o600)
