@@ -19,8 +19,10 @@ setup(
         "cbor2==6.3.0",
         "cryptography==50.0.2",
         "segno==1.6.6",
-        "pillow==13.0.0",
-        "numpy==2.4.6",
+        # Ranges, not pins: on a Pi the venv is made with --system-site-packages and must keep
+        # Raspberry Pi OS's numpy and pillow, against which python3-picamera2 is built.
+        "pillow>=9.4",
+        "numpy>=1.24,<3",
         "jsonschema==4.26.0",
     ],
     extras_require={
