@@ -187,6 +187,18 @@ def _demo(args):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _tracing_example(terms, collector, say):
+    """The tracer's core question, asked of the first person who passed the entry."""
+    from collector.queries import contacts
+
+    first = next((ev for ev, d, _ in terms[0].decisions if ev and d.passed and ev["subject"].get("key")), None)
+    if first is None:
+        return
+    answer = contacts(collector.storage, "key:" + first["subject"]["key"], days=14, window_min=15)
+    say("tracing", f"contacts of {first['subject'].get('name_masked', '?')} (subject {first['subject']['key'][:12]}…):"
+                   f" {len(answer['visits'])} visit(s), {len(answer['contacts'])} other people within ±15 min")
+
+
 def _drain_and_check(terms, collector, say):
     """Wait until the collector acked every event, then compare both sides; 0 when they agree."""
     deadline = time.monotonic() + 20
@@ -202,5 +214,6 @@ def _drain_and_check(terms, collector, say):
         ok &= st["depth"] == 0 and stored == st["last_seq"]
     total = collector.storage.event_count()
     say("collector", f"{total} events stored in all; stats {collector.stats()}")
+    _tracing_example(terms, collector, say)
     say("demo", "every event reached the collector exactly once" if ok else "NOT all events were delivered")
     return 0 if ok else 1
