@@ -1,0 +1,178 @@
+"""Outbox benchmark: durable commits per second, and the backlog drain to the collector.
+
+Commits: Outbox.append (one event, committed before it returns) with synchronous FULL (the
+default) and NORMAL, against the floor of a bare sqlite3 INSERT + COMMIT of a body of the same
+size with the same pragmas (WAL, same synchronous), interleaved in each round.
+
+Drain: an outbox holding `drain_events` undelivered events (100,000 in the full run; filled once,
+then copied for each run) is drained by the real Link (mqtt.batch 100, mqtt.inflight 100, the
+defaults) through a private Mosquitto (LocalBroker) to the real Collector on SQLite, until the
+collector's ack covers the last event. Baseline, same round: the same events in the same
+batches published by a plain paho client (bench/publish.py) to a bare subscriber that only
+counts: the transport's ceiling on this machine.
+"""
+
+import json
+import logging
+import shutil
+import sqlite3
+import time
+
+from bench.common import PI4_ASSUMPTION, Area, pi4_rate, progress, wait_until
+
+log = logging.getLogger(__name__)
+
+DEVICE = "bench-term-1"
+
+
+def _fields(i):
+    return {"checkpoint": "bench-gate-1", "direction": "in", "source": "camera", "format": "native",
+            "decision": "PASS", "reason": "ok", "subject": {"key": f"{i * 2654435761 % 2**64:064x}", "age": 30}}
+
+
+def _outbox_rate(path, sync, n):
+    from device.uplink.outbox import Outbox
+
+    with Outbox(path, synchronous=sync, device_id=DEVICE) as ob:
+        ob.append(_fields(0))  # warm-up
+        t = time.perf_counter()
+        for i in range(n):
+            ob.append(_fields(i))
+        return n / (time.perf_counter() - t), len(json.dumps(_fields(0))) + 200
+
+
+def _bare_rate(path, sync, n, body_len):
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute(f"PRAGMA synchronous={sync}")
+    con.execute("CREATE TABLE IF NOT EXISTS event (seq INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+    body = "x" * body_len
+    t = time.perf_counter()
+    for _ in range(n):
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("INSERT INTO event (body) VALUES (?)", (body,))
+        con.execute("COMMIT")
+    rate = n / (time.perf_counter() - t)
+    con.close()
+    return rate
+
+
+def commits(ctx, area):
+    rates = {s: [] for s in ("FULL", "NORMAL")}
+    bare = {s: [] for s in rates}
+    for r in range(ctx.runs):
+        for sync in rates:
+            n = ctx.sizes["outbox_commits"][sync]
+            rate, body_len = _outbox_rate(ctx.tmp / f"ob-{sync}-{r}.db", sync, n)
+            rates[sync].append(rate)
+            bare[sync].append(_bare_rate(ctx.tmp / f"bare-{sync}-{r}.db", sync, n, body_len))
+        progress(f"outbox: commits round {r + 1}/{ctx.runs}: FULL {rates['FULL'][-1]:,.0f}/s, "
+                 f"NORMAL {rates['NORMAL'][-1]:,.0f}/s")
+    for sync in rates:
+        area.figure(
+            f"commits.{sync}", f"Outbox.append, durable commits, synchronous {sync}"
+            + (" (default)" if sync == "FULL" else ""), "commits/s", rates[sync], baseline=f"commits.{sync}.bare",
+            base_values=bare[sync], base_label="bare sqlite3 INSERT+COMMIT, same pragmas", higher_is_better=True,
+            pi4={"estimate": pi4_rate(_med(rates[sync]), "commits/s") + (" if the SD card keeps up" if sync == "FULL"
+                                                                          else ""),
+                 "basis": PI4_ASSUMPTION + ("; FULL waits for fsync: on an SD card an fsync often takes 2-10 ms "
+                                            "(ASSUMPTION, card-dependent), which would cap FULL at ~100-500 "
+                                            "commits/s" if sync == "FULL" else "")},
+            extra={"commits_per_run": ctx.sizes["outbox_commits"][sync]},
+        )
+
+
+def _terminal_cfg(path, port):
+    from chot.config import validate
+    from device.config import SCHEMA
+
+    return validate({
+        "device": {"id": DEVICE, "checkpoint": "bench-gate-1", "direction": "in"},
+        "outbox": {"path": str(path), "synchronous": "NORMAL"},
+        "mqtt": {"enabled": True, "host": "127.0.0.1", "port": port, "keepalive_s": 30, "ack_timeout_s": 60.0,
+                 "status_interval_s": 600.0, "reconnect_min_s": 0.1, "reconnect_max_s": 1.0},
+    }, SCHEMA)
+
+
+def fill(path, n):
+    """An outbox at `path` holding `n` undelivered events (appended in one transaction to save time)."""
+    from device.uplink.outbox import Outbox
+
+    with Outbox(path, synchronous="NORMAL", device_id=DEVICE, max_rows=max(1_000_000, 2 * n)) as ob:
+        t = time.perf_counter()
+        with ob._db.atomic():  # bench only: one transaction around the appends
+            for i in range(n):
+                ob.append(_fields(i))
+        return time.perf_counter() - t
+
+
+def drain(ctx, area):
+    from bench.collector import BareCounter, Publishers, collector_cfg
+    from collector.subscriber import Collector
+    from device.uplink.link import Link
+    from device.uplink.outbox import Outbox
+    from provisioning.localbroker import LocalBroker
+
+    n = ctx.sizes["drain_events"]
+    template = ctx.tmp / "drain-template.db"
+    progress(f"outbox: filling a backlog of {n:,} events")
+    fill_s = fill(template, n)
+    rates, bare = [], []
+    broker = LocalBroker(ctx.tmp / "drain-broker").start()
+    try:
+        for r in range(ctx.sizes["drain_runs"]):
+            # baseline: the same bodies in batches of 100, plain publisher -> bare subscriber
+            pubs = Publishers([{"port": broker.port, "outbox": str(template), "device": DEVICE, "batch": 100}])
+            try:
+                with BareCounter(broker.port) as counter:
+                    msgs = (n + 99) // 100
+                    t0 = pubs.go()
+                    if not wait_until(lambda m=msgs: counter.count >= m, 300):
+                        raise RuntimeError(f"bare drain: {counter.count} of {msgs} messages")
+                    bare.append(n / (time.perf_counter() - t0))
+                pubs.results()
+            finally:
+                pubs.close()
+            # the product: Link -> broker -> Collector (SQLite) -> ack
+            path = ctx.tmp / f"drain-{r}.db"
+            shutil.copy(template, path)
+            cfg = _terminal_cfg(path, broker.port)
+            url = f"sqlite:///{ctx.tmp / f'drain-collector-{r}.db'}"
+            with Collector(collector_cfg(broker.port, url, f"bench-drain-{r}")) as col, Outbox.from_config(cfg) as ob:
+                col.wait_subscribed(10)
+                link = Link(cfg, ob)
+                try:
+                    t0 = time.perf_counter()
+                    link.start()
+                    if not link.wait_acked(n, 600):
+                        raise RuntimeError(f"drain: acked only up to {link.acked_seq} of {n}")
+                    rates.append(n / (time.perf_counter() - t0))
+                finally:
+                    link.close()
+            progress(f"outbox: drain round {r + 1}: {rates[-1]:,.0f} events/s (bare transport {bare[-1]:,.0f})")
+    finally:
+        broker.stop()
+    area.figure(
+        "drain", f"backlog drain, {n:,} events to all acked (Link -> Mosquitto -> Collector on SQLite)",
+        "events/s", rates, baseline="drain.bare", base_values=bare,
+        base_label="same batches, plain publisher -> bare counting subscriber", higher_is_better=True,
+        pi4={"estimate": pi4_rate(_med(rates), "events/s") + " from the Pi (the collector is on a server)",
+             "basis": PI4_ASSUMPTION + "; on a Pi only the terminal side (outbox reads, JSON, paho) is slower; the "
+             "collector side runs on a server and the network is rarely the limit"},
+        extra={"events": n, "fill_s": fill_s},
+    )
+    area.note(f"The drain backlog ({n:,} events) was filled once in {fill_s:.1f} s (in one transaction) and "
+              "copied for each run; the terminal's outbox runs with synchronous NORMAL here, the collector with "
+              "its defaults (batch 500, synchronous FULL).")
+
+
+def run(ctx):
+    area = Area("outbox", "Outbox: durable commits and backlog drain")
+    commits(ctx, area)
+    drain(ctx, area)
+    return area
+
+
+def _med(vals):
+    vals = sorted(vals)
+    return vals[len(vals) // 2] if vals else 0.0
