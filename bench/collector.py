@@ -1,8 +1,9 @@
 """Collector benchmark: events per second stored, against a bare paho-mqtt subscriber that only counts.
 
-One private Mosquitto (provisioning.localbroker.LocalBroker). In each round three consumers take
+One private Mosquitto (provisioning.localbroker.LocalBroker). In each round the consumers take
 turns on the same broker, each alone: the bare subscriber (paho-mqtt, QoS 1, counts messages),
-the real Collector on SQLite and the real Collector on PostgreSQL (a scratch database, dropped
+the Collector with its storage replaced by a no-op (a diagnostic: what MQTT, validation and acks
+cost without a database), the real Collector on SQLite and the real Collector on PostgreSQL (a scratch database, dropped
 afterwards). For each, two publisher processes (bench/publish.py, 10 terminals each, one event
 per message, QoS 1, 100 in flight) publish `collector_messages` events at full speed; the rate is
 events / (time from "go" to the last event stored, or counted). The ratio to the bare subscriber
@@ -62,6 +63,36 @@ class BareCounter:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class NullStorage:
+    """A diagnostic stand-in for collector.storage.Storage that stores nothing and acks every seq at once.
+
+    With it the Collector runs its MQTT, validation and ack path only: the difference to the real
+    storage shows what the database path costs.
+    """
+
+    safe_url = "null://"
+
+    def store_batch_counted(self, events):
+        acks = {}
+        for ev in events:
+            acks[ev["device_id"]] = max(acks.get(ev["device_id"], 0), ev["seq"])
+        return acks, len(events)
+
+    def update_status(self, device_id, status):
+        pass
+
+    def open_gaps(self, older_than_s=0.0, now=None):
+        return []
+
+    def connection(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def close(self):
+        pass
 
 
 class Publishers:
@@ -156,7 +187,9 @@ def measure(port, consumer, tag, total, url=None):
                 t1 = time.perf_counter()
                 got = bare.count
         else:
-            with Collector(collector_cfg(port, url, f"bench-{tag}")) as col:
+            storage = NullStorage() if url == "null://" else None
+            with Collector(collector_cfg(port, "sqlite:///unused.db" if storage else url, f"bench-{tag}"),
+                           storage=storage) as col:
                 col.wait_subscribed(10)
                 t0 = pubs.go()
                 ok = wait_until(lambda: col.stats().get("stored", 0) >= n, 300, step=0.002)
@@ -177,7 +210,7 @@ def run(ctx):
     area = Area("collector", "Collector ingest (events stored per second)")
     total = ctx.sizes["collector_messages"]
     drops = []
-    consumers = ["bare", "sqlite"]
+    consumers = ["bare", "nostore", "sqlite"]
     urls = {}
     if ctx.pg_dsn:
         url, drop = pg_scratch(ctx.pg_dsn, "collector")
@@ -193,7 +226,7 @@ def run(ctx):
         for r in range(ctx.runs):
             order = consumers[r % len(consumers):] + consumers[: r % len(consumers)]
             for c in order:
-                url = urls.get(c) or f"sqlite:///{ctx.tmp / f'collector-{r}.db'}"
+                url = urls.get(c) or ("null://" if c == "nostore" else f"sqlite:///{ctx.tmp / f'collector-{r}.db'}")
                 rate, pub_rate = measure(broker.port, c if c == "bare" else "collector", f"r{r}{c[:2]}", total, url)
                 rates[c].append(rate)
                 pub_rates.append(pub_rate)
@@ -206,7 +239,12 @@ def run(ctx):
                 higher_is_better=True,
                 pi4={"estimate": pi4_rate(_med(rates["bare"]), "events/s"),
                      "basis": PI4_ASSUMPTION + " (broker, publishers and subscriber share the cores)"})
-    for c in consumers[1:]:
+    area.figure(
+        "nostore", "diagnostic: Collector with storage replaced by a no-op (MQTT, validation, acks only)",
+        "events/s", rates["nostore"], baseline="bare", base_values=rates["bare"], base_label="bare subscriber",
+        higher_is_better=True,
+        pi4={"estimate": pi4_rate(_med(rates["nostore"]), "events/s"), "basis": PI4_ASSUMPTION})
+    for c in consumers[2:]:
         goal = {"text": f">= {GOAL_RATIO:.0%} of the bare subscriber and >= {GOAL_RATE:,} events/s"}
         fig = area.figure(
             c, f"Collector on {'SQLite (synchronous FULL)' if c == 'sqlite' else 'PostgreSQL'}", "events/s",

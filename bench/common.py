@@ -28,7 +28,7 @@ SIZES = {
     "quick": {
         "runs": 3, "decode_frames": 3, "photos_rotations": (0,), "photos_limit": None,
         "pipeline_frames": 40, "verify_s": 0.15, "outbox_commits": {"FULL": 100, "NORMAL": 400},
-        "drain_events": 10_000, "drain_runs": 1, "collector_messages": 10_000, "tracing_events": 200_000,
+        "drain_events": 10_000, "drain_runs": 1, "collector_messages": 20_000, "tracing_events": 200_000,
         "tracing_queries": 10, "tracing_store_batch_events": 5_000,
     },
     "full": {

@@ -45,7 +45,7 @@ def test_smoke_run_writes_every_area_and_the_table(tmp_path):
     for want in ("decode.zxing.640x480.qr", "decode.pyzbar.1280x720.empty", "decode.opencv.640x480.qr",
                  "decode.photos.zxing", "pipeline.FULL.p50", "pipeline.FULL.p99", "pipeline.FULL.commit.p50",
                  "verify.native", "verify.dcc", "verify.shc", "outbox.commits.FULL", "outbox.commits.NORMAL",
-                 "outbox.drain", "collector.bare", "collector.sqlite", "collector.postgresql",
+                 "outbox.drain", "collector.bare", "collector.nostore", "collector.sqlite", "collector.postgresql",
                  "tracing.contacts.sqlite", "tracing.contacts.postgresql", "tracing.load.sqlite"):
         assert want in ids, want
     # the photos are read from pixels: the default decoder reads at least one of the few given
