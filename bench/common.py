@@ -153,6 +153,7 @@ class Context:
     pg_dsn: str | None
     testdata: object  # pathlib.Path of ../shared/testdata
     full_tracing: bool = False
+    budget_s: float = 570.0  # the whole run's time budget (the issue: under 10 minutes)
 
     @property
     def sizes(self):

@@ -173,7 +173,8 @@ def main(argv=None):
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     pg = None if args.no_pg else (args.pg if pg_usable(args.pg) else None)
     tmp = Path(tempfile.mkdtemp(prefix="chot-bench-"))
-    ctx = Context(mode=mode, tmp=tmp, pg_dsn=pg, testdata=Path(args.testdata), full_tracing=args.full_tracing)
+    ctx = Context(mode=mode, tmp=tmp, pg_dsn=pg, testdata=Path(args.testdata), full_tracing=args.full_tracing,
+                  budget_s={"full": 570.0, "quick": 110.0}.get(mode, 1e9))
     from bench.common import PI4_ASSUMPTION
 
     command = "make bench" + (f" BENCH_ARGS='{' '.join(argv if argv is not None else sys.argv[1:])}'"
