@@ -24,7 +24,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from bench.common import PI4_ASSUMPTION, Area, pi4_rate, progress, wait_until
+from bench.common import PI4_ASSUMPTION, Area, BenchError, pi4_rate, progress, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class BareCounter:
         self.client.connect("127.0.0.1", port, keepalive=30)
         self.client.loop_start()
         if not self.subscribed.wait(10):
-            raise RuntimeError("the bare subscriber could not subscribe")
+            raise BenchError(f"the bare subscriber could not subscribe at 127.0.0.1:{port}: is the broker running?")
 
     def _on_message(self, client, userdata, msg):
         self.count += 1
@@ -108,7 +108,7 @@ class Publishers:
             line = p.stdout.readline()
             if line.strip() != "ready":
                 self.close()
-                raise RuntimeError(f"a publisher did not start: {line!r}")
+                raise BenchError(f"a publisher (bench/publish.py) did not start: {line!r}; run it by hand to see why")
 
     def go(self):
         t = time.perf_counter()
@@ -127,6 +127,12 @@ class Publishers:
             except (ValueError, subprocess.TimeoutExpired):
                 out.append(None)
         return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def close(self):
         for p in self.procs:
@@ -199,7 +205,8 @@ def measure(port, consumer, tag, total, url=None):
     finally:
         pubs.close()
     if not ok:
-        raise RuntimeError(f"{consumer}: only {got} of {n} events arrived within 300 s")
+        raise BenchError(f"{consumer}: only {got} of {n} events arrived within 300 s; check the broker's log and "
+                         "its max_queued_messages / max_inflight_messages (0 = unlimited)")
     pub_rate = sum(r["published"] for r in res if r) / max(r["seconds"] for r in res if r)
     return n / (t1 - t0), pub_rate
 

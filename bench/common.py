@@ -13,9 +13,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from chot.errors import ChotError
+
 log = logging.getLogger(__name__)
 
 _T0 = time.monotonic()
+
+
+class BenchError(ChotError):
+    """A benchmark could not run; the message says what was missing or too slow and what to check."""
 
 # Sizes per mode. "smoke" is for tests/test_bench_smoke.py only: it proves the scripts run.
 SIZES = {

@@ -18,7 +18,7 @@ import shutil
 import sqlite3
 import time
 
-from bench.common import PI4_ASSUMPTION, Area, pi4_rate, progress
+from bench.common import PI4_ASSUMPTION, Area, BenchError, pi4_rate, progress
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,8 @@ def drain(ctx, area):
                         t0 = time.perf_counter()
                         link.start()
                         if not link.wait_acked(n, 600):
-                            raise RuntimeError(f"drain ({kind}): acked only up to {link.acked_seq} of {n}")
+                            raise BenchError(f"drain ({kind}): acked only up to {link.acked_seq} of {n} within 600 s; "
+                                             "check the collector's and the broker's logs")
                         (bare if kind == "nostore" else rates).append(n / (time.perf_counter() - t0))
                     finally:
                         link.close()

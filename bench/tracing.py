@@ -144,6 +144,21 @@ class Loader:
         self.seconds += time.perf_counter() - t
         self.rows += len(ch["seq"])
 
+    def close(self):
+        """Release the connections (finish() first to keep what was loaded)."""
+        if self.backend == "sqlite":
+            try:
+                self.con.close()
+            except sqlite3.Error:
+                pass
+        self.storage.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def finish(self):
         """Commit, recreate the indexes (and ANALYZE on PostgreSQL); returns (load s, index s)."""
         t = time.perf_counter()
@@ -304,7 +319,7 @@ def run(ctx):
             f"{k}: {a:.1f} s rows + {b:.1f} s indexes = {a + b:.1f} s" for k, (a, b) in load.items())
             + f". Generating the synthetic rows took {gen_s:.1f} s more (shared by both backends, not counted).")
         for ld in loaders.values():
-            ld.storage.close()
+            ld.close()
     finally:
         for d in drops:
             d()
