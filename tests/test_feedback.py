@@ -251,3 +251,44 @@ def test_pin_factories(tmp_path, caplog):
             assert [bool(s.state) for s in factory.pin("GPIO17").states] == [False, True, False]
     finally:
         factory.close()
+
+
+def test_timeline_flattens_steps_in_time_order(fb):
+    steps = patterns.signal_steps("pass", fb.cfg)
+    line = patterns.timeline(steps)
+    assert [a for a in line if a[0] == 0.0] == [(0.0, "pass_led", True), (0.0, "relay", True), (0.0, "buzzer", True)]
+    assert [a[0] for a in line] == sorted(a[0] for a in line)
+    for step in steps:  # each device alternates on/off, n times, ending off
+        mine = [on for _, dev, on in line if dev == step.device]
+        assert mine == [True, False] * step.n
+    assert max(a[0] for a in line) <= patterns.duration(steps)
+    # a step with no off period keeps its own on/off order at equal times
+    assert patterns.timeline([patterns.Step("buzzer", 0.1, 0.0, 2)]) == [
+        (0.0, "buzzer", True), (0.1, "buzzer", False), (0.1, "buzzer", True), (0.2, "buzzer", False)]
+
+
+def test_first_states_are_on_when_signal_returns_and_no_thread_per_signal(mock_pins):
+    slow = dict(FAST, pass_led_s=30.0, relay_s=30.0, fail_led_s=30.0, pass_beep_s=2.0, fail_beep_s=2.0)
+    with Feedback(PINS, slow) as f:
+        threads = threading.active_count()
+        for _ in range(20):
+            f.signal("pass")
+            assert f.pass_led.is_lit and f.relay.value == 1 and f.buzzer.is_active  # no wait
+            assert not f.fail_led.is_lit
+            f.signal("fail")
+            assert f.fail_led.is_lit and f.buzzer.is_active
+            assert not f.pass_led.is_lit and f.relay.value == 0  # the barrier closed at once
+        assert threading.active_count() == threads
+        assert f.kind == "fail" and f.busy()
+        assert states(f.pass_led) == [False] + [True, False] * 20
+        assert states(f.relay) == [False] + [True, False] * 20
+    assert not f.busy() and f.wait_idle(0)
+
+
+def test_close_while_playing_stops_the_worker(mock_pins):
+    f = Feedback(PINS, dict(FAST, pass_led_s=30.0))
+    f.signal("pass")
+    worker = f._worker
+    f.close()
+    assert not worker.is_alive()
+    assert f.pass_led.closed and f.wait_idle(0)

@@ -3,13 +3,16 @@
 `Feedback(pins_cfg, feedback_cfg, pin_factory=None)` builds the devices of the `[pins]`
 section (a pin set to "none" is absent): a green and a red LED or one RGB LED, a buzzer,
 an optional relay pulsed on PASS (barrier or door), an optional button (the guard's manual
-pass) and a status LED. `signal(kind)` plays a pattern of `device.io.patterns` in gpiozero's
-background threads and returns at once: the frame loop never waits for a light or a beep.
+pass) and a status LED. `signal(kind)` plays a pattern of `device.io.patterns`:
+it switches the pattern's first states on itself (a few pin writes, so the PASS LED and the
+relay react at once) and hands the timed rest to one long-lived worker thread, then returns:
+the frame loop never waits for a light or a beep, and no thread is started per signal.
 A new signal cancels the one playing (every signal device is switched off first, so the
 relay closes on anything but a PASS). `set_status(state)` sets the status LED's endless
 pattern. This module knows nothing of credentials or MQTT; the daemon wires it.
 """
 
+import functools
 import logging
 import threading
 import time
@@ -57,6 +60,15 @@ class _Cycler(threading.Thread):
         self.join(5.0)
 
 
+class _Playing:
+    """The signal being played: its later switchings, the next one's index, start and length."""
+
+    __slots__ = ("kind", "later", "next", "t0", "length")
+
+    def __init__(self, kind, later, t0, length):
+        self.kind, self.later, self.next, self.t0, self.length = kind, later, 0, t0, length
+
+
 class Feedback:
     """Pass/fail LEDs (or an RGB LED), buzzer, relay, button and status LED; see the module doc."""
 
@@ -65,7 +77,10 @@ class Feedback:
         self.cfg = patterns.settings("feedback", feedback_cfg)
         self._factory = pin_factory
         self._lock = threading.RLock()
-        self._threads = []
+        self._cond = threading.Condition(self._lock)  # wakes the worker; wait_idle waits on it
+        self._plans = {}  # kind -> cached plan (see _plan)
+        self._playing = None  # the _Playing signal, None when idle
+        self._worker = None
         self._callbacks = []
         self._status = None
         self._cycler = None
@@ -97,6 +112,8 @@ class Feedback:
             self.button.when_pressed = self._pressed
         if self.rgb_led is None and self.pass_led is None and self.fail_led is None:
             log.warning("no pass/fail LED configured: the person at the checkpoint sees no answer")
+        self._worker = threading.Thread(target=self._work, name="chot-feedback", daemon=True)
+        self._worker.start()
 
     def _make(self, key, cls, *pins, **kwargs):
         if pins[0] is None:
@@ -118,11 +135,32 @@ class Feedback:
 
     # -- signals -----------------------------------------------------------------------------
 
-    def _device(self, name):
-        """The gpiozero device and extra blink arguments for a step's device name."""
+    def _switch(self, name, on):
+        """The callable that switches a step's device on or off (None when the device is absent)."""
         if name in ("pass_led", "fail_led") and self.rgb_led is not None:
-            return self.rgb_led, {"on_color": GREEN if name == "pass_led" else RED}
-        return getattr(self, name), {}
+            color = (GREEN if name == "pass_led" else RED) if on else (0, 0, 0)
+            return functools.partial(setattr, self.rgb_led, "value", color)
+        dev = getattr(self, name)
+        if dev is None:
+            return None
+        return dev.on if on else dev.off
+
+    def _plan(self, kind):
+        """(switchings at 0, later (at_s, switch) in time order, duration) of signal `kind`, cached."""
+        plan = self._plans.get(kind)
+        if plan is None:
+            steps = patterns.signal_steps(kind, self.cfg)  # ValueError for an unknown kind
+            first, later = [], []
+            for at, name, on in patterns.timeline(steps):
+                fn = self._switch(name, on)
+                if fn is None:
+                    continue
+                if at <= 0.0 and on:
+                    first.append(fn)
+                else:
+                    later.append((at, fn))
+            plan = self._plans[kind] = (tuple(first), tuple(later), patterns.duration(steps))
+        return plan
 
     def _all_off(self):
         for dev in (self.pass_led, self.fail_led, self.rgb_led, self.buzzer, self.relay):
@@ -130,40 +168,67 @@ class Feedback:
                 dev.off()
 
     def signal(self, kind):
-        """Start pattern `kind` ("pass", "fail", "unreadable", "unsigned", "fault") and return at once."""
-        steps = patterns.signal_steps(kind, self.cfg)
-        with self._lock:
+        """Start pattern `kind` ("pass", "fail", "unreadable", "unsigned", "fault") and return at once.
+
+        The pattern's first states are switched on before this returns; the worker thread
+        plays the rest.
+        """
+        first, later, length = self._plan(kind)
+        with self._cond:
             if self._closed:
                 log.debug("signal %s after close ignored", kind)
                 return
-            self._all_off()
-            threads = []
-            for step in steps:
-                dev, extra = self._device(step.device)
-                if dev is None:
-                    continue
-                dev.blink(on_time=step.on_s, off_time=step.off_s, n=step.n, background=True, **extra)
-                threads.append(dev._blink_thread)
-            self._threads = [t for t in threads if t is not None]
+            try:
+                self._all_off()
+                for fn in first:
+                    fn()
+            except GPIOZeroError as exc:
+                log.error("feedback %s could not switch a pin (%s): check the [pins] section and the wiring", kind, exc)
+                return
+            self._playing = _Playing(kind, later, time.monotonic(), length)
             self.kind = kind
+            self._cond.notify()
         log.debug("feedback: %s", kind)
+
+    def _work(self):
+        """The worker thread: plays the timed switchings of the signal playing, one at a time."""
+        with self._cond:
+            while not self._closed:
+                play = self._playing
+                if play is None:
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                later = play.later
+                while play.next < len(later) and play.t0 + later[play.next][0] <= now:
+                    try:
+                        later[play.next][1]()
+                    except GPIOZeroError as exc:  # a device closed under us: nothing left to play
+                        log.debug("feedback %s stopped: %s", play.kind, exc)
+                        play.next = len(later)
+                        break
+                    play.next += 1
+                if play.next < len(later):
+                    due = play.t0 + later[play.next][0]
+                else:
+                    due = play.t0 + play.length
+                    if due <= now:
+                        self._playing = None
+                        self._cond.notify_all()
+                        continue
+                self._cond.wait(due - now)
+            self._playing = None
+            self._cond.notify_all()
 
     def wait_idle(self, timeout=None):
         """Wait until the pattern playing has finished; True when it has (for tests and the demo)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            threads = list(self._threads)
-        for t in threads:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            threading.Thread.join(t, remaining)
-            if t.is_alive():
-                return False
-        return True
+        with self._cond:
+            return self._cond.wait_for(lambda: self._playing is None or self._closed, timeout)
 
     def busy(self):
         """True while a signal pattern is playing."""
-        with self._lock:
-            return any(t.is_alive() for t in self._threads)
+        with self._cond:
+            return self._playing is not None and not self._closed
 
     # -- status LED --------------------------------------------------------------------------
 
@@ -225,8 +290,12 @@ class Feedback:
             if self._closed:
                 return
             self._closed = True
+            self._playing = None
+            self._cond.notify_all()
             self._stop_cycler()
-            self._threads = []
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(5.0)
+        with self._lock:
             self._close_devices()
 
     @property

@@ -1,9 +1,10 @@
 """Feedback patterns as plain data, computed from the `[feedback]` config section.
 
 A signal is a list of `Step`s that start together, one per output device; each step
-switches its device on for `on_s`, off for `off_s`, `n` times (gpiozero's `blink`). So a
+switches its device on for `on_s`, off for `off_s`, `n` times (like gpiozero's `blink`). So a
 device's pin goes through exactly `[False] + [True, False] * n` (see `pin_states`), which
-is what tests compare with the mock pins' `states`.
+is what tests compare with the mock pins' `states`. `timeline(steps)` flattens a signal into
+`(at_s, device, on)` switchings in time order, which is what device.io.feedback plays.
 
 - pass:        green `pass_led_s` once; `pass_beeps` beeps of `pass_beep_s`; relay pulse `relay_s`
 - fail:        red `fail_led_s` once (steady); `fail_beeps` beeps of `fail_beep_s`
@@ -82,6 +83,22 @@ def pin_states(step, active_high=True):
     """The values a fresh output pin goes through for `step` (initial state included)."""
     on, off = (True, False) if active_high else (False, True)
     return [off] + [on, off] * step.n
+
+
+def timeline(steps):
+    """The switchings of a signal: `(at_s, device, on)` sorted by time (a device's own order kept).
+
+    Every step starts at 0 with its device on; the signal lasts `duration(steps)` (the last
+    off period included).
+    """
+    out = []
+    for step in steps:
+        period = step.on_s + step.off_s
+        for i in range(step.n):
+            out.append((i * period, step.device, True))
+            out.append((i * period + step.on_s, step.device, False))
+    out.sort(key=lambda a: a[0])  # stable: a device's on stays before its off at the same time
+    return out
 
 
 def duration(steps):
