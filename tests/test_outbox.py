@@ -304,3 +304,32 @@ def test_event_json_is_what_pending_returns(tmp_path):
     con.close()
     assert json.loads(body) == e
     assert os.path.getsize(tmp_path / "o.db") > 0
+
+
+def test_append_is_one_transaction_rolled_back_on_failure(tmp_path):
+    path = tmp_path / "o.db"
+    with Outbox(path, device_id="t-01") as ob:
+        ob.append(fields())
+        # a failure inside the transaction (here the UPDATE of last_seq finds no row) stores nothing
+        ob._db.execute_sql("DELETE FROM outbox_state")
+        with pytest.raises(OutboxError, match="lost its state row.*move the file aside"):
+            ob.append(fields())
+        conn = ob._db.connection()
+        assert not conn.in_transaction and ob.last_seq == 1
+        assert all_seqs(path) == [1]
+        # a constraint failure on the INSERT itself rolls back as well, with an OutboxError
+        ob._db.execute_sql("INSERT INTO outbox_state (id, last_seq, delivered_upto) VALUES (1, 1, 0)")
+        ob._db.execute_sql("INSERT INTO event (seq, time, body, created) VALUES (2, 't', '{}', 0)")
+        with pytest.raises(OutboxError, match="failed"):
+            ob.append(fields())
+        assert not conn.in_transaction and ob.last_seq == 1
+        ob._db.execute_sql("DELETE FROM event WHERE seq = 2")
+        # the peewee methods and the next append go on on the same connection
+        assert ob.append(fields())["seq"] == 2
+        assert [e["seq"] for e in ob.pending()] == [1, 2]
+        assert ob.mark_delivered(2) == 2
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("SELECT last_seq, delivered_upto FROM outbox_state").fetchone() == (2, 2)
+    finally:
+        con.close()

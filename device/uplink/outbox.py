@@ -13,6 +13,10 @@ delivered events still under retention, oldest first, and when only undelivered 
 raises `OutboxFull`: the terminal fails closed and never drops an event silently. Disk full,
 read-only or unopenable files raise `OutboxError` with what to do.
 
+peewee defines the schema and serves the other methods; `append()`, the frame loop's hot
+path, runs two prepared statements on the same sqlite3 connection in one `BEGIN IMMEDIATE`
+transaction (sqlite3 caches the prepared statements), without building SQL per event.
+
 One connection, guarded by a lock: the frame loop appends while the MQTT thread reads and
 marks. `wait_for(after_seq, timeout)` lets that thread sleep until there is something new.
 """
@@ -40,6 +44,8 @@ MiB = 1024 * 1024
 SYNCHRONOUS = ("FULL", "NORMAL")
 EVICT_CHUNK = 1000  # delivered events given up at once when the cap is reached
 PURGE_CHUNK = 5000
+INSERT_EVENT = "INSERT INTO event (seq, time, body, created, delivered_at) VALUES (?, ?, ?, ?, NULL)"
+UPDATE_LAST_SEQ = "UPDATE outbox_state SET last_seq = ? WHERE id = 1"
 
 
 def _models(db):
@@ -221,7 +227,7 @@ class Outbox:
             raise OutboxError(f"the outbox {self.path} is closed")
 
     def _pragma(self, name):
-        return self._db.execute_sql(f"PRAGMA {name}").fetchone()[0]
+        return self._db.connection().execute(f"PRAGMA {name}").fetchone()[0]
 
     def _used_bytes(self):
         """Bytes of the database's pages in use (free pages are reused, so this is what grows)."""
@@ -283,13 +289,32 @@ class Outbox:
             if problems:
                 raise OutboxError("event not stored, it is not valid: " + "; ".join(problems))
             body = wire.dumps(event).decode("utf-8")
-            with self._guard(), self._db.atomic():
-                self.Event.insert(seq=seq, time=event["time"], body=body, created=time.time()).execute()
-                self.State.update(last_seq=seq).where(self.State.id == 1).execute()
+            with self._guard():
+                self._insert(seq, event["time"], body)
             self._last_seq = seq
             self._rows += 1
             self._new.notify_all()
             return event
+
+    def _insert(self, seq, when, body):
+        """Insert the event and raise last_seq in one transaction, committed (durable) on return."""
+        conn = self._db.connection()  # peewee's sqlite3 connection (isolation_level None: we say BEGIN)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(INSERT_EVENT, (seq, when, body, time.time()))
+            if conn.execute(UPDATE_LAST_SEQ, (seq,)).rowcount != 1:
+                raise OutboxError(
+                    f"the outbox {self.path} has lost its state row: stop the terminal, move the file aside "
+                    "(keep it: it holds undelivered events) and start again"
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error as exc:  # the original failure is the one to report
+                    log.warning("rolling back a failed append to %s: %s", self.path, exc)
+            raise
 
     def has_room(self):
         """True when the next append should find room (cheap; the daemon asks before deciding)."""
