@@ -333,3 +333,18 @@ def test_append_is_one_transaction_rolled_back_on_failure(tmp_path):
         assert con.execute("SELECT last_seq, delivered_upto FROM outbox_state").fetchone() == (2, 2)
     finally:
         con.close()
+
+
+def test_append_inside_a_callers_transaction_is_a_savepoint(tmp_path):
+    path = tmp_path / "o.db"
+    with Outbox(path, device_id="t-01") as ob:
+        with ob._lock, ob._db.atomic():
+            for _ in range(3):
+                ob.append(fields())
+            ob._db.execute_sql("DELETE FROM outbox_state")
+            with pytest.raises(OutboxError, match="lost its state row"):
+                ob.append(fields())  # rolled back to its savepoint, the caller's transaction goes on
+            ob._db.execute_sql("INSERT INTO outbox_state (id, last_seq, delivered_upto) VALUES (1, 3, 0)")
+        assert not ob._db.connection().in_transaction
+        assert ob.append(fields())["seq"] == 4
+    assert all_seqs(path) == [1, 2, 3, 4]

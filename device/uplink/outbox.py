@@ -297,9 +297,14 @@ class Outbox:
             return event
 
     def _insert(self, seq, when, body):
-        """Insert the event and raise last_seq in one transaction, committed (durable) on return."""
+        """Insert the event and raise last_seq in one transaction, committed (durable) on return.
+
+        Inside a transaction the caller opened (e.g. `with outbox._lock, outbox._db.atomic():` to
+        fill many events at once) it is a savepoint, and the caller's commit makes it durable.
+        """
         conn = self._db.connection()  # peewee's sqlite3 connection (isolation_level None: we say BEGIN)
-        conn.execute("BEGIN IMMEDIATE")
+        nested = conn.in_transaction
+        conn.execute("SAVEPOINT outbox_append" if nested else "BEGIN IMMEDIATE")
         try:
             conn.execute(INSERT_EVENT, (seq, when, body, time.time()))
             if conn.execute(UPDATE_LAST_SEQ, (seq,)).rowcount != 1:
@@ -307,11 +312,15 @@ class Outbox:
                     f"the outbox {self.path} has lost its state row: stop the terminal, move the file aside "
                     "(keep it: it holds undelivered events) and start again"
                 )
-            conn.execute("COMMIT")
+            conn.execute("RELEASE outbox_append" if nested else "COMMIT")
         except BaseException:
             if conn.in_transaction:
                 try:
-                    conn.execute("ROLLBACK")
+                    if nested:
+                        conn.execute("ROLLBACK TO outbox_append")
+                        conn.execute("RELEASE outbox_append")
+                    else:
+                        conn.execute("ROLLBACK")
                 except sqlite3.Error as exc:  # the original failure is the one to report
                     log.warning("rolling back a failed append to %s: %s", self.path, exc)
             raise
