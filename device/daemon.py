@@ -4,8 +4,8 @@ The path of one scan: frame -> QR decode -> chunk assembly -> cooldown -> verifi
 policy -> event committed to the outbox -> feedback on the pins -> the uplink is woken.
 No feedback without a record: when the outbox cannot take the event the terminal fails
 closed (fault signal, reason `outbox_full`, a log line saying why). The frame loop blocks
-on nothing but the outbox commit; feedback runs in gpiozero's background threads and the
-MQTT link in its own thread.
+on nothing but the outbox commit; Feedback.signal switches the first pins itself (microseconds)
+and its worker thread plays the rest of the pattern; the MQTT link runs in its own thread.
 """
 
 import hashlib
@@ -177,7 +177,8 @@ class Terminal:
 
     def _report(self, event, decision, verification):
         self.decisions.append((event, decision, verification))
-        del self.decisions[:-1000]
+        if len(self.decisions) > 1000:
+            del self.decisions[0]
         if self.on_decision is not None:
             self.on_decision(event, decision, verification)
 

@@ -348,3 +348,29 @@ def test_append_inside_a_callers_transaction_is_a_savepoint(tmp_path):
         assert not ob._db.connection().in_transaction
         assert ob.append(fields())["seq"] == 4
     assert all_seqs(path) == [1, 2, 3, 4]
+
+
+def test_byte_cap_agrees_with_what_sqlite_reports(tmp_path):
+    # append succeeds exactly while the used pages (read by another connection) are under max_bytes
+    path = tmp_path / "o.db"
+    cap = 512 * 1024
+    big = {"note": "x" * 2500}
+    with Outbox(path, device_id="t-01", max_bytes=cap) as ob:
+        reader = sqlite3.connect(path)
+        try:
+            page = reader.execute("PRAGMA page_size").fetchone()[0]
+            refused = 0
+            for _ in range(400):
+                used = page * (reader.execute("PRAGMA page_count").fetchone()[0]
+                               - reader.execute("PRAGMA freelist_count").fetchone()[0])
+                if used < cap:
+                    ob.append(fields(subject=big))
+                else:
+                    with pytest.raises(OutboxFull, match=r"outbox\.max_bytes = 524288"):
+                        ob.append(fields(subject=big))
+                    refused += 1
+                    if refused == 3:
+                        break
+        finally:
+            reader.close()
+        assert refused == 3 and 100 < ob.last_seq < 400

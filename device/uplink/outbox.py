@@ -10,7 +10,9 @@ The MQTT link reads `pending()` in seq order, and `mark_delivered(upto)` when th
 ack covers `upto`; `purge()` deletes delivered events older than the retention period. At the
 cap (`max_rows` events or `max_bytes` of used database pages) `append()` first gives up
 delivered events still under retention, oldest first, and when only undelivered events remain
-raises `OutboxFull`: the terminal fails closed and never drops an event silently. Disk full,
+raises `OutboxFull`: the terminal fails closed and never drops an event silently. The used pages
+are read from SQLite only when a pessimistic estimate (each append since the last reading counted
+as its body plus `GROWTH_PAGES` pages) comes near `max_bytes`, so the cap is never overshot. Disk full,
 read-only or unopenable files raise `OutboxError` with what to do.
 
 peewee defines the schema and serves the other methods; `append()`, the frame loop's hot
@@ -46,6 +48,9 @@ EVICT_CHUNK = 1000  # delivered events given up at once when the cap is reached
 PURGE_CHUNK = 5000
 INSERT_EVENT = "INSERT INTO event (seq, time, body, created, delivered_at) VALUES (?, ?, ?, ?, NULL)"
 UPDATE_LAST_SEQ = "UPDATE outbox_state SET last_seq = ? WHERE id = 1"
+# An upper bound of the pages one append can add besides its body's bytes (the b-tree splitting
+# up to the root); the byte cap is re-read from SQLite only when this estimate gets near it.
+GROWTH_PAGES = 16
 
 
 def _models(db):
@@ -143,6 +148,7 @@ class Outbox:
         self._lock = threading.RLock()
         self._new = threading.Condition(self._lock)
         self._closed = False
+        self._room = 0  # bytes surely free under max_bytes (a lower bound); 0: ask SQLite
         try:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -231,7 +237,9 @@ class Outbox:
 
     def _used_bytes(self):
         """Bytes of the database's pages in use (free pages are reused, so this is what grows)."""
-        return (self._pragma("page_count") - self._pragma("freelist_count")) * self._page_size
+        used = (self._pragma("page_count") - self._pragma("freelist_count")) * self._page_size
+        self._room = self.max_bytes - used
+        return used
 
     def _evict_delivered(self, reason):
         """At the cap: give up the oldest delivered events before their retention ends."""
@@ -249,6 +257,8 @@ class Outbox:
         while True:
             if self._rows >= self.max_rows:
                 reason = f"{self._rows} events kept, outbox.max_rows = {self.max_rows}"
+            elif self._room > 0:  # far from the byte cap: no need to ask SQLite
+                return None
             else:
                 used = self._used_bytes()
                 if used < self.max_bytes:
@@ -288,9 +298,10 @@ class Outbox:
             problems = wire.validate_event(event)
             if problems:
                 raise OutboxError("event not stored, it is not valid: " + "; ".join(problems))
-            body = wire.dumps(event).decode("utf-8")
+            raw = wire.dumps(event)
             with self._guard():
-                self._insert(seq, event["time"], body)
+                self._insert(seq, event["time"], raw.decode("utf-8"))
+            self._room -= len(raw) + len(raw) // 256 + GROWTH_PAGES * self._page_size
             self._last_seq = seq
             self._rows += 1
             self._new.notify_all()
