@@ -59,40 +59,82 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+UUID_RE = re.compile(r"[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}")
+TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+_SEQ_LIMIT = 2**63
+
+
+def _check_clock(v):
+    return (
+        isinstance(v, dict)
+        and isinstance(v.get("synced"), bool)
+        and isinstance(v.get("boot_id"), str)
+        and _is_int(v.get("mono_ns"))
+    )
+
+
 # field -> (check, description of what is allowed)
 EVENT_FIELDS = {
     "v": (lambda v: v == EVENT_VERSION, f"{EVENT_VERSION}"),
     "device_id": (lambda v: isinstance(v, str) and DEVICE_ID_RE.fullmatch(v), "a device id"),
-    "seq": (lambda v: _is_int(v) and 1 <= v < 2**63, "an integer >= 1"),
-    "uuid": (
-        lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}", v),
-        "a UUID",
-    ),
+    "seq": (lambda v: _is_int(v) and 1 <= v < _SEQ_LIMIT, "an integer >= 1"),
+    "uuid": (lambda v: isinstance(v, str) and UUID_RE.fullmatch(v), "a UUID"),
     "checkpoint": (lambda v: isinstance(v, str) and 0 < len(v) <= 128, "a checkpoint id"),
     "direction": (lambda v: v in DIRECTIONS, "'in' or 'out'"),
-    "time": (
-        lambda v: isinstance(v, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", v),
-        "an ISO 8601 UTC time ending in Z",
-    ),
-    "clock": (
-        lambda v: isinstance(v, dict)
-        and isinstance(v.get("synced"), bool)
-        and isinstance(v.get("boot_id"), str)
-        and _is_int(v.get("mono_ns")),
-        "{synced: bool, boot_id: str, mono_ns: int}",
-    ),
+    "time": (lambda v: isinstance(v, str) and TIME_RE.fullmatch(v), "an ISO 8601 UTC time ending in Z"),
+    "clock": (_check_clock, "{synced: bool, boot_id: str, mono_ns: int}"),
     "source": (lambda v: v in SOURCES, "'camera' or 'manual'"),
     "format": (lambda v: v in FORMATS, "one of " + ", ".join(FORMATS)),
     "decision": (lambda v: v in DECISIONS, "'PASS' or 'FAIL'"),
     "reason": (lambda v: isinstance(v, str) and 0 < len(v) <= 64, "a reason code"),
     "subject": (lambda v: isinstance(v, dict) and len(json.dumps(v)) <= 4096, "an object (summary)"),
 }
+_N_FIELDS = len(EVENT_FIELDS)
+
+
+def _valid_event(obj):
+    """True when `obj` (a dict) passes every check of EVENT_FIELDS and has no other field.
+
+    The same checks as EVENT_FIELDS written out inline: one call per event instead of one per
+    field. False sends validate_event down the field-by-field path that says what is wrong.
+    """
+    if len(obj) != _N_FIELDS:
+        return False
+    try:
+        device_id, seq, uuid, checkpoint = obj["device_id"], obj["seq"], obj["uuid"], obj["checkpoint"]
+        time, clock, reason, subject = obj["time"], obj["clock"], obj["reason"], obj["subject"]
+        return bool(
+            obj["v"] == EVENT_VERSION
+            and type(device_id) is str
+            and DEVICE_ID_RE.fullmatch(device_id)
+            and type(seq) is int
+            and 1 <= seq < _SEQ_LIMIT
+            and type(uuid) is str
+            and UUID_RE.fullmatch(uuid)
+            and type(checkpoint) is str
+            and 0 < len(checkpoint) <= 128
+            and obj["direction"] in DIRECTIONS
+            and type(time) is str
+            and TIME_RE.fullmatch(time)
+            and _check_clock(clock)
+            and obj["source"] in SOURCES
+            and obj["format"] in FORMATS
+            and obj["decision"] in DECISIONS
+            and type(reason) is str
+            and 0 < len(reason) <= 64
+            and type(subject) is dict
+            and len(json.dumps(subject)) <= 4096
+        )
+    except KeyError:  # a field is missing
+        return False
 
 
 def validate_event(obj):
     """Return a list of problems with `obj` as an event; empty when it is valid."""
     if not isinstance(obj, dict):
         return [f"an event must be a JSON object, found {type(obj).__name__}"]
+    if _valid_event(obj):
+        return []
     problems = []
     for name, (check, allowed) in EVENT_FIELDS.items():
         if name not in obj:

@@ -63,6 +63,37 @@ def parse_time(text):
     return to_naive_utc(dt)
 
 
+_WIRE_TIME_RE = re.compile(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)(?:\.(\d+))?Z")
+
+
+def _wire_time_pg(text, db_value):
+    """An event's time (as the wire writes it) -> the naive UTC datetime PostgreSQL stores."""
+    m = _WIRE_TIME_RE.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        return db_value(parse_time(text))
+    try:
+        return datetime.fromisoformat(f"{m[1]} {m[2]}.{((m[3] or '') + '000000')[:6]}")
+    except ValueError:
+        return db_value(parse_time(text))  # raises, saying what to write
+
+
+def _wire_time_sqlite(text, db_value):
+    """An event's time (as the wire writes it) -> the fixed-width text SQLite stores (see _SqliteTime).
+
+    The wire form `YYYY-MM-DDTHH:MM:SS[.f]Z` is rewritten as text, after datetime checked it is
+    a real time (a bad date raises ValueError like parse_time); any other form goes through parse_time.
+    """
+    m = _WIRE_TIME_RE.fullmatch(text) if isinstance(text, str) else None
+    if m is None:
+        return db_value(parse_time(text))
+    out = f"{m[1]} {m[2]}.{((m[3] or '') + '000000')[:6]}"
+    try:
+        datetime.fromisoformat(out)  # a date or time that does not exist
+    except ValueError:
+        return db_value(parse_time(text))  # raises, saying what to write
+    return out
+
+
 def to_naive_utc(dt):
     if dt.tzinfo is not None:
         dt = dt.astimezone(UTC).replace(tzinfo=None)
@@ -193,6 +224,13 @@ EVENT_COLUMNS = (
 )
 
 
+_PG_EVENT_TYPES = (  # the PostgreSQL type of each of EVENT_COLUMNS, for the batch INSERT
+    "text", "bigint", "text", "text", "text", "timestamp", "boolean", "text",
+    "bigint", "text", "text", "text", "text", "text", "text", "timestamp",
+)  # fmt: skip
+_SUBJECT_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
 def event_to_row(ev, received_at):
     """A validated wire event -> a row of the event table."""
     subject = ev.get("subject") or {}
@@ -234,6 +272,30 @@ def row_to_event(row):
         "reason": row["reason"],
         "subject": json.loads(row["subject"]) if isinstance(row["subject"], str) else row["subject"],
     }
+
+
+def _device_seq(row):
+    return row[0], row[1]
+
+
+def _gap_list(c, max_seq, seqs, truncated, old_gaps, now):
+    """Gap dicts between the mark `c` and `max_seq`, given the sorted stored seqs above `c`.
+
+    `truncated`: `seqs` is only a first part, so no gap is claimed after its last seq. Each gap
+    keeps the earliest `since` of the old gaps it overlaps (else `now`); at most MAX_GAPS.
+    """
+    ranges, prev = [], c
+    for s in seqs:
+        if s > prev + 1:
+            ranges.append([prev + 1, s - 1])
+        prev = s
+    if prev < max_seq and not truncated:
+        ranges.append([prev + 1, max_seq])
+    out = []
+    for a, b in ranges[:MAX_GAPS]:
+        since = [g["since"] for g in old_gaps if g["from"] <= b and a <= g["to"]]
+        out.append({"from": a, "to": b, "since": min(since) if since else format_time(now)})
+    return out
 
 
 # --- the storage ------------------------------------------------------------------------------
@@ -350,53 +412,174 @@ class Storage:
         return self.store_batch_counted(events)[0]
 
     def store_batch_counted(self, events):
-        """Like `store_batch`; returns ({device_id: contiguous seq}, number of new rows)."""
+        """Like `store_batch`; returns ({device_id: contiguous seq}, number of new rows).
+
+        Per batch: one INSERT of the events (ON CONFLICT DO NOTHING), one INSERT of unknown
+        devices into the registry, one SELECT of the batch's registry rows (FOR UPDATE on
+        PostgreSQL, in device order) and one UPDATE of them. A device whose registry shows no
+        gap (max_seq <= contiguous_seq) advances from the batch's own seqs in memory: every
+        event stored above its mark was stored by a committed batch that raised max_seq, so the
+        batch's seqs are all there is above it. A device with a gap re-reads its stored seqs.
+        """
         now = utcnow()
-        rows = [event_to_row(ev, now) for ev in events]
+        # (device_id, seq) order: collectors sharing a database take the index locks alike
+        rows = sorted(self._event_tuples(events, now), key=_device_seq)
         if not rows:
             return {}, 0
         by_device = {}
         for r in rows:
-            d = by_device.setdefault(r["device_id"], [r["seq"], r["seq"], r["time"]])
-            d[0] = min(d[0], r["seq"])
-            d[1] = max(d[1], r["seq"])
-            d[2] = max(d[2], r["time"])
+            seqs = by_device.get(r[0])
+            if seqs is None:
+                by_device[r[0]] = seqs = []
+            seqs.append(r[1])
+        devices = sorted(by_device)
         with self.db.atomic():
-            inserted = self._insert_rows(rows)
-            # devices in a fixed order: collectors sharing a PostgreSQL database lock rows alike
-            acks = {dev: self._advance(dev, lo, hi, now) for dev, (lo, hi, _t) in sorted(by_device.items())}
+            with __exception_wrapper__:
+                cur = self.db.cursor()
+                inserted = self._insert_rows(cur, rows)
+                registry = self._lock_devices(cur, devices, now)
+                acks, updates = {}, []
+                for dev in devices:
+                    c, max_seq, gaps = self._advance(dev, by_device[dev], registry[dev], now)
+                    acks[dev] = c
+                    updates.append((c, max_seq, gaps, dev))
+                self._update_devices(cur, updates, now)
         return acks, inserted
 
-    def _insert_rows(self, rows):
+    def _event_tuples(self, events, received_at):
+        """Wire events -> tuples in EVENT_COLUMNS order, times as the database takes them."""
+        tv = self.Event.time.db_value
+        rec = tv(received_at)
+        wire_time = _wire_time_sqlite if self.sqlite else _wire_time_pg
+        encode = _SUBJECT_JSON.encode
+        out = []
+        for ev in events:
+            subject = ev.get("subject") or {}
+            key = subject.get("key") if isinstance(subject, dict) else None
+            clock = ev["clock"]
+            out.append((
+                ev["device_id"],
+                ev["seq"],
+                ev["uuid"],
+                ev["checkpoint"],
+                ev["direction"],
+                wire_time(ev["time"], tv),
+                bool(clock["synced"]),
+                clock["boot_id"],
+                clock["mono_ns"],
+                ev["source"],
+                ev["format"],
+                ev["decision"],
+                ev["reason"],
+                key if isinstance(key, str) and key else None,
+                encode(subject),
+                rec,
+            ))
+        return out
+
+    def _insert_rows(self, cur, rows):
         """INSERT ... ON CONFLICT DO NOTHING (both backends); return how many rows were new.
 
         Plain driver calls (executemany / execute_values): peewee's query builder costs more
         than the database itself at thousands of rows per second.
         """
-        tv = self.Event.time.db_value
-        data = [tuple(tv(r[c]) if c in ("time", "received_at") else r[c] for c in EVENT_COLUMNS) for r in rows]
         cols = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
-        with __exception_wrapper__:
-            cur = self.db.cursor()
-            if self.sqlite:
-                marks = ", ".join("?" * len(EVENT_COLUMNS))
-                cur.executemany(f'INSERT INTO "chot_event" ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING', data)
-                return cur.rowcount
-            from psycopg2.extras import execute_values
+        if self.sqlite:
+            marks = ", ".join("?" * len(EVENT_COLUMNS))
+            cur.executemany(f'INSERT INTO "chot_event" ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING', rows)
+            return cur.rowcount
+        # one statement over one array per column: cheaper to send than a VALUES row per event
+        arrays = ", ".join(f"%s::{t}[]" for t in _PG_EVENT_TYPES)
+        cur.execute(
+            f'INSERT INTO "chot_event" ({cols}) SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING',
+            [list(col) for col in zip(*rows, strict=True)],
+        )
+        return cur.rowcount
 
-            sql = f'INSERT INTO "chot_event" ({cols}) VALUES %s ON CONFLICT DO NOTHING RETURNING 1'
-            return len(execute_values(cur, sql, data, page_size=1000, fetch=True))
+    def _lock_devices(self, cur, devices, now):
+        """Register unknown devices and read the registry rows of `devices` (sorted), locked.
 
-    def _advance(self, device_id, lo, hi, now):
-        """Update the registry row of `device_id` after storing seqs lo..hi; return its contiguous seq."""
-        D, E = self.Device, self.Event
-        D.insert(device_id=device_id, first_seen=now, last_seen=now).on_conflict_ignore().execute()
-        q = D.select().where(D.device_id == device_id)
-        # PostgreSQL: lock the row, so that collectors sharing the database advance it one at a
-        # time and each sees the events the other committed (SQLite: BEGIN IMMEDIATE already)
-        dev = (q if self.sqlite else q.for_update()).get()
-        c = dev.contiguous_seq or 0
-        # walk the stored seqs above the old contiguous mark while they follow each other
+        PostgreSQL: FOR UPDATE, in device order, so that collectors sharing the database
+        advance a device one at a time and each sees the events the other committed (SQLite:
+        the transaction is BEGIN IMMEDIATE already). Returns {device_id: (contiguous, max, gaps)}.
+        """
+        t = self.Device.last_seen.db_value(now)
+        p = self.db.param
+        values = ", ".join([f"({p}, {p}, {p}, 0, 0, '[]')"] * len(devices))
+        params = []
+        for dev in devices:
+            params += (dev, t, t)
+        cur.execute(
+            'INSERT INTO "chot_device" ("device_id", "first_seen", "last_seen", "contiguous_seq", "max_seq", "gaps")'
+            f" VALUES {values} ON CONFLICT DO NOTHING",
+            params,
+        )
+        marks = ", ".join([p] * len(devices))
+        if self.sqlite:
+            tail = ""
+        else:
+            tail = ' ORDER BY "device_id" COLLATE "C" FOR UPDATE'
+        cur.execute(
+            f'SELECT "device_id", "contiguous_seq", "max_seq", "gaps" FROM "chot_device"'
+            f' WHERE "device_id" IN ({marks}){tail}',
+            devices,
+        )
+        return {dev: (c or 0, m or 0, gaps) for dev, c, m, gaps in cur.fetchall()}
+
+    def _update_devices(self, cur, updates, now):
+        """Write (contiguous, max_seq, gaps JSON, device_id) of each device, with last_seen = now."""
+        t = self.Device.last_seen.db_value(now)
+        if self.sqlite:
+            cur.executemany(
+                'UPDATE "chot_device" SET "contiguous_seq" = ?, "max_seq" = ?, "gaps" = ?, "last_seen" = ?'
+                ' WHERE "device_id" = ?',
+                [(c, m, g, t, dev) for c, m, g, dev in updates],
+            )
+            return
+        from psycopg2.extras import execute_values
+
+        execute_values(
+            cur,
+            'UPDATE "chot_device" AS d SET "contiguous_seq" = v.c, "max_seq" = v.m, "gaps" = v.g,'
+            ' "last_seen" = v.t FROM (VALUES %s) AS v(c, m, g, id, t) WHERE d."device_id" = v.id',
+            [(c, m, g, dev, t) for c, m, g, dev in updates],
+            template="(%s::bigint, %s::bigint, %s, %s, %s::timestamp)",
+            page_size=1000,
+        )
+
+    def _advance(self, device_id, batch_seqs, registry, now):
+        """The new (contiguous seq, max_seq, gaps JSON) of `device_id` after storing `batch_seqs` (sorted).
+
+        `registry` is its locked row (contiguous, max_seq, gaps JSON). Without a gap the batch
+        alone decides; with one, the stored seqs above the mark are read back.
+        """
+        c, max_seq, old_gaps = registry
+        hi = batch_seqs[-1]
+        if max_seq <= c:
+            # nothing is stored above the mark but this batch: walk its seqs in memory
+            above, prev = [], None
+            for s in batch_seqs:
+                if s > c and s != prev:
+                    above.append(s)
+                    prev = s
+            i = 0
+            for s in above:
+                if s != c + 1:
+                    break
+                c = s
+                i += 1
+            max_seq = max(max_seq, hi, c)
+            if max_seq <= c:
+                return c, max_seq, "[]"
+            return c, max_seq, json.dumps(_gap_list(c, max_seq, above[i:], False, [], now))
+        c = self._walk_stored(device_id, c)
+        max_seq = max(max_seq, hi, c)
+        gaps = self._gaps(device_id, c, max_seq, json.loads(old_gaps or "[]"), now) if max_seq > c else []
+        return c, max_seq, json.dumps(gaps)
+
+    def _walk_stored(self, device_id, c):
+        """Walk the stored seqs of `device_id` above the mark `c` while they follow each other."""
+        E = self.Event
         while True:
             seqs = [
                 s
@@ -413,13 +596,7 @@ class Storage:
                 c = s
                 advanced += 1
             if advanced < 1000 or len(seqs) < 1000:
-                break
-        max_seq = max(dev.max_seq or 0, hi, c)
-        gaps = self._gaps(device_id, c, max_seq, json.loads(dev.gaps or "[]"), now) if max_seq > c else []
-        D.update(contiguous_seq=c, max_seq=max_seq, gaps=json.dumps(gaps), last_seen=now).where(
-            D.device_id == device_id
-        ).execute()
-        return c
+                return c
 
     def _gaps(self, device_id, c, max_seq, old_gaps, now):
         """The missing seq ranges above the contiguous mark `c`, keeping when each was first seen."""
@@ -432,18 +609,7 @@ class Storage:
             .limit(_GAP_SCAN_ROWS)
             .tuples()
         ]
-        ranges, prev = [], c
-        for s in seqs:
-            if s > prev + 1:
-                ranges.append([prev + 1, s - 1])
-            prev = s
-        if prev < max_seq and len(seqs) < _GAP_SCAN_ROWS:
-            ranges.append([prev + 1, max_seq])
-        out = []
-        for a, b in ranges[:MAX_GAPS]:
-            since = [g["since"] for g in old_gaps if g["from"] <= b and a <= g["to"]]
-            out.append({"from": a, "to": b, "since": min(since) if since else format_time(now)})
-        return out
+        return _gap_list(c, max_seq, seqs, len(seqs) >= _GAP_SCAN_ROWS, old_gaps, now)
 
     # --- the registry -------------------------------------------------------------------------
 

@@ -271,10 +271,12 @@ class Collector:
         acks = self._store(list(events.values()), messages, n_good)
         if acks is None:  # stopping while the database is down: leave the messages unacked
             return
+        # the devices' acks first: two collectors sharing a database publish a device's acks in
+        # commit order unless one lingers between its commit and its publish
+        self._ack_devices(acks)
         for dev, st in statuses.items():
             self._store_status(dev, st)
         self._ack_mqtt(messages)
-        self._ack_devices(acks)
         self._count("batches")
 
     def _store(self, events, messages, n_good):

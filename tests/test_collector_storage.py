@@ -110,3 +110,96 @@ def test_time_parsing_round_trips():
     assert format_time(parse_time("2021-08-09T17:00:00+07:00")) == "2021-08-09T10:00:00Z"
     with pytest.raises(ValueError):
         parse_time("yesterday")
+
+
+def _model_marks(stored):
+    """(contiguous, max, gaps as [(from, to)]) of a set of stored seqs."""
+    c = 0
+    while c + 1 in stored:
+        c += 1
+    top = max(stored, default=0)
+    gaps, prev = [], c
+    for s in sorted(x for x in stored if x > c):
+        if s > prev + 1:
+            gaps.append((prev + 1, s - 1))
+        prev = s
+    return c, max(top, c), gaps
+
+
+def test_two_storages_interleaved_match_a_model(db_url):
+    # two collectors on one database take turns with random batches: late, early, repeated seqs
+    rng = random.Random(11)
+    devices = ["d1", "d2", "d3"]
+    pending = {d: list(range(1, 161)) for d in devices}
+    for d in devices:  # mostly in order, with some events moved late
+        seqs = pending[d]
+        for _ in range(25):
+            i, j = rng.randrange(len(seqs)), rng.randrange(len(seqs))
+            seqs[i], seqs[j] = seqs[j], seqs[i]
+    stored = {d: set() for d in devices}
+    with Storage(db_url) as a, Storage(db_url, migrate=False) as b:
+        turn = 0
+        while any(pending.values()):
+            batch = []
+            for d in devices:
+                k = rng.randrange(0, 12)
+                take, pending[d] = pending[d][:k], pending[d][k:]
+                batch += [make_event(d, s) for s in take]
+                if stored[d] and rng.random() < 0.3:  # a redelivery
+                    batch.append(make_event(d, rng.choice(sorted(stored[d]))))
+            rng.shuffle(batch)
+            acks, new = (a if turn % 2 else b).store_batch_counted(batch)
+            turn += 1
+            expected_new = len({(e["device_id"], e["seq"]) for e in batch} - {(d, s) for d in devices
+                                                                               for s in stored[d]})
+            for e in batch:
+                stored[e["device_id"]].add(e["seq"])
+            assert new == expected_new
+            registry = {r["device_id"]: r for r in a.devices()}
+            for d in {e["device_id"] for e in batch}:
+                c, top, gaps = _model_marks(stored[d])
+                assert acks[d] == c
+                r = registry[d]
+                assert (r["contiguous_seq"], r["max_seq"]) == (c, top)
+                assert [(g["from"], g["to"]) for g in r["gaps"]] == gaps
+        assert {d: a.contiguous(d) for d in devices} == dict.fromkeys(devices, 160)
+        assert a.event_count() == 3 * 160
+
+
+def test_gap_keeps_when_it_was_first_seen(storage):
+    storage.store_batch([make_event("d1", s) for s in (1, 2, 5)])
+    since = storage.devices()[0]["gaps"][0]["since"]
+    storage.store_batch([make_event("d1", 4), make_event("d1", 7)])
+    gaps = storage.devices()[0]["gaps"]
+    assert [(g["from"], g["to"]) for g in gaps] == [(3, 3), (6, 6)]
+    assert gaps[0]["since"] == since
+
+
+def test_impossible_time_refuses_the_batch(storage):
+    bad = make_event("d1", 2)
+    bad["time"] = "2021-02-30T10:00:00Z"  # the wire pattern, but no such day
+    with pytest.raises(ValueError, match="ISO 8601"):
+        storage.store_batch([make_event("d1", 1), bad])
+    assert storage.event_count() == 0 and storage.devices() == []
+    stored = make_event("d1", 1, time="2021-08-09T10:00:00.1234567Z")
+    assert storage.store_batch([stored]) == {"d1": 1}
+    E = storage.Event
+    assert format_time(E.get(E.seq == 1).time) == "2021-08-09T10:00:00.123456Z"
+
+
+def test_event_check_names_each_wrong_field():
+    from chot import wire
+
+    good = make_event("gate-1", 5)
+    assert wire.validate_event(good) == []
+    wrong = {"v": 2, "device_id": "-x", "seq": True, "uuid": "ABC", "checkpoint": "", "direction": "up",
+             "time": "2021-08-09 10:00:00", "clock": {"synced": 1, "boot_id": "b", "mono_ns": 1},
+             "source": "x", "format": "x", "decision": "ok", "reason": "", "subject": {"k": "x" * 5000}}
+    for name, value in wrong.items():
+        ev = dict(good, **{name: value})
+        assert wire.validate_event(ev) == [f"{name}: wrong value or type; allowed: {wire.EVENT_FIELDS[name][1]}"]
+        del ev[name]
+        assert wire.validate_event(ev) == [f"{name}: missing; allowed: {wire.EVENT_FIELDS[name][1]}"]
+    assert wire.validate_event(dict(good, extra=1)) == ["unknown fields: extra"]
+    assert wire.validate_event(dict(good, seq=2**63)) != [] and wire.validate_event(dict(good, seq=2**63 - 1)) == []
+    assert wire.validate_event([good]) == ["an event must be a JSON object, found list"]
