@@ -12,6 +12,7 @@ of order. Times are stored as naive UTC datetimes.
 import json
 import logging
 import re
+import sqlite3
 import threading
 import time as _time
 from datetime import UTC, datetime
@@ -485,9 +486,20 @@ class Storage:
         """
         cols = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
         if self.sqlite:
-            marks = ", ".join("?" * len(EVENT_COLUMNS))
-            cur.executemany(f'INSERT INTO "chot_event" ({cols}) VALUES ({marks}) ON CONFLICT DO NOTHING', rows)
-            return cur.rowcount
+            # a few multi-row statements rather than executemany: sqlite3 lets go of the GIL at
+            # every step, and while the MQTT thread is busy getting it back costs more than the row
+            per = self._sqlite_rows_per_insert(cur)
+            one = "(" + ", ".join("?" * len(EVENT_COLUMNS)) + ")"
+            new = 0
+            for i in range(0, len(rows), per):
+                chunk = rows[i : i + per]
+                values = ", ".join([one] * len(chunk))
+                cur.execute(
+                    f'INSERT INTO "chot_event" ({cols}) VALUES {values} ON CONFLICT DO NOTHING',
+                    [v for row in chunk for v in row],
+                )
+                new += cur.rowcount
+            return new
         # one statement over one array per column: cheaper to send than a VALUES row per event
         arrays = ", ".join(f"%s::{t}[]" for t in _PG_EVENT_TYPES)
         cur.execute(
@@ -495,6 +507,14 @@ class Storage:
             [list(col) for col in zip(*rows, strict=True)],
         )
         return cur.rowcount
+
+    def _sqlite_rows_per_insert(self, cur):
+        """Rows per INSERT within SQLite's limit of bound variables (32766 by default, 999 before 3.32)."""
+        try:
+            limit = cur.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        except (AttributeError, sqlite3.Error):  # Python < 3.11
+            limit = 999
+        return max(1, min(1000, limit // len(EVENT_COLUMNS)))
 
     def _lock_devices(self, cur, devices, now):
         """Register unknown devices and read the registry rows of `devices` (sorted), locked.
@@ -505,26 +525,27 @@ class Storage:
         """
         t = self.Device.last_seen.db_value(now)
         p = self.db.param
-        values = ", ".join([f"({p}, {p}, {p}, 0, 0, '[]')"] * len(devices))
-        params = []
-        for dev in devices:
-            params += (dev, t, t)
-        cur.execute(
-            'INSERT INTO "chot_device" ("device_id", "first_seen", "last_seen", "contiguous_seq", "max_seq", "gaps")'
-            f" VALUES {values} ON CONFLICT DO NOTHING",
-            params,
-        )
-        marks = ", ".join([p] * len(devices))
-        if self.sqlite:
-            tail = ""
-        else:
-            tail = ' ORDER BY "device_id" COLLATE "C" FOR UPDATE'
-        cur.execute(
-            f'SELECT "device_id", "contiguous_seq", "max_seq", "gaps" FROM "chot_device"'
-            f' WHERE "device_id" IN ({marks}){tail}',
-            devices,
-        )
-        return {dev: (c or 0, m or 0, gaps) for dev, c, m, gaps in cur.fetchall()}
+        tail = "" if self.sqlite else ' ORDER BY "device_id" COLLATE "C" FOR UPDATE'
+        chunks = [devices[i : i + 300] for i in range(0, len(devices), 300)]  # 900 variables: any SQLite
+        # every insert before any lock: a device another collector is registering waits in the
+        # first phase, holding no row locks, so that the two cannot wait on each other
+        for chunk in chunks:
+            values = ", ".join([f"({p}, {p}, {p}, 0, 0, '[]')"] * len(chunk))
+            cur.execute(
+                'INSERT INTO "chot_device" ("device_id", "first_seen", "last_seen", "contiguous_seq", "max_seq",'
+                f' "gaps") VALUES {values} ON CONFLICT DO NOTHING',
+                [v for dev in chunk for v in (dev, t, t)],
+            )
+        registry = {}
+        for chunk in chunks:
+            marks = ", ".join([p] * len(chunk))
+            cur.execute(
+                f'SELECT "device_id", "contiguous_seq", "max_seq", "gaps" FROM "chot_device"'
+                f' WHERE "device_id" IN ({marks}){tail}',
+                chunk,
+            )
+            registry.update((dev, (c or 0, m or 0, gaps)) for dev, c, m, gaps in cur.fetchall())
+        return registry
 
     def _update_devices(self, cur, updates, now):
         """Write (contiguous, max_seq, gaps JSON, device_id) of each device, with last_seen = now."""

@@ -203,3 +203,13 @@ def test_event_check_names_each_wrong_field():
     assert wire.validate_event(dict(good, extra=1)) == ["unknown fields: extra"]
     assert wire.validate_event(dict(good, seq=2**63)) != [] and wire.validate_event(dict(good, seq=2**63 - 1)) == []
     assert wire.validate_event([good]) == ["an event must be a JSON object, found list"]
+
+
+def test_batch_of_many_devices(storage):
+    # more devices than one registry statement takes (chunks of 300)
+    devices = [f"gate-{i:04d}" for i in range(650)]
+    acks, new = storage.store_batch_counted([make_event(d, s) for d in devices for s in (1, 2)])
+    assert new == 1300 and acks == dict.fromkeys(devices, 2)
+    acks = storage.store_batch([make_event(d, 4) for d in devices])
+    assert acks == dict.fromkeys(devices, 2)
+    assert {d["device_id"]: (d["max_seq"], len(d["gaps"])) for d in storage.devices()} == dict.fromkeys(devices, (4, 1))
