@@ -54,7 +54,8 @@ class Device:
         return info
 
     def last_ack(self):
-        return self.acks[-1][1] if self.acks else None
+        """The highest ack, as a terminal keeps it: acks of several collectors may arrive out of order."""
+        return max(seq for _, seq in self.acks) if self.acks else None
 
     def close(self, with_will=False):
         if with_will:  # reason code 4: the broker publishes the will (the terminal went away)
