@@ -29,7 +29,7 @@ STAGE_LABELS = {
     "decode": "decode (decoder.decode)",
     "verify": "verify + policy (checker.check)",
     "commit": "outbox commit (outbox.append)",
-    "rest": "the rest (cooldown, event fields, Feedback.signal, blink thread to the pin)",
+    "rest": "the rest (cooldown, event fields, Feedback.signal switching the PASS pin high)",
 }
 DIFFICULTY = 0.4
 
