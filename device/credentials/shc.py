@@ -93,8 +93,6 @@ def b64url_decode(text):
         raise ValueError("not base64url") from exc
 
 
-
-
 def numeric_to_jws(text):
     """The compact JWS of a whole-card "shc:/<digits>" text; ValueError (or IncompleteError) otherwise."""
     if not isinstance(text, str):
@@ -127,7 +125,6 @@ def numeric_to_jws(text):
 
 class IncompleteError(ValueError):
     """A lone chunk of a multi-part card."""
-
 
 
 def inflate_raw(data, limit=MAX_INFLATED):
