@@ -95,6 +95,13 @@ SCHEMA = {
             help="signed formats accepted",
         ),
         "denylist": Field("path", None, optional=True, help="deny list file (salted hashes of subjects)"),
+        "dcc_schema_dir": Field(
+            "path",
+            None,
+            optional=True,
+            help="the ehn-dcc-schema releases (one folder per version); unset: $CHOT_DCC_SCHEMA_DIR or "
+            "/etc/chot/dcc-schema or /usr/share/chot/dcc-schema",
+        ),
         "dcc_require_complete_vaccination": Field("bool", True, help="DCC: vaccination must be complete"),
         "dcc_recovery_days": Field("int", 180, min=0, max=3650, help="DCC: recovery valid for"),
         "dcc_test_hours": Field("int", 72, min=0, max=720, help="DCC: negative test valid for"),

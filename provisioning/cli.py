@@ -1,7 +1,7 @@
 """Subcommands of the provisioning: `chot provision ...`.
 
     chot provision init-fleet DIR --broker-host HOST   the fleet CA, broker and collector credentials
-    chot provision device ID --checkpoint CP --direction in|out [--fleet DIR]   enrol a terminal
+    chot provision device ID --checkpoint CP --direction in|out [--fleet DIR] [--dcc-schema DIR]   enrol a terminal
     chot provision broker-config --fleet DIR --out DIR [--port 8883]   mosquitto.conf, ACL, TLS files
     chot provision revoke ID [--fleet DIR]              shut a terminal out (CRL and ACL)
     chot provision bundle ID / list / crl               rebuild a bundle, list the fleet, re-sign the CRL
@@ -51,6 +51,9 @@ def register(sub):
     a.add_argument("--trust", action="append", default=[], metavar="FILE",
                    help="issuer public key or certificate the terminal trusts (repeatable)")
     a.add_argument("--wheel", help="a chot wheel to put into the bundle (pip wheel --no-deps .)")
+    a.add_argument("--dcc-schema", metavar="DIR",
+                   help="the ehn-dcc-schema releases (one folder per version) the terminal validates EU DCCs "
+                        "against; installed in /etc/chot/dcc-schema")
     a.add_argument("--renew", action="store_true", help="issue a new key to an enrolled device (old one revoked)")
     a.set_defaults(func=_device)
 
@@ -112,7 +115,7 @@ def _device(args):
     bundle = provision_device(
         fleet, args.id, args.checkpoint, args.direction,
         pins=parse_assignments(args.pins, "--pins"), sets=parse_assignments(args.set, "--set"),
-        trust=args.trust, wheel=args.wheel, renew=args.renew,
+        trust=args.trust, wheel=args.wheel, renew=args.renew, dcc_schema=args.dcc_schema,
     )
     print(f"terminal {args.id} enrolled; config {fleet.device_dir(args.id) / 'terminal.toml'}")
     print(f"bundle: {bundle} (mode 0600: it holds the terminal's private key)")

@@ -13,14 +13,19 @@ directory `devices/<id>/` (device.key 0600, device.crt, terminal.toml) and makes
     chot-<id>/tls/device.key           0600  the device's private key
     chot-<id>/collector.pub            0644  the collector's signing key, pinned
     chot-<id>/trust/*                  0644  issuer keys the policy trusts (--trust)
+    chot-<id>/dcc-schema/<ver>/*.json  0644  the EU DCC JSON schemas (--dcc-schema: ehn-dcc-schema releases)
     chot-<id>/*.whl                    0644  the chot package, when --wheel is given
 
 The terminal.toml is validated against device/config.py's SCHEMA before anything is written.
+With `dcc_schema=DIR` the JSON files of every release in DIR (`<version>/<file>.json`, as
+ehn-dcc-schema publishes them) are copied to `devices/<id>/dcc-schema/` and the bundle, and the
+config gets `policy.dcc_schema_dir = "<etc>/dcc-schema"`; `rebuild_bundle` carries them again.
 """
 
 import io
 import json
 import logging
+import re
 import shutil
 import tarfile
 import time
@@ -30,6 +35,7 @@ from pathlib import Path
 from chot.config import validate
 from chot.errors import ConfigError, ProvisioningError
 from device.config import SCHEMA
+from device.credentials import dcc
 from provisioning import pki
 from provisioning.fleet import check_device_id
 
@@ -37,6 +43,10 @@ log = logging.getLogger(__name__)
 
 PROVISIONING_DIR = Path(__file__).resolve().parent
 SETUP_SCRIPT = PROVISIONING_DIR / "setup-terminal.sh"
+DCC_SCHEMA = "dcc-schema"  # its folder in the device directory, the bundle and /etc/chot
+MAX_SCHEMA_FILE = 1 << 20  # one schema file (the real ones are under 30 KB)
+MAX_SCHEMA_TOTAL = 16 << 20  # all of them together
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json")
 
 
 def unit_file(name="chot-terminal.service"):
@@ -77,8 +87,43 @@ def _parse_value(text):
         return text
 
 
-def terminal_config(fleet, device_id, checkpoint, direction, pins=None, sets=None, trust_names=()):
-    """The terminal.toml data for a device (dict of sections), validated against the SCHEMA."""
+def dcc_schema_files(src, option="--dcc-schema"):
+    """[(relative name "<version>/<file>.json", source path)] of the schema releases under `src`.
+
+    ProvisioningError when `src` holds no release or a file is too large.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise ProvisioningError(f"{option} {src}: no such folder; give the folder of ehn-dcc-schema releases "
+                                "(one folder per version, e.g. 1.3.2/DCC.combined-schema.json)")
+    out, total = [], 0
+    for schema in dcc.schema_releases(src).values():
+        version = schema.parent.name
+        for f in sorted(schema.parent.glob("*.json")):
+            if not f.is_file() or not _SCHEMA_NAME.fullmatch(f.name):
+                continue
+            size = f.stat().st_size
+            total += size
+            if size > MAX_SCHEMA_FILE or total > MAX_SCHEMA_TOTAL:
+                raise ProvisioningError(
+                    f"{option} {src}: {f.relative_to(src)} is too large ({size} bytes; at most "
+                    f"{MAX_SCHEMA_FILE} a file, {MAX_SCHEMA_TOTAL} in all): give only the ehn-dcc-schema releases"
+                )
+            out.append((f"{version}/{f.name}", f))
+    if not out:
+        raise ProvisioningError(
+            f"{option} {src}: no schema release in it; give the folder holding one folder per version "
+            "(e.g. 1.3.2/DCC.combined-schema.json), as in a checkout of ehn-dcc-schema's releases"
+        )
+    return out
+
+
+def terminal_config(fleet, device_id, checkpoint, direction, pins=None, sets=None, trust_names=(),
+                    dcc_schema=False):
+    """The terminal.toml data for a device (dict of sections), validated against the SCHEMA.
+
+    `dcc_schema`: the DCC schemas are installed with the terminal (policy.dcc_schema_dir is set).
+    """
     etc = fleet.cfg.etc_dir.rstrip("/")
     data = {
         "device": {"id": device_id, "checkpoint": checkpoint, "direction": direction},
@@ -97,6 +142,8 @@ def terminal_config(fleet, device_id, checkpoint, direction, pins=None, sets=Non
             "collector_public_key": f"{etc}/collector.pub",
         },
     }
+    if dcc_schema:
+        data["policy"]["dcc_schema_dir"] = f"{etc}/{DCC_SCHEMA}"
     for key, value in (pins or {}).items():
         if key == "rgb_led":
             value = [p for p in value.replace(":", "/").split("/") if p]
@@ -127,8 +174,11 @@ def _add(tar, name, data, mode):
     tar.addfile(info, io.BytesIO(data))
 
 
-def make_bundle(fleet, device_id, wheel=None, trust_files=()):
-    """Write bundles/chot-<id>.tar.gz (0600) from the device's files; return its path."""
+def make_bundle(fleet, device_id, wheel=None, trust_files=(), schema_files=()):
+    """Write bundles/chot-<id>.tar.gz (0600) from the device's files; return its path.
+
+    `schema_files`: [(name under dcc-schema/, path)] as `dcc_schema_files` lists them.
+    """
     ddir = fleet.device_dir(device_id)
     top = f"chot-{device_id}"
     members = [
@@ -142,11 +192,17 @@ def make_bundle(fleet, device_id, wheel=None, trust_files=()):
     ]
     for f in trust_files:
         members.append((f"trust/{Path(f).name}", Path(f).read_bytes(), 0o644))
+    dirs = ["", "/tls", "/trust"]
+    for rel, f in schema_files:
+        for d in (f"/{DCC_SCHEMA}", f"/{DCC_SCHEMA}/{Path(rel).parent.as_posix()}"):
+            if d not in dirs:
+                dirs.append(d)
+        members.append((f"{DCC_SCHEMA}/{rel}", Path(f).read_bytes(), 0o644))
     if wheel:
         members.append((Path(wheel).name, Path(wheel).read_bytes(), 0o644))
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for d in ("", "/tls", "/trust"):
+        for d in dirs:
             info = tarfile.TarInfo(top + d)
             info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755 if d != "/tls" else 0o750, int(time.time())
             tar.addfile(info)
@@ -156,7 +212,7 @@ def make_bundle(fleet, device_id, wheel=None, trust_files=()):
 
 
 def provision_device(fleet, device_id, checkpoint, direction, pins=None, sets=None, trust=(), wheel=None,
-                     renew=False):
+                     renew=False, dcc_schema=None):
     """Enrol a terminal; return the bundle's path. See the module doc."""
     check_device_id(device_id, fleet)
     if device_id in fleet.revoked_ids():
@@ -177,7 +233,9 @@ def provision_device(fleet, device_id, checkpoint, direction, pins=None, sets=No
             raise ProvisioningError(f"--trust {t}: no such file; give an issuer public key or certificate (PEM)")
     if wheel and not Path(wheel).is_file():
         raise ProvisioningError(f"--wheel {wheel}: no such file; build one with `pip wheel --no-deps .`")
-    data = terminal_config(fleet, device_id, checkpoint, direction, pins, sets, [t.name for t in trust])
+    schema_files = dcc_schema_files(dcc_schema) if dcc_schema else []
+    data = terminal_config(fleet, device_id, checkpoint, direction, pins, sets, [t.name for t in trust],
+                           dcc_schema=bool(schema_files))
 
     ca_key, ca_cert = fleet.ca()
     if old_crt.exists():
@@ -196,7 +254,13 @@ def provision_device(fleet, device_id, checkpoint, direction, pins=None, sets=No
         shutil.rmtree(tdir)
     for t in trust:
         pki.write_file(tdir / t.name, t.read_bytes())
-    return make_bundle(fleet, device_id, wheel=wheel, trust_files=trust)
+    sdir = ddir / DCC_SCHEMA
+    if sdir.exists():
+        shutil.rmtree(sdir)
+    for rel, f in schema_files:
+        pki.write_file(sdir / rel, f.read_bytes())
+    kept = dcc_schema_files(sdir) if schema_files else []
+    return make_bundle(fleet, device_id, wheel=wheel, trust_files=trust, schema_files=kept)
 
 
 def rebuild_bundle(fleet, device_id, wheel=None):
@@ -207,4 +271,6 @@ def rebuild_bundle(fleet, device_id, wheel=None):
     if device_id in fleet.revoked_ids():
         raise ProvisioningError(f"device {device_id} was revoked: a bundle for it would not connect")
     trust = sorted((ddir / "trust").glob("*")) if (ddir / "trust").is_dir() else []
-    return make_bundle(fleet, device_id, wheel=wheel, trust_files=trust)
+    sdir = ddir / DCC_SCHEMA
+    schema_files = dcc_schema_files(sdir, option="the device's copy") if sdir.is_dir() else []
+    return make_bundle(fleet, device_id, wheel=wheel, trust_files=trust, schema_files=schema_files)

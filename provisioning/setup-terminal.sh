@@ -6,7 +6,8 @@
 #
 # Steps: Debian packages -> service user -> virtual environment (--system-site-packages, so the
 # OS's picamera2 is seen) -> the chot package -> config and credentials under /etc/chot ->
-# systemd unit -> self-test -> service enabled and started.
+# (and the DCC schemas, when the bundle has dcc-schema/) -> systemd unit -> self-test -> service
+# enabled and started.
 # Idempotent: every file is compared before it is written and every package checked before it
 # is installed, so a second run changes nothing. Any failure stops it with a message.
 #
@@ -45,7 +46,7 @@ die()  {
 }
 trap 'printf "%s: ERROR: unexpected failure at line %s (exit %s); run it again with bash -x to see more\n" "$PROG" "$LINENO" "$?" >&2' ERR
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -199,6 +200,19 @@ if [ -d "$BUNDLE/trust" ] && [ -n "$(ls -A "$BUNDLE/trust")" ]; then
   ensure_dir "$ETC/trust" 755 "$ADMIN:$ADMIN"
   for t in "$BUNDLE"/trust/*; do
     install_file "$t" "$ETC/trust/$(basename "$t")" 644 "$ADMIN:$ADMIN"
+  done
+fi
+if [ -d "$BUNDLE/dcc-schema" ]; then
+  say "EU DCC JSON schemas in $ETC/dcc-schema"
+  ensure_dir "$ETC/dcc-schema" 755 "$ADMIN:$ADMIN"
+  for v in "$BUNDLE"/dcc-schema/*/; do
+    [ -d "$v" ] || continue
+    vname="$(basename "$v")"
+    ensure_dir "$ETC/dcc-schema/$vname" 755 "$ADMIN:$ADMIN"
+    for f in "$v"*.json; do
+      [ -f "$f" ] || continue
+      install_file "$f" "$ETC/dcc-schema/$vname/$(basename "$f")" 644 "$ADMIN:$ADMIN"
+    done
   done
 fi
 

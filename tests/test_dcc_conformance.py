@@ -57,6 +57,14 @@ STEP_OF = {
 # Not implemented: EXPECTEDVALIDOBJECT and EXPECTEDENCODE test an issuer's encoder, not a verifier.
 
 
+@pytest.fixture(autouse=True)
+def restore_schema_dir():
+    """A test may choose the DCC schema folder (process-wide): put back the previous choice after it."""
+    before = dcc.schema_dir()
+    yield
+    dcc.set_schema_dir(before)
+
+
 def _decoder():
     try:
         from device.scanner.decode import ZxingDecoder

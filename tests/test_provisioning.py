@@ -8,6 +8,7 @@ import tarfile
 import tomllib
 
 import pytest
+from conftest import need
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -138,6 +139,57 @@ def test_device_enrolment_errors_say_what_to_do(fleet_dir):
     assert crl.get_revoked_certificate_by_serial_number(old.serial_number) is not None
     assert crl.get_revoked_certificate_by_serial_number(new.serial_number) is None
     assert "d1" not in f.revoked_ids()  # superseded, not shut out
+
+
+def test_device_enrolment_carries_the_dcc_schemas(fleet_dir, testdata, tmp_path, capsys):
+    src = testdata / "dcc" / "ehn-dcc-schema"
+    need(src.is_dir(), f"ehn-dcc-schema releases at {src}")
+    want = {p.relative_to(src).as_posix(): p.read_bytes() for p in src.glob("*/*.json")}
+    assert len({n.split("/")[0] for n in want}) >= 9
+    rc = chot_main(["provision", "device", "gate-s", "--checkpoint", "cp", "--direction", "in",
+                    "--fleet", str(fleet_dir), "--dcc-schema", str(src)])
+    assert rc == 0, capsys.readouterr().err
+    d = fleet_dir / "devices/gate-s"
+    cfg = load_terminal_config(d / "terminal.toml")  # still valid against the SCHEMA
+    assert cfg.policy.dcc_schema_dir == "/etc/chot/dcc-schema"
+    got = {p.relative_to(d / "dcc-schema").as_posix(): p.read_bytes() for p in (d / "dcc-schema").rglob("*")
+           if p.is_file()}
+    assert got == want  # <version>/<file>.json, nothing else (no LICENSE, no SOURCE.txt)
+
+    def bundled():
+        with tarfile.open(fleet_dir / "bundles/chot-gate-s.tar.gz") as tar:
+            top = "chot-gate-s/dcc-schema/"
+            files = {m.name[len(top):]: (m.mode, tar.extractfile(m).read())
+                     for m in tar.getmembers() if m.isfile() and m.name.startswith(top)}
+            dirs = {m.name: m.mode for m in tar.getmembers() if m.isdir() and m.name.startswith(top.rstrip("/"))}
+        return files, dirs
+
+    files, dirs = bundled()
+    assert files == {n: (0o644, b) for n, b in want.items()}
+    assert set(dirs.values()) == {0o755} and "chot-gate-s/dcc-schema/1.3.2" in dirs
+    (fleet_dir / "bundles/chot-gate-s.tar.gz").unlink()
+    assert chot_main(["provision", "bundle", "gate-s", "--fleet", str(fleet_dir)]) == 0
+    assert bundled()[0] == files
+
+    # a folder without a release is refused before anything is written
+    empty = tmp_path / "not-schemas"
+    (empty / "docs").mkdir(parents=True)
+    (empty / "docs" / "x.json").write_text("{}")
+    (empty / "1.3.2").mkdir()
+    (empty / "1.3.2" / "README.md").write_text("no schema here")
+    capsys.readouterr()
+    for bad, says in ((empty, "no schema release"), (tmp_path / "missing", "no such folder")):
+        rc = chot_main(["provision", "device", "gate-t", "--checkpoint", "cp", "--direction", "in",
+                        "--fleet", str(fleet_dir), "--dcc-schema", str(bad)])
+        assert rc != 0 and says in capsys.readouterr().err
+        assert not (fleet_dir / "devices/gate-t").exists()
+    with pytest.raises(ProvisioningError, match="too large"):
+        big = tmp_path / "big" / "1.0.0"
+        big.mkdir(parents=True)
+        (big / "DGC.combined-schema.json").write_bytes(b" " * (2 << 20))
+        from provisioning.devices import provision_device
+
+        provision_device(Fleet(fleet_dir), "gate-t", "cp", "in", dcc_schema=big.parent)
 
 
 def test_broker_config_and_revocation(fleet_dir, tmp_path, capsys):

@@ -19,7 +19,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import need
 
+from device.config import load_terminal_config
 from provisioning.devices import provision_device
 from provisioning.fleet import init_fleet
 
@@ -265,3 +267,51 @@ def test_incomplete_bundle_is_refused(bundle, env, tmp_path):
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode != 0 and "lacks tls/device.key" in r.stderr
     assert calls(env) == []
+
+
+def test_dcc_schemas_are_installed_with_the_right_modes_and_once(env, testdata, tmp_path):
+    src = testdata / "dcc" / "ehn-dcc-schema"
+    need(src.is_dir(), f"ehn-dcc-schema releases at {src}")
+    fleet = init_fleet(tmp_path / "fleet", "broker.test")
+    path = provision_device(fleet, "pi-gate-2", "gate-2", "in", dcc_schema=src)
+    with tarfile.open(path) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    bdir = tmp_path / "unpacked" / "chot-pi-gate-2"
+    wheel = tmp_path / "chot-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"not really a wheel")
+    root = Path(env["FAKE_STATE"]).parent / "root"
+
+    r = run((bdir, wheel), env, "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "EU DCC JSON schemas" in r.stdout and "would install" in r.stdout
+    assert list(root.iterdir()) == []
+
+    r = run((bdir, wheel), env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "EU DCC JSON schemas" in r.stdout
+    dest = root / "etc/chot/dcc-schema"
+    want = sorted(p.relative_to(src).as_posix() for p in src.glob("*/*.json"))
+    got = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert got == want and len(got) >= 9
+    for rel in got:
+        assert (dest / rel).read_bytes() == (src / rel).read_bytes(), rel
+        assert mode(dest / rel) == 0o644 and (dest / rel).stat().st_uid == os.getuid(), rel
+    assert mode(dest) == 0o755
+    assert {mode(d) for d in dest.iterdir()} == {0o755}
+    assert load_terminal_config(root / "etc/chot/terminal.toml").policy.dcc_schema_dir == "/etc/chot/dcc-schema"
+
+    before = snapshot(root)
+    n = len(calls(env))
+    r = run((bdir, wheel), env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert snapshot(root) == before
+    assert changing(calls(env)[n:]) == []
+    assert "nothing changed" in r.stdout
+
+    # a schema file changed in the bundle: that one file is installed again
+    rel = want[-1]
+    (bdir / "dcc-schema" / rel).write_bytes((bdir / "dcc-schema" / rel).read_bytes() + b"\n")
+    r = run((bdir, wheel), env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = snapshot(root)
+    assert [k for k in after if after[k] != before.get(k)] == [f"etc/chot/dcc-schema/{rel}"]

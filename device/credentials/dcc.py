@@ -26,9 +26,11 @@ Trust material: `load_trust_json(store, obj)` reads a DCC trust list (see its do
 single certificates (PEM/DER) are stored by device.credentials.trust itself.
 
 JSON schemas: the ehn-dcc-schema releases (one directory per version holding one
-*.combined-schema.json), found in $CHOT_DCC_SCHEMA_DIR, /usr/share/chot/dcc-schema or, in a
+*.combined-schema.json), found in $CHOT_DCC_SCHEMA_DIR, /etc/chot/dcc-schema (where
+`chot provision device --dcc-schema` puts them), /usr/share/chot/dcc-schema or, in a
 development checkout, ../shared/testdata/dcc/ehn-dcc-schema; `set_schema_dir(path)` chooses
-another. Without any schema the `schema` step only checks the one-entry rule. Loaded once.
+another (the terminal's `policy.dcc_schema_dir`), `schema_releases(path)` lists what a
+directory holds. Without any schema the `schema` step only checks the one-entry rule. Loaded once.
 
 Pure logic apart from that lazy schema load; `verify` never raises, whatever the input.
 """
@@ -156,6 +158,7 @@ def _schema_candidates():
     env = os.environ.get("CHOT_DCC_SCHEMA_DIR")
     if env:
         yield Path(env)
+    yield Path("/etc/chot/dcc-schema")
     yield Path("/usr/share/chot/dcc-schema")
     yield Path(__file__).resolve().parents[3] / "shared" / "testdata" / "dcc" / "ehn-dcc-schema"
 
@@ -167,11 +170,39 @@ def set_schema_dir(path):
     _schemas.cache_clear()
 
 
+def schema_dir():
+    """The directory chosen with `set_schema_dir` (a string), or None when the search list is used."""
+    return _schema_dir_override
+
+
 def _version_key(v):
     try:
         return tuple(int(p) for p in v.split("."))
     except ValueError:
         return None
+
+
+def schema_releases(base):
+    """{version tuple: schema file} of the releases under `base` ({} when none or not a directory).
+
+    A release is a directory named by its version ("1.3.2") holding a *combined-schema.json
+    (else the first *.json), as ehn-dcc-schema publishes them.
+    """
+    base = Path(base)
+    found = {}
+    try:
+        if not base.is_dir():
+            return found
+        for sub in sorted(base.iterdir()):
+            key = _version_key(sub.name) if sub.is_dir() else None
+            if key is None:
+                continue
+            files = sorted(sub.glob("*combined-schema.json")) or sorted(sub.glob("*.json"))
+            if files:
+                found[key] = files[0]
+    except OSError as exc:  # e.g. /etc/chot not readable by this user
+        log.warning("DCC schemas in %s not readable: %s", base, exc.strerror or exc)
+    return found
 
 
 @functools.lru_cache(maxsize=1)
@@ -180,26 +211,19 @@ def _schemas():
     import jsonschema
 
     for base in _schema_candidates():
-        if not base.is_dir():
-            continue
         found = {}
-        for sub in sorted(base.iterdir()):
-            key = _version_key(sub.name) if sub.is_dir() else None
-            if key is None:
-                continue
-            files = sorted(sub.glob("*combined-schema.json")) or sorted(sub.glob("*.json"))
-            if not files:
-                continue
+        for key, file in schema_releases(base).items():
             try:
-                schema = json.loads(files[0].read_text("utf-8"))
+                schema = json.loads(file.read_text("utf-8"))
                 cls = jsonschema.validators.validator_for(schema)
                 found[key] = cls(schema)
             except (OSError, ValueError) as exc:
-                log.warning("DCC schema %s not usable: %s", files[0], exc)
+                log.warning("DCC schema %s not usable: %s", file, exc)
         if found:
             log.info("DCC schemas %s loaded from %s", ", ".join(".".join(map(str, k)) for k in found), base)
             return found
-    log.warning("no DCC JSON schema found: set CHOT_DCC_SCHEMA_DIR to the ehn-dcc-schema releases")
+    log.warning("no DCC JSON schema found: set policy.dcc_schema_dir (or CHOT_DCC_SCHEMA_DIR) to the "
+                "ehn-dcc-schema releases, or provision the terminal with --dcc-schema")
     return {}
 
 

@@ -14,13 +14,17 @@ Rules come from the `[policy]` section of the terminal config (device/config.py)
 
 Otherwise PASS, reason `ok`. `Checker` bundles trust, verification and policy for the daemon
 and `chot scan`: `Checker.from_config(cfg.policy).check(text, at) -> (Verification, Decision)`.
+`from_config` also points the DCC schema check at `policy.dcc_schema_dir` when it is set (for
+the whole process: the schemas are loaded once).
 """
 
 import importlib
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
+from chot.errors import CredentialError
 from device.config import SCHEMA
 from device.credentials.denylist import DenyList
 from device.credentials.result import Decision
@@ -118,6 +122,31 @@ class Policy:
         return Decision(PASS, "ok")
 
 
+def use_dcc_schemas(path):
+    """Validate DCCs against the ehn-dcc-schema releases under `path`; CredentialError if it holds none."""
+    from device.credentials import dcc
+
+    path = Path(path)
+    try:
+        exists = path.is_dir()
+    except OSError as exc:
+        raise CredentialError(f"policy.dcc_schema_dir {path}: not readable ({exc.strerror}): run as the "
+                              "service user, or fix the folder's permissions") from None
+    if not exists:
+        raise CredentialError(
+            f"policy.dcc_schema_dir {path}: no such folder; install the ehn-dcc-schema releases there "
+            "(chot provision device --dcc-schema DIR) or remove the key"
+        )
+    if not dcc.schema_releases(path):
+        raise CredentialError(
+            f"policy.dcc_schema_dir {path}: no schema release in it; it must hold one folder per version, "
+            "e.g. 1.3.2/DCC.combined-schema.json, as ehn-dcc-schema publishes them"
+        )
+    if dcc.schema_dir() != str(path):
+        dcc.set_schema_dir(path)
+        log.info("DCC schemas from %s", path)
+
+
 class Checker:
     """Trust + verification + policy: what the daemon and `chot scan` call for each QR text."""
 
@@ -127,8 +156,13 @@ class Checker:
 
     @classmethod
     def from_config(cls, policy_cfg=None, extra_trust=()):
-        """Load trusted issuers (+ `extra_trust` paths), SHC CRLs and the deny list; CredentialError if unusable."""
+        """Load trusted issuers (+ `extra_trust` paths), SHC CRLs, the deny list and the DCC schemas.
+
+        CredentialError if any is unusable.
+        """
         cfg = policy_namespace(policy_cfg)
+        if cfg.dcc_schema_dir:
+            use_dcc_schemas(cfg.dcc_schema_dir)
         trust = TrustStore.load([*cfg.trusted_issuers, *extra_trust, *cfg.shc_crl])
         denylist = DenyList.load(cfg.denylist) if cfg.denylist else DenyList()
         return cls(trust, Policy(cfg, denylist))
