@@ -20,7 +20,7 @@ from chot.errors import ChotError, OutboxError
 from device.clock import clock_quality, utc_now_iso
 from device.cooldown import Cooldown
 from device.credentials.policy import Checker, Policy
-from device.credentials.result import Decision
+from device.credentials.result import Decision, Verification
 from device.scanner.assemble import ChunkAssembler
 from device.scanner.decode import make_decoder
 from device.systemd import Notifier
@@ -67,6 +67,7 @@ class Terminal:
         self.counts = {"PASS": 0, "FAIL": 0, "frames": 0, "faults": 0}
         self.last_scan = None
         self._faulted = False
+        self._damaged = 0  # the last 3 frames: bit set where a QR symbol was seen but not read
         self._uplink_state = "ok"
         self.decisions = []  # (event or None, Decision, Verification) of the last run, for the demo
         self.on_decision = None  # optional callable(event, decision, verification)
@@ -105,8 +106,15 @@ class Terminal:
         """Decode one frame and handle every credential in it; return the committed events."""
         self.counts["frames"] += 1
         events = []
-        texts = self.decoder.decode(frame.gray)
+        scan = self.decoder.scan(frame.gray)
+        texts = scan.texts
+        # A damaged code: a QR symbol in view that cannot be read, in 2 of the last 3 frames.
+        self._damaged = (self._damaged << 1 | (not texts and scan.unreadable > 0)) & 0b111
         if not texts:
+            if self._damaged.bit_count() >= 2 and not self.cooldown.seen("damaged-code", time.monotonic()):
+                unreadable = Verification(text=None, format="unknown", steps={"decode": False}, reason="unreadable")
+                event = self._record(Decision("FAIL", "unreadable"), unreadable, source="camera")
+                events += [event] if event is not None else []
             return events
         mono = time.monotonic()
         for raw in texts:

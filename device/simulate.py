@@ -2,7 +2,8 @@
 
 `crowd_texts(cfg, issuer_key, seed)` yields QR texts the way a checkpoint sees them: mostly
 valid signed declarations, and some expired, symptomatic, forged (signed by a key nobody
-trusts), garbled, unsigned (a bare ID number, a tokhaiyte.vn link) and foreign codes.
+trusts), garbled (the text altered), damaged (the printed code torn or smudged beyond reading),
+unsigned (a bare ID number, a tokhaiyte.vn link) and foreign codes.
 The scanner renders them onto camera-like frames (device.scanner.synthetic); it never
 knows what they mean. Every person is fictional.
 """
@@ -19,6 +20,7 @@ MIX = (
     ("plain_id", 5),
     ("link", 3),
     ("garbled", 4),
+    ("damaged", 3),
     ("foreign", 3),
 )
 
@@ -48,7 +50,7 @@ def person_texts(issuer_key, seed=1, now=None, forger_key=None):
                 issued = at - timedelta(days=3)
             elif kind == "forged":
                 key = forger_key
-            if kind in ("valid", "symptoms", "expired", "forged", "garbled"):
+            if kind in ("valid", "symptoms", "expired", "forged", "garbled", "damaged"):
                 text = issue_declaration(key, fields, issued_at=issued, valid_for=valid)
                 if kind == "garbled":
                     text = _garble(text, rng)
@@ -74,10 +76,17 @@ def _garble(text, rng):
 
 
 def crowd_texts(cfg, issuer_key=None, now=None):
-    """The texts for a synthetic source configured in `cfg.scanner` (key from synthetic_issuer_key)."""
+    """What the synthetic source configured in `cfg.scanner` shows (key from synthetic_issuer_key).
+
+    QR texts, and a `device.scanner.synthetic.Person` with `garble=True` for a damaged code.
+    """
     from device.credentials.keys import generate, load_private_key
+    from device.scanner.synthetic import Person
 
     if issuer_key is None:
         path = cfg.scanner.synthetic_issuer_key
         issuer_key = load_private_key(path) if path else generate("ed25519")
-    return (text for _, text in person_texts(issuer_key, seed=cfg.scanner.synthetic_seed, now=now))
+    return (
+        Person(text, garble=True) if kind == "damaged" else text
+        for kind, text in person_texts(issuer_key, seed=cfg.scanner.synthetic_seed, now=now)
+    )

@@ -234,3 +234,30 @@ def test_status_led_shows_uplink_down_and_fault_wins(tmp_path, issuer, mock_pins
         term.set_health("fault")
         term.set_health("ok")  # the uplink came back, but the outbox still cannot record
         assert term.feedback.status == "fault"
+
+
+def test_a_damaged_code_gets_one_unreadable_event_and_signal(tmp_path, issuer, mock_pins):
+    from device.scanner.synthetic import render_qr_frame
+
+    key, pub, _ = issuer
+    text = issue_declaration(key, make_test_identities(1, seed=4)[0])
+    rng = np.random.default_rng(7)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    # A person holds a torn code up for 6 frames; then the camera sees an empty wall.
+    frames = [render_qr_frame(text, rng, 640, 480, garble=True) for _ in range(6)] + [qr_frame(None)] * 3
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(folder / f"frame-{i:04d}.png")
+    cfg = make_cfg(tmp_path, folder, pub)
+    with Terminal.from_config(cfg) as term:
+        assert all(term.decoder.decode(f) == [] for f in frames)  # nothing readable in any frame
+        term.source = WaitingSource(term.source, term.feedback)
+        term.run()
+        term.feedback.wait_idle(timeout=5)
+        events = term.outbox.pending(0, 10)
+        assert [(e["format"], e["decision"], e["reason"], e["subject"]) for e in events] == [
+            ("unknown", "FAIL", "unreadable", {})
+        ]
+        steps = {s.device: s for s in signal_steps("unreadable", term.feedback.cfg)}
+        assert [s.state for s in term.feedback.buzzer.pin.states] == pin_states(steps["buzzer"])
+        assert [s.state for s in term.feedback.relay.pin.states] == [False]  # never opened

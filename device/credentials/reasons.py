@@ -8,7 +8,7 @@ OK = "ok"
 REASONS = {
     "ok": "every check passed",
     "no_code": "no QR code found in the image",
-    "unreadable": "the QR text could not be decoded (garbled, truncated, bad encoding)",
+    "unreadable": "a QR code that cannot be read (damaged), or a text that cannot be decoded (garbled, truncated)",
     "unknown_format": "a QR code that is not a credential this terminal knows",
     "unsigned": "a plain text with no signature (an ID number, a link); fails unless policy.accept_plain",
     "format_not_accepted": "a format that policy.accept_formats does not accept",
