@@ -74,10 +74,6 @@ def frames(ctx, text):
     return out
 
 
-def _frame_gray(f):
-    return f.gray if hasattr(f, "gray") else f
-
-
 def run_frames(dec, grays, text):
     """(ms per frame, frames whose text was read) over `grays`."""
     t = time.perf_counter()

@@ -232,30 +232,6 @@ _PG_EVENT_TYPES = (  # the PostgreSQL type of each of EVENT_COLUMNS, for the bat
 _SUBJECT_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
 
-def event_to_row(ev, received_at):
-    """A validated wire event -> a row of the event table."""
-    subject = ev.get("subject") or {}
-    key = subject.get("key") if isinstance(subject, dict) else None
-    return {
-        "device_id": ev["device_id"],
-        "seq": ev["seq"],
-        "uuid": ev["uuid"],
-        "checkpoint": ev["checkpoint"],
-        "direction": ev["direction"],
-        "time": parse_time(ev["time"]),
-        "clock_synced": bool(ev["clock"]["synced"]),
-        "boot_id": ev["clock"]["boot_id"],
-        "mono_ns": ev["clock"]["mono_ns"],
-        "source": ev["source"],
-        "format": ev["format"],
-        "decision": ev["decision"],
-        "reason": ev["reason"],
-        "subject_key": key if isinstance(key, str) and key else None,
-        "subject": json.dumps(subject, separators=(",", ":"), sort_keys=True, ensure_ascii=False),
-        "received_at": received_at,
-    }
-
-
 def row_to_event(row):
     """A stored row (a dict of EVENT_COLUMNS) -> the wire event (v1)."""
     return {

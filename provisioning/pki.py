@@ -175,11 +175,6 @@ def issue_cert(ca_key, ca_cert, cn, *, server_names=(), client=True, days=CLIENT
     return key, builder.sign(ca_key, hashes.SHA256())
 
 
-def common_name(cert):
-    attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return attrs[0].value if attrs else None
-
-
 def make_signing_key():
     """The collector's Ed25519 signing key: (private key, public PEM bytes)."""
     key = ed25519.Ed25519PrivateKey.generate()

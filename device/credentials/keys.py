@@ -65,10 +65,6 @@ def cose_alg(key):
     return COSE_EDDSA if isinstance(public_of(key), ed25519.Ed25519PublicKey) else COSE_ES256
 
 
-def alg_name(key):
-    return "ed25519" if cose_alg(key) == COSE_EDDSA else "es256"
-
-
 def private_pem(key):
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
