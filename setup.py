@@ -24,6 +24,9 @@ setup(
         "pillow>=9.4",
         "numpy>=1.24,<3",
         "jsonschema==4.26.0",
+        "pynacl==1.6.2",
+        "argon2-cffi==25.1.0",
+        "msgspec==0.23.0",
     ],
     extras_require={
         # Only a Pi has these; picamera2 comes from Raspberry Pi OS (python3-picamera2).

@@ -1,30 +1,110 @@
-"""The wire contract between terminals and the collector: topics and message schemas.
+"""The wire contract between terminals and the collector: topics and typed messages.
 
-Both `device.uplink` and `collector` import this module and nothing else of each other.
-Topics (`<id>` is the device id), MQTT 5, QoS 1:
+Both `device.uplink` and `collector` import this module (and `chot.personal`, the sealed part)
+and nothing else of each other. Topics (`<id>` is the device id), MQTT 5, QoS 1:
 
-- `chot/v1/dev/<id>/event`   device -> collector: one event or a batch (JSON)
-- `chot/v1/dev/<id>/status`  device -> all, retained; the last will says offline
-- `chot/v1/dev/<id>/ack`     collector -> device: highest seq stored contiguously
+- `chot/v1/dev/<id>/event`   device -> collector: one `Event`, or {"batch": [Event, ...]} (JSON)
+- `chot/v1/dev/<id>/status`  device -> all, retained (`Status`); the last will says offline
+- `chot/v1/dev/<id>/ack`     collector -> device (`Ack`): highest seq stored contiguously
 - `chot/v1/dev/<id>/config`  collector -> device, retained, signed
 - `chot/v1/broadcast/<name>` collector -> devices, retained, signed (denylist, trust)
 
-An event is a JSON object with the fields of `EVENT_FIELDS`; `validate_event` returns the
-list of problems (empty when valid). `(device_id, seq)` identifies an event.
+Messages are msgspec Structs with one validator each (`decode_event_message`, `decode_ack`,
+`decode_status`); a bad message raises `WireError` with a `code`. `(device_id, seq)`
+identifies an event. An event's clear part holds only what routing, counting and fleet
+health need; the person is in `sealed` (see chot/personal.py and docs/security.md).
 """
-
 import json
 import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from chot.errors import ChotError
+from chot.personal import MAX_SEALED_CHARS
 
 PREFIX = "chot/v1"
-DEVICE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-EVENT_VERSION = 1
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+CHECKPOINT_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}"
+DEVICE_ID_RE = re.compile(ID_PATTERN)
+CHECKPOINT_RE = re.compile(CHECKPOINT_PATTERN)
+EVENT_VERSION = 2
 MAX_MESSAGE_BYTES = 1024 * 1024  # a batch larger than this is rejected
+MAX_STATUS_BYTES = 4096
+_SEQ_MAX = 2**63 - 1
 
-FORMATS = ("native", "dcc", "shc", "plain", "unknown", "none")
-DECISIONS = ("PASS", "FAIL")
-SOURCES = ("camera", "manual")
-DIRECTIONS = ("in", "out")
+
+class Direction(StrEnum):
+    IN = "in"
+    OUT = "out"
+
+
+class Source(StrEnum):
+    CAMERA = "camera"  # a code read by the terminal
+    MANUAL = "manual"  # the guard's button: a person checked on paper at the terminal
+    PAPER = "paper"  # a paper declaration entered by checkpoint staff
+
+
+class Format(StrEnum):
+    NATIVE = "native"
+    DCC = "dcc"
+    SHC = "shc"
+    PLAIN = "plain"
+    UNKNOWN = "unknown"
+    NONE = "none"
+
+
+class DecisionCode(StrEnum):
+    PASS = "PASS"
+    FAIL = "FAIL"
+
+
+class Reason(StrEnum):
+    """Why a credential passed or failed; described in device/credentials/reasons.py and docs/reasons.md."""
+
+    OK = "ok"
+    NO_CODE = "no_code"
+    UNREADABLE = "unreadable"
+    UNKNOWN_FORMAT = "unknown_format"
+    UNSIGNED = "unsigned"
+    FORMAT_NOT_ACCEPTED = "format_not_accepted"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_ISSUER = "unknown_issuer"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    SYMPTOMS_DECLARED = "symptoms_declared"
+    CONTACT_DECLARED = "contact_declared"
+    TRAVEL_DECLARED = "travel_declared"
+    DENYLISTED = "denylisted"
+    REVOKED = "revoked"
+    OUTBOX_FULL = "outbox_full"
+    INCOMPLETE = "incomplete"
+    KEY_USAGE = "key_usage"
+    SCHEMA = "schema"
+    VACCINATION_INCOMPLETE = "vaccination_incomplete"
+    RECOVERY_EXPIRED = "recovery_expired"
+    TEST_EXPIRED = "test_expired"
+    TEST_POSITIVE = "test_positive"
+    MANUAL = "manual"
+
+
+# kept for the callers that list them
+FORMATS = tuple(f.value for f in Format)
+DECISIONS = tuple(d.value for d in DecisionCode)
+SOURCES = tuple(s.value for s in Source)
+DIRECTIONS = tuple(d.value for d in Direction)
+
+
+class WireError(ChotError):
+    """A message on the wire is malformed; `code` says how (for counting), the message says what."""
+
+    def __init__(self, message, code="invalid"):
+        self.code = code
+        self.problems = [str(message)]
+        super().__init__(str(message))
 
 
 def event_topic(device_id):
@@ -55,150 +135,170 @@ def device_from_topic(topic):
     return None
 
 
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
+# --- the typed messages -----------------------------------------------------------------------
+
+DeviceId = Annotated[str, Meta(pattern=f"^{ID_PATTERN}$")]
+CheckpointId = Annotated[str, Meta(pattern=f"^{CHECKPOINT_PATTERN}$")]
+Seq = Annotated[int, Meta(ge=1, le=_SEQ_MAX)]
+WireTime = Annotated[str, Meta(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z$")]
+UUID_PATTERN = r"^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$"
+UUID_RE = re.compile(UUID_PATTERN[1:-1])
 
 
-UUID_RE = re.compile(r"[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}")
-TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
-_SEQ_LIMIT = 2**63
+class Clock(Struct, forbid_unknown_fields=True):
+    """The terminal clock's quality when the event was decided (a Pi has no real-time clock)."""
+
+    synced: bool
+    boot_id: Annotated[str, Meta(pattern=r"^[0-9A-Za-z-]{1,64}$")]
+    mono_ns: Annotated[int, Meta(ge=0, le=_SEQ_MAX)]
 
 
-def _check_clock(v):
-    return (
-        isinstance(v, dict)
-        and isinstance(v.get("synced"), bool)
-        and isinstance(v.get("boot_id"), str)
-        and _is_int(v.get("mono_ns"))
-    )
+class Sealed(Struct, forbid_unknown_fields=True):
+    """The personal part, sealed to the collector's key `kid` from the ephemeral key `epk`."""
+
+    kid: Annotated[str, Meta(pattern=r"^[0-9a-f]{16}$")]
+    epk: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{43}$")]
+    ct: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", min_length=16, max_length=MAX_SEALED_CHARS)]
 
 
-# field -> (check, description of what is allowed)
-EVENT_FIELDS = {
-    "v": (lambda v: v == EVENT_VERSION, f"{EVENT_VERSION}"),
-    "device_id": (lambda v: isinstance(v, str) and DEVICE_ID_RE.fullmatch(v), "a device id"),
-    "seq": (lambda v: _is_int(v) and 1 <= v < _SEQ_LIMIT, "an integer >= 1"),
-    "uuid": (lambda v: isinstance(v, str) and UUID_RE.fullmatch(v), "a UUID"),
-    "checkpoint": (lambda v: isinstance(v, str) and 0 < len(v) <= 128, "a checkpoint id"),
-    "direction": (lambda v: v in DIRECTIONS, "'in' or 'out'"),
-    "time": (lambda v: isinstance(v, str) and TIME_RE.fullmatch(v), "an ISO 8601 UTC time ending in Z"),
-    "clock": (_check_clock, "{synced: bool, boot_id: str, mono_ns: int}"),
-    "source": (lambda v: v in SOURCES, "'camera' or 'manual'"),
-    "format": (lambda v: v in FORMATS, "one of " + ", ".join(FORMATS)),
-    "decision": (lambda v: v in DECISIONS, "'PASS' or 'FAIL'"),
-    "reason": (lambda v: isinstance(v, str) and 0 < len(v) <= 64, "a reason code"),
-    "subject": (lambda v: isinstance(v, dict) and len(json.dumps(v)) <= 4096, "an object (summary)"),
-}
-_N_FIELDS = len(EVENT_FIELDS)
+class Event(Struct, forbid_unknown_fields=True):
+    """One decision. Clear fields are routing, counting and fleet health; the person is `sealed`.
 
-
-def _valid_event(obj):
-    """True when `obj` (a dict) passes every check of EVENT_FIELDS and has no other field.
-
-    The same checks as EVENT_FIELDS written out inline: one call per event instead of one per
-    field. False sends validate_event down the field-by-field path that says what is wrong.
+    `verified`: the credential's signature and issuer verified on the terminal (a person's
+    record); false for an unsigned, forged or unreadable claim and for events with no credential.
     """
-    if len(obj) != _N_FIELDS:
-        return False
+
+    v: Literal[2]
+    device_id: DeviceId
+    seq: Seq
+    uuid: Annotated[str, Meta(pattern=UUID_PATTERN)]
+    checkpoint: CheckpointId
+    direction: Direction
+    time: WireTime
+    clock: Clock
+    source: Source
+    format: Format
+    decision: DecisionCode
+    reason: Reason
+    verified: bool
+    sealed: Sealed | None = None
+
+
+class Ack(Struct, forbid_unknown_fields=True):
+    """The collector's ack: every event of `device_id` with seq <= `seq` is stored."""
+
+    device_id: DeviceId
+    seq: Annotated[int, Meta(ge=0, le=_SEQ_MAX)]
+
+
+_Count = Annotated[int, Meta(ge=0, le=_SEQ_MAX)]
+_Short = Annotated[str, Meta(max_length=64)]
+
+
+class Status(Struct, forbid_unknown_fields=True, omit_defaults=False):
+    """A terminal's retained status; the last will has only device_id and online = false."""
+
+    device_id: DeviceId
+    online: bool
+    version: _Short | None = None
+    time: WireTime | None = None
+    outbox_depth: _Count | None = None
+    oldest_undelivered_age_s: Annotated[float, Meta(ge=0)] | None = None
+    clock_synced: bool | None = None
+    last_scan: WireTime | None = None
+    passes: _Count | None = None
+    fails: _Count | None = None
+    last_seq: _Count | None = None
+
+
+STATUS_FIELDS = tuple(Status.__struct_fields__)
+
+
+class _Batch(Struct, forbid_unknown_fields=True):
+    batch: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=10000)]
+
+
+_event_decoder = msgspec.json.Decoder(Event)
+_batch_decoder = msgspec.json.Decoder(_Batch)
+_ack_decoder = msgspec.json.Decoder(Ack)
+_status_decoder = msgspec.json.Decoder(Status)
+_encoder = msgspec.json.Encoder()
+
+
+def _real_time(text):
+    """The wire time is a real instant (the pattern admits 2021-02-30)."""
     try:
-        device_id, seq, uuid, checkpoint = obj["device_id"], obj["seq"], obj["uuid"], obj["checkpoint"]
-        time, clock, reason, subject = obj["time"], obj["clock"], obj["reason"], obj["subject"]
-        return bool(
-            obj["v"] == EVENT_VERSION
-            and type(device_id) is str
-            and DEVICE_ID_RE.fullmatch(device_id)
-            and type(seq) is int
-            and 1 <= seq < _SEQ_LIMIT
-            and type(uuid) is str
-            and UUID_RE.fullmatch(uuid)
-            and type(checkpoint) is str
-            and 0 < len(checkpoint) <= 128
-            and obj["direction"] in DIRECTIONS
-            and type(time) is str
-            and TIME_RE.fullmatch(time)
-            and _check_clock(clock)
-            and obj["source"] in SOURCES
-            and obj["format"] in FORMATS
-            and obj["decision"] in DECISIONS
-            and type(reason) is str
-            and 0 < len(reason) <= 64
-            and type(subject) is dict
-            and len(json.dumps(subject)) <= 4096
-        )
-    except KeyError:  # a field is missing
+        datetime.fromisoformat(text[:19])
+    except ValueError:
         return False
+    return True
 
 
-def validate_event(obj):
-    """Return a list of problems with `obj` as an event; empty when it is valid."""
-    if not isinstance(obj, dict):
-        return [f"an event must be a JSON object, found {type(obj).__name__}"]
-    if _valid_event(obj):
-        return []
+def check_event(ev):
+    """Problems of a decoded Event beyond what its type checks (empty list when none)."""
     problems = []
-    for name, (check, allowed) in EVENT_FIELDS.items():
-        if name not in obj:
-            problems.append(f"{name}: missing; allowed: {allowed}")
-        elif not check(obj[name]):
-            problems.append(f"{name}: wrong value or type; allowed: {allowed}")
-    extra = set(obj) - set(EVENT_FIELDS)
-    if extra:
-        problems.append(f"unknown fields: {', '.join(sorted(extra))}")
+    if not _real_time(ev.time):
+        problems.append(f"time: {ev.time!r} is not a real date and time")
+    if ev.sealed is not None and ev.format in (Format.NONE,) and ev.source is Source.CAMERA:
+        problems.append("sealed: an event with no credential carries no personal part")
     return problems
 
 
-SUBJECT_KEY_RE = re.compile(r"[0-9a-f]{64}")
+def event_from_dict(obj):
+    """An Event from a dict (tests, the outbox); WireError saying what is wrong."""
+    return decode_event(_encoder.encode(obj))
 
 
-_ID_SEP_RE = re.compile(r"[\s.\-_/]+")
+def decode_event(raw):
+    """One Event from JSON bytes; WireError(code='invalid_event') saying what is wrong."""
+    try:
+        ev = _event_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise WireError(f"invalid event: {exc}", "invalid_event") from None
+    except msgspec.DecodeError as exc:
+        raise WireError(f"not JSON: {exc}", "not_json") from None
+    problems = check_event(ev)
+    if problems:
+        raise WireError("invalid event: " + "; ".join(problems), "invalid_event")
+    return ev
 
 
-def normalise_id_number(id_number):
-    """An ID number as hashed: spaces, dots, dashes, underscores and slashes removed, upper-cased.
+def validate_event(obj):
+    """The problems of `obj` (a dict) as an event: an empty list when it is valid."""
+    try:
+        event_from_dict(obj)
+    except WireError as exc:
+        return list(exc.problems)
+    except (TypeError, msgspec.EncodeError) as exc:
+        return [f"not encodable as JSON: {exc}"]
+    return []
 
-    The same as device/credentials/subject.py `normalise_id`: '001 090-012.345' -> '001090012345'.
-    """
-    return _ID_SEP_RE.sub("", str(id_number)).upper()
 
-
-def subject_key_for_id(id_number):
-    """The subject key of an ID number: sha256("chot-subject-v1|" + normalised id), hex.
-
-    Both sides use it: the terminal puts it in an event's `subject["key"]`, the collector
-    indexes it and turns a tracer's ID number into it; the ID itself never travels.
-    """
-    import hashlib
-
-    norm = normalise_id_number(id_number)
-    if not norm:
-        raise ValueError("an ID number must not be empty")
-    return hashlib.sha256(("chot-subject-v1|" + norm).encode("utf-8")).hexdigest()
+def to_dict(msg):
+    """A Struct as plain builtins (enums as strings, nested Structs as dicts)."""
+    return msgspec.to_builtins(msg)
 
 
 def dumps(obj):
-    """Compact JSON as sent on the wire (UTF-8 bytes)."""
+    """Compact JSON as sent on the wire (UTF-8 bytes): Structs in field order, dicts with sorted keys."""
+    if isinstance(obj, Struct):
+        return _encoder.encode(obj)
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode("utf-8")
 
 
-# --- event messages: one event, or a batch while draining ------------------------------------
-
-
-class WireError(ValueError):
-    """A message on the wire is malformed; `problems` lists what is wrong."""
-
-    def __init__(self, problems):
-        self.problems = list(problems) if isinstance(problems, list | tuple) else [str(problems)]
-        super().__init__("; ".join(self.problems))
-
-
 def encode_events(events):
-    """One event as an object, several as {"batch": [...]} (UTF-8 JSON bytes)."""
-    events = list(events)
-    return dumps(events[0] if len(events) == 1 else {"batch": events})
+    """One event as an object, several as {"batch": [...]} (UTF-8 JSON bytes).
+
+    Items may be Events or the JSON bytes of events (as the outbox keeps them).
+    """
+    raws = [e if isinstance(e, bytes | bytearray) else dumps(e) for e in events]
+    if len(raws) == 1:
+        return bytes(raws[0])
+    return b'{"batch":[' + b",".join(raws) + b"]}"
 
 
 def decode_event_message(topic, payload):
-    """Parse an event message; return (good_events, problems).
+    """Parse an event message; return (good Events, problems: [(index, code, message)]).
 
     Raises WireError when the message as a whole is unusable (not JSON, too big, wrong topic).
     A batch may hold some bad events: those are returned as problems, the good ones kept.
@@ -206,28 +306,32 @@ def decode_event_message(topic, payload):
     """
     device = device_from_topic(topic)
     if device is None or not topic.endswith("/event"):
-        raise WireError(f"not an event topic: {topic!r}")
+        raise WireError(f"not an event topic: {topic!r}", "bad_topic")
     if len(payload) > MAX_MESSAGE_BYTES:
-        raise WireError(f"message too large: {len(payload)} bytes > {MAX_MESSAGE_BYTES}")
-    try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise WireError(f"not JSON: {exc.__class__.__name__}") from None
-    if isinstance(obj, dict) and set(obj) == {"batch"}:
-        items = obj["batch"]
-        if not isinstance(items, list) or not items:
-            raise WireError("batch must be a non-empty list")
+        raise WireError(f"message too large: {len(payload)} bytes > {MAX_MESSAGE_BYTES}", "too_large")
+    payload = bytes(payload)
+    if payload.lstrip()[:8] == b'{"batch"':
+        try:
+            items = _batch_decoder.decode(payload).batch
+        except msgspec.ValidationError as exc:
+            raise WireError(f"bad batch: {exc}", "bad_batch") from None
+        except msgspec.DecodeError as exc:
+            raise WireError(f"not JSON: {exc}", "not_json") from None
     else:
-        items = [obj]
+        items = [payload]
     good, problems = [], []
-    for i, ev in enumerate(items):
-        errs = validate_event(ev)
-        if not errs and ev["device_id"] != device:
-            errs = [f"device_id {ev['device_id']!r} differs from the topic's {device!r}"]
-        if errs:
-            problems.append(f"event {i}: " + "; ".join(errs))
-        else:
-            good.append(ev)
+    for i, raw in enumerate(items):
+        try:
+            ev = decode_event(raw)
+        except WireError as exc:
+            if exc.code == "not_json" and len(items) == 1:
+                raise
+            problems.append((i, exc.code, str(exc)))
+            continue
+        if ev.device_id != device:
+            problems.append((i, "wrong_device", f"device_id {ev.device_id!r} differs from the topic's {device!r}"))
+            continue
+        good.append(ev)
     return good, problems
 
 
@@ -236,44 +340,38 @@ def decode_event_message(topic, payload):
 
 def encode_ack(device_id, seq):
     """The collector's ack: every event of `device_id` with seq <= `seq` is stored."""
-    return dumps({"device_id": device_id, "seq": int(seq)})
+    return _encoder.encode(Ack(device_id=device_id, seq=int(seq)))
 
 
 def decode_ack(payload):
     """Return (device_id, seq) or raise WireError."""
     try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"ack is not JSON: {exc.__class__.__name__}") from None
-    if not isinstance(obj, dict) or not isinstance(obj.get("device_id"), str) or not _is_int(obj.get("seq")):
-        raise WireError("ack must be {device_id: str, seq: int}")
-    return obj["device_id"], obj["seq"]
+        ack = _ack_decoder.decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise WireError(f"bad ack (must be {{device_id, seq}}): {exc}", "invalid_ack") from None
+    return ack.device_id, ack.seq
 
 
 # --- status: device -> all, retained ----------------------------------------------------------
 
-STATUS_FIELDS = (
-    "device_id",  # str
-    "online",  # bool; the last will has online false
-    "version",  # software version
-    "time",  # ISO UTC
-    "outbox_depth",  # undelivered events
-    "oldest_undelivered_age_s",  # float or null
-    "clock_synced",  # bool
-    "last_scan",  # ISO UTC or null
-    "passes",  # int since start
-    "fails",  # int since start
-    "last_seq",  # int
-)
-
 
 def encode_status(**fields):
-    return dumps({k: fields.get(k) for k in STATUS_FIELDS})
+    return _encoder.encode(Status(**{k: fields.get(k) for k in STATUS_FIELDS}))
+
+
+def decode_status(payload):
+    """A Status from a retained message; WireError when it is too large or malformed."""
+    if len(payload) > MAX_STATUS_BYTES:
+        raise WireError(f"status too large: {len(payload)} bytes > {MAX_STATUS_BYTES}", "too_large")
+    try:
+        return _status_decoder.decode(payload)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise WireError(f"bad status: {exc}", "invalid_status") from None
 
 
 def offline_status(device_id):
     """The last-will payload."""
-    return dumps({"device_id": device_id, "online": False})
+    return _encoder.encode(Status(device_id=device_id, online=False))
 
 
 # --- signed envelopes: collector -> devices (config, denylist, trust) -------------------------
@@ -316,19 +414,19 @@ def verify_envelope(public_key, payload, kind, target=None):
     try:
         env = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError):
-        raise WireError("signed message is not JSON") from None
+        raise WireError("signed message is not JSON", "bad_envelope") from None
     need = ("kind", "version", "issued", "target", "body", "alg", "sig")
     if not isinstance(env, dict) or any(k not in env for k in need):
-        raise WireError("signed message lacks fields: needs " + ", ".join(need))
+        raise WireError("signed message lacks fields: needs " + ", ".join(need), "bad_envelope")
     if env["kind"] != kind:
-        raise WireError(f"expected a {kind!r} message, found {env['kind']!r}")
+        raise WireError(f"expected a {kind!r} message, found {env['kind']!r}", "bad_envelope")
     if not _is_int(env["version"]) or env["alg"] != "Ed25519" or not isinstance(env["sig"], str):
-        raise WireError("bad version, alg or sig")
+        raise WireError("bad version, alg or sig", "bad_envelope")
     if target is not None and env["target"] not in ("*", target):
-        raise WireError(f"message is for {env['target']!r}, not {target!r}")
+        raise WireError(f"message is for {env['target']!r}, not {target!r}", "wrong_target")
     try:
         sig = base64.urlsafe_b64decode(env["sig"] + "=" * (-len(env["sig"]) % 4))
         public_key.verify(sig, _signed_bytes(env))
     except (InvalidSignature, ValueError, TypeError):
-        raise WireError("signature does not verify against the pinned collector key") from None
+        raise WireError("signature does not verify against the pinned collector key", "bad_signature") from None
     return env
