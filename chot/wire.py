@@ -225,6 +225,10 @@ _status_decoder = msgspec.json.Decoder(Status)
 _encoder = msgspec.json.Encoder()
 
 
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _real_time(text):
     """The wire time is a real instant (the pattern admits 2021-02-30)."""
     try:
