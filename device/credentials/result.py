@@ -1,8 +1,9 @@
 """The structured results of verification and policy, shared by every credential format.
 
-`Verification` says what a QR text is and what was proven about it, step by step; it never
-carries an ID number in clear (`subject` is a summary, `subject_key` a hash). `Decision` is
-the policy's answer: PASS or FAIL with a reason code from `device.credentials.reasons`.
+`Verification` says what a QR text is and what was proven about it, step by step. Its personal
+fields (`person`, `person_id`, `credential_id`, `text`) exist only in memory: the daemon seals
+them to the collector (chot/personal.py) and nothing else may log, print or store them; they are
+left out of `repr`. `Decision` is the policy's answer: PASS or FAIL with a reason code.
 """
 
 from dataclasses import dataclass, field
@@ -13,16 +14,20 @@ from datetime import datetime
 class Verification:
     """What verification found out about one QR text. Never raises, never holds IDs in clear."""
 
-    text: str | None
+    text: str | None = field(repr=False)
     format: str  # "native", "dcc", "shc", "plain", "unknown"
     # step name -> True (passed), False (failed), None (not reached). Order matters for display.
     steps: dict = field(default_factory=dict)
     # The first failure's reason code (see reasons.py), or None when every step passed.
     reason: str | None = None
-    # A summary of the subject for the record and the display: no ID number in clear.
-    subject: dict = field(default_factory=dict)
-    # A stable hash identifying the subject (cooldown, deny list, tracing); None if unknown.
-    subject_key: str | None = None
+    # The person's fields as the credential gives them (keys of chot.personal.PERSON_FIELDS).
+    person: dict = field(default_factory=dict, repr=False)
+    # The person's normalised id (chot.personal.person_id_for_id / _for_name_dob), None if unknown.
+    person_id: str | None = field(default=None, repr=False)
+    # The credential's own random id (native declaration id, DCC ci, SHC rid): revocation.
+    credential_id: str | None = field(default=None, repr=False)
+    # What the credential is, not who: declaration, vaccination, test, recovery, id_text, text...
+    kind: str | None = None
     # Format-specific facts the policy needs (health answers, vaccination, test results ...).
     claims: dict = field(default_factory=dict)
     issued_at: datetime | None = None
