@@ -1,13 +1,14 @@
 """Subcommands of the provisioning: `chot provision ...`.
 
-    chot provision init-fleet DIR --broker-host HOST   the fleet CA, broker and collector credentials
+    chot provision init-fleet DIR --broker-host HOST   the fleet CA, broker and collector credentials, collector keys
+    chot provision collector-keys [--fleet DIR] [--rotate]   the collector's sealing, index and data keys
     chot provision device ID --checkpoint CP --direction in|out [--fleet DIR] [--dcc-schema DIR]   enrol a terminal
     chot provision broker-config --fleet DIR --out DIR [--port 8883]   mosquitto.conf, ACL, TLS files
     chot provision revoke ID [--fleet DIR]              shut a terminal out (CRL and ACL)
     chot provision bundle ID / list / crl               rebuild a bundle, list the fleet, re-sign the CRL
 
 The fleet directory defaults to $CHOT_FLEET, else ./fleet. Nothing secret is ever printed:
-the commands print paths, never keys.
+the commands print paths, never keys (a sealing *public* key is printed for its roll-out).
 """
 
 import logging
@@ -38,6 +39,19 @@ def register(sub):
     a.add_argument("--collector-user", default="collector", help="the collector's MQTT user (its certificate CN)")
     a.add_argument("--name", default="Chot fleet", help="the fleet's name (in certificates)")
     a.set_defaults(func=_init_fleet)
+
+    a = ps.add_parser(
+        "collector-keys",
+        help="make the collector's missing personal-data keys; --rotate: a new sealing key pair",
+        description="Make what is missing in FLEET/collector-keys/: the sealing key pair (seal-<kid>.key, "
+                    "seal.pub), the person index secret (index.key) and the data key (data.key). Existing keys "
+                    "are never replaced. --rotate makes a new sealing key pair: the old private keys are kept "
+                    "(they open the events sealed to them) and seal.pub becomes the new public key.",
+    )
+    a.add_argument("--fleet", default=_fleet_default(), help="fleet directory (default $CHOT_FLEET or ./fleet)")
+    a.add_argument("--rotate", action="store_true",
+                   help="a new sealing key pair (old private keys kept); prints how to roll it out")
+    a.set_defaults(func=_collector_keys)
 
     a = ps.add_parser("device", help="enrol a terminal: key, certificate, terminal.toml and a bundle to carry")
     a.add_argument("id", help="device id (the MQTT user and topic segment), e.g. hk-phuc-tan-gate-1-in")
@@ -102,8 +116,42 @@ def _init_fleet(args):
     print(f"  broker certificate:    {fleet.server_crt} (for {args.broker_host}, localhost, 127.0.0.1)")
     print(f"  collector signing key: {fleet.signing_key} (terminals pin {fleet.signing_pub})")
     print(f"  collector client cert: {fleet.collector_crt} (MQTT user {args.collector_user!r})")
+    kid, _text = fleet.seal_public()
+    print(f"  collector keys:        {fleet.collector_keys}/ (collector.key_dir): seal-{kid}.key, seal.pub, "
+          "index.key, data.key")
     print("private keys are mode 0600: keep this directory secret and backed up")
     print(f"next: chot provision broker-config --fleet {fleet.dir} --out DIR")
+    return 0
+
+
+def _collector_keys(args):
+    from provisioning.fleet import Fleet
+
+    fleet = Fleet(args.fleet)
+    made = fleet.make_collector_keys(rotate=args.rotate)
+    for what, path in made:
+        print(f"made {what}: {path}")
+    if not made:
+        print(f"nothing to make: {fleet.collector_keys} holds every key")
+    kid, text = fleet.seal_public()
+    print(f"current sealing key: {kid} ({fleet.seal_pub}); private keys kept: {', '.join(fleet.seal_kids())}")
+    print(f"install {fleet.collector_keys} on the collector as collector.key_dir (folder 0700, keys 0600, "
+          "owned by the collector's user)")
+    if args.rotate:
+        _, body = fleet.write_seal_rollout()
+        revoked = set(fleet.revoked_ids())
+        devices = [d for d in fleet.devices() if d not in revoked]
+        print("roll the new public key out, in this order:")
+        print(f"  1. copy {fleet.collector_keys}/seal-{kid}.key to the collector's key_dir and restart the collector "
+              "(keep the old seal-*.key there: they open the older events)")
+        print(f"  2. publish it to every terminal (signed config; body in {body}):")
+        print(f'       {{"privacy": {{"seal_public_key": "{text.strip()}"}}}}')
+        for dev in devices or ["DEVICE"]:
+            print(f"       chot collector set-config {dev} {body}")
+        print("     (a config update replaces the previous one: if a terminal has policy overrides, add its \"policy\"")
+        print("     part to the file; and every later config update must carry privacy.seal_public_key too)")
+        print("     or rebuild and install the bundles: chot provision bundle ID, then setup-terminal.sh")
+        print("  terminals seal to the new key from the config update on; nothing already sealed changes")
     return 0
 
 
@@ -119,6 +167,8 @@ def _device(args):
     )
     print(f"terminal {args.id} enrolled; config {fleet.device_dir(args.id) / 'terminal.toml'}")
     print(f"bundle: {bundle} (mode 0600: it holds the terminal's private key)")
+    print(f"  it pins the collector's sealing key {fleet.seal_public()[0]} "
+          f"({fleet.cfg.etc_dir.rstrip('/')}/collector-seal.pub)")
     print("on the Pi, as root:")
     print(f"  tar xzf {bundle.name} && ./chot-{args.id}/setup-terminal.sh")
     return 0

@@ -12,9 +12,15 @@ directory `devices/<id>/` (device.key 0600, device.crt, terminal.toml) and makes
     chot-<id>/tls/device.crt           0644  the device's certificate (CN = device id = MQTT user)
     chot-<id>/tls/device.key           0600  the device's private key
     chot-<id>/collector.pub            0644  the collector's signing key, pinned
+    chot-<id>/collector-seal.pub       0644  the collector's sealing public key (the fleet's current
+                                             collector-keys/seal.pub), pinned: privacy.seal_public_key
     chot-<id>/trust/*                  0644  issuer keys the policy trusts (--trust)
     chot-<id>/dcc-schema/<ver>/*.json  0644  the EU DCC JSON schemas (--dcc-schema: ehn-dcc-schema releases)
     chot-<id>/*.whl                    0644  the chot package, when --wheel is given
+
+A bundle never holds a collector private key, nor the index or data key: only the public
+`seal.pub`. A fleet without `collector-keys/` (made before issue 9) is refused with the
+command that makes them (`chot provision collector-keys`).
 
 The terminal.toml is validated against device/config.py's SCHEMA before anything is written.
 With `dcc_schema=DIR` the JSON files of every release in DIR (`<version>/<file>.json`, as
@@ -43,6 +49,7 @@ log = logging.getLogger(__name__)
 
 PROVISIONING_DIR = Path(__file__).resolve().parent
 SETUP_SCRIPT = PROVISIONING_DIR / "setup-terminal.sh"
+SEAL_PUB = "collector-seal.pub"  # its name in the bundle and in /etc/chot
 DCC_SCHEMA = "dcc-schema"  # its folder in the device directory, the bundle and /etc/chot
 MAX_SCHEMA_FILE = 1 << 20  # one schema file (the real ones are under 30 KB)
 MAX_SCHEMA_TOTAL = 16 << 20  # all of them together
@@ -141,6 +148,7 @@ def terminal_config(fleet, device_id, checkpoint, direction, pins=None, sets=Non
             "key": f"{etc}/tls/device.key",
             "collector_public_key": f"{etc}/collector.pub",
         },
+        "privacy": {"seal_public_key": f"{etc}/{SEAL_PUB}"},
     }
     if dcc_schema:
         data["policy"]["dcc_schema_dir"] = f"{etc}/{DCC_SCHEMA}"
@@ -154,7 +162,8 @@ def terminal_config(fleet, device_id, checkpoint, direction, pins=None, sets=Non
         section, _, key = dotted.partition(".")
         if not key:
             raise ProvisioningError(f"--set {dotted}: write SECTION.KEY=VALUE, e.g. policy.max_age_h=12")
-        if (section, key) in (("device", "id"), ("mqtt", "key"), ("mqtt", "cert"), ("mqtt", "ca")):
+        if (section, key) in (("device", "id"), ("mqtt", "key"), ("mqtt", "cert"), ("mqtt", "ca"),
+                              ("privacy", "seal_public_key")):
             raise ProvisioningError(f"--set {dotted}: this key is set by provisioning and cannot be changed")
         data.setdefault(section, {})[key] = _parse_value(value)
     try:
@@ -162,6 +171,11 @@ def terminal_config(fleet, device_id, checkpoint, direction, pins=None, sets=Non
     except ConfigError as exc:
         raise ProvisioningError(f"{exc}\nfix the --pin/--set options") from None
     return data
+
+
+def _header(device_id):
+    return (f"# Terminal {device_id}: made by `chot provision device`. "
+            "Check it with `chot terminal check-config FILE`.\n")
 
 
 def _add(tar, name, data, mode):
@@ -181,6 +195,7 @@ def make_bundle(fleet, device_id, wheel=None, trust_files=(), schema_files=()):
     """
     ddir = fleet.device_dir(device_id)
     top = f"chot-{device_id}"
+    _kid, seal_pub = fleet.seal_public()  # the public key only; never a file of collector-keys/ but seal.pub
     members = [
         ("setup-terminal.sh", SETUP_SCRIPT.read_bytes(), 0o755),
         ("chot-terminal.service", unit_file().read_bytes(), 0o644),
@@ -189,6 +204,7 @@ def make_bundle(fleet, device_id, wheel=None, trust_files=(), schema_files=()):
         ("tls/device.crt", (ddir / "device.crt").read_bytes(), 0o644),
         ("tls/device.key", (ddir / "device.key").read_bytes(), 0o600),
         ("collector.pub", fleet.signing_pub.read_bytes(), 0o644),
+        (SEAL_PUB, seal_pub.encode("ascii"), 0o644),
     ]
     for f in trust_files:
         members.append((f"trust/{Path(f).name}", Path(f).read_bytes(), 0o644))
@@ -215,6 +231,7 @@ def provision_device(fleet, device_id, checkpoint, direction, pins=None, sets=No
                      renew=False, dcc_schema=None):
     """Enrol a terminal; return the bundle's path. See the module doc."""
     check_device_id(device_id, fleet)
+    fleet.seal_public()  # an older fleet without collector keys: say so before anything is written
     if device_id in fleet.revoked_ids():
         raise ProvisioningError(
             f"device {device_id} was revoked and stays shut out (the broker denies its user): "
@@ -246,9 +263,7 @@ def provision_device(fleet, device_id, checkpoint, direction, pins=None, sets=No
     key, cert = pki.issue_cert(ca_key, ca_cert, device_id)
     pki.write_private(ddir / "device.key", pki.key_pem(key))
     pki.write_file(ddir / "device.crt", pki.cert_pem(cert))
-    header = (f"# Terminal {device_id}: made by `chot provision device`. "
-              "Check it with `chot terminal check-config FILE`.\n")
-    pki.write_file(ddir / "terminal.toml", to_toml(data, header), 0o640)
+    pki.write_file(ddir / "terminal.toml", to_toml(data, _header(device_id)), 0o640)
     tdir = ddir / "trust"
     if tdir.exists():
         shutil.rmtree(tdir)
@@ -270,7 +285,27 @@ def rebuild_bundle(fleet, device_id, wheel=None):
         raise ProvisioningError(f"device {device_id} is not enrolled: run `chot provision device {device_id} ...`")
     if device_id in fleet.revoked_ids():
         raise ProvisioningError(f"device {device_id} was revoked: a bundle for it would not connect")
+    fleet.seal_public()
+    _pin_seal_key(fleet, device_id)
     trust = sorted((ddir / "trust").glob("*")) if (ddir / "trust").is_dir() else []
     sdir = ddir / DCC_SCHEMA
     schema_files = dcc_schema_files(sdir, option="the device's copy") if sdir.is_dir() else []
     return make_bundle(fleet, device_id, wheel=wheel, trust_files=trust, schema_files=schema_files)
+
+
+def _pin_seal_key(fleet, device_id):
+    """A terminal.toml written before the sealing key existed gets privacy.seal_public_key (kept otherwise)."""
+    path = fleet.device_dir(device_id) / "terminal.toml"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ProvisioningError(f"{path}: cannot be read ({exc}); enrol the device again with --renew") from None
+    if data.get("privacy", {}).get("seal_public_key"):
+        return
+    data.setdefault("privacy", {})["seal_public_key"] = f"{fleet.cfg.etc_dir.rstrip('/')}/{SEAL_PUB}"
+    try:
+        validate(data, SCHEMA, source=str(path))
+    except ConfigError as exc:
+        raise ProvisioningError(f"{exc}\nfix {path} or enrol the device again with --renew") from None
+    pki.write_file(path, to_toml(data, _header(device_id)), 0o640)
+    log.info("privacy.seal_public_key added to the device's terminal.toml")

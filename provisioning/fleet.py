@@ -1,8 +1,9 @@
 """The fleet directory: making it, enrolling terminals, revoking them.
 
 `init_fleet(dir, broker_host=...)` makes the CA, the broker's server certificate, the
-collector's Ed25519 signing key and its MQTT client certificate, an empty CRL and
-`fleet.toml`. `Fleet(dir)` opens an existing one; `fleet.provision_device(...)` (devices.py)
+collector's Ed25519 signing key and its MQTT client certificate, the collector's personal-data
+keys (`collector-keys/`: sealing key pair, index secret, data key; see `make_collector_keys`),
+an empty CRL and `fleet.toml`. `Fleet(dir)` opens an existing one; `fleet.provision_device(...)` (devices.py)
 enrols a terminal and `fleet.revoke(device_id)` shuts one out: its certificate goes into the
 CRL and its user into the ACL's deny list, and every broker configuration written by
 `chot provision broker-config` is refreshed so a broker restart applies it.
@@ -14,6 +15,7 @@ import logging
 import re
 from pathlib import Path
 
+from chot import personal
 from chot.config import Field, load, validate
 from chot.errors import ConfigError, ProvisioningError
 from chot.wire import DEVICE_ID_RE
@@ -62,6 +64,12 @@ class Fleet:
     collector_key = property(lambda self: self.dir / "collector" / "client.key")
     collector_crt = property(lambda self: self.dir / "collector" / "client.crt")
     broker_outputs = property(lambda self: self.dir / "broker" / "outputs.json")
+    # the collector's personal-data keys (the collector's `collector.key_dir`); never in a bundle
+    collector_keys = property(lambda self: self.dir / "collector-keys")
+    seal_pub = property(lambda self: self.dir / "collector-keys" / "seal.pub")
+    index_key = property(lambda self: self.dir / "collector-keys" / "index.key")
+    data_key = property(lambda self: self.dir / "collector-keys" / "data.key")
+    rollout_dir = property(lambda self: self.dir / "rollout")
 
     def device_dir(self, device_id):
         return self.dir / "devices" / device_id
@@ -117,6 +125,78 @@ class Fleet:
         self.add_revocation(device_id, pki.load_cert(crt), "revoked")
         log.info("device certificate revoked")
         return self.refresh_brokers()
+
+    # --- the collector's personal-data keys ------------------------------------------------
+
+    def make_collector_keys(self, rotate=False):
+        """Make what is missing in collector-keys/ (0700); with `rotate`, a new sealing key pair too.
+
+        seal-<kid>.key (0600) + seal.pub (0644): the sealing key pair (X25519); index.key and
+        data.key (0600): the person index's HMAC secret and the at-rest data key. Existing keys are
+        never replaced: old seal-*.key files stay (they open the events sealed to them), and the
+        index and data keys have no in-place rotation (docs/security.md). Returns
+        [(what, path)] of what was made.
+        """
+        kdir = self.collector_keys
+        made = []
+        if not kdir.is_dir():
+            kdir.mkdir(mode=0o700)
+            made.append(("folder", kdir))
+        kdir.chmod(0o700)
+        privates = sorted(kdir.glob("seal-*.key"))
+        new_pair = rotate or not self.seal_pub.is_file() or not privates
+        if not new_pair:
+            kid, _raw = self._current_seal()
+            if not (kdir / f"seal-{kid}.key").is_file():
+                raise ProvisioningError(
+                    f"{self.seal_pub} names the sealing key {kid}, but {kdir}/seal-{kid}.key is missing: restore "
+                    "it from the backup (events sealed to it cannot be opened without it), or make a new pair "
+                    "with `chot provision collector-keys --rotate`"
+                )
+        if new_pair:
+            kid = personal.generate_seal_keys(kdir)
+            made.append((f"sealing key {kid}", kdir / f"seal-{kid}.key"))
+            made.append(("sealing public key", self.seal_pub))
+        for what, path in (("index secret", self.index_key), ("data key", self.data_key)):
+            if not path.exists():
+                personal.new_secret_file(path)
+                made.append((what, path))
+        return made
+
+    def _current_seal(self):
+        try:
+            return personal.load_public_key(self.seal_pub)
+        except personal.KeyFileError as exc:
+            msg = f"{exc}; or make a new pair with `chot provision collector-keys --rotate`"
+            raise ProvisioningError(msg) from None
+
+    def seal_public(self):
+        """(kid, seal.pub text) of the current sealing public key, for a bundle or a config update.
+
+        ProvisioningError when the fleet has no collector-keys/ (made before issue 9) or it is incomplete.
+        """
+        if not self.seal_pub.is_file():
+            raise ProvisioningError(
+                f"{self.dir} has no collector sealing key ({self.seal_pub} is missing): make the collector's "
+                f"keys first with `chot provision collector-keys --fleet {self.dir}`, then install them on the "
+                "collector (collector.key_dir)"
+            )
+        kid, _raw = self._current_seal()
+        return kid, self.seal_pub.read_text(encoding="ascii")
+
+    def write_seal_rollout(self):
+        """Write rollout/seal-<kid>.json (0644): the `config` update body that makes terminals seal to
+        the current public key (`chot collector set-config DEVICE FILE`). Returns (kid, path)."""
+        kid, text = self.seal_public()
+        body = {"privacy": {"seal_public_key": text.strip()}}
+        self.rollout_dir.mkdir(mode=0o700, exist_ok=True)
+        path = self.rollout_dir / f"seal-{kid}.json"
+        pki.write_file(path, json.dumps(body, indent=1) + "\n", 0o644)
+        return kid, path
+
+    def seal_kids(self):
+        """The ids of every sealing private key kept in collector-keys/ (old ones included), sorted."""
+        return sorted(p.name[len("seal-"):-len(".key")] for p in self.collector_keys.glob("seal-*.key"))
 
     # --- broker outputs -------------------------------------------------------------------
 
@@ -205,6 +285,8 @@ def init_fleet(path, broker_host, broker_port=8883, collector_user="collector", 
     col_key, col_cert = pki.issue_cert(ca_key, ca_cert, collector_user)
     pki.write_private(fleet.collector_key, pki.key_pem(col_key))
     pki.write_file(fleet.collector_crt, pki.cert_pem(col_cert))
+
+    fleet.make_collector_keys()
 
     pki.save_revoked(fleet.revoked_json, [])
     fleet.write_crl()

@@ -12,6 +12,10 @@ keeps and nobody else may see:
     DIR/collector/signing.key 0600, signing.pub   the collector's Ed25519 key: it signs config,
                                    deny lists and trust lists; terminals pin signing.pub
     DIR/collector/client.key 0600, client.crt     the collector's MQTT client certificate (CN = its user)
+    DIR/collector-keys/ 0700       the collector's personal-data keys (its collector.key_dir):
+                                   seal-<kid>.key 0600 (X25519, every one kept), seal.pub (pinned by
+                                   terminals), index.key 0600, data.key 0600; never in a bundle
+    DIR/rollout/seal-<kid>.json    the config update body of a rotated sealing key (collector-keys --rotate)
     DIR/devices/<id>/device.key 0600, device.crt, terminal.toml   one per terminal
     DIR/bundles/<id>.tar.gz 0600   what the technician carries to the terminal
 

@@ -6,8 +6,8 @@
 #
 # Steps: Debian packages -> service user -> virtual environment (--system-site-packages, so the
 # OS's picamera2 is seen) -> the chot package -> config and credentials under /etc/chot ->
-# (and the DCC schemas, when the bundle has dcc-schema/) -> systemd unit -> self-test -> service
-# enabled and started.
+# (and the DCC schemas, when the bundle has dcc-schema/) -> the bundle's copy of the device key
+# removed -> systemd unit -> self-test -> service enabled and started.
 # Idempotent: every file is compared before it is written and every package checked before it
 # is installed, so a second run changes nothing. Any failure stops it with a message.
 #
@@ -18,6 +18,8 @@
 #   --dry-run         say what would be done, change nothing
 #   --no-selftest     skip the self-test
 #   --no-apt          skip the Debian packages (an image that has them)
+#   --keep-bundle     keep the bundle's copy of the device key (default: removed once installed,
+#                     with chot-<id>.tar.gz next to the bundle or in the current directory)
 #   -h, --help
 # Environment (tests): CHOT_USER / CHOT_GROUP (service user, default chot), CHOT_ADMIN (owner of
 # root's files, default root), CHOT_APT_PACKAGES (the package list).
@@ -30,6 +32,7 @@ ROOT="${CHOT_ROOT:-}"
 DRY_RUN=0
 SELFTEST=1
 APT=1
+KEEP_BUNDLE=0
 SVC_USER="${CHOT_USER:-chot}"
 SVC_GROUP="${CHOT_GROUP:-$SVC_USER}"
 ADMIN="${CHOT_ADMIN:-root}"
@@ -46,7 +49,7 @@ die()  {
 }
 trap 'printf "%s: ERROR: unexpected failure at line %s (exit %s); run it again with bash -x to see more\n" "$PROG" "$LINENO" "$?" >&2' ERR
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -56,6 +59,7 @@ while [ $# -gt 0 ]; do
     --dry-run) DRY_RUN=1; shift ;;
     --no-selftest) SELFTEST=0; shift ;;
     --no-apt) APT=0; shift ;;
+    --keep-bundle) KEEP_BUNDLE=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
@@ -77,9 +81,13 @@ run() {  # run a command that changes the system, or only say it under --dry-run
 
 # --- checks -------------------------------------------------------------------------------------
 say "checking the bundle in $BUNDLE"
-for f in terminal.toml tls/ca.crt tls/device.crt tls/device.key collector.pub chot-terminal.service; do
+for f in terminal.toml tls/ca.crt tls/device.crt collector.pub collector-seal.pub chot-terminal.service; do
   [ -f "$BUNDLE/$f" ] || die "the bundle lacks $f: unpack the whole chot-<id>.tar.gz made by 'chot provision device' and run the script from it"
 done
+# the bundle's device key is removed once installed: a later run uses the installed one
+if [ ! -f "$BUNDLE/tls/device.key" ] && [ ! -f "$ETC/tls/device.key" ]; then
+  die "the bundle lacks tls/device.key and none is installed in $ETC/tls: unpack the whole chot-<id>.tar.gz made by 'chot provision device' (or make it again with 'chot provision bundle ID')"
+fi
 DEVICE_ID="$(sed -n 's/^id = "\(.*\)"$/\1/p' "$BUNDLE/terminal.toml" | head -n1)"
 [ -n "$DEVICE_ID" ] || die "$BUNDLE/terminal.toml has no [device] id: make the bundle again with 'chot provision device'"
 info "terminal $DEVICE_ID"
@@ -194,8 +202,13 @@ ensure_dir "$STATE" 750 "$SVC_USER:$SVC_GROUP"
 install_file "$BUNDLE/terminal.toml" "$ETC/terminal.toml" 640 "$ADMIN:$SVC_GROUP"
 install_file "$BUNDLE/tls/ca.crt" "$ETC/tls/ca.crt" 644 "$ADMIN:$ADMIN"
 install_file "$BUNDLE/tls/device.crt" "$ETC/tls/device.crt" 644 "$ADMIN:$ADMIN"
-install_file "$BUNDLE/tls/device.key" "$ETC/tls/device.key" 600 "$SVC_USER:$SVC_GROUP"
+if [ -f "$BUNDLE/tls/device.key" ]; then
+  install_file "$BUNDLE/tls/device.key" "$ETC/tls/device.key" 600 "$SVC_USER:$SVC_GROUP"
+else
+  info "kept $ETC/tls/device.key (the bundle's copy was removed after an earlier run)"
+fi
 install_file "$BUNDLE/collector.pub" "$ETC/collector.pub" 644 "$ADMIN:$ADMIN"
+install_file "$BUNDLE/collector-seal.pub" "$ETC/collector-seal.pub" 644 "$ADMIN:$ADMIN"
 if [ -d "$BUNDLE/trust" ] && [ -n "$(ls -A "$BUNDLE/trust")" ]; then
   ensure_dir "$ETC/trust" 755 "$ADMIN:$ADMIN"
   for t in "$BUNDLE"/trust/*; do
@@ -214,6 +227,40 @@ if [ -d "$BUNDLE/dcc-schema" ]; then
       install_file "$f" "$ETC/dcc-schema/$vname/$(basename "$f")" 644 "$ADMIN:$ADMIN"
     done
   done
+fi
+
+# --- the bundle's key material: once installed, it is removed -------------------------------------------
+# (the bundle and its tarball hold the terminal's private key in plaintext; /etc/chot/tls has the only copy kept)
+say "the bundle's copy of the device key"
+leftovers=()
+[ -f "$BUNDLE/tls/device.key" ] && leftovers+=("$BUNDLE/tls/device.key")
+for t in "$(dirname "$BUNDLE")/chot-$DEVICE_ID.tar.gz" "$PWD/chot-$DEVICE_ID.tar.gz"; do
+  [ -f "$t" ] || continue
+  case " ${leftovers[*]:-} " in *" $t "*) continue ;; esac
+  # only the tarball this key came from: a newer bundle of the same terminal is left alone
+  if [ -f "$ETC/tls/device.key" ] && tar -xzOf "$t" "chot-$DEVICE_ID/tls/device.key" 2>/dev/null | cmp -s - "$ETC/tls/device.key"; then
+    leftovers+=("$t")
+  elif [ "$DRY_RUN" = 1 ]; then
+    leftovers+=("$t")
+  else
+    info "left $t: it holds another key than the one installed (a newer bundle?)"
+  fi
+done
+if [ ${#leftovers[@]} -eq 0 ]; then
+  info "none left"
+elif [ "$KEEP_BUNDLE" = 1 ]; then
+  info "kept (--keep-bundle): ${leftovers[*]}; delete them yourself once the terminal works: they hold its private key"
+elif [ "$DRY_RUN" = 1 ]; then
+  info "would remove: ${leftovers[*]}"
+elif [ -f "$ETC/tls/device.key" ] && { [ ! -f "$BUNDLE/tls/device.key" ] || cmp -s "$BUNDLE/tls/device.key" "$ETC/tls/device.key"; }; then
+  for f in "${leftovers[@]}"; do
+    if command -v shred >/dev/null 2>&1; then shred -u -- "$f" 2>/dev/null || rm -f -- "$f"; else rm -f -- "$f"; fi
+    [ -e "$f" ] && die "cannot remove $f: delete it by hand, it holds the terminal's private key"
+    info "removed $f"
+  done
+  info "(on an SD card or USB stick the blocks may survive deletion: carry bundles on encrypted media)"
+else
+  die "the installed $ETC/tls/device.key differs from the bundle's: nothing removed; run the script again"
 fi
 
 # --- 5. systemd unit -----------------------------------------------------------------------------------------

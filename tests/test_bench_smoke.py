@@ -44,7 +44,10 @@ def test_smoke_run_writes_every_area_and_the_table(tmp_path):
     ids = {f["id"] for a in results["areas"].values() for f in a["figures"]}
     for want in ("decode.zxing.640x480.qr", "decode.pyzbar.1280x720.empty", "decode.opencv.640x480.qr",
                  "decode.photos.zxing", "pipeline.FULL.p50", "pipeline.FULL.p99", "pipeline.FULL.commit.p50",
-                 "verify.native", "verify.dcc", "verify.shc", "outbox.commits.FULL", "outbox.commits.NORMAL",
+                 "verify.native", "verify.dcc", "verify.shc", "privacy.argon2.default.cpu",
+                 "privacy.argon2.default.wall", "privacy.argon2.default.reversal", "privacy.argon2.t1.m16",
+                 "privacy.seal.sealer", "privacy.open.opener", "privacy.index.hmac", "privacy.data.encrypt",
+                 "privacy.data.decrypt", "outbox.commits.FULL", "outbox.commits.NORMAL",
                  "outbox.drain", "collector.bare", "collector.nostore", "collector.sqlite", "collector.postgresql",
                  "tracing.contacts.sqlite", "tracing.contacts.postgresql", "tracing.load.sqlite"):
         assert want in ids, want

@@ -17,6 +17,7 @@ from cryptography import x509
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chot.personal import PERSON_FIELDS
 from device.credentials import dcc, native, shc
 from device.credentials.reasons import REASONS
 from device.credentials.result import Verification
@@ -35,6 +36,13 @@ def _check(v, fmt):
     if not v.verified:
         assert v.reason in REASONS, v.reason
         assert False in v.steps.values()
+    # the person's fields: only known keys, a person id only in the two documented shapes, and
+    # (DCC, SHC) nothing about the person unless the signature verified
+    assert isinstance(v.person, dict) and set(v.person) <= set(PERSON_FIELDS), v.person
+    assert v.person_id is None or v.person_id.startswith(("id:", "nd:"))
+    assert v.credential_id is None or isinstance(v.credential_id, str)
+    if fmt in ("dcc", "shc") and v.steps.get("signature") is not True:
+        assert v.person == {} and v.person_id is None and v.credential_id is None
     return v
 
 

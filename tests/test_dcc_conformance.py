@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from PIL import Image
 
+from chot import personal
 from device.credentials import dcc, native, shc
 from device.credentials.policy import Checker, Policy
 from device.credentials.result import Verification
@@ -280,7 +281,7 @@ def test_shc_unknown_issuer_without_trust(shc_dir):
     text = (shc_dir / "example-00-f-qr-code-numeric-value-0.txt").read_text()
     v = shc.verify(text, TrustStore(), SHC_AT)
     assert v.steps["signature"] is False and v.reason == "unknown_issuer"
-    assert v.subject_key is None and v.subject == {}
+    assert v.person_id is None and v.person == {} and v.credential_id is None
 
 
 # ---------------------------------------------------------------- DCC trust material
@@ -316,7 +317,7 @@ def test_dcc_trust_list_single_certificates_and_unknown_kid(testdata, tmp_path):
                 assert v.steps["signature"] is True, (files, i, v.detail)
             else:
                 assert v.steps["signature"] is False and v.reason == "unknown_issuer"
-                assert v.subject_key is None
+                assert v.person_id is None and v.person == {} and v.credential_id is None
 
 
 def test_dcc_broken_trust_list_is_refused(tmp_path):
@@ -403,8 +404,9 @@ def test_dcc_policy_rules(signer, kind, entry, cfg, expected):
     text = make_dcc(signer, kind, entry)
     v, d = Checker(signer[2], Policy(cfg)).check(text, NOW)
     assert d.reason == expected, (v.reason, v.detail, v.steps)
-    assert v.verified and v.subject_key and v.subject["birth_year"] == 1990
-    assert "NGUYEN" not in json.dumps(v.subject) and "Nguyễn" not in json.dumps(v.subject)
+    assert v.verified and v.person_id == "nd:NGUYEN VAN AN|1990-05-17" and v.person["dob"] == "1990-05-17"
+    assert v.credential_id == entry["ci"] and v.kind == dcc.KINDS[kind] == v.person["kind"]
+    assert "NGUYEN" not in repr(v) and "Nguy" not in repr(v) and entry["ci"] not in repr(v)
 
 
 @pytest.mark.parametrize("ekus,kind,ok", [
@@ -426,13 +428,40 @@ def test_dcc_recovery_rules_direct():
     assert dcc.rules(v, {"dcc_recovery_days": 30}, NOW) == "recovery_expired"
 
 
-def test_dcc_subject_key_is_stable_and_not_the_name(signer):
+def test_dcc_person_id_is_stable_and_only_when_signed(signer):
     a = dcc.verify(make_dcc(signer, "v", vacc(2, 2)), signer[2], NOW)
     b = dcc.verify(make_dcc(signer, "t", test("260415000", "2021-09-01T06:00:00Z")), signer[2], NOW)
     c = dcc.verify(make_dcc(signer, "v", vacc(2, 2), dob="1991-05-17"), signer[2], NOW)
-    assert a.subject_key == b.subject_key != c.subject_key
-    assert len(a.subject_key) == 64
-    assert a.subject == {"name_masked": "N. V. A.", "birth_year": 1990, "kind": "vaccination"}
+    assert a.person_id == b.person_id == personal.person_id_for_name_dob("Nguyễn Văn An", "1990-05-17")
+    assert c.person_id == "nd:NGUYEN VAN AN|1991-05-17"
+    assert a.person == {"kind": "vaccination", "name": "Nguyễn Văn An", "dob": "1990-05-17", "doses": 2,
+                        "last_dose": "2021-06-01", "issuer": "VN"}
+    assert set(a.person) <= set(personal.PERSON_FIELDS)
+    assert (a.credential_id, b.credential_id) == ("URN:UVCI:01:VN:ABC123", "URN:UVCI:01:VN:T1")
+    assert (a.kind, b.kind) == ("vaccination", "test")
+    # signed by a certificate nobody trusts: the kind is known, the person is not filled
+    other = _signer([OID_V])
+    u = dcc.verify(make_dcc(other, "v", vacc(2, 2)), signer[2], NOW)
+    assert u.reason == "unknown_issuer" and u.kind == "vaccination"
+    assert u.person == {} and u.person_id is None and u.credential_id is None
+    # a certificate without a usable date of birth names nobody (no person id), still verifies
+    d = dcc.verify(make_dcc(signer, "v", vacc(2, 2), dob=""), signer[2], NOW)
+    assert d.steps["signature"] is True and d.person_id is None and d.person["name"] == "Nguyễn Văn An"
+
+
+def test_dcc_deny_list_by_person_and_by_certificate_identifier(signer):
+    from device.credentials.denylist import DenyList
+
+    small = {"t": 1, "m_kib": 8192, "p": 1}
+    text = make_dcc(signer, "v", vacc(2, 2))
+    person = DenyList.build(1, [personal.person_id_for_name_dob("NGUYEN VAN AN", "1990-05-17")], params=small)
+    assert Checker(signer[2], Policy({}, person)).check(text, NOW)[1].reason == "denylisted"
+    other = make_dcc(signer, "v", vacc(2, 2), dob="1991-05-17")
+    assert Checker(signer[2], Policy({}, person)).check(other, NOW)[1].reason == "ok"
+    revoked = DenyList.build(2, credential_ids=["URN:UVCI:01:VN:ABC123"], params=small)
+    assert Checker(signer[2], Policy({}, revoked)).check(text, NOW)[1].reason == "revoked"
+    test_text = make_dcc(signer, "t", test("260415000", "2021-09-01T06:00:00Z"))
+    assert Checker(signer[2], Policy({}, revoked)).check(test_text, NOW)[1].reason == "ok"
 
 
 def test_dcc_time_and_certificate_validity(signer):

@@ -10,7 +10,7 @@ import pytest
 import zxingcpp
 from PIL import Image
 
-from chot import wire
+from chot import personal
 from chot.cli import main
 from device.credentials import keys
 from device.credentials.issue_cli import HANOI_WARDS, make_test_identities
@@ -71,8 +71,10 @@ def test_declaration_png_decodes_to_the_exact_text(keydir, tmp_path, capsys):
     at = datetime(2021, 8, 9, 3, 0, tzinfo=UTC)
     v, d = checker.check(texts[0], at)
     assert (d.decision, d.reason) == ("PASS", "ok")
-    assert v.subject_key == wire.subject_key_for_id(idn)
-    assert v.subject["purpose"] == "delivery" and v.subject["name_masked"] == "T. T. H."
+    assert v.person_id == personal.person_id_for_id(idn)
+    assert (v.person["name"], v.person["id_number"], v.person["phone"]) == (name, idn, "0987654321")
+    assert v.person["purpose"] == "delivery" and v.person["ward"] == "Hàng Bạc, Hoàn Kiếm"
+    assert idn not in repr(v) and name not in repr(v)
     assert v.issued_at == datetime(2021, 8, 9, 0, 30, tzinfo=UTC)
     assert v.expires_at == datetime(2021, 8, 9, 12, 30, tzinfo=UTC)
     assert checker.check(texts[0], datetime(2021, 8, 9, 13, 0, tzinfo=UTC))[1].reason == "expired"
@@ -127,7 +129,7 @@ def test_batch_reports_the_bad_row_and_issues_the_rest(keydir, tmp_path, capsys)
     for r in index:
         (text,) = read_qr(out_dir / r["png"])
         v, d = checker.check(text)
-        assert v.subject["declaration_id"] == r["declaration_id"]
+        assert v.credential_id == r["declaration_id"] and r["png"] == f"decl-{v.credential_id}.png"
         assert v.expires_at - v.issued_at == __import__("datetime").timedelta(hours=48)
         reasons.append(d.reason)
     assert reasons == ["ok", "symptoms_declared", "ok"]

@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chot import wire
+from chot import personal
 from chot.errors import CredentialError
 from device.credentials import keys, native
 from device.credentials.issue_cli import issue_declaration, make_test_identities
@@ -30,6 +30,7 @@ from device.credentials.trust import TrustStore, dcc_kid
 from device.credentials.verify import format_of, verify_text
 
 AT = datetime(2021, 8, 9, 8, 0, tzinfo=UTC)
+SMALL_ARGON2 = {"t": 1, "m_kib": 8192, "p": 1}  # fast, for tests
 PERSON = {
     "id_number": "001090012345",
     "name": "Nguyễn Văn An",
@@ -118,14 +119,22 @@ def test_issued_declaration_passes(issuer):
     assert v.format == "native" and v.verified and v.reason is None
     assert list(v.steps) == ["decode", "signature", "issuer", "time"]
     assert all(v.steps.values())
-    assert v.subject_key == wire.subject_key_for_id(PERSON["id_number"])
-    assert v.issuer == keys.kid_of(issuer).hex() == v.subject["issuer"]
-    assert v.subject["name_masked"] == "N. V. A."
-    assert v.subject["birth_year"] == 1990 and v.subject["vaccinated_doses"] == 2
-    assert v.subject["ward"] == PERSON["ward"] and v.subject["purpose"] == "resident"
-    shown = json.dumps(v.subject, ensure_ascii=False)
-    for secret in (PERSON["id_number"], PERSON["name"], PERSON["phone"], "Nguy"):
+    assert v.person_id == personal.person_id_for_id(PERSON["id_number"]) == "id:001090012345"
+    assert v.issuer == keys.kid_of(issuer).hex() == v.person["issuer"]
+    assert v.kind == "declaration" == v.person["kind"]
+    assert v.credential_id == native.decode(text).fields["declaration_id"] and len(v.credential_id) == 16
+    assert v.person == {
+        "id_number": PERSON["id_number"], "name": PERSON["name"], "phone": PERSON["phone"], "dob": PERSON["dob"],
+        "address": PERSON["address"], "ward": PERSON["ward"],
+        "health": {"symptoms": False, "contact": False, "travel": False},
+        "purpose": "resident", "doses": 2, "last_dose": "2021-07-01", "issuer": v.issuer, "kind": "declaration",
+    }
+    assert set(v.person) <= set(personal.PERSON_FIELDS)
+    shown = repr(v) + repr(d)
+    for secret in (PERSON["id_number"], PERSON["name"], PERSON["phone"], "Nguy", "Hàng Bạc", "Phúc Tân",
+                   PERSON["dob"], v.credential_id):
         assert secret not in shown and secret not in (v.detail or "")
+    assert not hasattr(native, "summary")
     assert v.claims == {"symptoms": False, "contact": False, "travel": False, "doses": 2,
                         "last_dose": "2021-07-01", "purpose": "resident"}
     assert v.expires_at - v.issued_at == timedelta(hours=24)
@@ -151,7 +160,7 @@ def test_fake_identities_all_pass(ed_key):
     for p in people:
         v, d = check(issue_declaration(ed_key, p, AT, timedelta(hours=12)), trust)
         assert d.passed, (d, v.detail)
-        assert v.subject_key == wire.subject_key_for_id(p["id_number"])
+        assert v.person_id == personal.person_id_for_id(p["id_number"]) and v.person["name"] == p["name"]
 
 
 # ---------------------------------------------------------------- forged and tampered
@@ -288,16 +297,32 @@ def test_health_answers_fail(issuer, answers, reason):
     assert v.verified and (d.decision, d.reason) == ("FAIL", reason)
 
 
-def test_denylisted(ed_key):
+def test_denylisted_and_revoked(ed_key):
     from device.credentials.denylist import DenyList
 
     trust = store_for(ed_key)
-    deny = DenyList.from_subject_keys([wire.subject_key_for_id(PERSON["id_number"])])
-    v, d = Checker(trust, Policy({}, deny)).check(issue(ed_key), AT)
+    text = issue(ed_key)
+    deny = DenyList.build(1, [personal.person_id_for_id("001 090 012 345")], params=SMALL_ARGON2)
+    v, d = Checker(trust, Policy({}, deny)).check(text, AT)
     assert (d.decision, d.reason) == ("FAIL", "denylisted")
     other = issue(ed_key, id_number="001090099999")
     v, d = Checker(trust, Policy({}, deny)).check(other, AT)
     assert d.passed
+    revoked = DenyList.build(2, credential_ids=[v.credential_id], params=SMALL_ARGON2)
+    assert Checker(trust, Policy({}, revoked)).check(other, AT)[1].reason == "revoked"
+    assert Checker(trust, Policy({}, revoked)).check(text, AT)[1].passed
+
+
+def test_unusable_id_number_is_unreadable(ed_key):
+    """A signed declaration whose ID number is not letters and digits names nobody: unreadable."""
+    protected, unprot, payload, _sig = cose_parts(issue(ed_key))
+    claims = cbor2.loads(payload)
+    claims[native.CLAIM_DECL][native.D_ID] = "số CCCD?"
+    payload = cbor2.dumps(claims)
+    sig = native.cose_sign(ed_key, native.sig_structure(protected, payload))
+    v, d = check(encode([protected, unprot, payload, sig]), store_for(ed_key))
+    assert (d.decision, d.reason) == ("FAIL", "unreadable") and v.steps["decode"] is False
+    assert v.person == {} and v.person_id is None
 
 
 # ---------------------------------------------------------------- plain, unknown, garbled
@@ -305,23 +330,28 @@ def test_denylisted(ed_key):
 
 @pytest.mark.parametrize(
     "text, kind",
-    [("001090012345", "id_number"), ("012345678", "id_number"), ("https://tokhaiyte.vn/?id=abc123", "url"),
-     ("Xin chào", "text")],
+    [("001090012345", "id_text"), ("012345678", "id_text"), ("001 090.012-345", "id_text"),
+     ("https://tokhaiyte.vn/?id=abc123", "url"), ("Xin chào", "text"), ("12345", "text")],
 )
 def test_unsigned_plain_texts(ed_key, text, kind):
     v, d = check(text, store_for(ed_key))
-    assert v.format == "plain" and v.subject["kind"] == kind
+    assert v.format == "plain" and v.kind == kind and not v.verified
     assert (d.decision, d.reason) == ("FAIL", "unsigned")
-    assert text not in json.dumps(v.subject)
+    assert text not in repr(v)
+    if kind == "id_text":
+        assert v.person == {"id_number": personal.normalise_id_number(text.replace(" ", "")), "kind": "id_text"}
+        assert v.person_id == personal.person_id_for_id(text)
+    else:  # nothing taken from the text: no person, no id, no hash of it
+        assert v.person == {} and v.person_id is None and v.credential_id is None
     v, d = check(text, store_for(ed_key), accept_plain=True)
     assert d.passed
 
 
-def test_plain_id_shares_the_subject_key():
+def test_plain_id_names_the_same_person_as_the_declaration(ed_key):
     v = verify_text("001090012345\n", None, AT)
-    assert v.subject_key == wire.subject_key_for_id("001090012345")
-    url = verify_text("https://tokhaiyte.vn/khai-bao?ma=XYZ", None, AT)
-    assert url.subject["known_site"] == "tokhaiyte.vn" and url.subject_key
+    signed, _ = check(issue(ed_key), store_for(ed_key))
+    assert v.person_id == signed.person_id == "id:001090012345"
+    assert v.credential_id is None and v.reason == "unsigned"
 
 
 def _garbled(key):

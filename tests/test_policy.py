@@ -1,13 +1,15 @@
 """The pass/fail policy and the deny list: rules from the config, reasons from the documented list."""
 
 import json
+import stat
 import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from chot import wire
+from chot import personal
 from chot.errors import CredentialError
+from chot.wire import DecisionCode, Reason
 from device.config import SCHEMA, load_terminal_config
 from device.credentials import keys
 from device.credentials.denylist import DenyList
@@ -18,6 +20,7 @@ from device.credentials.result import Verification
 from device.credentials.trust import TrustStore
 
 AT = datetime(2021, 8, 9, 8, 0, tzinfo=UTC)
+SMALL_ARGON2 = {"t": 1, "m_kib": 8192, "p": 1}  # fast, for tests
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +85,27 @@ def test_plain_texts(trust, person):
     assert decide(trust, "https://tokhaiyte.vn/abc").reason == "unsigned"
     assert decide(trust, idn, {"accept_plain": True}).reason == "ok"
     assert decide(trust, idn, {"accept_formats": ["native", "plain"]}).reason == "ok"
-    deny = DenyList.from_subject_keys([wire.subject_key_for_id(idn)])
-    d = decide(trust, idn, {"accept_plain": True}, deny)
-    assert (d.decision, d.reason) == ("FAIL", "denylisted")
+    # An unsigned ID names nobody for sure: the deny list's persons are not consulted.
+    deny = DenyList.build(1, [personal.person_id_for_id(idn)], params=SMALL_ARGON2)
+    assert decide(trust, idn, {"accept_plain": True}, deny).reason == "ok"
+    assert decide(trust, idn, {}, deny).reason == "unsigned"
 
 
-def test_denylist_matches_across_formats(key, trust, person):
-    deny = DenyList.from_subject_keys([wire.subject_key_for_id(person["id_number"])])
+def test_denylist_after_verification(key, trust, person):
+    deny = DenyList.build(1, [personal.person_id_for_id(person["id_number"])], params=SMALL_ARGON2)
     assert decide(trust, decl(key, person), deny=deny).reason == "denylisted"
     # Verification failures come first: a forged card is bad_signature, whoever it names.
     stranger = keys.generate("es256")
     assert decide(trust, decl(stranger, person), deny=deny).reason == "unknown_issuer"
+    # the deny list comes before the health answers
+    assert decide(trust, decl(key, person, symptoms=True), deny=deny).reason == "denylisted"
+
+
+def test_decisions_use_the_wire_enums(key, trust, person):
+    d = decide(trust, decl(key, person))
+    assert d.decision is DecisionCode.PASS and d.reason is Reason.OK
+    assert Policy.manual().reason is Reason.MANUAL
+    assert decide(trust, person["id_number"]).reason is Reason.UNSIGNED
 
 
 def test_verification_failure_reasons_pass_through(trust):
@@ -142,43 +155,47 @@ def test_every_policy_reason_is_documented(key, trust, person):
 # ---------------------------------------------------------------- the deny list
 
 
-def test_denylist_stores_only_salted_hashes(tmp_path):
-    keys_ = [wire.subject_key_for_id(f"00109001234{i}") for i in range(5)]
-    deny = DenyList.from_subject_keys(keys_, version=3)
+def test_denylist_stores_only_hashes(tmp_path):
+    ids = [personal.person_id_for_id(f"00109001234{i}") for i in range(5)]
+    deny = DenyList.build(3, ids, ["cafe0001", "cafe0002"], params=SMALL_ARGON2)
     path = tmp_path / "deny.json"
     deny.save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
     raw = path.read_text()
-    assert all(k not in raw for k in keys_) and "001090012340" not in raw
+    assert "00109001234" not in raw and "cafe0001" not in raw
     loaded = DenyList.load(path)
-    assert loaded.version == 3 and len(loaded) == 5
-    assert all(loaded.contains(k) for k in keys_)
-    assert not loaded.contains(wire.subject_key_for_id("001090099999"))
-    assert not loaded.contains(None) and not loaded.contains("")
-    # Two lists of the same subjects with different salts share no entry.
-    other = DenyList.from_subject_keys(keys_)
-    assert not set(other.to_dict()["entries"]) & set(deny.to_dict()["entries"])
+    assert loaded.version == 3 and len(loaded) == 7 and (loaded.person_count, loaded.revoked_count) == (5, 2)
+    assert loaded.to_dict() == deny.to_dict() == json.loads(raw)
+    assert all(loaded.is_denied_person(i) for i in ids)
+    assert not loaded.is_denied_person(personal.person_id_for_id("001090099999"))
+    assert not loaded.is_denied_person(None) and not loaded.is_denied_person("")
+    assert loaded.is_revoked("cafe0002") and not loaded.is_revoked("cafe0003") and not loaded.is_revoked(None)
+    # Two lists of the same persons with different salts share no entry.
+    other = DenyList.build(3, ids, params=SMALL_ARGON2)
+    assert not set(other.to_dict()["persons"]) & set(deny.to_dict()["persons"])
+    assert "persons=5" in repr(deny) and "0010" not in repr(deny)
 
 
 def test_denylist_replace_is_versioned():
-    a, b = wire.subject_key_for_id("001090000001"), wire.subject_key_for_id("001090000002")
-    deny = DenyList.from_subject_keys([a], version=1)
-    assert deny.replace(DenyList.from_subject_keys([b], version=2))
-    assert deny.contains(b) and not deny.contains(a) and deny.version == 2
-    assert not deny.replace(DenyList.from_subject_keys([a], version=1))  # stale broadcast refused
-    assert deny.contains(b) and deny.version == 2
+    a, b = personal.person_id_for_id("001090000001"), personal.person_id_for_id("001090000002")
+    deny = DenyList.build(1, [a], params=SMALL_ARGON2)
+    assert deny.replace(DenyList.build(2, [b], params=SMALL_ARGON2))
+    assert deny.is_denied_person(b) and not deny.is_denied_person(a) and deny.version == 2
+    assert not deny.replace(DenyList.build(1, [a], params=SMALL_ARGON2))  # stale broadcast refused
+    assert deny.is_denied_person(b) and not deny.is_denied_person(a) and deny.version == 2
 
 
 def test_denylist_replace_under_concurrent_reads():
-    keys_ = [wire.subject_key_for_id(f"0010900{i:05d}") for i in range(200)]
-    deny = DenyList.from_subject_keys(keys_, version=1)
+    creds = [f"cred-{i}" for i in range(200)]
+    deny = DenyList.build(1, credential_ids=creds, params=SMALL_ARGON2)
     stop = threading.Event()
     errors = []
 
     def reader():
         while not stop.is_set():
             try:
-                # Every list below holds all of keys_, so a torn read (new salt, old entries) would miss.
-                if not deny.contains(keys_[7]):
+                # Every list below holds all of creds, so a torn read (new salt, old entries) would miss.
+                if not deny.is_revoked(creds[7]):
                     errors.append("miss")
             except Exception as exc:  # pragma: no cover - the failure being tested for
                 errors.append(repr(exc))
@@ -187,23 +204,37 @@ def test_denylist_replace_under_concurrent_reads():
     for t in threads:
         t.start()
     for v in range(2, 202):
-        deny.replace(DenyList.from_subject_keys(keys_, version=v))
+        deny.replace(DenyList.build(v, credential_ids=creds, params=SMALL_ARGON2))
     stop.set()
     for t in threads:
         t.join()
     assert errors == [] and deny.version == 201
 
 
+def _body(**changes):
+    body = personal.make_denylist_body(1, [], ["c1"], SMALL_ARGON2)
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
 @pytest.mark.parametrize(
-    "obj",
-    [{"salt": "zz", "entries": []}, {"salt": "00", "entries": ["ABC"]}, {"salt": "00", "version": -1},
-     {"format": "other", "salt": "00"}, [], {"entries": []}],
+    "obj, match",
+    [({"salt": "zz"}, "salt"), ({"salt": "00"}, "salt"), ({"version": -1}, "version"), ({"version": True}, "version"),
+     ({"format": "chot-denylist-v1"}, "format"), ({"revoked": ["ABC"]}, "revoked"), ({"persons": "x"}, "persons"),
+     ({"argon2": {"t": 1, "m_kib": 10**7, "p": 1}}, "m_kib"), ({"argon2": _DROP}, "missing"),
+     ({"entries": []}, "unknown")],
 )
-def test_denylist_rejects_bad_files(tmp_path, obj):
+def test_denylist_rejects_bad_files(tmp_path, obj, match):
     path = tmp_path / "d.json"
-    path.write_text(json.dumps(obj))
-    with pytest.raises(CredentialError):
+    path.write_text(json.dumps(_body(**obj)))
+    with pytest.raises(CredentialError, match=match):
         DenyList.load(path)
+    for bad in ([], "x", {"format": "chot-denylist-v1", "salt": "00", "entries": []}):
+        with pytest.raises(CredentialError):
+            DenyList.from_dict(bad)
 
 
 # ---------------------------------------------------------------- wired from a terminal config
@@ -211,7 +242,7 @@ def test_denylist_rejects_bad_files(tmp_path, obj):
 
 def test_checker_from_terminal_config(tmp_path, key, person):
     (tmp_path / "issuer.pub.pem").write_bytes(keys.public_pem(key))
-    DenyList.from_subject_keys([wire.subject_key_for_id("001090000007")]).save(tmp_path / "deny.json")
+    DenyList.build(1, [personal.person_id_for_id("001090000007")], params=SMALL_ARGON2).save(tmp_path / "deny.json")
     conf = tmp_path / "terminal.toml"
     conf.write_text(
         '[device]\nid = "t1"\ncheckpoint = "phuc-tan-1"\ndirection = "in"\n'
@@ -225,6 +256,10 @@ def test_checker_from_terminal_config(tmp_path, key, person):
     assert checker.check(decl(key, {**person, "id_number": "001090000007"}), AT)[1].reason == "denylisted"
     with pytest.raises(CredentialError, match="does not exist"):
         Checker.from_config({"trusted_issuers": [str(tmp_path / "nope.pem")]})
+
+
+def test_reasons_are_the_wire_reasons():
+    assert set(REASONS) == {r.value for r in Reason}
 
 
 def test_docs_list_every_reason_code():

@@ -22,6 +22,12 @@ from provisioning import pki
 from provisioning.fleet import Fleet
 
 KEYS = ["ca/ca.key", "broker/server.key", "collector/signing.key", "collector/client.key"]
+COLLECTOR_SECRETS = ["collector-keys/index.key", "collector-keys/data.key"]  # + collector-keys/seal-*.key
+
+
+def collector_secrets(d):
+    """The files of collector-keys/ that must never leave the fleet directory but for the collector."""
+    return sorted((d / "collector-keys").glob("seal-*.key")) + [d / s for s in COLLECTOR_SECRETS]
 
 
 def mode(path):
@@ -35,6 +41,10 @@ def fleet_dir(tmp_path, capsys):
     out = capsys.readouterr().out
     for key in KEYS:
         assert "PRIVATE KEY" not in out and (d / key).read_text() not in out
+    for f in collector_secrets(d):
+        secret = f.read_text().split()[-1]
+        assert secret not in out, f
+    assert "collector-keys" in out and "seal.pub" in out and "index.key" in out and "data.key" in out
     return d
 
 
@@ -71,6 +81,118 @@ def test_init_fleet_makes_ca_broker_and_collector_credentials(fleet_dir):
     assert fleet["broker_host"] == "broker.hanoi.example" and fleet["broker_port"] == 8883
 
 
+def test_init_fleet_makes_the_collector_keys(fleet_dir):
+    from chot import personal
+
+    kdir = fleet_dir / "collector-keys"
+    assert mode(kdir) == 0o700
+    seals = sorted(kdir.glob("seal-*.key"))
+    assert len(seals) == 1 and mode(seals[0]) == 0o600
+    assert mode(kdir / "seal.pub") == 0o644
+    assert mode(kdir / "index.key") == 0o600 and mode(kdir / "data.key") == 0o600
+    kid, raw = personal.load_public_key(kdir / "seal.pub")
+    assert seals[0].name == f"seal-{kid}.key"
+    # what a terminal seals to the pinned key, the collector opens with the key folder
+    sealed = personal.Sealer(raw).seal("u-1", {"name": "Nguyễn Văn An"}, "id:001090012345", "cred-1")
+    opened = personal.Opener.from_dir(kdir).open(sealed, "u-1")
+    assert (opened.person, opened.person_id, opened.credential_id) == ({"name": "Nguyễn Văn An"},
+                                                                       "id:001090012345", "cred-1")
+    index = personal.PersonIndex.from_file(kdir / "index.key")
+    assert len(index.key("id:001090012345")) == 64
+    cipher = personal.DataCipher.from_file(kdir / "data.key")
+    assert cipher.decrypt(cipher.encrypt({"a": 1}, "d", 1), "d", 1) == {"a": 1}
+    assert (kdir / "index.key").read_bytes() != (kdir / "data.key").read_bytes()
+
+
+def test_collector_keys_makes_what_is_missing_and_rotates(fleet_dir, capsys):
+    from chot import personal
+    from provisioning.devices import provision_device
+
+    kdir = fleet_dir / "collector-keys"
+    before = {p.name: p.read_bytes() for p in kdir.iterdir()}
+    capsys.readouterr()
+    assert chot_main(["provision", "collector-keys", "--fleet", str(fleet_dir)]) == 0
+    assert "nothing to make" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in kdir.iterdir()} == before  # nothing replaced
+
+    (kdir / "data.key").unlink()
+    assert chot_main(["provision", "collector-keys", "--fleet", str(fleet_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "made data key" in out and "sealing key" not in out.split("current")[0]
+    assert (kdir / "index.key").read_bytes() == before["index.key"] and mode(kdir / "data.key") == 0o600
+
+    f = Fleet(fleet_dir)
+    provision_device(f, "gate-r", "cp", "in")
+    old_kid, old_raw = personal.load_public_key(kdir / "seal.pub")
+    old_sealed = personal.Sealer(old_raw).seal("u-old", {"name": "A"}, "id:1", None)
+    assert chot_main(["provision", "collector-keys", "--fleet", str(fleet_dir), "--rotate"]) == 0
+    out = capsys.readouterr().out
+    new_kid, new_raw = personal.load_public_key(kdir / "seal.pub")
+    assert new_kid != old_kid
+    assert sorted(p.name for p in kdir.glob("seal-*.key")) == sorted([f"seal-{old_kid}.key", f"seal-{new_kid}.key"])
+    assert (kdir / f"seal-{old_kid}.key").read_bytes() == before[f"seal-{old_kid}.key"]  # old private key kept
+    # events sealed to the old key and to the new one both open
+    opener = personal.Opener.from_dir(kdir)
+    assert opener.open(old_sealed, "u-old").person == {"name": "A"}
+    assert opener.open(personal.Sealer(new_raw).seal("u-new", {"name": "B"}, "id:2", None), "u-new").person == {
+        "name": "B"}
+    # how to roll it out: the signed config body, one set-config per enrolled terminal, or new bundles
+    body_path = fleet_dir / "rollout" / f"seal-{new_kid}.json"
+    import json
+
+    body = json.loads(body_path.read_text())
+    assert body == {"privacy": {"seal_public_key": (kdir / "seal.pub").read_text().strip()}}
+    assert f"chot collector set-config gate-r {body_path}" in out
+    assert new_kid in out and "chot provision bundle" in out and f"seal-{new_kid}.key" in out
+    for p in kdir.glob("seal-*.key"):
+        assert p.read_text().split()[-1] not in out
+    # a rebuilt bundle pins the new key
+    assert chot_main(["provision", "bundle", "gate-r", "--fleet", str(fleet_dir)]) == 0
+    with tarfile.open(fleet_dir / "bundles/chot-gate-r.tar.gz") as tar:
+        assert tar.extractfile("chot-gate-r/collector-seal.pub").read() == (kdir / "seal.pub").read_bytes()
+
+
+def test_a_fleet_without_collector_keys_is_told_to_make_them(fleet_dir, capsys):
+    import shutil
+
+    from provisioning.devices import provision_device
+
+    f = Fleet(fleet_dir)
+    provision_device(f, "gate-o", "cp", "in")
+    shutil.rmtree(fleet_dir / "collector-keys")  # a fleet made before the personal-data keys
+    # its terminal.toml as an older version wrote it: no [privacy]
+    toml = f.device_dir("gate-o") / "terminal.toml"
+    text = toml.read_text()
+    toml.write_text(text[:text.index("[privacy]")])
+    assert "privacy" not in toml.read_text()
+    capsys.readouterr()
+    for argv in (["device", "gate-n", "--checkpoint", "cp", "--direction", "in"], ["bundle", "gate-o"]):
+        assert chot_main(["provision", *argv, "--fleet", str(fleet_dir)]) != 0
+        err = capsys.readouterr().err
+        assert "chot provision collector-keys" in err, err
+    assert not f.device_dir("gate-n").exists()
+    # a seal.pub whose private key is gone: restore it or rotate
+    assert chot_main(["provision", "collector-keys", "--fleet", str(fleet_dir)]) == 0
+    assert mode(fleet_dir / "collector-keys") == 0o700
+    assert "made sealing key" in capsys.readouterr().out
+    for p in (fleet_dir / "collector-keys").glob("seal-*.key"):
+        p.unlink()
+    (fleet_dir / "collector-keys" / "seal-0000000000000000.key").write_text("x")  # not the one seal.pub names
+    (fleet_dir / "collector-keys" / "seal-0000000000000000.key").chmod(0o600)
+    assert chot_main(["provision", "collector-keys", "--fleet", str(fleet_dir)]) != 0
+    err = capsys.readouterr().err
+    assert "missing" in err and "backup" in err and "--rotate" in err
+    (fleet_dir / "collector-keys" / "seal-0000000000000000.key").unlink()
+    assert chot_main(["provision", "collector-keys", "--fleet", str(fleet_dir)]) == 0  # no private key: a new pair
+    # the older device's bundle now pins the key and its config names it
+    assert chot_main(["provision", "bundle", "gate-o", "--fleet", str(fleet_dir)]) == 0
+    cfg = load_terminal_config(toml)
+    assert cfg.privacy.seal_public_key == "/etc/chot/collector-seal.pub"
+    with tarfile.open(f.bundle_path("gate-o")) as tar:
+        assert tar.extractfile("chot-gate-o/collector-seal.pub").read() == f.seal_pub.read_bytes()
+        assert tar.extractfile("chot-gate-o/terminal.toml").read() == toml.read_bytes()
+
+
 def test_init_fleet_refuses_to_replace_a_ca(fleet_dir):
     before = (fleet_dir / "ca/ca.key").read_bytes()
     assert chot_main(["provision", "init-fleet", str(fleet_dir), "--broker-host", "x.example"]) != 0
@@ -98,6 +220,7 @@ def test_device_enrolment_writes_key_cert_config_and_one_bundle(fleet_dir, tmp_p
     assert (cfg.mqtt.ca, cfg.mqtt.cert, cfg.mqtt.key) == (
         "/etc/chot/tls/ca.crt", "/etc/chot/tls/device.crt", "/etc/chot/tls/device.key")
     assert cfg.mqtt.collector_public_key == "/etc/chot/collector.pub"
+    assert cfg.privacy.seal_public_key == "/etc/chot/collector-seal.pub"
     assert cfg.outbox.path == "/var/lib/chot/outbox.db"
     assert (cfg.pins.pass_led, cfg.pins.buzzer, cfg.pins.relay) == ("GPIO23", "GPIO24", "GPIO25")
     assert cfg.policy.max_age_h == 12.0 and cfg.policy.trusted_issuers == ["/etc/chot/trust/issuer.pub"]
@@ -110,12 +233,50 @@ def test_device_enrolment_writes_key_cert_config_and_one_bundle(fleet_dir, tmp_p
         assert {n[len(top):]: m.mode for n, m in members.items()} == {
             "setup-terminal.sh": 0o755, "chot-terminal.service": 0o644, "terminal.toml": 0o640,
             "tls/ca.crt": 0o644, "tls/device.crt": 0o644, "tls/device.key": 0o600, "collector.pub": 0o644,
-            "trust/issuer.pub": 0o644,
+            "collector-seal.pub": 0o644, "trust/issuer.pub": 0o644,
         }
         read = lambda name: tar.extractfile(members[top + name]).read()  # noqa: E731
         assert read("tls/device.key") == (d / "device.key").read_bytes()
         assert read("collector.pub") == (fleet_dir / "collector/signing.pub").read_bytes()
         assert read("terminal.toml") == (d / "terminal.toml").read_bytes()
+        assert read("collector-seal.pub") == (fleet_dir / "collector-keys/seal.pub").read_bytes()
+
+
+def test_a_bundle_never_holds_a_collector_secret(fleet_dir, tmp_path):
+    """No sealing private key, index secret or data key in any byte of a bundle (packed or unpacked)."""
+    import gzip
+
+    from provisioning.devices import provision_device, rebuild_bundle
+
+    f = Fleet(fleet_dir)
+    wheel = tmp_path / "chot-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"wheel")
+    paths = [provision_device(f, "gate-x", "cp", "in", wheel=wheel)]
+    assert chot_main(["provision", "collector-keys", "--fleet", str(fleet_dir), "--rotate"]) == 0  # two seal keys
+    paths.append(rebuild_bundle(f, "gate-x", wheel=wheel))
+    secrets = collector_secrets(fleet_dir)
+    assert len(secrets) == 4
+    needles = []
+    for p in secrets:
+        text = p.read_bytes()
+        needles += [text, text.strip(), text.split()[-1]]  # the file, and the key itself (base64 or hex)
+        if p.name in ("index.key", "data.key"):
+            needles.append(bytes.fromhex(text.split()[-1].decode()))  # the raw 32 bytes
+    from chot import personal
+
+    for k in personal.load_private_keys(fleet_dir / "collector-keys").values():
+        needles.append(bytes(k))  # the raw 32 bytes
+    for path in paths:
+        raw = gzip.decompress(path.read_bytes())
+        with tarfile.open(path) as tar:
+            names = tar.getnames()
+            contents = [tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()]
+        assert not any(n.endswith((".key",)) and not n.endswith("tls/device.key") for n in names), names
+        assert not any(n.rsplit("/", 1)[-1] in ("index.key", "data.key") for n in names)
+        for needle in needles:
+            assert needle not in raw
+            assert not any(needle in c for c in contents)
+        assert b"chot-seal-private" not in raw
 
 
 def test_device_enrolment_errors_say_what_to_do(fleet_dir):
@@ -132,6 +293,10 @@ def test_device_enrolment_errors_say_what_to_do(fleet_dir):
     provision_device(f, "d1", "cp", "in")
     with pytest.raises(ProvisioningError, match="--renew"):
         provision_device(f, "d1", "cp", "in")
+    with pytest.raises(ProvisioningError, match="set by provisioning"):
+        provision_device(f, "d2", "cp", "in", sets={"privacy.seal_public_key": "/tmp/other.pub"})
+    with pytest.raises(ProvisioningError, match="privacy.seal_rotate_events"):
+        provision_device(f, "d2", "cp", "in", sets={"privacy.seal_rotate_events": "0"})
     old = x509.load_pem_x509_certificate((f.device_dir("d1") / "device.crt").read_bytes())
     provision_device(f, "d1", "cp", "out", renew=True)
     new = x509.load_pem_x509_certificate((f.device_dir("d1") / "device.crt").read_bytes())
@@ -318,7 +483,7 @@ def test_selftest_outbox_scratch_write_is_rolled_back(tmp_path, testdata, mock_p
     db = tmp_path / "outbox.db"
     with Outbox(db, device_id="st-1") as ob:
         ob.append({"checkpoint": "cp", "direction": "in", "source": "camera", "format": "none",
-                   "decision": "FAIL", "reason": "unreadable", "subject": {}})
+                   "decision": "FAIL", "reason": "unreadable", "verified": False})
     cfg = write_terminal_toml(tmp_path / "t.toml", scanner={"source": "files", "path": str(qr_photo(testdata))},
                               pins={"factory": "mock"}, outbox={"path": str(db)})
     rc, text = run(cfg, mock_pins)

@@ -87,16 +87,32 @@ exit "${FAKE_SELFTEST_RC:-0}"
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    """A real bundle made by `chot provision device`, unpacked."""
+def made(tmp_path_factory):
+    """A real bundle made by `chot provision device` (the tarball), and a stand-in wheel."""
     base = tmp_path_factory.mktemp("bundle")
     fleet = init_fleet(base / "fleet", "broker.test")
     path = provision_device(fleet, "pi-gate-1", "gate-1", "in")
-    with tarfile.open(path) as tar:
-        tar.extractall(base / "unpacked", filter="data")
     wheel = base / "chot-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"not really a wheel: the fake pip does not read it")
-    return base / "unpacked" / "chot-pi-gate-1", wheel
+    return fleet, path, wheel
+
+
+def unpack(tarball, where):
+    """Copy the tarball into `where` and unpack it there, as a technician does; return the bundle folder."""
+    where.mkdir(parents=True, exist_ok=True)
+    copy = where / tarball.name
+    shutil.copy2(tarball, copy)
+    with tarfile.open(copy) as tar:
+        top = tar.getnames()[0].split("/")[0]
+        tar.extractall(where, filter="data")
+    return where / top
+
+
+@pytest.fixture
+def bundle(made, tmp_path):
+    """The bundle unpacked next to its tarball, fresh for each test (the script removes its device key)."""
+    _fleet, path, wheel = made
+    return unpack(path, tmp_path / "home"), wheel
 
 
 @pytest.fixture
@@ -154,7 +170,7 @@ def changing(lines):
     return [c for c in lines if c.startswith(CHANGING)]
 
 
-def test_first_run_installs_everything_with_the_right_modes(bundle, env):
+def test_first_run_installs_everything_with_the_right_modes(bundle, env, made):
     bdir, _ = bundle
     r = run(bundle, env)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -165,12 +181,26 @@ def test_first_run_installs_everything_with_the_right_modes(bundle, env):
         "etc/chot/tls/device.crt": (0o644, "tls/device.crt"),
         "etc/chot/tls/device.key": (0o600, "tls/device.key"),
         "etc/chot/collector.pub": (0o644, "collector.pub"),
+        "etc/chot/collector-seal.pub": (0o644, "collector-seal.pub"),
         "etc/systemd/system/chot-terminal.service": (0o644, "chot-terminal.service"),
     }
+    fleet, tarball, _ = made
     for rel, (m, src) in expect.items():
         assert mode(root / rel) == m, rel
-        assert (root / rel).read_bytes() == (bdir / src).read_bytes(), rel
+        if src == "tls/device.key":  # the bundle's copy is gone: compare with the fleet's
+            assert (root / rel).read_bytes() == (fleet.device_dir("pi-gate-1") / "device.key").read_bytes()
+        else:
+            assert (root / rel).read_bytes() == (bdir / src).read_bytes(), rel
     assert (root / "etc/chot/tls/device.key").stat().st_uid == os.getuid()
+    assert (root / "etc/chot/collector-seal.pub").read_bytes() == fleet.seal_pub.read_bytes()
+    assert (root / "etc/chot/collector-seal.pub").stat().st_uid == os.getuid()  # CHOT_ADMIN's, as root's on a Pi
+    cfg = load_terminal_config(root / "etc/chot/terminal.toml")
+    assert cfg.privacy.seal_public_key == "/etc/chot/collector-seal.pub"
+    # the bundle's key material is removed once installed: its device key and the tarball next to it
+    assert not (bdir / "tls/device.key").exists()
+    assert not (bdir.parent / tarball.name).exists()
+    assert f"removed {bdir}/tls/device.key" in r.stdout and f"removed {bdir.parent / tarball.name}" in r.stdout
+    assert (bdir / "tls/device.crt").exists() and (bdir / "collector-seal.pub").exists()
     for d, m in (("etc/chot", 0o750), ("etc/chot/tls", 0o750), ("var/lib/chot", 0o750)):
         assert mode(root / d) == m, d
     assert (root / "opt/chot/venv/pyvenv.cfg").read_text().count("include-system-site-packages = true") == 1
@@ -205,6 +235,40 @@ def test_second_run_changes_nothing(bundle, env):
     assert snapshot(root) == before
     assert changing(calls(env)[n:]) == []
     assert "nothing changed" in r.stdout
+    assert "the bundle's copy was removed" in r.stdout  # the installed key serves the second run
+
+
+def test_the_bundles_key_is_kept_on_request_and_by_a_dry_run(bundle, env, made):
+    bdir, _ = bundle
+    tarball = bdir.parent / made[1].name
+    r = run(bundle, env, "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"would remove: {bdir}/tls/device.key {tarball}" in r.stdout
+    assert (bdir / "tls/device.key").exists() and tarball.exists()
+    r = run(bundle, env, "--keep-bundle")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "kept (--keep-bundle)" in r.stdout and "private key" in r.stdout
+    assert (bdir / "tls/device.key").exists() and tarball.exists()
+    r = run(bundle, env)  # now removed, though nothing else changes
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not (bdir / "tls/device.key").exists() and not tarball.exists()
+
+
+def test_a_newer_bundle_of_the_same_terminal_is_left_alone(bundle, env, made, tmp_path):
+    fleet, _, _ = made
+    bdir, wheel = bundle
+    assert run(bundle, env).returncode == 0
+    # a renewed bundle (another key) lands next to the old unpacked one; the old script runs again
+    other = unpack(made[1], tmp_path / "elsewhere")
+    newer = bdir.parent / made[1].name
+    with tarfile.open(newer, "w:gz") as tar:
+        (other / "tls/device.key").write_text("-----BEGIN PRIVATE KEY-----\nanother\n-----END PRIVATE KEY-----\n")
+        tar.add(other, arcname=other.name)
+    r = run(bundle, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert newer.exists() and "holds another key" in r.stdout
+    assert (Path(env["FAKE_STATE"]).parent / "root/etc/chot/tls/device.key").read_bytes() == (
+        fleet.device_dir("pi-gate-1") / "device.key").read_bytes()
 
 
 def test_a_changed_file_is_installed_alone_and_the_service_restarted(bundle, env, tmp_path):
@@ -260,13 +324,14 @@ def test_failing_pip_and_failing_selftest(bundle, env):
 
 
 def test_incomplete_bundle_is_refused(bundle, env, tmp_path):
-    bdir = tmp_path / "b"
-    shutil.copytree(bundle[0], bdir)
-    (bdir / "tls/device.key").unlink()
-    r = subprocess.run(["bash", str(bdir / "setup-terminal.sh"), "--root", str(tmp_path / "root")],
-                       capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode != 0 and "lacks tls/device.key" in r.stderr
-    assert calls(env) == []
+    for missing in ("tls/device.key", "collector-seal.pub"):
+        bdir = tmp_path / f"b-{missing.replace('/', '-')}"
+        shutil.copytree(bundle[0], bdir)
+        (bdir / missing).unlink()
+        r = subprocess.run(["bash", str(bdir / "setup-terminal.sh"), "--root", str(tmp_path / "root")],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert r.returncode != 0 and f"lacks {missing}" in r.stderr, r.stderr
+        assert calls(env) == []
 
 
 def test_dcc_schemas_are_installed_with_the_right_modes_and_once(env, testdata, tmp_path):

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from chot import personal
 from chot.errors import CredentialError
 from device.credentials import shc
 from device.credentials.policy import Checker, Policy
@@ -101,23 +102,33 @@ def test_trust_files_are_loaded_with_their_issuer_and_crl(issuers):
     assert trust.shc_revoked[ISS_A] == {"REVOKED01", "UNTIL0001.1630000000"}
 
 
-def test_good_card_passes_with_masked_subject(issuers):
+def test_good_card_fills_the_person_in_memory_only(issuers):
     keys, trust, _ = issuers
-    text = numeric(sign(keys["a2"], "a2", card([patient(), immunization("208"), immunization("208")])))
+    text = numeric(sign(keys["a2"], "a2", card([patient(), immunization("208"), immunization("208", "2021-07-01")],
+                                               rid="RID0042")))
     v = shc.verify(text, trust, NOW)
     assert v.verified and v.reason is None, v.detail
-    assert v.subject == {"name_masked": "T. B. T.", "birth_year": 1985, "kind": "immunization"}
-    assert v.subject_key and "Trần" not in json.dumps(v.subject)
+    assert v.person == {"kind": "vaccination", "name": "Thị Bình Trần", "dob": "1985-03-02", "doses": 2,
+                        "last_dose": "2021-07-01", "issuer": ISS_A}
+    assert v.person_id == personal.person_id_for_name_dob("Trần Thị Bình", "1985-03-02")
+    assert v.person_id == "nd:TRAN THI BINH|1985-03-02"
+    assert v.credential_id == "RID0042" and v.kind == "vaccination"
+    for secret in ("Trần", "Bình", "TRAN", "RID0042", "1985-03-02"):
+        assert secret not in repr(v)
     v2 = verify_text(text, trust, NOW)  # the common entry point dispatches shc:/
-    assert v2.format == "shc" and v2.verified and v2.subject_key == v.subject_key
+    assert v2.format == "shc" and v2.verified and v2.person_id == v.person_id
     assert Checker(trust, Policy()).check(text, NOW)[1].reason == "ok"
+    # no rid: no credential id; a laboratory card is a test
+    lab = shc.verify(numeric(sign(keys["a2"], "a2", card([patient(), covid_test("260415000", "2021-09-01")]))),
+                     trust, NOW)
+    assert lab.credential_id is None and lab.kind == "test" == lab.person["kind"] and lab.person_id == v.person_id
 
 
 def test_key_of_one_issuer_cannot_vouch_for_another(issuers):
     keys, trust, _ = issuers
-    v = shc.verify(numeric(sign(keys["b1"], "b1", card([patient()], iss=ISS_A))), trust, NOW)
+    v = shc.verify(numeric(sign(keys["b1"], "b1", card([patient()], iss=ISS_A, rid="RID0001"))), trust, NOW)
     assert v.steps["signature"] is True and v.steps["issuer"] is False
-    assert v.reason == "unknown_issuer" and v.subject_key is None
+    assert v.reason == "unknown_issuer" and v.person_id is None and v.person == {} and v.credential_id is None
 
 
 def test_forged_and_tampered_cards_fail(issuers):

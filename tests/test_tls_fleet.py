@@ -173,7 +173,8 @@ def collector_cfg(fleet, port, db):
     from collector.config import config_from_dict
 
     return config_from_dict({
-        "collector": {"database": f"sqlite:///{db}", "batch_max_wait_ms": 20, "signing_key": str(fleet.signing_key)},
+        "collector": {"database": f"sqlite:///{db}", "batch_max_wait_ms": 20, "signing_key": str(fleet.signing_key),
+                      "key_dir": str(fleet.collector_keys)},
         "mqtt": {"host": "127.0.0.1", "port": port, "tls": True, "ca": str(fleet.ca_crt),
                  "cert": str(fleet.collector_crt), "key": str(fleet.collector_key)},
         "http": {"enabled": False},
@@ -190,15 +191,16 @@ def terminal_cfg(fleet, port, dev, tmp_path):
                  "key": str(d / "device.key"), "collector_public_key": str(fleet.signing_pub),
                  "ack_timeout_s": 5.0},
         "outbox": {"path": str(tmp_path / f"{dev}-outbox.db")},
+        "privacy": {"seal_public_key": str(fleet.seal_pub)},
     })
 
 
 def event(dev, seq):
     return {
-        "v": 1, "device_id": dev, "seq": seq, "uuid": f"00000000-0000-4000-8000-{seq:012d}",
+        "v": 2, "device_id": dev, "seq": seq, "uuid": f"00000000-0000-4000-8000-{seq:012d}",
         "checkpoint": "gate-1", "direction": "in", "time": "2021-08-09T08:00:00Z",
         "clock": {"synced": True, "boot_id": "b", "mono_ns": 1}, "source": "camera", "format": "native",
-        "decision": "PASS", "reason": "ok", "subject": {},
+        "decision": "PASS", "reason": "ok", "verified": False, "sealed": None,
     }
 
 
@@ -221,25 +223,32 @@ def test_generated_config_is_accepted_by_mosquitto(fleet, tls_broker):
 
 
 def test_enrolled_terminal_publishes_and_collector_stores(fleet, tls_broker, tmp_path):
+    import uuid
+
+    from chot.personal import Sealer
     from collector.subscriber import Collector
     from device.uplink.link import Link
     from device.uplink.outbox import Outbox
 
     cfg = terminal_cfg(fleet, tls_broker.port, "dev-1", tmp_path)
+    sealer = Sealer.from_file(cfg.privacy.seal_public_key)  # the key the bundle pins, as the terminal loads it
     with Collector(collector_cfg(fleet, tls_broker.port, tmp_path / "col.db")) as col:
         col.wait_subscribed(15)  # raises when the collector (CN=collector) cannot subscribe over TLS
         outbox = Outbox.from_config(cfg)
         try:
             with Link(cfg, outbox) as link:
-                for _ in range(3):
-                    outbox.append({"source": "camera", "format": "native", "decision": "PASS", "reason": "ok",
-                                   "subject": {}})
+                for i in range(3):
+                    u = str(uuid.uuid4())
+                    sealed = sealer.seal(u, {"name": f"Person {i}"}, f"id:00109001234{i}", f"cred-{i}")
+                    outbox.append({"uuid": u, "source": "camera", "format": "native", "decision": "PASS",
+                                   "reason": "ok", "verified": True, "sealed": sealed})
                 link.wake()
                 assert link.wait_acked(3, timeout=30), "the collector's ack did not come back over TLS"
         finally:
             outbox.close()
         assert col.storage.contiguous("dev-1") == 3
         assert col.storage.event_count() == 3
+        assert col.stats()["sealed_errors"] == {}  # the fleet's collector-keys/ opened what the pinned key sealed
 
 
 def test_terminal_cannot_publish_as_another_or_forge_broadcasts(fleet, tls_broker):

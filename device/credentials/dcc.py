@@ -19,8 +19,11 @@ recorded in `Verification.steps` (True passed, False failed, None not reached):
                 holds exactly one entry of exactly one kind (v, t or r).
 
 Once `decode` passed, the four checks after it are all run and reported (so `chot scan` and
-the conformance test see each one); `reason` is the first failure. `subject` and
-`subject_key` are filled only when the signature verified.
+the conformance test see each one); `reason` is the first failure. `kind` (vaccination,
+test, recovery) is set once decoded; `person` (name, date of birth, kind, doses, issuer),
+`person_id` (chot.personal.person_id_for_name_dob of the standardised names `fnt` `gnt` and
+the date of birth) and `credential_id` (the entry's certificate identifier `ci`) are filled
+only when the signature verified.
 
 Trust material: `load_trust_json(store, obj)` reads a DCC trust list (see its docstring);
 single certificates (PEM/DER) are stored by device.credentials.trust itself.
@@ -52,10 +55,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from chot import personal
 from chot.errors import CredentialError
 from device.credentials import native
 from device.credentials.result import Verification
-from device.credentials.subject import initials, subject_key_for_person
 
 log = logging.getLogger(__name__)
 
@@ -440,30 +443,56 @@ def inflate(data):
     return native.inflate_bounded(data, MAX_INFLATED)
 
 
-# ---------------------------------------------------------------- subject and claims
+# ---------------------------------------------------------------- the person and claims
 
 
-def _birth_year(dob):
-    return int(dob[:4]) if isinstance(dob, str) and dob[:4].isdigit() else None
+def _text(obj, key, limit=200):
+    val = obj.get(key) if isinstance(obj, dict) else None
+    return val.strip()[:limit] if isinstance(val, str) else ""
 
 
-def _subject(dgc):
+def _person(dgc, claims, issuer):
+    """(person fields, person id or None, credential id or None) of a verified certificate."""
     nam = dgc.get("nam") if isinstance(dgc.get("nam"), dict) else {}
-    fnt, gnt = str(nam.get("fnt") or ""), str(nam.get("gnt") or "")
-    fn, gn = str(nam.get("fn") or fnt), str(nam.get("gn") or gnt)
-    dob = dgc.get("dob") if isinstance(dgc.get("dob"), str) else ""
-    subject = {"name_masked": initials(f"{fn} {gn}".replace("<", " ")), "birth_year": _birth_year(dob)}
-    key = subject_key_for_person(f"{fnt} {gnt}", dob[:10]) if (fnt or gnt) else None
-    return subject, key
+    fnt, gnt = _text(nam, "fnt"), _text(nam, "gnt")
+    fn, gn = _text(nam, "fn") or fnt.replace("<", " "), _text(nam, "gn") or gnt.replace("<", " ")
+    dob = _text(dgc, "dob", 32)
+    person = {"kind": claims["kind"]} if claims.get("kind") else {}
+    name = " ".join(f"{fn} {gn}".split())
+    if name:
+        person["name"] = name
+    if dob:
+        person["dob"] = dob[:10]
+    entry, _kind = _entry(dgc)
+    if claims.get("kind") == "vaccination":
+        dn = _int(entry.get("dn"))
+        if dn is not None and 0 <= dn <= 100:
+            person["doses"] = dn
+        if _text(entry, "dt", 32):
+            person["last_dose"] = _text(entry, "dt", 32)[:10]
+    if issuer:
+        person["issuer"] = issuer
+    try:
+        person_id = personal.person_id_for_name_dob(f"{fnt} {gnt}".replace("<", " "), dob)
+    except ValueError:  # no name, or no usable date of birth: the person cannot be named
+        person_id = None
+    ci = _text(entry, "ci", 128)
+    return person, person_id, ci or None
+
+
+def _entry(dgc):
+    """The certificate's one entry (v, t or r [0]), or {} when it has not exactly one."""
+    kinds = [k for k in KINDS if isinstance(dgc.get(k), list) and dgc[k]]
+    kind = kinds[0] if len(kinds) == 1 else None
+    return (dgc[kind][0] if kind and isinstance(dgc[kind][0], dict) else {}), kind
 
 
 def _claims(dgc, iss):
-    kinds = [k for k in KINDS if isinstance(dgc.get(k), list) and dgc[k]]
-    kind = kinds[0] if len(kinds) == 1 else None
-    entry = dgc[kind][0] if kind and isinstance(dgc[kind][0], dict) else {}
+    """What the rules need; the entry without its certificate identifier `ci` (that is `credential_id`)."""
+    entry, kind = _entry(dgc)
     return {
         "kind": KINDS.get(kind),
-        "entry": entry,
+        "entry": {k: val for k, val in entry.items() if k != "ci"},
         "ver": dgc.get("ver") if isinstance(dgc.get("ver"), str) else None,
         "country": entry.get("co") if isinstance(entry.get("co"), str) else None,
         "iss": iss,
@@ -519,6 +548,7 @@ def _verify(v, text, trust, at, skew_s, trace):
     trace["claims"], trace["dgc"] = d.claims, d.dgc
     v.issued_at, v.expires_at, v.issuer = d.iat, d.exp, d.iss
     v.claims = _claims(d.dgc, d.iss)
+    v.kind = v.claims["kind"]
 
     # signature (with the key id and the signing certificate's validity)
     certs = getattr(trust, "dcc_certs", None) or {}
@@ -566,8 +596,7 @@ def _verify(v, text, trust, at, skew_s, trace):
         v.steps["schema"] = True
 
     if v.steps["signature"]:
-        v.subject, v.subject_key = _subject(d.dgc)
-        v.subject["kind"] = v.claims["kind"]
+        v.person, v.person_id, v.credential_id = _person(d.dgc, v.claims, v.issuer)
     return v
 
 

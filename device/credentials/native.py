@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from chot import personal
 from chot.errors import CredentialError
 from device.credentials import keys as keymod
 from device.credentials.result import Verification
-from device.credentials.subject import initials, subject_key_for_id
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ H_SYMPTOMS, H_CONTACT, H_TRAVEL = 1, 2, 4
 PURPOSES = {1: "resident", 2: "visitor", 3: "delivery", 4: "shopping"}
 PURPOSE_CODES = {v: k for k, v in PURPOSES.items()}
 STEPS = ("decode", "signature", "issuer", "time")
+KIND = "declaration"
 _MAX_TIME = 2**40  # seconds; far beyond any real date, still a valid datetime
 
 # ---------------------------------------------------------------- base45 (RFC 9285)
@@ -439,18 +440,24 @@ def _ts(seconds):
     return datetime.fromtimestamp(seconds, UTC)
 
 
-def summary(fields: dict, kid: bytes) -> dict:
-    """The subject summary for the record: no ID number, no name, no phone or address."""
-    dob = fields.get("dob") or ""
-    return {
-        "declaration_id": fields["declaration_id"],
-        "issuer": kid.hex(),
-        "name_masked": initials(fields.get("name", "")),
-        "birth_year": int(dob[:4]) if dob[:4].isdigit() else None,
-        "ward": fields.get("ward") or None,
-        "purpose": fields.get("purpose"),
-        "vaccinated_doses": fields.get("doses", 0),
-    }
+_PERSON_TEXT = ("id_number", "name", "phone", "dob", "address", "ward")
+
+
+def person_of(fields: dict, kid: bytes) -> dict:
+    """The person's fields (keys of chot.personal.PERSON_FIELDS) of a decoded declaration.
+
+    In memory only: the daemon seals them to the collector; nothing may log or print them.
+    Empty optional texts are left out.
+    """
+    person = {k: fields[k] for k in _PERSON_TEXT if fields.get(k)}
+    person["health"] = {k: fields[k] for k in ("symptoms", "contact", "travel")}
+    person["purpose"] = fields.get("purpose")
+    person["doses"] = fields.get("doses", 0)
+    if fields.get("last_dose"):
+        person["last_dose"] = fields["last_dose"]
+    person["issuer"] = kid.hex()
+    person["kind"] = KIND
+    return person
 
 
 def verify(text: str, trust, at=None, skew_s: float = DEFAULT_SKEW_S) -> Verification:
@@ -460,10 +467,16 @@ def verify(text: str, trust, at=None, skew_s: float = DEFAULT_SKEW_S) -> Verific
         dec = decode(text)
     except ValueError as exc:
         return v.fail("decode", "unreadable", str(exc))
-    v.steps["decode"] = True
     f = dec.fields
-    v.subject = summary(f, dec.kid)
-    v.subject_key = subject_key_for_id(f["id_number"])
+    try:
+        person_id = personal.person_id_for_id(f["id_number"])
+    except ValueError:
+        return v.fail("decode", "unreadable", "claims: the ID number is not letters and digits")
+    v.steps["decode"] = True
+    v.kind = KIND
+    v.person = person_of(f, dec.kid)
+    v.person_id = person_id
+    v.credential_id = f["declaration_id"]
     v.claims = {k: f[k] for k in ("symptoms", "contact", "travel", "doses", "last_dose", "purpose")}
     v.issued_at, v.expires_at = _ts(f["iat"]), _ts(f["exp"])
     v.issuer = dec.kid.hex()

@@ -1,47 +1,46 @@
 """Plain QR texts with no signature: an ID number, a link to a declaration web site, any text.
 
 They prove nothing, so verification always ends with reason `unsigned`; the policy decides
-whether they pass (`policy.accept_plain`, default false). An ID number (CMND 9 digits, CCCD
-12 digits) gets the same `subject_key` as the person's signed declaration, so the deny list
-and tracing work across formats; any other text is keyed by a hash of the text itself.
+whether they pass (`policy.accept_plain`, default false) and never looks them up in the deny
+list's persons (a claim nobody signed names nobody for sure). `kind` says what the text is:
+
+- `id_text`: an ID number (CMND 9 digits, CCCD 12 digits; spaces, dots and dashes ignored).
+  `person` is {"id_number", "kind"} and `person_id` is chot.personal.person_id_for_id, so the
+  collector can show the claim beside the person's verified visits (as an unverified claim);
+- `url`: a link (`https://...`); `text`: anything else. `person` is empty, `person_id` None.
+
+Nothing is derived from the text itself (no hash of it): it stays in `Verification.text`, in
+memory only.
 """
 
-import hashlib
 import re
-from urllib.parse import urlsplit
 
+from chot import personal
 from device.credentials.result import Verification
-from device.credentials.subject import subject_key_for_id
 
 ID_RE = re.compile(r"[0-9]{9}|[0-9]{12}")
-KNOWN_SITES = ("tokhaiyte.vn", "covid19.gov.vn", "bluezone.gov.vn", "pc-covid.vn", "kbyt.khambenh.gov.vn")
 STEPS = ("decode", "signature", "issuer", "time")
+KIND_ID, KIND_URL, KIND_TEXT = "id_text", "url", "text"
 
 
 def classify(text):
-    """('id_number' | 'url' | 'text', extra summary fields) for a printable text."""
-    compact = re.sub(r"[\s.\-]", "", text)
-    if ID_RE.fullmatch(compact):
-        return "id_number", {"id_digits": len(compact)}
-    if re.match(r"(?i)https?://", text):
-        try:
-            host = (urlsplit(text.strip()).hostname or "").lower()
-        except ValueError:
-            host = ""
-        site = next((s for s in KNOWN_SITES if host == s or host.endswith("." + s)), None)
-        return "url", {"host": host[:100] or None, "known_site": site}
-    return "text", {"length": len(text)}
+    """'id_text', 'url' or 'text' for a printable text."""
+    if ID_RE.fullmatch(re.sub(r"[\s.\-]", "", text)):
+        return KIND_ID
+    if re.match(r"(?i)https?://", text.strip()):
+        return KIND_URL
+    return KIND_TEXT
 
 
 def verify(text: str) -> Verification:
     """A Verification of format `plain`, reason `unsigned` (decode passed; nothing else provable)."""
-    kind, extra = classify(text)
+    kind = classify(text)
     v = Verification(text=text, format="plain", steps=dict.fromkeys(STEPS))
     v.steps["decode"] = True
-    v.subject = {"kind": kind, **extra}
-    if kind == "id_number":
-        v.subject_key = subject_key_for_id(text)
-    else:
-        v.subject_key = hashlib.sha256(("chot-text-v1|" + text.strip()).encode("utf-8")).hexdigest()
+    v.kind = kind
+    if kind == KIND_ID:
+        id_number = personal.normalise_id_number(re.sub(r"[\s.\-]", "", text))
+        v.person = {"id_number": id_number, "kind": KIND_ID}
+        v.person_id = personal.person_id_for_id(id_number)
     v.fail("signature", "unsigned", "a plain text carries no signature")
     return v

@@ -3,10 +3,12 @@
 Rules come from the `[policy]` section of the terminal config (device/config.py), in order:
 
 1. plain texts (an ID, a link) fail `unsigned` unless `accept_plain` (or "plain" is in
-   `accept_formats`); an accepted plain text still meets the deny list;
+   `accept_formats`); an accepted plain text passes: nobody signed it, so it names nobody for
+   sure and never consults the deny list's persons (nor costs an Argon2 hash);
 2. a failed verification fails with its reason (`bad_signature`, `unknown_issuer`, `expired`...);
 3. a format not in `accept_formats` fails `format_not_accepted`;
-4. a subject on the deny list fails `denylisted`;
+4. the deny list (denylist.py), only for a credential whose signature verified: a revoked
+   credential id fails `revoked`, a denied person `denylisted` (one Argon2id, cached);
 5. native declarations older than `max_age_h` (0: no limit) fail `expired`, then the health
    answers: `symptoms_declared`, `contact_declared`, `travel_declared` per `fail_on_*`;
 6. DCC and SHC: `device.credentials.dcc.rules(v, cfg, at)` / `shc.rules(v, cfg, at)` return a
@@ -25,6 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from chot.errors import CredentialError
+from chot.wire import DecisionCode, Reason
 from device.config import SCHEMA
 from device.credentials.denylist import DenyList
 from device.credentials.result import Decision
@@ -33,7 +36,7 @@ from device.credentials.verify import verify_text
 
 log = logging.getLogger(__name__)
 
-PASS, FAIL = "PASS", "FAIL"
+PASS, FAIL = DecisionCode.PASS, DecisionCode.FAIL
 _HOOKED = ("dcc", "shc")
 
 
@@ -80,46 +83,54 @@ class Policy:
     @staticmethod
     def manual():
         """The guard's manual pass (a person checked on paper)."""
-        return Decision(PASS, "manual")
+        return Decision(PASS, Reason.MANUAL)
 
     def _plain_accepted(self):
         return bool(self.cfg.accept_plain) or "plain" in self.cfg.accept_formats
 
     def decide(self, v, at=None) -> Decision:
+        """PASS or FAIL with a reason for a Verification at instant `at` (default now)."""
         at = _utc(at)
         cfg = self.cfg
-        if v.format == "plain":
+        if v.format == "plain":  # unsigned: never looked up in the deny list
             if not self._plain_accepted():
-                return Decision(FAIL, "unsigned")
-            if self.denylist.contains(v.subject_key):
-                return Decision(FAIL, "denylisted")
-            return Decision(PASS, "ok")
+                return Decision(FAIL, Reason.UNSIGNED)
+            return Decision(PASS, Reason.OK)
         if not v.verified:
-            return Decision(FAIL, v.reason or "unreadable")
+            return Decision(FAIL, v.reason or Reason.UNREADABLE)
         if v.format not in cfg.accept_formats:
-            return Decision(FAIL, "format_not_accepted")
-        if self.denylist.contains(v.subject_key):
-            return Decision(FAIL, "denylisted")
+            return Decision(FAIL, Reason.FORMAT_NOT_ACCEPTED)
+        denied = self._denied(v)
+        if denied:
+            return Decision(FAIL, denied)
         if v.format == "native":
             return self._native(v, at)
         rules = self._rules.get(v.format)
         if rules is None:
-            return Decision(FAIL, "format_not_accepted")
+            return Decision(FAIL, Reason.FORMAT_NOT_ACCEPTED)
         reason = rules(v, cfg, at)
-        return Decision(FAIL, reason) if reason else Decision(PASS, "ok")
+        return Decision(FAIL, reason) if reason else Decision(PASS, Reason.OK)
+
+    def _denied(self, v):
+        """`revoked`, `denylisted` or None for a verified credential (the only place the Argon2 hash runs)."""
+        if v.credential_id and self.denylist.is_revoked(v.credential_id):
+            return Reason.REVOKED
+        if v.person_id and self.denylist.is_denied_person(v.person_id):
+            return Reason.DENYLISTED
+        return None
 
     def _native(self, v, at):
         cfg = self.cfg
         if cfg.max_age_h and v.issued_at is not None and at - v.issued_at > timedelta(hours=cfg.max_age_h):
-            return Decision(FAIL, "expired")
+            return Decision(FAIL, Reason.EXPIRED)
         c = v.claims
         if cfg.fail_on_symptoms and c.get("symptoms"):
-            return Decision(FAIL, "symptoms_declared")
+            return Decision(FAIL, Reason.SYMPTOMS_DECLARED)
         if cfg.fail_on_contact and c.get("contact"):
-            return Decision(FAIL, "contact_declared")
+            return Decision(FAIL, Reason.CONTACT_DECLARED)
         if cfg.fail_on_travel and c.get("travel"):
-            return Decision(FAIL, "travel_declared")
-        return Decision(PASS, "ok")
+            return Decision(FAIL, Reason.TRAVEL_DECLARED)
+        return Decision(PASS, Reason.OK)
 
 
 def use_dcc_schemas(path):
@@ -175,5 +186,5 @@ class Checker:
             d = self.policy.decide(v, at)
         except Exception as exc:  # a rule's bug must not stop the terminal
             log.error("policy failed unexpectedly (%s); FAIL unreadable", type(exc).__name__)
-            d = Decision(FAIL, "unreadable")
+            d = Decision(FAIL, Reason.UNREADABLE)
         return v, d

@@ -1,9 +1,12 @@
 """Reason codes: why a credential passed or failed. A stable, documented list.
 
+The codes are `chot.wire.Reason` (what events carry); this module describes each one.
 docs/reasons.md lists the same codes for users; `chot scan` prints them in `reason`.
 """
 
-OK = "ok"
+from chot.wire import Reason
+
+OK = Reason.OK
 
 REASONS = {
     "ok": "every check passed",
@@ -19,12 +22,12 @@ REASONS = {
     "symptoms_declared": "the declaration reports symptoms",
     "contact_declared": "the declaration reports contact with a case",
     "travel_declared": "the declaration reports travel from an outbreak area",
-    "denylisted": "the subject is on the deny list",
+    "denylisted": "the person is on the deny list (checked only once the credential's signature verified)",
     "outbox_full": "the outbox is full: the terminal fails closed until it drains",
     "incomplete": "a multi-part code (shc:/N/M/) whose parts did not all arrive",
     "key_usage": "DCC: the signing certificate may not sign this kind of certificate",
     "schema": "DCC: the certificate does not follow its JSON schema",
-    "revoked": "SHC: the card is on its issuer's revocation list",
+    "revoked": "the credential is revoked: its id is on the deny list, or an SHC is on its issuer's revocation list",
     "vaccination_incomplete": "DCC/SHC: the vaccination series is not complete",
     "recovery_expired": "DCC: the recovery is older than policy.dcc_recovery_days",
     "test_expired": "DCC: the negative test is older than policy.dcc_test_hours",

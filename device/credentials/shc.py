@@ -17,8 +17,10 @@ A text is checked in these steps, each recorded in `Verification.steps` (None: n
                 cards issued (nbf) before t. None when no CRL of that issuer is loaded.
 
 Once the payload is read, the checks after `inflate` are all run and reported; `reason` is
-the first failure. `subject` and `subject_key` are filled only when signature and issuer
-passed.
+the first failure. `kind` (vaccination or test) is set once the payload is read; `person`
+(name, date of birth, kind, doses, issuer), `person_id`
+(chot.personal.person_id_for_name_dob of family + given name and birth date) and
+`credential_id` (the card's `vc.rid`, when it has one) only when signature and issuer passed.
 
 Trust material (`load_trust_json`, called by device.credentials.trust for JSON files): an
 issuer's jwks.json, with the issuer URL taken from a wrapper {"iss": ..., "keys": [...]}, a
@@ -41,10 +43,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from chot import personal
 from chot.errors import CredentialError
 from device.credentials import native
 from device.credentials.result import Verification
-from device.credentials.subject import initials, subject_key_for_person
 
 log = logging.getLogger(__name__)
 
@@ -182,16 +184,36 @@ def _name(patient):
     return family, " ".join(g for g in given if isinstance(g, str))
 
 
-def _subject(payload):
+# What a card is, in the words of chot.personal.PERSON_FIELDS["kind"].
+KINDS = {"immunization": "vaccination", "laboratory": "test"}
+
+
+def _person(payload, claims, iss):
+    """(person fields, person id or None, credential id or None) of a verified card."""
     p = _patient(payload)
     family, given = _name(p)
-    dob = p.get("birthDate") if isinstance(p.get("birthDate"), str) else ""
-    subject = {
-        "name_masked": initials(f"{given} {family}") or None,
-        "birth_year": int(dob[:4]) if dob[:4].isdigit() else None,
-    }
-    key = subject_key_for_person(f"{family} {given}", dob[:10]) if (family or given) else None
-    return subject, key
+    family, given = family.strip()[:200], given.strip()[:200]
+    dob = p.get("birthDate").strip()[:10] if isinstance(p.get("birthDate"), str) else ""
+    kind = KINDS.get(claims.get("kind"))
+    person = {"kind": kind} if kind else {}
+    name = " ".join(f"{given} {family}".split())
+    if name:
+        person["name"] = name
+    if dob:
+        person["dob"] = dob
+    imms = [i for i in claims.get("immunizations") or [] if i.get("status") in (None, "completed")]
+    if imms:
+        person["doses"] = len(imms)
+        dates = sorted(i["date"][:10] for i in imms if i.get("date"))
+        if dates:
+            person["last_dose"] = dates[-1]
+    person["issuer"] = iss
+    try:
+        person_id = personal.person_id_for_name_dob(f"{family} {given}", dob)
+    except ValueError:  # no name, or no usable birth date
+        person_id = None
+    rid = payload["vc"].get("rid")
+    return person, person_id, rid[:128] if isinstance(rid, str) and rid else None
 
 
 def _claims(payload):
@@ -296,6 +318,7 @@ def _verify(v, text, trust, at, skew_s, trace):
     exp = native.epoch_time(payload.get("exp")) if "exp" in payload else None
     v.issuer, v.not_before, v.issued_at, v.expires_at = iss[:200], nbf, nbf, exp
     v.claims = _claims(payload)
+    v.kind = KINDS.get(v.claims["kind"])
 
     issuers = getattr(trust, "shc_issuers", None) or {}
     kid = header.get("kid") if isinstance(header.get("kid"), str) else None
@@ -334,8 +357,7 @@ def _verify(v, text, trust, at, skew_s, trace):
             v.steps["revocation"] = True
 
     if v.steps["signature"] and v.steps["issuer"]:
-        v.subject, v.subject_key = _subject(payload)
-        v.subject["kind"] = v.claims["kind"]
+        v.person, v.person_id, v.credential_id = _person(payload, v.claims, v.issuer)
     return v
 
 

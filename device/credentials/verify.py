@@ -11,7 +11,8 @@ raises, whatever the input:
 
 Texts longer than native.MAX_TEXT characters are refused before any decoding. The DCC and
 SHC modules are imported lazily; when one is absent its format fails "format_not_accepted".
-Subject keys: see subject.py (`subject_key_for_id` is re-exported here).
+The person a credential names is in `Verification.person` / `person_id` (chot.personal), in
+memory only.
 """
 
 import importlib
@@ -22,7 +23,6 @@ from datetime import UTC, datetime
 
 from device.credentials import native, plain
 from device.credentials.result import Verification
-from device.credentials.subject import subject_key_for_id, subject_key_for_person  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
