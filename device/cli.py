@@ -41,6 +41,10 @@ def _check_config(args):
         return 2
     cfg = load_terminal_config(args.file)
     print(f"{args.file}: OK (device {cfg.device.id}, checkpoint {cfg.device.checkpoint}, {cfg.device.direction})")
+    if not cfg.privacy.seal_public_key:
+        from device.daemon import NO_SEAL_WARNING
+
+        print(f"note: {NO_SEAL_WARNING}", file=sys.stderr)
     return 0
 
 

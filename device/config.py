@@ -6,15 +6,19 @@ start-up and lists every error; `chot terminal check-config FILE` runs the same 
 """
 
 from chot.config import Field, describe, load
+from chot.wire import CHECKPOINT_PATTERN, ID_PATTERN
 
 DEFAULT_PATH = "/etc/chot/terminal.toml"
-_ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+_ID = ID_PATTERN
 PIN = r"(GPIO|BOARD|BCM)?[0-9]{1,2}|none"
 
 SCHEMA = {
     "device": {
         "id": Field("str", pattern=_ID, help="device id: the MQTT client id and topic segment"),
-        "checkpoint": Field("str", pattern=r".{1,128}", help="checkpoint id, e.g. 'hk-phuc-tan-gate-1'"),
+        "checkpoint": Field(
+            "str", pattern=CHECKPOINT_PATTERN,
+            help="checkpoint id, e.g. 'hk-phuc-tan-gate-1' (letters, digits, _ . : -)",
+        ),
         "direction": Field("str", choices=("in", "out"), help="entry or exit of the checkpoint"),
     },
     "scanner": {
@@ -33,7 +37,8 @@ SCHEMA = {
             "float", 15.0, min=0.0, max=1000.0, help="time bound of the second pass per frame"
         ),
         "cooldown_s": Field(
-            "float", 5.0, min=0.0, max=3600.0, help="the same credential again within this many seconds is ignored"
+            "float", 5.0, min=0.0, max=3600.0,
+            help="the same code or person again within this many seconds is ignored (kept in memory only)",
         ),
         "chunk_timeout_s": Field(
             "float", 30.0, min=1.0, max=600.0, help="how long parts of a multi-QR code wait for the rest"
@@ -94,7 +99,10 @@ SCHEMA = {
             choices=("native", "dcc", "shc", "plain"),
             help="signed formats accepted",
         ),
-        "denylist": Field("path", None, optional=True, help="deny list file (salted hashes of subjects)"),
+        "denylist": Field(
+            "path", None, optional=True,
+            help="deny list file (chot-denylist-v2: hashes of revoked credential ids and of denied persons)",
+        ),
         "dcc_schema_dir": Field(
             "path",
             None,
@@ -114,9 +122,26 @@ SCHEMA = {
         "path": Field("path", "/var/lib/chot/outbox.db", help="the outbox database (SQLite, WAL)"),
         "max_rows": Field("int", 1_000_000, min=1, help="cap on events kept; at the cap the terminal fails closed"),
         "max_bytes": Field("int", 512 * 1024 * 1024, min=4096, help="cap on the outbox file size in bytes"),
-        "retention_days": Field("float", 7.0, min=0.0, max=3650.0, help="delivered events are kept this long"),
+        "retention_days": Field(
+            "float", 3.0, min=0.0, max=3650.0,
+            help="delivered events are kept this long (days; the collector keeps them for tracing)",
+        ),
         "synchronous": Field(
             "str", "FULL", choices=("FULL", "NORMAL"), help="SQLite synchronous mode (FULL survives power loss)"
+        ),
+    },
+    "privacy": {
+        "seal_public_key": Field(
+            "path", None, optional=True,
+            help="the collector's sealing public key (its seal.pub; provisioning installs "
+            "/etc/chot/collector-seal.pub): each event's personal part is sealed to it. "
+            "Unset: events carry no personal part",
+        ),
+        "seal_rotate_events": Field(
+            "int", 1000, min=1, max=1_000_000, help="a new ephemeral sealing key after this many events"
+        ),
+        "seal_rotate_s": Field(
+            "float", 600.0, min=1.0, max=86400.0, help="a new ephemeral sealing key after this many seconds"
         ),
     },
     "mqtt": {

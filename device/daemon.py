@@ -6,17 +6,27 @@ No feedback without a record: when the outbox cannot take the event the terminal
 closed (fault signal, reason `outbox_full`, a log line saying why). The frame loop blocks
 on nothing but the outbox commit; Feedback.signal switches the first pins itself (microseconds)
 and its worker thread plays the rest of the pattern; the MQTT link runs in its own thread.
+
+Personal data (docs/security.md): a Verification's person, person id and credential id exist
+only in memory. Each event gets a uuid made here and its personal part sealed to the
+collector's public key (`privacy.seal_public_key`, or a newer one from a signed config update)
+with `chot.personal.Sealer`, which the terminal cannot open; the clear part holds only routing,
+counting and fleet fields. Without a sealing key events carry no personal part at all (one
+warning at start). Cooldowns keep only keyed hashes under a secret random per process. Logs,
+the status and `decisions` never name anyone.
 """
 
-import hashlib
 import logging
 import signal
 import threading
 import time
+import uuid as uuidlib
 from datetime import UTC, datetime
 
 from chot import __version__
 from chot.errors import ChotError, OutboxError
+from chot.personal import Sealer
+from chot.wire import Format
 from device.clock import clock_quality, utc_now_iso
 from device.cooldown import Cooldown
 from device.credentials.policy import Checker, Policy
@@ -29,6 +39,10 @@ log = logging.getLogger(__name__)
 
 # Reasons that get the "unreadable" pattern rather than the plain FAIL one.
 UNREADABLE_REASONS = {"unreadable", "unsigned", "unknown_format", "incomplete", "format_not_accepted"}
+# Formats whose signature and issuer the terminal verifies: only these make a person's record.
+SIGNED_FORMATS = frozenset({Format.NATIVE.value, Format.DCC.value, Format.SHC.value})
+NO_SEAL_WARNING = ("privacy.seal_public_key is not set: events carry no personal part; "
+                   "tracing cannot find these people")
 
 
 def feedback_kind(decision):
@@ -42,14 +56,39 @@ def feedback_kind(decision):
     return "fail"
 
 
+def make_sealer(cfg, public_raw=None):
+    """The Sealer of `privacy.seal_public_key` (or of `public_raw`), or None when no key is configured.
+
+    Raises KeyFileError when the configured file is missing or not a sealing public key.
+    """
+    privacy = getattr(cfg, "privacy", None)
+    rotate = {
+        "rotate_events": getattr(privacy, "seal_rotate_events", 1000),
+        "rotate_s": getattr(privacy, "seal_rotate_s", 600.0),
+    }
+    if public_raw is not None:
+        return Sealer(public_raw, **rotate)
+    path = getattr(privacy, "seal_public_key", None)
+    if not path:
+        return None
+    return Sealer.from_file(path, **rotate)
+
+
+def is_verified(verification):
+    """The event's `verified`: a signed credential whose signature and issuer verified here."""
+    return bool(verification is not None and verification.verified and verification.format in SIGNED_FORMATS)
+
+
 class Terminal:
     """One checkpoint terminal. Parts may be passed in (tests, the demo); else built from `cfg`.
 
     `process_frame(frame)` handles one frame and returns the events it committed;
     `run()` loops over the frame source until it is exhausted or `stop()` is called.
+    `sealer` (a chot.personal.Sealer) defaults to the one of `privacy.seal_public_key`.
     """
 
-    def __init__(self, cfg, source=None, feedback=None, outbox=None, link=None, checker=None, now=None):
+    def __init__(self, cfg, source=None, feedback=None, outbox=None, link=None, checker=None, now=None,
+                 sealer=None):
         self.cfg = cfg
         self._now = now or (lambda: datetime.now(UTC))
         self.decoder = make_decoder(cfg.scanner)
@@ -57,6 +96,14 @@ class Terminal:
         self.cooldown = Cooldown(cfg.scanner.cooldown_s)
         # Trusted issuers, the deny list and the policy rules; replaced by collector updates.
         self.checker = checker if checker is not None else Checker.from_config(cfg.policy)
+        # The sealing key of the config (KeyFileError when it is set but unusable: a terminal
+        # does not run without the key it was given); a signed config update may replace it.
+        self._configured_sealer = sealer if sealer is not None else make_sealer(cfg)
+        self.sealer = self._configured_sealer
+        if self.sealer is None:
+            log.warning(NO_SEAL_WARNING)
+        else:
+            log.info("personal parts are sealed to the collector key %s", self.sealer.kid)
         self.source = source
         self.feedback = feedback
         self.outbox = outbox
@@ -69,7 +116,9 @@ class Terminal:
         self._faulted = False
         self._damaged = 0  # the last 3 frames: bit set where a QR symbol was seen but not read
         self._uplink_state = "ok"
-        self.decisions = []  # (event or None, Decision, Verification) of the last run, for the demo
+        # (event or None, Decision, Verification) of the last run, for the demo. The event has
+        # no personal data in clear; the Verification holds it in memory only (never print it).
+        self.decisions = []
         self.on_decision = None  # optional callable(event, decision, verification)
         if self.feedback is not None and hasattr(self.feedback, "on_manual"):
             self.feedback.on_manual(self.record_manual)
@@ -84,6 +133,7 @@ class Terminal:
         from device.scanner.frames import open_source
         from device.uplink.outbox import Outbox
 
+        sealer = make_sealer(cfg)  # before anything is opened: a bad key file stops here
         outbox = Outbox.from_config(cfg)
         try:
             feedback = Feedback(cfg.pins, cfg.feedback, pin_factory=make_pin_factory(cfg.pins.factory))
@@ -91,7 +141,7 @@ class Terminal:
         except BaseException:
             outbox.close()
             raise
-        term = cls(cfg, source=source, feedback=feedback, outbox=outbox)
+        term = cls(cfg, source=source, feedback=feedback, outbox=outbox, sealer=sealer)
         if cfg.mqtt.enabled:
             from device.uplink.link import Link
 
@@ -121,29 +171,54 @@ class Terminal:
             text = self.assembler.feed(raw, mono)
             if text is None:  # a part of a multi-QR code: wait for the rest
                 continue
-            text_key = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-            if self.cooldown.seen(text_key, mono):
+            if self.cooldown.seen("t:" + text, mono):
                 continue
-            verification, decision = self.checker.check(text, self._now())
-            if verification.subject_key and self.cooldown.seen("s:" + verification.subject_key, mono):
-                continue  # the same person with another code, within the cooldown
-            event = self._record(decision, verification, source="camera")
+            at, clock = self._clock_reading()
+            verification, decision = self.checker.check(text, at)
+            pid = verification.person_id
+            # The same person with another code within the cooldown. A verified credential and an
+            # unverified claim of the same person are kept apart: a claim never hides a credential.
+            if pid and self.cooldown.seen(f"p:{int(is_verified(verification))}:{pid}", mono):
+                continue
+            event = self._record(decision, verification, source="camera", at=at, clock=clock)
             if event is not None:
                 events.append(event)
         return events
 
-    def _record(self, decision, verification, source):
+    def _clock_reading(self):
+        """One reading of the clock per decision: (UTC datetime, clock quality), for policy and event."""
+        return self._now(), clock_quality()
+
+    def _seal(self, uuid, verification):
+        """The sealed personal part of an event, or None (no person, or no sealing key)."""
+        if verification is None or not (verification.person or verification.person_id):
+            return None
+        sealer = self.sealer
+        if sealer is None:
+            return None
+        try:
+            return sealer.seal(uuid, verification.person, verification.person_id, verification.credential_id)
+        except ValueError as exc:  # too large: the event is still recorded, without it (says no more)
+            log.warning("personal part not sealed (%s): the event is recorded without it", exc)
+            return None
+
+    def _record(self, decision, verification, source, at=None, clock=None):
         """Commit the event, then give feedback. Fails closed when the outbox cannot take it."""
+        if at is None:
+            at, clock = self._clock_reading()
+        uuid = str(uuidlib.uuid4())
         fields = {
+            "uuid": uuid,
             "checkpoint": self.cfg.device.checkpoint,
             "direction": self.cfg.device.direction,
-            "time": utc_now_iso(),
-            "clock": clock_quality(),
+            "time": utc_now_iso(at),
+            "clock": clock,
             "source": source,
             "format": verification.format if verification is not None else "none",
             "decision": decision.decision,
             "reason": decision.reason,
-            "subject": self._subject(verification),
+            "verified": is_verified(verification),
+            "sealed": self._seal(uuid, verification),
         }
         try:
             with self._lock:
@@ -170,15 +245,6 @@ class Terminal:
         self._report(event, decision, verification)
         return event
 
-    @staticmethod
-    def _subject(verification):
-        if verification is None:
-            return {}
-        subject = dict(verification.subject or {})
-        if verification.subject_key:
-            subject["key"] = verification.subject_key
-        return subject
-
     def _signal(self, decision):
         if self.feedback is not None:
             self.feedback.signal(feedback_kind(decision))
@@ -197,10 +263,28 @@ class Terminal:
     # --- updates from the collector -------------------------------------------------------
 
     def apply_update(self, kind, body, version):
-        """Apply a verified update from the collector (deny list, trusted issuers)."""
-        from device.update_apply import apply_update
+        """Apply a verified update from the collector (deny list, trusted issuers, config).
 
-        self.checker = apply_update(self.cfg, self.checker, kind, body, version)
+        A `config` update may carry a new sealing public key ({"privacy": {"seal_public_key":
+        "<seal.pub text>"}}): new events are sealed to it. A config update without one goes back
+        to the configured key. A body that does not fit raises and changes nothing.
+        """
+        from device.update_apply import apply_update, config_seal_key
+
+        checker = apply_update(self.cfg, self.checker, kind, body, version)
+        if kind == "config":
+            seal = config_seal_key(body, version)
+            if seal is None:
+                sealer = self._configured_sealer
+            elif self.sealer is not None and self.sealer.kid == seal[0]:
+                sealer = self.sealer
+            else:
+                sealer = make_sealer(self.cfg, public_raw=seal[1])
+            if sealer is not self.sealer:
+                log.warning("config version %s: personal parts are now sealed to the collector key %s",
+                            version, sealer.kid if sealer is not None else "(none: no personal part)")
+            self.sealer = sealer
+        self.checker = checker
 
     # --- status for the uplink ------------------------------------------------------------
 

@@ -1,9 +1,13 @@
 """`chot scan`: run image files or QR texts through the terminal's decoder, verification and policy.
 
 Prints one JSON object per line, one per credential found, with the stable keys documented
-in docs/scan-output.md: source, text, format, steps, decision, reason, subject. An image
+in docs/scan-output.md: source, text, format, steps, decision, reason, kind, person. An image
 with no code gives one line with `text` null and reason `no_code`. Exit status 0 when it
 ran, whatever the decisions; 2 on a usage error (unreadable file, bad --at).
+
+Nothing about the person is printed beyond whether the credential names one and whether it
+verified (`person: {"present", "verified"}`): no name, ID number, initials or hash of them.
+(`text` echoes the QR text given, which the technician already holds.)
 """
 
 import json
@@ -15,7 +19,8 @@ from chot.config import validate
 from chot.errors import ChotError
 from device.config import SCHEMA, load_terminal_config
 
-SCAN_KEYS = ("source", "text", "format", "steps", "decision", "reason", "subject")
+SCAN_KEYS = ("source", "text", "format", "steps", "decision", "reason", "kind", "person")
+NO_PERSON = {"present": False, "verified": False}
 
 
 def register(sub):
@@ -85,6 +90,8 @@ class Scanner:
         self.at = at
 
     def check_text(self, text, source):
+        from device.daemon import is_verified
+
         v, d = self.checker.check(text, self.at or datetime.now(UTC))
         return {
             "source": source,
@@ -93,7 +100,8 @@ class Scanner:
             "steps": dict(v.steps),
             "decision": d.decision,
             "reason": d.reason,
-            "subject": dict(v.subject or {}),
+            "kind": v.kind,
+            "person": {"present": bool(v.person or v.person_id), "verified": is_verified(v)},
         }
 
     def check_image(self, path):
@@ -113,7 +121,7 @@ class Scanner:
         if self.assembler.pending():
             return [{
                 "source": source, "text": None, "format": "shc", "steps": {"decode": False},
-                "decision": "FAIL", "reason": "incomplete", "subject": {},
+                "decision": "FAIL", "reason": "incomplete", "kind": None, "person": dict(NO_PERSON),
             }]
         return []
 
@@ -121,7 +129,7 @@ class Scanner:
     def no_code(source):
         return {
             "source": source, "text": None, "format": "unknown", "steps": {"decode": False},
-            "decision": "FAIL", "reason": "no_code", "subject": {},
+            "decision": "FAIL", "reason": "no_code", "kind": None, "person": dict(NO_PERSON),
         }
 
 

@@ -14,6 +14,9 @@
   own so the running daemon's session is untouched) and the device's ack topic subscribed;
 - the clock: synchronised (NTP), as the kernel says (device/clock.py).
 
+The config item also reads the collector's sealing public key (`privacy.seal_public_key`):
+a key that is set but unusable fails it (the daemon would not start), an unset one is noted.
+
 Each item prints PASS, FAIL (with what to do) or SKIP (not configured). The exit status is 0
 only when nothing failed. Run it while the service is stopped: the camera and the pins can be
 used by one process at a time.
@@ -212,7 +215,7 @@ def check_outbox(cfg):
                 conn.execute("CREATE TABLE chot_selftest_scratch (x INTEGER)")
                 conn.execute("INSERT INTO chot_selftest_scratch VALUES (1)")
                 conn.execute("ROLLBACK")
-                n = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+                n = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'event'").fetchone()[0]
             finally:
                 conn.close()
         except sqlite3.Error as exc:
@@ -338,6 +341,24 @@ def check_clock():
 # --- the run -------------------------------------------------------------------------------------
 
 
+def check_config(cfg):
+    """The config loaded; its sealing key (privacy.seal_public_key) is a usable collector key."""
+    from chot.personal import KeyFileError, load_public_key
+
+    detail = f"device {cfg.device.id}, {cfg.device.direction}"
+    path = cfg.privacy.seal_public_key
+    if not path:
+        return Result("config", "PASS", detail + "; privacy.seal_public_key is not set: events carry no personal "
+                                                 "part, tracing cannot find these people")
+    try:
+        kid, _raw = load_public_key(path)
+    except KeyFileError as exc:
+        return Result("config", "FAIL", str(exc),
+                      "install the bundle again (chot provision device) or copy the collector's seal.pub to "
+                      f"{path}; the terminal does not start without it")
+    return Result("config", "PASS", detail + f"; personal parts sealed to collector key {kid}")
+
+
 def _print(result, out):
     out.write(f"{result.status:<5} {result.name:<11} {result.detail}\n")
     if result.status == "FAIL" and result.fix:
@@ -362,7 +383,7 @@ def run_selftest(config_path, pin_factory=None, out=None, frames=5, on_s=0.5, br
     except ConfigError as exc:
         add(Result("config", "FAIL", str(exc), "fix every problem listed, then run the self-test again"))
         return 1
-    add(Result("config", "PASS", f"device {cfg.device.id}, {cfg.device.direction}"))
+    add(check_config(cfg))
 
     factory = pin_factory
     if factory is None:

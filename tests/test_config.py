@@ -87,3 +87,22 @@ def test_list_choices_are_checked_per_item(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_terminal_config(f)
     assert "policy.accept_formats: found ['native', 'pdf']; allowed: a list, each item one of" in str(err.value)
+
+
+def test_privacy_section_checkpoint_pattern_and_retention(tmp_path):
+    f = tmp_path / "t.toml"
+    f.write_text(GOOD)
+    cfg = load_terminal_config(f)
+    assert cfg.privacy.seal_public_key is None  # unset: the terminal warns and records no personal part
+    assert (cfg.privacy.seal_rotate_events, cfg.privacy.seal_rotate_s) == (1000, 600.0)
+    assert cfg.outbox.retention_days == 3.0  # shorter than the collector's 28
+    f.write_text(GOOD + '[privacy]\nseal_public_key = "/etc/chot/collector-seal.pub"\nseal_rotate_events = 50\n')
+    cfg = load_terminal_config(f)
+    assert (cfg.privacy.seal_public_key, cfg.privacy.seal_rotate_events) == ("/etc/chot/collector-seal.pub", 50)
+    # the checkpoint is the wire's safe pattern: no spaces, slashes or wildcards (it goes into events)
+    f.write_text(GOOD.replace("phuc-tan-gate-1", "phuc tan/gate #1") + "[privacy]\nseal_rotate_events = 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_terminal_config(f)
+    problems = "\n".join(err.value.problems)
+    assert "device.checkpoint: found 'phuc tan/gate #1'" in problems
+    assert "privacy.seal_rotate_events: found 0" in problems

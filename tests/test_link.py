@@ -9,6 +9,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -16,6 +17,7 @@ from servers import Mosquitto
 from uplink_helpers import Acker, Watcher, fill, publish, terminal_cfg, wait_until
 
 from chot import wire
+from chot.personal import make_denylist_body
 from device.uplink.link import Link
 from device.uplink.outbox import Outbox
 from device.uplink.updates import store_path_for
@@ -122,11 +124,61 @@ def test_status_is_retained_with_its_fields_and_the_last_will_says_offline(tmp_p
         # the offline status is retained for whoever asks later
         with Watcher(broker.port, [topic]) as w2:
             assert wait_until(lambda: topic in w2.last)
-            assert json.loads(w2.last[topic]) == {"device_id": DEV, "online": False}
+            will = wire.to_dict(wire.decode_status(w2.last[topic]))
+            assert {k: v for k, v in will.items() if v is not None} == {"device_id": DEV, "online": False}
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_malformed_acks_are_counted_and_ignored_and_events_go_out_as_stored(tmp_path, broker):
+    cfg = terminal_cfg(tmp_path, broker.port)
+    with _outbox(cfg) as outbox, Acker(broker.port) as acker:
+        fill(outbox, 3)
+        stored = [raw for _, raw in outbox.pending_raw()]
+        seen = []
+        acker.client.on_message, inner = None, acker._on_message
+
+        def spy(client, userdata, msg):
+            seen.append(msg.payload)
+            inner(client, userdata, msg)
+
+        acker.client.on_message = spy
+        with Link(cfg, outbox) as link:
+            assert link.wait_connected(10)
+            for bad in (b"not json", b'{"device_id": "term-1"}', b'{"device_id": "term-1", "seq": -1}'):
+                publish(broker.port, wire.ack_topic(DEV), bad, retain=False)
+            assert wait_until(lambda: link.counters["bad_acks"] == 3)
+            assert link.wait_acked(3, 10)
+        sent = []
+        for payload in seen:  # each event's bytes as the outbox stored them, one message or a batch
+            if payload.startswith(b'{"batch"'):
+                sent += [bytes(r) for r in msgspec.json.decode(payload, type=dict[str, list[msgspec.Raw]])["batch"]]
+            else:
+                sent.append(payload)
+        assert sent == stored
+
+
+def test_status_is_typed_and_holds_only_counts(tmp_path, broker):
+    cfg = terminal_cfg(tmp_path, broker.port)
+    with _outbox(cfg) as outbox:
+        fill(outbox, 2)
+        # a status source giving something the contract does not know is not passed through
+        src = lambda: {"passes": 2, "fails": 0, "last_scan": "2021-08-09T07:00:00.000000Z",  # noqa: E731
+                       "person": "Nguyễn Văn An", "version": "1.0"}
+        link = Link(cfg, outbox, status_source=src)
+        try:
+            status = wire.decode_status(link._status_payload(online=True))
+            assert set(wire.to_dict(status)) == set(wire.STATUS_FIELDS)
+            assert (status.passes, status.outbox_depth, status.last_seq) == (2, 2, 2)
+            assert "Nguy" not in link._status_payload(online=True).decode()
+            # a field that does not fit (a version too long) gives the minimal status, never a bad one
+            link.status_source = lambda: {"version": "x" * 100}
+            minimal = wire.decode_status(link._status_payload(online=True))
+            assert minimal.version is None and minimal.outbox_depth == 2 and link.counters["bad_status"] == 1
+        finally:
+            link.close()
 
 
 def test_close_publishes_offline_status(tmp_path, broker):
@@ -146,14 +198,14 @@ def test_signed_denylist_applied_forged_and_older_ignored_and_kept_across_restar
     cfg = terminal_cfg(tmp_path, broker.port, collector_public_key=str(pub))
     topic = wire.broadcast_topic("denylist")
     applied = []
-    body2 = {"format": "chot-denylist-v1", "version": 2, "salt": "00" * 16, "entries": ["ab" * 32]}
+    body2 = make_denylist_body(2, credential_ids=["3f9c0a1b2c4d5e6f"], salt=bytes(16))
     with _outbox(cfg) as outbox:
         with Link(cfg, outbox, on_update=lambda *a: applied.append(a)) as link:
             assert link.wait_connected(10)
             publish(broker.port, topic, wire.sign_envelope(key, "denylist", 2, body2))
             assert wait_until(lambda: applied == [("denylist", body2, 2)])
             # forged: a newer version signed by another key
-            forged = dict(body2, version=9, entries=[])
+            forged = dict(body2, version=9, revoked=[])
             publish(broker.port, topic, wire.sign_envelope(forger, "denylist", 9, forged))
             # older: correctly signed, version 1
             publish(broker.port, topic, wire.sign_envelope(key, "denylist", 1, dict(body2, version=1)))
@@ -176,7 +228,7 @@ def test_signed_denylist_applied_forged_and_older_ignored_and_kept_across_restar
         path = store_path_for(cfg.outbox.path)
         kept = json.loads(path.read_text())
         env = json.loads(kept["denylist"]["payload"])
-        env["body"]["entries"] = []
+        env["body"]["revoked"] = []
         kept["denylist"]["payload"] = json.dumps(env)
         path.write_text(json.dumps(kept))
         third = []
@@ -197,9 +249,9 @@ def test_broker_down_events_keep_buffering_and_go_out_when_it_is_back(tmp_path):
                 assert link.wait_acked(5, 10)
                 b.stop()
                 assert wait_until(lambda: not link.connected)
-                for i in range(20):
-                    outbox.append({"source": "camera", "format": "none", "decision": "FAIL",
-                                   "reason": "unreadable", "subject": {"i": i}})
+                for _ in range(20):
+                    outbox.append({"source": "camera", "format": "unknown", "decision": "FAIL",
+                                   "reason": "unreadable", "verified": False, "sealed": None})
                     link.wake()
                 time.sleep(0.3)
                 assert link.uplink_down_for() > 0

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import threading
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from chot import wire
 from chot.errors import OutboxError, OutboxFull
-from chot.wire import validate_event
+from chot.wire import UUID_RE, validate_event
 from device.clock import clock_quality, utc_now_iso
 from device.config import load_terminal_config
 from device.uplink.outbox import Outbox
@@ -32,10 +34,16 @@ def fields(**over):
         "format": "native",
         "decision": "PASS",
         "reason": "ok",
-        "subject": {"kind": "resident", "ward": "Phuc Tan"},
+        "verified": True,
+        "sealed": sealed(),
     }
     f.update(over)
     return f
+
+
+def sealed(ct_chars=64):
+    """A sealed part of the right shape (its content is opaque to the outbox): `ct_chars` pads an event."""
+    return {"kid": "0123456789abcdef", "epk": "A" * 43, "ct": "x" * ct_chars}
 
 
 def all_seqs(path):
@@ -50,7 +58,7 @@ def test_append_gives_valid_events_and_seq_survives_reopen(tmp_path):
     path = tmp_path / "outbox.db"
     with Outbox(path, device_id="t-01") as ob:
         events = [ob.append(fields(decision=d, reason=r)) for d, r in [("PASS", "ok"), ("FAIL", "expired")] * 3]
-        manual = ob.append(fields(source="manual", format="none", reason="manual_pass", subject={}))
+        manual = ob.append(fields(source="manual", format="none", reason="manual", verified=False, sealed=None))
     events.append(manual)
     assert [e["seq"] for e in events] == list(range(1, 8))
     assert len({e["uuid"] for e in events}) == 7
@@ -96,7 +104,7 @@ from device.uplink.outbox import Outbox
 from device.clock import clock_quality, utc_now_iso
 ob = Outbox(sys.argv[1], device_id="t-01", synchronous=sys.argv[2])
 f = dict(checkpoint="c", direction="in", source="camera", format="native", decision="PASS", reason="ok",
-         subject={"pad": "x" * 200})
+         verified=True, sealed={"kid": "0123456789abcdef", "epk": "A" * 43, "ct": "x" * 200})
 while True:
     e = ob.append(dict(f, time=utc_now_iso(), clock=clock_quality()))
     sys.stdout.write(f"{e['seq']}\n")
@@ -169,11 +177,11 @@ def test_full_by_rows_fails_and_stores_nothing_more(tmp_path):
 
 
 def test_full_by_bytes_fails_and_stores_nothing_more(tmp_path):
-    big = {"note": "x" * 3000}
+    big = sealed(3000)
     with Outbox(tmp_path / "o.db", device_id="t-01", max_bytes=64 * 1024) as ob:
         with pytest.raises(OutboxFull, match=r"outbox\.max_bytes = 65536"):
             for _ in range(1000):
-                ob.append(fields(subject=big))
+                ob.append(fields(sealed=big))
         stored = ob.stats()
         assert 5 < stored["rows"] < 1000 and stored["last_seq"] == stored["rows"]
         with pytest.raises(OutboxFull):
@@ -231,7 +239,7 @@ def test_disk_full_gives_a_clear_error_and_keeps_seq(tmp_path):
         ob._db.execute_sql(f"PRAGMA max_page_count = {pages}")  # SQLite now reports a full disk
         with pytest.raises(OutboxError, match="is full.*free disk space") as err:
             for _ in range(100):
-                ob.append(fields(subject={"pad": "y" * 3000}))
+                ob.append(fields(sealed=sealed(3000)))
         assert not isinstance(err.value, OutboxFull)
         last = ob.last_seq
         ob._db.execute_sql("PRAGMA max_page_count = 1073741823")
@@ -297,13 +305,58 @@ def test_concurrent_append_and_pending(tmp_path):
 
 
 def test_event_json_is_what_pending_returns(tmp_path):
+    given = "7d0f6a3c-2b1e-4c5d-9e8f-0a1b2c3d4e5f"
     with Outbox(tmp_path / "o.db", device_id="t-01") as ob:
-        e = ob.append(fields(subject={"name_hash": "ab12", "ward": "Hàng Bạc"}))
+        e = ob.append(fields(uuid=given))  # the daemon makes the uuid (the sealed part is bound to it)
+        other = ob.append(fields(uuid=None))
+        raw = ob.pending_raw()
+    assert e["uuid"] == given and UUID_RE.fullmatch(other["uuid"]) and other["uuid"] != given
     con = sqlite3.connect(tmp_path / "o.db")
     body = con.execute("SELECT body FROM event WHERE seq = 1").fetchone()[0]
     con.close()
     assert json.loads(body) == e
-    assert os.path.getsize(tmp_path / "o.db") > 0
+    # stored exactly as published: the JSON of the typed Event, in its field order
+    assert body.encode() == wire.dumps(wire.event_from_dict(e))
+    assert raw[0] == (1, body.encode()) and raw[1][0] == 2
+    assert list(json.loads(body)) == list(wire.Event.__struct_fields__)
+    assert wire.decode_event_message(wire.event_topic("t-01"), wire.encode_events([r for _, r in raw]))[1] == []
+
+
+def test_event_is_checked_against_the_v2_contract(tmp_path):
+    with Outbox(tmp_path / "o.db", device_id="t-01") as ob:
+        for bad in (dict(subject={"name_masked": "N. V. A."}),  # no such field any more
+                    dict(reason="denied"), dict(verified="yes"), dict(sealed={"kid": "x"}),
+                    dict(uuid="not-a-uuid"), dict(checkpoint="gate 1 / north"),
+                    dict(source="camera", format="none", sealed=sealed())):  # no credential, no person
+            with pytest.raises(OutboxError, match="not valid"):
+                ob.append(fields(**bad))
+        assert ob.last_seq == 0
+        e = ob.append(fields(verified=False, sealed=None))
+        assert (e["seq"], e["v"], e["verified"], e["sealed"]) == (1, 2, False, None)
+
+
+def test_files_are_private(tmp_path):
+    path = tmp_path / "state" / "o.db"
+    with Outbox(path, device_id="t-01") as ob:
+        ob.append(fields())
+        names = sorted(p.name for p in path.parent.iterdir())
+        assert {"o.db", "o.db-wal", "o.db-shm"} <= set(names), names
+        for p in path.parent.iterdir():
+            assert stat.S_IMODE(p.stat().st_mode) == 0o600, (p.name, oct(p.stat().st_mode))
+    # an outbox made before (looser modes) is tightened when opened
+    os.chmod(path, 0o644)
+    with Outbox(path, device_id="t-01") as ob:
+        ob.append(fields())
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(Path(str(path) + "-wal").stat().st_mode) == 0o600
+
+
+def test_default_retention_is_shorter_than_the_collectors(tmp_path):
+    with Outbox(tmp_path / "o.db", device_id="t-01") as ob:
+        assert ob.retention_days == 3.0
+    from device.config import SCHEMA
+
+    assert SCHEMA["outbox"]["retention_days"].default == 3.0
 
 
 def test_append_is_one_transaction_rolled_back_on_failure(tmp_path):
@@ -354,7 +407,7 @@ def test_byte_cap_agrees_with_what_sqlite_reports(tmp_path):
     # append succeeds exactly while the used pages (read by another connection) are under max_bytes
     path = tmp_path / "o.db"
     cap = 512 * 1024
-    big = {"note": "x" * 2500}
+    big = sealed(2500)
     with Outbox(path, device_id="t-01", max_bytes=cap) as ob:
         reader = sqlite3.connect(path)
         try:
@@ -364,10 +417,10 @@ def test_byte_cap_agrees_with_what_sqlite_reports(tmp_path):
                 used = page * (reader.execute("PRAGMA page_count").fetchone()[0]
                                - reader.execute("PRAGMA freelist_count").fetchone()[0])
                 if used < cap:
-                    ob.append(fields(subject=big))
+                    ob.append(fields(sealed=big))
                 else:
                     with pytest.raises(OutboxFull, match=r"outbox\.max_bytes = 524288"):
-                        ob.append(fields(subject=big))
+                        ob.append(fields(sealed=big))
                     refused += 1
                     if refused == 3:
                         break

@@ -41,8 +41,11 @@ def test_image_passes_at_its_time_and_keys_are_stable(card):
     assert out["source"] == str(card["png"]) and out["text"] == card["text"]
     assert (out["format"], out["decision"], out["reason"]) == ("native", "PASS", "ok")
     assert out["steps"] == {"decode": True, "signature": True, "issuer": True, "time": True}
-    assert card["person"]["id_number"] not in res.stdout  # no ID number in clear
-    assert card["person"]["name"] not in res.stdout
+    assert (out["kind"], out["person"]) == ("declaration", {"present": True, "verified": True})
+    # nothing about the person beyond present/verified: no ID number, name, phone, birth date or initials
+    for value in (card["person"]["id_number"], card["person"]["name"], card["person"]["phone"],
+                  card["person"]["dob"], card["person"]["dob"][:4], card["person"]["ward"]):
+        assert value not in res.stdout.replace(card["text"], "")
 
 
 def test_expired_untrusted_and_no_code(card, tmp_path):
@@ -53,10 +56,13 @@ def test_expired_untrusted_and_no_code(card, tmp_path):
     expired, none = lines(res)
     assert (expired["decision"], expired["reason"], expired["steps"]["time"]) == ("FAIL", "expired", False)
     assert none == {"source": str(blank), "text": None, "format": "unknown", "steps": {"decode": False},
-                    "decision": "FAIL", "reason": "no_code", "subject": {}}
+                    "decision": "FAIL", "reason": "no_code", "kind": None,
+                    "person": {"present": False, "verified": False}}
     untrusted = lines(chot("scan", str(card["png"]), "--at", "2021-08-20T10:00:00Z"))[0]
     assert (untrusted["decision"], untrusted["reason"]) == ("FAIL", "unknown_issuer")
     assert untrusted["steps"]["issuer"] is False
+    assert untrusted["person"] == {"present": True, "verified": False}  # a claim nobody verified
+    assert expired["person"] == {"present": True, "verified": False}
 
 
 def test_texts_plain_and_garbled():
@@ -64,7 +70,10 @@ def test_texts_plain_and_garbled():
     assert res.returncode == 0, res.stderr
     plain, garbled, link = lines(res)
     assert (plain["source"], plain["format"], plain["reason"]) == ("-", "plain", "unsigned")
-    assert "001090012345" not in json.dumps(plain["subject"])
+    assert (plain["kind"], plain["person"]) == ("id_text", {"present": True, "verified": False})
+    assert "001090012345" not in json.dumps({k: v for k, v in plain.items() if k != "text"})
+    assert tuple(plain) == SCAN_KEYS and tuple(garbled) == SCAN_KEYS
+    assert link["person"] == {"present": False, "verified": False}
     assert (garbled["format"], garbled["decision"], garbled["reason"]) == ("native", "FAIL", "unreadable")
     assert garbled["steps"]["decode"] is False and garbled["steps"]["signature"] is None
     assert (link["format"], link["reason"]) == ("plain", "unsigned")

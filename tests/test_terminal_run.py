@@ -6,13 +6,17 @@ import subprocess
 import sys
 import time
 
+from chot.personal import Opener, fold_name, generate_seal_keys
+from chot.wire import validate_event
 from device.credentials import keys
+from device.credentials.issue_cli import make_test_identities
 from device.uplink.outbox import Outbox
 
 
 def test_run_notifies_systemd_and_stops_cleanly_on_sigterm(tmp_path):
     key = keys.generate("ed25519")
     priv, pub = keys.save_keypair(key, tmp_path / "issuer")
+    generate_seal_keys(tmp_path / "collector-keys")
     conf = tmp_path / "terminal.toml"
     conf.write_text(f"""
 [device]
@@ -28,6 +32,8 @@ factory = "mock"
 trusted_issuers = ["{pub}"]
 [outbox]
 path = "{tmp_path / 'outbox.db'}"
+[privacy]
+seal_public_key = "{tmp_path / 'collector-keys' / 'seal.pub'}"
 """)
     sock_path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -61,8 +67,17 @@ path = "{tmp_path / 'outbox.db'}"
     with Outbox(tmp_path / "outbox.db", device_id="gate-9-in") as box:
         events = box.pending(0, 1000)
     assert events, err
-    # Names and ID numbers never reach the log.
-    assert not any(e["subject"].get("name_masked", "###") in err for e in events if e["subject"].get("name_masked"))
+    # The people of the synthetic crowd (seed 1: its first batch) are sealed, and never in the log.
+    assert all(validate_event(e) == [] for e in events)
+    opener = Opener.from_dir(tmp_path / "collector-keys")
+    sealed = [e for e in events if e["sealed"]]
+    assert sealed and all(e["format"] != "none" for e in sealed)
+    crowd = {p["id_number"] for p in make_test_identities(50, seed=1000)}
+    assert {opener.open(e["sealed"], e["uuid"]).person_id[3:] for e in sealed[:5]} <= crowd
+    for p in make_test_identities(50, seed=1000):
+        for value in (p["id_number"], p["name"], fold_name(p["name"]), p["phone"]):
+            assert value not in err
+    assert "privacy.seal_public_key is not set" not in err
 
 
 def test_bad_config_exits_non_zero_with_every_problem(tmp_path):

@@ -1,17 +1,22 @@
-"""Updates from the collector change the terminal's decisions: trusted issuers, policy, deny list."""
+"""Updates from the collector change the terminal's decisions: trusted issuers, policy, deny list, sealing key."""
 
+import hashlib
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from chot.config import validate
 from chot.errors import ChotError
-from collector.signing import denylist_body, trust_body
+from chot.personal import generate_seal_keys, make_denylist_body, person_id_for_id
+from collector.signing import trust_body
 from device.config import SCHEMA
 from device.credentials import keys
 from device.credentials.issue_cli import issue_declaration, make_test_identities
 from device.credentials.policy import Checker
-from device.update_apply import apply_update
+from device.update_apply import apply_update, config_seal_key
+
+FAST_ARGON2 = {"t": 1, "m_kib": 8192, "p": 1}
 
 
 @pytest.fixture
@@ -34,11 +39,23 @@ def test_trust_then_policy_then_denylist(setup):
     checker = apply_update(cfg, checker, "config", {"policy": {"fail_on_travel": True}}, 2)
     assert checker.check(text)[1].reason == "travel_declared"
     checker = apply_update(cfg, checker, "config", {"policy": {"fail_on_travel": False}}, 3)
-    from device.credentials.subject import subject_key_for_id
-
-    body = denylist_body([subject_key_for_id(person["id_number"])], version=4)
+    body = make_denylist_body(4, person_ids=[person_id_for_id(person["id_number"])], params=FAST_ARGON2)
     checker = apply_update(cfg, checker, "denylist", body, 4)
     assert checker.check(text)[1].reason == "denylisted"
+    # the list holds no ID number, not even hashed without its salt and Argon2id
+    assert person["id_number"] not in json.dumps(body)
+    assert hashlib.sha256(person["id_number"].encode()).hexdigest() not in json.dumps(body)
+
+
+def test_a_config_update_carries_a_new_sealing_key(setup, tmp_path):
+    cfg, pub, person, text = setup
+    kid = generate_seal_keys(tmp_path / "keys")
+    seal_text = (tmp_path / "keys" / "seal.pub").read_text()
+    body = {"privacy": {"seal_public_key": seal_text}}
+    assert config_seal_key(body, 5)[0] == kid
+    assert config_seal_key({"policy": {}}, 5) is None
+    checker = Checker.from_config(cfg.policy, extra_trust=[pub])
+    assert apply_update(cfg, checker, "config", body, 5).check(text)[1].reason == "ok"
 
 
 @pytest.mark.parametrize(
@@ -49,6 +66,12 @@ def test_trust_then_policy_then_denylist(setup):
         ("config", {"policy": {"max_age_h": -3}}),
         ("config", {"policy": {"no_such_key": 1}}),
         ("denylist", {"salt": "zz"}),
+        ("denylist", {"format": "chot-denylist-v1", "version": 2, "salt": "00" * 16, "entries": []}),
+        ("config", {"privacy": {"seal_public_key": "chot-seal-public-v1 0011223344556677 AAAA"}}),
+        ("config", {"privacy": {"seal_public_key": 3}}),
+        ("config", {"privacy": {"seal_rotate_s": 1}}),
+        ("config", {"privacy": "x"}),
+        ("config", {"policy": {"fail_on_travel": True}, "pins": {"relay": "GPIO2"}}),
         ("nonsense", {}),
     ],
 )

@@ -41,12 +41,14 @@ def terminal_cfg(tmp_path, port, device_id="term-1", sections=None, **mqtt_keys)
 
 
 def event_fields(i=0, decision="PASS"):
+    """The fields of a v2 event without a personal part (`i` is unused, kept for the callers)."""
     return {
         "source": "camera",
         "format": "plain",
         "decision": decision,
-        "reason": "ok" if decision == "PASS" else "denied",
-        "subject": {"n": i},
+        "reason": "ok" if decision == "PASS" else "unsigned",
+        "verified": False,
+        "sealed": None,
     }
 
 
@@ -104,7 +106,7 @@ class Acker:
         device = wire.device_from_topic(msg.topic)
         good, problems = wire.decode_event_message(msg.topic, msg.payload)
         assert not problems, problems
-        seqs = [e["seq"] for e in good]
+        seqs = [e.seq for e in good]
         with self.lock:
             self.messages.append((device, seqs))
             seen = self.seen.setdefault(device, {})

@@ -16,6 +16,10 @@ Delivery (docs/uplink.md):
   `mqtt.ack_timeout_s` is sent again from the last acked seq (the collector stores a
   duplicate once); repeated timeouts back off up to 8 times the timeout.
 - After each reconnect everything not acked is sent again from the last acked seq.
+- Events go out as the outbox stored them (`Outbox.pending_raw`, the JSON of a `wire.Event`:
+  the personal part is sealed, the terminal cannot read it); acks are `wire.Ack`
+  (`wire.decode_ack`; a malformed one is counted by its `WireError.code` and ignored); the
+  status is a `wire.Status` (counts and fleet health only, checked before it is sent).
 
 The paho callbacks only hand work to the worker (a queue and an event); the worker also
 refreshes the retained status (`chot/v1/dev/<id>/status`, every `mqtt.status_interval_s`
@@ -121,7 +125,7 @@ class Link:
         self._deadline = None  # when the collector's ack is overdue
         self._timeouts = 0  # consecutive ack timeouts
         self.counters = {"messages": 0, "events_sent": 0, "resends": 0, "acks": 0, "refused": 0, "updates": 0,
-                         "updates_ignored": 0}
+                         "updates_ignored": 0, "bad_acks": 0, "bad_status": 0}
 
         self.client = self._make_client()
         self._replay_updates()
@@ -384,7 +388,8 @@ class Link:
         try:
             device, seq = wire.decode_ack(payload)
         except wire.WireError as exc:
-            log.warning("malformed ack ignored: %s", exc)
+            self.counters["bad_acks"] += 1
+            log.warning("malformed ack ignored (%s): %s", exc.code, exc)
             return
         if device != self.device_id:
             log.warning("ack for another device ignored")
@@ -438,22 +443,22 @@ class Link:
             if self._stopping.is_set() or not self.connected:
                 return
             limit = min(self.batch, self.window - (self._sent - self._acked))
-            events = self.outbox.pending(after_seq=self._sent, limit=limit)
-            if not events:
+            rows = self.outbox.pending_raw(after_seq=self._sent, limit=limit)
+            if not rows:
                 return
-            payload = wire.encode_events(events)
-            while len(payload) > wire.MAX_MESSAGE_BYTES and len(events) > 1:
-                events = events[: len(events) // 2]
-                payload = wire.encode_events(events)
+            payload = wire.encode_events([raw for _seq, raw in rows])  # the stored JSON, as it is
+            while len(payload) > wire.MAX_MESSAGE_BYTES and len(rows) > 1:
+                rows = rows[: len(rows) // 2]
+                payload = wire.encode_events([raw for _seq, raw in rows])
             info = self.client.publish(self.topic_event, payload, qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 log.debug("publish deferred: %s", mqtt.error_string(info.rc))
                 return
-            last = events[-1]["seq"]
+            last = rows[-1][0]
             self._inflight.append((info, last))
             self._sent = last
             self.counters["messages"] += 1
-            self.counters["events_sent"] += len(events)
+            self.counters["events_sent"] += len(rows)
             if self._deadline is None:
                 factor = min(2**self._timeouts, RESEND_BACKOFF_MAX)
                 self._deadline = now + self.ack_timeout_s * factor
@@ -493,7 +498,21 @@ class Link:
         }
 
     def _status_payload(self, online):
-        return wire.encode_status(online=online, **self._status_fields())
+        """The retained status (typed `wire.Status`: counts and fleet health, nothing about anyone).
+
+        Checked against its own type before it goes out: a field that does not fit is dropped
+        (and logged) rather than sending a status the collector refuses.
+        """
+        fields = self._status_fields()
+        payload = wire.encode_status(online=online, **fields)
+        try:
+            wire.decode_status(payload)
+        except wire.WireError as exc:
+            self.counters["bad_status"] += 1
+            log.warning("status fields do not fit the contract (%s): sending the minimal status", exc)
+            payload = wire.encode_status(online=online, device_id=self.device_id, time=fields["time"],
+                                         outbox_depth=fields["outbox_depth"], last_seq=fields["last_seq"])
+        return payload
 
     def _publish_status(self):
         info = self.client.publish(self.topic_status, self._status_payload(online=True), qos=1, retain=True)

@@ -2,11 +2,16 @@
 
 peewee on SQLite in WAL mode. `append()` gives the event its `seq` (a per-device number that
 only grows: the highest one ever given is kept in a one-row table updated in the same
-transaction, so neither a crash nor the deletion of delivered rows can make it go back), a
-UUID, the device id and the event version, and COMMITS before it returns: the daemon gives
+transaction, so neither a crash nor the deletion of delivered rows can make it go back), the
+device id and the event version (and a UUID unless the caller gave one: the daemon does, since
+the sealed part is bound to it), checks it against the wire contract (`chot.wire.Event`, v2),
+stores its JSON exactly as it is published, and COMMITS before it returns: the daemon gives
 feedback only after that, so there is no PASS without a record.
 
-The MQTT link reads `pending()` in seq order, and `mark_delivered(upto)` when the collector's
+The database and its -wal and -shm files are created 0600 (and tightened to 0600 when found
+looser): they hold sealed personal parts and the terminal's movements.
+
+The MQTT link reads `pending_raw()` (the stored JSON) in seq order, and `mark_delivered(upto)` when the collector's
 ack covers `upto`; `purge()` deletes delivered events older than the retention period. At the
 cap (`max_rows` events or `max_bytes` of used database pages) `append()` first gives up
 delivered events still under retention, oldest first, and when only undelivered events remain
@@ -33,6 +38,7 @@ import uuid as uuidlib
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgspec
 import peewee
 from peewee import BigIntegerField, CharField, DoubleField, IntegerField, Model, TextField
 
@@ -82,6 +88,30 @@ def _models(db):
     return Event, State
 
 
+PRIVATE_MODE = 0o600
+SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def _create_private(path):
+    """Create the database file 0600 when it does not exist (SQLite gives -wal and -shm its mode)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_MODE)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _tighten(path):
+    """Make the database and its side files 0600 (files of an older outbox may be looser)."""
+    for suffix in SIDE_FILES:
+        p = path + suffix
+        try:
+            if os.stat(p).st_mode & 0o077:
+                os.chmod(p, PRIVATE_MODE)
+        except FileNotFoundError:
+            continue
+
+
 def _hint(path, exc):
     """An OutboxError for a database failure, saying what to do."""
     texts = []
@@ -128,7 +158,7 @@ class Outbox:
         path,
         max_rows=1_000_000,
         max_bytes=512 * MiB,
-        retention_days=7.0,
+        retention_days=3.0,
         synchronous="FULL",
         device_id=None,
         defaults=None,
@@ -150,7 +180,8 @@ class Outbox:
         self._closed = False
         self._room = 0  # bytes surely free under max_bytes (a lower bound); 0: ask SQLite
         try:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _create_private(self.path)
         except OSError as exc:
             raise _hint(self.path, exc) from exc
         self._db = peewee.SqliteDatabase(
@@ -178,6 +209,7 @@ class Outbox:
                     id=1, last_seq=0, delivered_upto=0, device_id=device_id
                 ).on_conflict_ignore().execute()
             self._page_size = self._pragma("page_size")
+            _tighten(self.path)
             state = self.State.get_by_id(1)
             top = self.Event.select(peewee.fn.MAX(self.Event.seq)).scalar() or 0
             self._last_seq = max(state.last_seq, top)
@@ -270,11 +302,12 @@ class Outbox:
     # -- writing -----------------------------------------------------------------------------
 
     def append(self, fields):
-        """Store one event durably and return it (with seq, uuid, device_id, v).
+        """Store one event durably and return it (a dict with seq, uuid, device_id, v).
 
-        `fields` gives checkpoint, direction, time, clock, source, format, decision, reason and
-        subject; checkpoint and direction default to this terminal's, time and clock to now.
-        Raises OutboxFull at the cap and OutboxError when the event cannot be stored.
+        `fields` gives checkpoint, direction, time, clock, source, format, decision, reason,
+        verified and sealed, and may give the uuid; checkpoint and direction default to this
+        terminal's, time and clock to now, uuid to a new one. Raises OutboxFull at the cap and
+        OutboxError when the event cannot be stored (or is not a valid event).
         """
         with self._lock:
             self._check_open()
@@ -293,19 +326,24 @@ class Outbox:
                 event["time"] = utc_now_iso()
             if "clock" not in event:
                 event["clock"] = clock_quality()
+            if not event.get("uuid"):
+                event["uuid"] = str(uuidlib.uuid4())
+            event.setdefault("verified", False)
+            event.setdefault("sealed", None)
             seq = self._last_seq + 1
-            event.update(v=wire.EVENT_VERSION, device_id=self.device_id, seq=seq, uuid=str(uuidlib.uuid4()))
-            problems = wire.validate_event(event)
-            if problems:
-                raise OutboxError("event not stored, it is not valid: " + "; ".join(problems))
-            raw = wire.dumps(event)
+            event.update(v=wire.EVENT_VERSION, device_id=self.device_id, seq=seq)
+            try:
+                typed = wire.event_from_dict(event)
+            except (wire.WireError, TypeError, ValueError, msgspec.EncodeError) as exc:
+                raise OutboxError(f"event not stored, it is not valid: {exc}") from None
+            raw = wire.dumps(typed)  # exactly the bytes that are published
             with self._guard():
                 self._insert(seq, event["time"], raw.decode("utf-8"))
             self._room -= len(raw) + len(raw) // 256 + GROWTH_PAGES * self._page_size
             self._last_seq = seq
             self._rows += 1
             self._new.notify_all()
-            return event
+            return wire.to_dict(typed)
 
     def _insert(self, seq, when, body):
         """Insert the event and raise last_seq in one transaction, committed (durable) on return.
@@ -405,14 +443,18 @@ class Outbox:
     # -- reading -----------------------------------------------------------------------------
 
     def pending(self, after_seq=0, limit=100):
-        """Undelivered events with seq > after_seq, in seq order, at most `limit`."""
+        """Undelivered events with seq > after_seq, in seq order, at most `limit` (as dicts)."""
+        return [json.loads(body) for _seq, body in self.pending_raw(after_seq, limit)]
+
+    def pending_raw(self, after_seq=0, limit=100):
+        """[(seq, JSON bytes as stored and published)] of the undelivered events after `after_seq`."""
         E = self.Event
         with self._lock:
             self._check_open()
             start = max(int(after_seq), self._delivered_upto)
             with self._guard():
-                rows = E.select(E.body).where(E.seq > start).order_by(E.seq).limit(int(limit)).tuples()
-                return [json.loads(body) for (body,) in rows]
+                rows = E.select(E.seq, E.body).where(E.seq > start).order_by(E.seq).limit(int(limit)).tuples()
+                return [(seq, body.encode("utf-8")) for seq, body in rows]
 
     def wait_for(self, after_seq, timeout=None):
         """Block until an event with seq > after_seq exists (or timeout); True when one does."""

@@ -13,6 +13,10 @@ Accepted updates are kept, as the signed messages themselves, in one small JSON 
 to the outbox (`<outbox>.updates.json`, written atomically: temp file, fsync, rename), so
 that after a restart the terminal decides with what it last had even while offline. On
 loading, each kept message is verified again: a file edited by hand is not trusted.
+
+Nothing in an update names a person (the deny list holds salted hashes, a config update at
+most the collector's sealing *public* key), so the kept file holds nothing personal either;
+it is written 0600 all the same.
 """
 
 import json
@@ -105,7 +109,7 @@ class UpdateStore:
         try:
             env = wire.verify_envelope(self.public_key, payload, kind, target=self.device_id)
         except wire.WireError as exc:
-            log.warning("%s update REJECTED (forged or malformed): %s", kind, exc)
+            log.warning("%s update REJECTED (%s: forged or malformed): %s", kind, exc.code, exc)
             return None
         version = env["version"]
         current = self.version(kind)
@@ -154,7 +158,7 @@ class UpdateStore:
             try:
                 payload = kept["payload"]
                 if self.public_key is None:
-                    raise wire.WireError("no collector public key is pinned (set mqtt.collector_public_key)")
+                    raise wire.WireError("no collector public key is pinned (set mqtt.collector_public_key)", "no_key")
                 env = wire.verify_envelope(self.public_key, payload.encode("utf-8"), kind, target=self.device_id)
             except (KeyError, TypeError, AttributeError, wire.WireError) as exc:
                 log.error("kept %s update does not verify (%s); ignored", kind, exc)
