@@ -2,14 +2,17 @@
 
 The same query code as the CLI (collector.queries):
 
-    GET  /api/visits?subject=..&from=..&to=..
-    GET  /api/contacts?subject=..&days=..&window=..&at=..
+    GET  /api/visits?person=..&case=..&from=..&to=..          (personal: case required, audited)
+    GET  /api/contacts?person=..&case=..&days=..&window=..&at=..  (personal: case required, audited)
     GET  /api/traffic?checkpoint=..&from=..&to=..
     GET  /api/fleet
     GET  /api/stats                      the subscriber's counters (when running with it)
-    GET  /api/export.csv?from=..&to=..&checkpoint=..
-    POST /api/manual   {"checkpoint", "direction", "id_number" | "subject_key", "time"?, "name"?}
+    GET  /api/export.csv?case=..&from=..&to=..&checkpoint=..    (clear columns; case required, audited)
+    POST /api/manual   {"checkpoint", "direction", "id_number" | ("name", "dob"), "phone"?, "time"?}
     GET  /             the dashboard (collector/static/index.html)
+
+`person` is an ID number or nd:NAME|YYYY-MM-DD. The audit log names the actor
+"api:<client address>" (issue 12 puts authenticated tracers in front of it).
 
 Errors are JSON {"error": "..."} with status 400 (bad arguments) or 404/500. It binds
 127.0.0.1 by default: put a reverse proxy with authentication in front of it before opening
@@ -40,7 +43,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- plumbing -------------------------------------------------------------------------------
 
-    def log_message(self, fmt, *args):  # the path holds query strings (subjects): log only the route
+    def log_message(self, fmt, *args):  # the query string names people: log only the route
         log.debug("%s %s -> %s", self.command, urlparse(self.path).path, args[1] if len(args) > 1 else "")
 
     def _send(self, status, body, ctype="application/json; charset=utf-8"):
@@ -116,14 +119,19 @@ def _api_list(h, storage):
     h._json({"endpoints": [p for p in sorted(_GET) if p.startswith("/api/")] + ["POST /api/manual"]})
 
 
+def _actor(h):
+    return f"api:{h.client_address[0]}"
+
+
 def _visits(h, storage):
     a = h._args()
-    h._json(queries.visits(storage, a.get("subject"), a.get("from"), a.get("to")))
+    h._json(queries.visits(storage, a.get("person"), a.get("case"), _actor(h), a.get("from"), a.get("to")))
 
 
 def _contacts(h, storage):
     a = h._args()
-    h._json(queries.contacts(storage, a.get("subject"), a.get("days"), a.get("window"), a.get("at")))
+    h._json(queries.contacts(storage, a.get("person"), a.get("case"), _actor(h), a.get("days"), a.get("window"),
+                             a.get("at")))
 
 
 def _traffic(h, storage):
@@ -143,13 +151,13 @@ def _stats(h, storage):
 def _export(h, storage):
     a = h._args()
     buf = io.StringIO()
-    queries.export_csv(storage, buf, a.get("from"), a.get("to"), a.get("checkpoint") or None)
+    queries.export_csv(storage, buf, a.get("case"), _actor(h), a.get("from"), a.get("to"), a.get("checkpoint") or None)
     h._send(200, buf.getvalue(), "text/csv; charset=utf-8")
 
 
 def _manual(h, storage):
     body = h._body_json()
-    allowed = {"checkpoint", "direction", "id_number", "subject_key", "time", "name", "decision"}
+    allowed = {"checkpoint", "direction", "id_number", "time", "name", "phone", "dob", "decision"}
     extra = set(body) - allowed
     if extra:
         raise QueryError(f"unknown fields: {', '.join(sorted(extra))}; allowed: {', '.join(sorted(allowed))}")
@@ -159,9 +167,10 @@ def _manual(h, storage):
         body.get("checkpoint"),
         body.get("direction"),
         id_number=body.get("id_number"),
-        subject_key=body.get("subject_key"),
         time=body.get("time"),
         name=body.get("name"),
+        phone=body.get("phone"),
+        dob=body.get("dob"),
         decision=body.get("decision") or "PASS",
     )
     h._json(ev, 201)

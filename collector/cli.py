@@ -32,9 +32,16 @@ def register(sub):
 
     c = cmd("migrate", _migrate, "create or upgrade the database schema (run does it too)")
 
-    c = cmd("keygen", _keygen, "make the collector's Ed25519 signing key pair", config=False)
-    c.add_argument("--out", required=True, help="folder for collector.key (0600) and collector.pub")
-    c.add_argument("--force", action="store_true", help="replace an existing key (every terminal must re-pin)")
+    c = cmd("keygen", _keygen, "make the collector's Ed25519 signing key pair and/or its personal-data keys",
+            config=False)
+    c.add_argument("--out", help="folder for the signing key collector.key (0600) and collector.pub")
+    c.add_argument("--seal", action="store_true", help="a new sealing key pair in --key-dir (seal-<kid>.key, seal.pub;"
+                   " old private keys are kept)")
+    c.add_argument("--index", action="store_true", help="a new index secret (index.key) in --key-dir")
+    c.add_argument("--data", action="store_true", help="a new data key (data.key) in --key-dir")
+    c.add_argument("--key-dir", default="/etc/chot/collector-keys",
+                   help="the collector's key folder (collector.key_dir; default /etc/chot/collector-keys)")
+    c.add_argument("--force", action="store_true", help="replace existing keys (see docs/security.md first)")
 
     c = cmd("set-config", _set_config, "publish a signed config (TOML or JSON) to one terminal, retained")
     c.add_argument("device", help="device id")
@@ -42,20 +49,27 @@ def register(sub):
     c.add_argument("--dry-run", action="store_true", help="print the signed message instead of publishing it")
 
     c = cmd("publish-denylist", _publish_denylist, "publish the signed deny list to every terminal, retained")
-    c.add_argument("file", help="ID numbers or subject keys, one a line (# comments)")
+    c.add_argument("file", help="one a line (# comments): an ID number, nd:NAME|YYYY-MM-DD, or revoked:<credential id>")
     c.add_argument("--dry-run", action="store_true", help="print the signed message instead of publishing it")
+    c.add_argument("--argon2-t", type=int, help="Argon2id passes (default chot.personal.ARGON2_DEFAULT)")
+    c.add_argument("--argon2-m-kib", type=int, help="Argon2id memory, KiB")
+    c.add_argument("--argon2-p", type=int, help="Argon2id lanes")
 
     c = cmd("publish-trust", _publish_trust, "publish the signed trusted issuers to every terminal, retained")
     c.add_argument("files", nargs="+", help="issuer public keys / certificates (PEM), JSON trust lists, folders")
     c.add_argument("--dry-run", action="store_true", help="print the signed message instead of publishing it")
 
-    c = cmd("visits", _visits, "the visits of a subject (ID number or subject key) in a time range (JSON)")
-    c.add_argument("subject", help="ID number, subject key (64 hex), or id:... / key:...")
+    person_help = "an ID number, or nd:NAME|YYYY-MM-DD for a certificate without one"
+    case_help = "the case this look-up is for (required; written to the audit log with your user name)"
+    c = cmd("visits", _visits, "the visits of a person in a time range, verified and unverified apart (JSON)")
+    c.add_argument("person", help=person_help)
+    c.add_argument("--case", required=True, help=case_help)
     c.add_argument("--from", dest="start", help="start, ISO 8601 UTC (included)")
     c.add_argument("--to", dest="end", help="end, ISO 8601 UTC (excluded)")
 
-    c = cmd("contacts", _contacts, "who was at the same checkpoint within +-W minutes of a subject (JSON)")
-    c.add_argument("subject", help="ID number, subject key (64 hex), or id:... / key:...")
+    c = cmd("contacts", _contacts, "who was at the same checkpoint within +-W minutes of a person (JSON)")
+    c.add_argument("person", help=person_help)
+    c.add_argument("--case", required=True, help=case_help)
     c.add_argument("--days", type=float, default=14.0, help="look back this many days (default 14)")
     c.add_argument("--window", type=float, default=15.0, help="minutes either side of each visit (default 15)")
     c.add_argument("--at", help="the end of the look-back, ISO 8601 UTC (default now)")
@@ -67,7 +81,8 @@ def register(sub):
 
     cmd("fleet", _fleet, "the terminals: online, outbox depth, last seen, open gaps (JSON)")
 
-    c = cmd("export", _export, "events in a time range as CSV (for the national declaration system)")
+    c = cmd("export", _export, "events in a time range as CSV, clear columns only")
+    c.add_argument("--case", required=True, help=case_help)
     c.add_argument("--from", dest="start", help="start, ISO 8601 UTC (included)")
     c.add_argument("--to", dest="end", help="end, ISO 8601 UTC (excluded)")
     c.add_argument("--checkpoint", help="one checkpoint (default all)")
@@ -76,13 +91,22 @@ def register(sub):
     c = cmd("import", _import, "store the events of an export CSV (duplicates ignored)")
     c.add_argument("file", help="a CSV written by `chot collector export`")
 
-    c = cmd("record-manual", _record_manual, "record a person checked on paper (source manual)")
+    c = cmd("record-manual", _record_manual, "record a paper declaration entered by staff (source paper, unverified)")
     c.add_argument("--checkpoint", required=True, help="checkpoint id")
     c.add_argument("--direction", required=True, choices=("in", "out"))
-    c.add_argument("--id-number", required=True, help="the person's ID number (stored only as its hash)")
+    c.add_argument("--id-number", help="the person's ID number (stored encrypted, indexed by its keyed hash)")
     c.add_argument("--time", help="when, ISO 8601 UTC (default now)")
-    c.add_argument("--name", help="the person's name as written on the paper form")
+    c.add_argument("--name", help="the person's name as written on the paper form (stored encrypted)")
+    c.add_argument("--phone", help="the person's phone number (stored encrypted)")
+    c.add_argument("--dob", help="birth date YYYY-MM-DD (with --name, when there is no ID number)")
     c.add_argument("--refused", action="store_true", help="the person was turned away (decision FAIL)")
+
+    c = cmd("purge", _purge, "delete events older than collector.retention_days now (run does it periodically)")
+    c.add_argument("--days", type=float, help="older than this many days (default collector.retention_days)")
+
+    c = cmd("audit", _audit, "the audit log of personal-data reads, newest first (JSON)")
+    c.add_argument("--case", help="only this case")
+    c.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
 
 
 def _cfg(args):
@@ -91,10 +115,29 @@ def _cfg(args):
     return load_collector_config(args.config)
 
 
-def _storage(cfg):
+def _storage(cfg, keys=False):
+    """The database; with `keys` the collector's keys too (personal queries, paper declarations)."""
     from collector.storage import Storage
 
-    return Storage(cfg.collector.database, synchronous=cfg.collector.sqlite_synchronous)
+    k = None
+    if keys:
+        from collector.keys import CollectorKeys
+
+        k = CollectorKeys.from_dir(cfg.collector.key_dir)
+    return Storage(cfg.collector.database, synchronous=cfg.collector.sqlite_synchronous, keys=k,
+                   retention_days=cfg.collector.retention_days)
+
+
+def _actor():
+    """Who runs the command, for the audit log: the OS user."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:
+        import os
+
+        return f"uid:{os.getuid()}"
 
 
 def _print_json(obj):
@@ -130,11 +173,20 @@ def _migrate(args):
 
 
 def _keygen(args):
+    from chot.errors import CollectorError
+    from collector.keys import make_key_dir
     from collector.signing import keygen
 
-    priv, pub = keygen(args.out, force=args.force)
-    print(f"private key: {priv} (0600; set collector.signing_key to it)")
-    print(f"public key:  {pub} (pin it in every terminal: mqtt.collector_public_key)")
+    if not (args.out or args.seal or args.index or args.data):
+        raise CollectorError("keygen: give --out DIR (the signing key) and/or --seal/--index/--data (--key-dir DIR)")
+    if args.seal or args.index or args.data:
+        for path in make_key_dir(args.key_dir, seal=args.seal, index=args.index, data=args.data, force=args.force):
+            print(f"key: {path}")
+        print(f"set collector.key_dir = {args.key_dir!r}; copy seal.pub to every terminal (privacy.seal_public_key)")
+    if args.out:
+        priv, pub = keygen(args.out, force=args.force)
+        print(f"private key: {priv} (0600; set collector.signing_key to it)")
+        print(f"public key:  {pub} (pin it in every terminal: mqtt.collector_public_key)")
     return 0
 
 
@@ -162,7 +214,16 @@ def _set_config(args):
 def _publish_denylist(args):
     from collector.signing import publish_denylist
 
-    return _publish(args, "deny list", lambda st, cfg, publish: publish_denylist(st, cfg, args.file, publish=publish))
+    params = None
+    if args.argon2_t or args.argon2_m_kib or args.argon2_p:
+        from chot.personal import ARGON2_DEFAULT
+
+        params = dict(ARGON2_DEFAULT)
+        for k, v in (("t", args.argon2_t), ("m_kib", args.argon2_m_kib), ("p", args.argon2_p)):
+            if v is not None:
+                params[k] = v
+    return _publish(args, "deny list",
+                    lambda st, cfg, publish: publish_denylist(st, cfg, args.file, publish=publish, params=params))
 
 
 def _publish_trust(args):
@@ -171,9 +232,9 @@ def _publish_trust(args):
     return _publish(args, "trust list", lambda st, cfg, publish: publish_trust(st, cfg, args.files, publish=publish))
 
 
-def _query(args, fn):
+def _query(args, fn, keys=False):
     cfg = _cfg(args)
-    with _storage(cfg) as st:
+    with _storage(cfg, keys=keys) as st:
         _print_json(fn(st, cfg))
     return 0
 
@@ -181,13 +242,26 @@ def _query(args, fn):
 def _visits(args):
     from collector.queries import visits
 
-    return _query(args, lambda st, cfg: visits(st, args.subject, args.start, args.end))
+    return _query(args, lambda st, cfg: visits(st, args.person, args.case, _actor(), args.start, args.end), True)
 
 
 def _contacts(args):
     from collector.queries import contacts
 
-    return _query(args, lambda st, cfg: contacts(st, args.subject, args.days, args.window, args.at))
+    return _query(
+        args, lambda st, cfg: contacts(st, args.person, args.case, _actor(), args.days, args.window, args.at), True
+    )
+
+
+def _purge(args):
+    cfg = _cfg(args)
+    with _storage(cfg) as st:
+        _print_json(st.purge(args.days if args.days is not None else cfg.collector.retention_days))
+    return 0
+
+
+def _audit(args):
+    return _query(args, lambda st, cfg: st.audit_log(args.case, args.limit))
 
 
 def _traffic(args):
@@ -215,8 +289,11 @@ def _record_manual(args):
             id_number=args.id_number,
             time=args.time,
             name=args.name,
+            phone=args.phone,
+            dob=args.dob,
             decision="FAIL" if args.refused else "PASS",
         ),
+        True,
     )
 
 
@@ -227,10 +304,10 @@ def _export(args):
     with _storage(cfg) as st:
         if args.out:
             with open(args.out, "w", encoding="utf-8", newline="") as f:
-                n = export_csv(st, f, args.start, args.end, args.checkpoint)
+                n = export_csv(st, f, args.case, _actor(), args.start, args.end, args.checkpoint)
             print(f"{n} events written to {args.out}", file=sys.stderr)
         else:
-            export_csv(st, sys.stdout, args.start, args.end, args.checkpoint)
+            export_csv(st, sys.stdout, args.case, _actor(), args.start, args.end, args.checkpoint)
     return 0
 
 

@@ -38,6 +38,21 @@ SCHEMA = {
         "sqlite_synchronous": Field(
             "str", "FULL", choices=("FULL", "NORMAL"), help="SQLite synchronous mode (FULL survives power loss)"
         ),
+        "key_dir": Field(
+            "path",
+            "/etc/chot/collector-keys",
+            help="folder of the personal-data keys: seal-*.key (0600, all kept), seal.pub, index.key, data.key",
+        ),
+        "retention_days": Field(
+            "float",
+            28.0,
+            min=1.0,
+            max=3650.0,
+            help="events older than this are purged (14-day tracing window plus margin for late uploads)",
+        ),
+        "purge_interval_s": Field(
+            "float", 3600.0, min=0.1, max=7 * 86400.0, help="how often the running collector purges old events"
+        ),
     },
     "mqtt": {
         "host": Field("str", "localhost", help="broker host"),

@@ -1,20 +1,28 @@
 """The tracer's questions, answered the same way by the CLI and the HTTP API.
 
-- `visits(storage, subject, start, end)`: where and when a subject was recorded.
-- `contacts(storage, subject, days, window_min, at)`: for each of the subject's visits in the
-  last `days` days, everyone else recorded at the same checkpoint within plus or minus
-  `window_min` minutes, with the time difference. The subject's visits come from the
-  (subject_key, time) index; the others from range probes on the (checkpoint, time) index,
-  one merged range per checkpoint and stretch of time (an indexed self-join done in two steps,
-  exact to the microsecond and the same SQL on SQLite and PostgreSQL).
+- `visits(storage, person, case, actor, start, end)`: where and when a person was recorded,
+  `verified` (their verified credentials: the person's record) and `unverified` (claims: an
+  unsigned, forged or unreadable credential naming them) apart.
+- `contacts(storage, person, case, actor, days, window_min, at)`: for each of the person's
+  visits in the last `days` days, everyone else recorded at the same checkpoint within plus or
+  minus `window_min` minutes, with the time difference and their decrypted fields (name,
+  phone, ward ...: what their sealed part held) so that tracers can call them. Verified
+  contacts are grouped by person_key; unverified claims are listed apart, flagged, never
+  merged into a person. Every row shows its clock's quality (synced, boot_id).
+  The person's visits come from the (person_key, time) and (claim_key, time) indexes; the
+  others from range probes on the (checkpoint, time) index, one merged range per checkpoint
+  and stretch of time (exact to the microsecond, the same SQL on SQLite and PostgreSQL).
 - `traffic(storage, checkpoint, start, end)`: people in and out per checkpoint per hour.
 - `fleet(storage)`: the device registry: online, outbox depth, last seen, open gaps.
-- `export_csv(storage, out, start, end)` / `read_csv(file)`: events as CSV (EXPORT_COLUMNS,
-  stable) for the national declaration system, and back.
-- `record_manual(storage, ...)`: a paper declaration stored as an event with source `manual`.
+- `export_csv(storage, out, case, actor, start, end)` / `read_csv` / `import_csv`: events as CSV,
+  clear columns only (EXPORT_COLUMNS, stable), and back.
+- `record_manual(storage, ...)`: a paper declaration stored as an event (source `paper`,
+  unverified): the ID number, name and phone encrypted, indexed as a claim.
 
-A subject is a subject key (64 hex digits, or `key:...`) or an ID number (`id:...` or anything
-else), which is hashed with `chot.wire.subject_key_for_id`; the ID itself is never stored.
+A person is what a tracer types: an ID number (`id:` optional) or `nd:NAME|YYYY-MM-DD` for a
+certificate without one (chot.personal.parse_person_query); it is looked up by its HMAC under
+the index key. Personal fields are decrypted only here, and each visits/contacts/export call
+needs a case id and an actor and writes a row to the audit log (chot_audit).
 Time ranges are [start, end): start included, end excluded; times are ISO 8601, UTC.
 """
 
@@ -24,37 +32,46 @@ import json
 import uuid as _uuid
 from datetime import timedelta
 
-from chot import wire
+from chot import personal, wire
 from chot.errors import CollectorError
-from collector.storage import EVENT_COLUMNS, format_time, parse_time, row_to_event, utcnow
+from chot.personal import Opened, SealError
+from collector.keys import Item
+from collector.storage import CLEAR_COLUMNS, format_time, parse_time, row_to_event, utcnow
 
-EXPORT_COLUMNS = EVENT_COLUMNS  # the CSV for the national declaration system: one column per field
+EXPORT_COLUMNS = CLEAR_COLUMNS  # the CSV: one column per clear field (no personal data)
 
 _PROBE_RANGES = 40  # checkpoint ranges OR-ed in one probe query
+_CSV_DANGER = ("=", "+", "-", "@", "\t", "\r")
 
 
 class QueryError(CollectorError):
     """A query's arguments are wrong; the message says what is allowed (HTTP 400)."""
 
 
-def resolve_subject(subject):
-    """A subject key from a key (`key:` prefix or 64 hex digits) or an ID number (`id:` prefix or other)."""
-    if subject is None or not str(subject).strip():
-        raise QueryError("subject: missing; give an ID number or a subject key (64 hex digits)")
-    s = str(subject).strip()
-    if s.startswith("key:"):
-        key = s[4:].strip()
-        if not key:
-            raise QueryError("subject: 'key:' must be followed by the subject key")
-        return key
-    if s.startswith("id:"):
-        s = s[3:]
-    elif wire.SUBJECT_KEY_RE.fullmatch(s.lower()):
-        return s.lower()
+def _need_keys(storage):
+    if storage.keys is None:
+        raise CollectorError("personal queries need the collector's keys: set collector.key_dir (index.key, "
+                             "data.key) and run as the service user")
+    return storage.keys
+
+
+def _need_case(case, actor):
+    if case is None or not str(case).strip():
+        raise QueryError("case: missing; give the case id this look-up is for (it is written to the audit log)")
+    if len(str(case)) > 200:
+        raise QueryError("case: at most 200 characters")
+    if not actor:
+        raise QueryError("actor: missing (who asks)")
+    return str(case).strip()
+
+
+def person_key_for(storage, person):
+    """(person id, index key) of what a tracer typed; QueryError saying what to write."""
     try:
-        return wire.subject_key_for_id(s)
-    except ValueError:
-        raise QueryError("subject: the ID number is empty") from None
+        pid = personal.parse_person_query(person)
+    except ValueError as exc:
+        raise QueryError(f"person: {exc}") from None
+    return pid, _need_keys(storage).person_key(pid)
 
 
 def _time_arg(value, name, default=None):
@@ -78,42 +95,93 @@ def _number_arg(value, name, default, lo, hi, kind=float):
     return v
 
 
-def _brief(e):
-    return {
+def _decrypt(keys, e):
+    """The stored personal fields of row `e`: {"person", "credential_id"} or None, with an error code."""
+    if not e.personal:
+        return None, e.seal_error
+    try:
+        obj = keys.decrypt(e.personal, e.device_id, e.seq)
+    except SealError as exc:
+        return None, f"at_rest_{exc.code}"
+    return obj, None
+
+
+def _brief(e, keys=None):
+    out = {
         "device_id": e.device_id,
         "seq": e.seq,
         "checkpoint": e.checkpoint,
         "direction": e.direction,
         "time": format_time(e.time),
+        "clock": {"synced": bool(e.clock_synced), "boot_id": e.boot_id},
+        "verified": bool(e.verified),
         "decision": e.decision,
         "reason": e.reason,
         "source": e.source,
         "format": e.format,
     }
+    if keys is not None:
+        obj, err = _decrypt(keys, e)
+        out["person"] = obj["person"] if obj else None
+        out["credential_id"] = obj.get("credential_id") if obj else None
+        if err:
+            out["personal_error"] = err
+    return out
+
+
+def _merged_person(rows):
+    """One dict of a person's fields from their rows (oldest first; later values win, blanks do not)."""
+    out = {}
+    for r in rows:
+        for k, v in (r.get("person") or {}).items():
+            if v not in (None, ""):
+                out[k] = v
+    return out
 
 
 # --- visits and contacts ----------------------------------------------------------------------
 
 
-def visits(storage, subject, start=None, end=None):
-    """The events of a subject in [start, end), oldest first."""
-    key = resolve_subject(subject)
-    start, end = _time_arg(start, "from"), _time_arg(end, "to")
+def _person_rows(storage, key, start, end):
     E = storage.Event
-    cond = E.subject_key == key
-    if start:
-        cond &= E.time >= start
-    if end:
-        cond &= E.time < end
-    rows = E.select().where(cond).order_by(E.time, E.device_id, E.seq)
-    out = [_brief(e) for e in rows]
-    return {
-        "subject_key": key,
+    out = {}
+    for name, col in (("verified", E.person_key), ("unverified", E.claim_key)):
+        cond = col == key
+        if start:
+            cond &= E.time >= start
+        if end:
+            cond &= E.time < end
+        out[name] = list(E.select().where(cond).order_by(E.time, E.device_id, E.seq))
+    return out
+
+
+def visits(storage, person, case, actor, start=None, end=None):
+    """The events of a person in [start, end), oldest first: {"verified": [...], "unverified": [...]}.
+
+    `verified` rows are the person's record (their credential verified on the terminal);
+    `unverified` rows are claims naming them (never merged). Each row has its clock quality,
+    verification and the decrypted `person` fields. Writes an audit row.
+    """
+    case = _need_case(case, actor)
+    _pid, key = person_key_for(storage, person)
+    keys = storage.keys
+    start, end = _time_arg(start, "from"), _time_arg(end, "to")
+    rows = _person_rows(storage, key, start, end)
+    res = {name: [_brief(e, keys) for e in rs] for name, rs in rows.items()}
+    result = {
+        "person_key": key,
+        "case": case,
+        "person": _merged_person(res["verified"]),
         "from": format_time(start),
         "to": format_time(end),
-        "count": len(out),
-        "visits": out,
+        "count": len(res["verified"]) + len(res["unverified"]),
+        "verified": res["verified"],
+        "unverified": res["unverified"],
     }
+    storage.audit(actor, "visits", case, key,
+                  {"from": result["from"], "to": result["to"], "verified": len(res["verified"]),
+                   "unverified": len(res["unverified"])}, result["count"])
+    return result
 
 
 def _merge_ranges(items, w):
@@ -129,90 +197,112 @@ def _merge_ranges(items, w):
     return by_cp
 
 
-def contacts(storage, subject, days=14, window_min=15, at=None):
-    """The others at the same checkpoints within +-window_min minutes of the subject's visits.
+def contacts(storage, person, case, actor, days=14, window_min=15, at=None):
+    """The others at the same checkpoints within +-window_min minutes of the person's visits.
 
-    Returns {"subject_key", "at", "since", "days", "window_min", "visits": [...],
-    "contacts": [{"subject_key", "encounters", "closest_s", "first", "last", "details": [...]}]}
-    where each detail is one pair (the subject's visit, the other's event) with
-    `delta_s` = other time - visit time (seconds, signed) and the checkpoint.
+    Returns {"person_key", "case", "at", "since", "days", "window_min", "person",
+    "visits": {"verified": [...], "unverified": [...]},
+    "contacts": [verified people, by person_key], "unverified_contacts": [claims, by claim_key],
+    "untraceable": events at those places and times with no person (no code, unreadable)}.
+    Each contact: {"person_key" | "claim_key", "verified", "person": their decrypted fields,
+    "encounters", "closest_s", "first", "last", "details": [...]}, where each detail is one pair
+    (the person's visit, the other's event) with `delta_s` = other time - visit time (signed
+    seconds), the checkpoint, both clocks' quality and whether the visit itself was verified.
+    Visits of the person as an unverified claim are probed too, and flagged so (`visit_verified`).
+    Writes an audit row naming the person and how many contacts were revealed.
     """
-    key = resolve_subject(subject)
+    case = _need_case(case, actor)
+    _pid, key = person_key_for(storage, person)
+    keys = storage.keys
     days = _number_arg(days, "days", 14.0, 0.0, 3650.0)
     window_min = _number_arg(window_min, "window", 15.0, 0.0, 24 * 60.0)
     at = _time_arg(at, "at", None) or utcnow()
     since = at - timedelta(days=days)
     w = timedelta(minutes=window_min)
     E = storage.Event
-    vis = list(
-        E.select(E.id, E.device_id, E.seq, E.checkpoint, E.direction, E.time, E.decision, E.reason, E.source, E.format)
-        .where((E.subject_key == key) & (E.time >= since) & (E.time <= at))
-        .order_by(E.time)
-    )
+    mine = _person_rows(storage, key, since, None)
+    mine = {k: [e for e in rs if e.time <= at] for k, rs in mine.items()}
+    shown = {k: [_brief(e, keys) for e in rs] for k, rs in mine.items()}
     result = {
-        "subject_key": key,
+        "person_key": key,
+        "case": case,
+        "person": _merged_person(shown["verified"]),
         "at": format_time(at),
         "since": format_time(since),
         "days": days,
         "window_min": window_min,
-        "visits": [_brief(v) for v in vis],
+        "visits": shown,
         "contacts": [],
+        "unverified_contacts": [],
+        "untraceable": 0,
     }
-    if not vis:
-        return result
-    visit_times = {}  # checkpoint -> sorted visit times
-    for v in vis:
-        visit_times.setdefault(v.checkpoint, []).append(v.time)
-    ranges = [
-        (cp, lo, hi) for cp, rs in _merge_ranges([(v.checkpoint, v.time) for v in vis], w).items() for lo, hi in rs
-    ]
-    others = []
-    for i in range(0, len(ranges), _PROBE_RANGES):
-        cond = None
-        for cp, lo, hi in ranges[i : i + _PROBE_RANGES]:
-            c = (E.checkpoint == cp) & (E.time >= lo) & (E.time <= hi)
-            cond = c if cond is None else (cond | c)
-        q = E.select(E.subject_key, E.checkpoint, E.direction, E.time, E.device_id, E.seq, E.decision).where(
-            cond & E.subject_key.is_null(False) & (E.subject_key != key)
-        )
-        others.extend(q.tuples())
-    people = {}
-    for okey, cp, direction, t, dev, seq, decision in others:
-        times = visit_times.get(cp, [])
-        j = bisect.bisect_left(times, t - w)
-        while j < len(times) and times[j] <= t + w:
-            vt = times[j]
-            delta = (t - vt).total_seconds()
-            p = people.setdefault(okey, [])
-            p.append(
-                {
-                    "checkpoint": cp,
-                    "visit_time": format_time(vt),
-                    "time": format_time(t),
-                    "direction": direction,
-                    "decision": decision,
-                    "delta_s": delta,
-                    "device_id": dev,
-                    "seq": seq,
-                }
-            )
-            j += 1
-    out = []
-    for okey, details in people.items():
-        details.sort(key=lambda d: (d["visit_time"], d["time"], d["device_id"], d["seq"]))
-        times = [d["time"] for d in details]
-        out.append(
-            {
-                "subject_key": okey,
+    vis = [(e, True) for e in mine["verified"]] + [(e, False) for e in mine["unverified"]]
+    own = {(e.device_id, e.seq) for e, _ in vis}
+    if vis:
+        visit_times = {}  # checkpoint -> sorted [(visit time, verified)]
+        for v, ok in vis:
+            visit_times.setdefault(v.checkpoint, []).append((v.time, ok))
+        for lst in visit_times.values():
+            lst.sort()
+        ranges = [
+            (cp, lo, hi) for cp, rs in _merge_ranges([(v.checkpoint, v.time) for v, _ in vis], w).items()
+            for lo, hi in rs
+        ]
+        others = []
+        for i in range(0, len(ranges), _PROBE_RANGES):
+            cond = None
+            for cp, lo, hi in ranges[i : i + _PROBE_RANGES]:
+                c = (E.checkpoint == cp) & (E.time >= lo) & (E.time <= hi)
+                cond = c if cond is None else (cond | c)
+            others.extend(E.select().where(cond))
+        people = {}  # (verified, key) -> [(detail, row)]
+        untraceable = set()
+        for o in others:
+            if (o.device_id, o.seq) in own:
+                continue
+            okey = o.person_key or o.claim_key
+            if okey == key:
+                continue  # the person themself (outside the look-back), or a claim naming them: not a contact
+            times = visit_times.get(o.checkpoint, [])
+            j = bisect.bisect_left(times, (o.time - w,))
+            while j < len(times) and times[j][0] <= o.time + w:
+                vt, vok = times[j]
+                if okey is None:
+                    untraceable.add((o.device_id, o.seq))
+                else:
+                    detail = _brief(o)
+                    detail.update(visit_time=format_time(vt), visit_verified=vok,
+                                  delta_s=(o.time - vt).total_seconds())
+                    people.setdefault((bool(o.person_key), okey), []).append((detail, o))
+                j += 1
+        result["untraceable"] = len(untraceable)
+        for (verified, okey), pairs in people.items():
+            pairs.sort(key=lambda p: (p[0]["visit_time"], p[0]["time"], p[0]["device_id"], p[0]["seq"]))
+            details = [d for d, _ in pairs]
+            rows, seen = [], set()
+            for _d, o in sorted(pairs, key=lambda p: (p[1].time, p[1].device_id, p[1].seq)):
+                if (o.device_id, o.seq) not in seen:
+                    seen.add((o.device_id, o.seq))
+                    obj, _err = _decrypt(keys, o)
+                    rows.append({"person": obj["person"] if obj else None})
+            times = [d["time"] for d in details]
+            entry = {
+                "person_key" if verified else "claim_key": okey,
+                "verified": verified,
+                "person": _merged_person(rows),
                 "encounters": len(details),
                 "closest_s": min(abs(d["delta_s"]) for d in details),
                 "first": min(times),
                 "last": max(times),
                 "details": details,
             }
-        )
-    out.sort(key=lambda c: (c["closest_s"], c["subject_key"]))
-    result["contacts"] = out
+            result["contacts" if verified else "unverified_contacts"].append(entry)
+        for name in ("contacts", "unverified_contacts"):
+            result[name].sort(key=lambda c: (c["closest_s"], c.get("person_key") or c.get("claim_key")))
+    revealed = [c["person_key"] for c in result["contacts"]] + [c["claim_key"] for c in result["unverified_contacts"]]
+    storage.audit(actor, "contacts", case, key,
+                  {"days": days, "window_min": window_min, "at": result["at"],
+                   "visits": len(vis), "revealed": revealed}, len(vis) + len(revealed))
     return result
 
 
@@ -223,6 +313,7 @@ def traffic(storage, checkpoint=None, start=None, end=None):
     """People in and out per checkpoint per hour in [start, end) (default: the last 24 hours).
 
     `in` / `out` count PASS events by direction; `refused_in` / `refused_out` count FAIL.
+    No personal data: no case needed.
     """
     end = _time_arg(end, "to", None) or utcnow()
     start = _time_arg(start, "from", None) or end - timedelta(hours=24)
@@ -236,7 +327,7 @@ def traffic(storage, checkpoint=None, start=None, end=None):
     if checkpoint:
         cond &= E.checkpoint == checkpoint
     q = (
-        E.select(E.checkpoint, hour.alias("hour"), E.direction, E.decision, fn.COUNT(E.id))
+        E.select(E.checkpoint, hour.alias("hour"), E.direction, E.decision, fn.COUNT(SQL("*")))
         .where(cond)
         .group_by(E.checkpoint, hour, E.direction, E.decision)
         .tuples()
@@ -283,14 +374,26 @@ def fleet(storage, now=None):
 # --- CSV export and import --------------------------------------------------------------------
 
 
-def export_csv(storage, out, start=None, end=None, checkpoint=None):
+def csv_cell(value):
+    """A CSV cell that a spreadsheet never runs as a formula: one starting with = + - @ gets a quote."""
+    s = "" if value is None else str(value)
+    return "'" + s if s.startswith(_CSV_DANGER) else s
+
+
+def _uncell(s):
+    return s[1:] if s.startswith("'") and s[1:].startswith(_CSV_DANGER) else s
+
+
+def export_csv(storage, out, case, actor, start=None, end=None, checkpoint=None):
     """Write the events of [start, end) as CSV (EXPORT_COLUMNS, a header row); return the count.
 
-    Times are ISO 8601 UTC with Z; clock_synced is true/false; subject is its JSON summary.
+    Clear columns only, plus `verified`: no personal data, no keyed hash. Times are ISO 8601
+    UTC with Z; clock_synced and verified are true/false. Writes an audit row.
     """
+    case = _need_case(case, actor)
     start, end = _time_arg(start, "from"), _time_arg(end, "to")
     E = storage.Event
-    cond = E.id.is_null(False)
+    cond = E.seq.is_null(False)
     if start:
         cond &= E.time >= start
     if end:
@@ -300,54 +403,41 @@ def export_csv(storage, out, start=None, end=None, checkpoint=None):
     w = csv.writer(out, lineterminator="\r\n")
     w.writerow(EXPORT_COLUMNS)
     n = 0
-    q = E.select().where(cond).order_by(E.time, E.device_id, E.seq).dicts()
+    cols = [getattr(E, c) for c in EXPORT_COLUMNS]
+    q = E.select(*cols).where(cond).order_by(E.time, E.device_id, E.seq).dicts()
     for r in q.iterator():
-        w.writerow(
-            [
-                r["device_id"],
-                r["seq"],
-                r["uuid"],
-                r["checkpoint"],
-                r["direction"],
-                format_time(r["time"]),
-                "true" if r["clock_synced"] else "false",
-                r["boot_id"],
-                r["mono_ns"],
-                r["source"],
-                r["format"],
-                r["decision"],
-                r["reason"],
-                r["subject_key"] or "",
-                r["subject"],
-                format_time(r["received_at"]),
-            ]
-        )
+        r["time"] = format_time(r["time"])
+        r["received_at"] = format_time(r["received_at"])
+        for b in ("clock_synced", "verified"):
+            r[b] = "true" if r[b] else "false"
+        w.writerow([csv_cell(r[c]) for c in EXPORT_COLUMNS])
         n += 1
+    storage.audit(actor, "export", case, None,
+                  {"from": format_time(start), "to": format_time(end), "checkpoint": checkpoint}, n)
     return n
 
 
 def read_csv(lines):
-    """Read an export back: yield wire events (v1). Raises QueryError naming the bad row."""
+    """Read an export back: yield wire Events (no personal part). Raises QueryError naming the bad row."""
     reader = csv.DictReader(lines)
     if tuple(reader.fieldnames or ()) != EXPORT_COLUMNS:
         raise QueryError("not a Chot export: the header must be " + ",".join(EXPORT_COLUMNS))
+    bools = {"true": True, "false": False}
     for i, r in enumerate(reader, start=2):
         try:
-            row = dict(r)
+            row = {k: _uncell(v) for k, v in r.items()}
             row["seq"] = int(row["seq"])
             row["mono_ns"] = int(row["mono_ns"])
-            row["clock_synced"] = {"true": True, "false": False}[row["clock_synced"]]
+            row["clock_synced"] = bools[row["clock_synced"]]
+            row["verified"] = bools[row["verified"]]
             ev = row_to_event(row)
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             raise QueryError(f"line {i}: {exc.__class__.__name__}: {exc}") from None
-        problems = wire.validate_event(ev)
-        if problems:
-            raise QueryError(f"line {i}: " + "; ".join(problems))
         yield ev
 
 
 def import_csv(storage, lines, batch=1000):
-    """Store the events of an export (duplicates ignored); return (read, new)."""
+    """Store the events of an export (clear part only; duplicates ignored); return (read, new)."""
     n = new = 0
     buf = []
     for ev in read_csv(lines):
@@ -375,56 +465,69 @@ def record_manual(
     checkpoint,
     direction,
     id_number=None,
-    subject_key=None,
     time=None,
     name=None,
+    phone=None,
+    dob=None,
     decision="PASS",
 ):
-    """Store a person checked on paper as an event (source `manual`) of the collector's own series."""
+    """Store a person checked on paper, entered by staff, as an event of the collector's own series.
+
+    Source `paper`, format `none`, reason `manual`, verified False (nobody verified a signature):
+    the ID number, name, phone and birth date are encrypted as the event's personal fields and
+    the person id (from the ID number, else from name and birth date) indexed as a claim_key.
+    Nothing personal is stored in clear, and the answer holds none of it.
+    """
+    keys = _need_keys(storage)
     if direction not in wire.DIRECTIONS:
         raise QueryError(f"direction: found {direction!r}; allowed: 'in' or 'out'")
-    if not checkpoint or len(str(checkpoint)) > 128:
-        raise QueryError("checkpoint: missing or longer than 128 characters; give the checkpoint id")
+    if not checkpoint or not wire.CHECKPOINT_RE.fullmatch(str(checkpoint)):
+        raise QueryError(f"checkpoint: found {checkpoint!r}; allowed: {wire.CHECKPOINT_PATTERN}")
     if decision not in wire.DECISIONS:
         raise QueryError(f"decision: found {decision!r}; allowed: 'PASS' or 'FAIL'")
-    if id_number and subject_key:
-        raise QueryError("give either id_number or subject_key, not both")
-    if id_number:
-        key = resolve_subject("id:" + str(id_number))
-    elif subject_key:
-        key = resolve_subject("key:" + str(subject_key))
-    else:
-        raise QueryError("id_number: missing; give the person's ID number (or a subject_key)")
+    try:
+        if id_number:
+            pid = personal.person_id_for_id(id_number)
+        elif name and dob:
+            pid = personal.person_id_for_name_dob(name, dob)
+        else:
+            raise ValueError("give the person's ID number (or their name and birth date)")
+    except ValueError as exc:
+        raise QueryError(f"id_number: {exc}") from None
+    person = {"paper": True, "kind": "declaration"}
+    for k, v in (("id_number", id_number), ("name", name), ("phone", phone), ("dob", dob)):
+        if v:
+            person[k] = str(v)
     t = _time_arg(time, "time", None) or utcnow()
-    subject = {"key": key, "paper": True}
-    if name:  # initials only, as the terminals record: the central database holds no names
-        subject["name_masked"] = " ".join(w[0].upper() + "." for w in str(name).split()[:6])
     device_id = manual_device_id(collector_id)
 
     def make(seq):
-        ev = {
-            "v": wire.EVENT_VERSION,
-            "device_id": device_id,
-            "seq": seq,
-            "uuid": str(_uuid.uuid4()),
-            "checkpoint": str(checkpoint),
-            "direction": direction,
-            "time": format_time(t),
-            "clock": {"synced": True, "boot_id": "collector", "mono_ns": 0},
-            "source": "manual",
-            "format": "none",
-            "decision": decision,
-            "reason": "manual",
-            "subject": subject,
-        }
-        problems = wire.validate_event(ev)
-        if problems:
-            raise QueryError("; ".join(problems))
-        return ev
+        try:
+            ev = wire.event_from_dict({
+                "v": wire.EVENT_VERSION,
+                "device_id": device_id,
+                "seq": seq,
+                "uuid": str(_uuid.uuid4()),
+                "checkpoint": str(checkpoint),
+                "direction": direction,
+                "time": format_time(t),
+                "clock": {"synced": True, "boot_id": "collector", "mono_ns": 0},
+                "source": "paper",
+                "format": "none",
+                "decision": decision,
+                "reason": "manual",
+                "verified": False,
+            })
+        except wire.WireError as exc:
+            raise QueryError(str(exc)) from None
+        return Item(ev, Opened(person, pid, None), None)
 
-    ev = storage.store_manual(make, device_id)
-    return {k: ev[k] for k in ("device_id", "seq", "uuid", "checkpoint", "direction", "time", "decision")} | {
-        "subject_key": key
+    item = storage.store_manual(make, device_id)
+    ev = item.event
+    return {
+        "device_id": ev.device_id, "seq": ev.seq, "uuid": ev.uuid, "checkpoint": ev.checkpoint,
+        "direction": str(ev.direction), "time": ev.time, "decision": str(ev.decision), "source": "paper",
+        "verified": False, "claim_key": keys.person_key(pid),
     }
 
 

@@ -6,9 +6,10 @@
 
 - `config`   on chot/v1/dev/<id>/config, target the device; body = the TOML/JSON file as a dict
              (sections of the terminal config to override, e.g. {"policy": {...}});
-- `denylist` on chot/v1/broadcast/denylist, target "*"; body = a `chot-denylist-v1` object
-             (device/credentials/denylist.py): a random salt and sha256(salt + subject key)
-             entries, so the list carries neither ID numbers nor subject keys;
+- `denylist` on chot/v1/broadcast/denylist, target "*"; body = a `chot-denylist-v2` object
+             (chot.personal.make_denylist_body): a fresh salt, denied persons as Argon2id(person
+             id, salt) and revoked credentials as sha256(salt | credential id), so the list
+             carries no ID number, name or credential id;
 - `trust`    on chot/v1/broadcast/trust, target "*"; body = {"format": "chot-trust-v1",
              "files": [{"name": ..., "pem": "..."} | {"name": ..., "json": {...}}]}: the
              trusted issuers' public keys, certificates and trust lists.
@@ -16,7 +17,6 @@
 Each message's version grows per topic and is kept in the database (`chot_published`).
 """
 
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +31,7 @@ from chot.errors import CollectorError
 
 log = logging.getLogger(__name__)
 
-DENYLIST_FORMAT = "chot-denylist-v1"
+DENYLIST_FORMAT = "chot-denylist-v2"
 TRUST_FORMAT = "chot-trust-v1"
 
 
@@ -115,31 +115,42 @@ def read_config_body(path):
     return body
 
 
-def read_subject_list(path):
-    """Subject keys from a file of ID numbers or subject keys, one a line (# comments)."""
-    from collector.queries import resolve_subject
+def read_denylist_input(path):
+    """(person ids, credential ids) from a file, one entry a line (# comments):
+
+    an ID number (a person), `nd:NAME|YYYY-MM-DD` (a person known by name and birth date) or
+    `revoked:<credential id>` (a revoked credential: native declaration id, DCC ci, SHC rid).
+    CollectorError naming the line that is neither.
+    """
+    from chot.personal import parse_person_query
 
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise CollectorError(f"cannot read the deny list input {path}: {exc}") from None
-    keys = []
-    for line in lines:
+    persons, creds = set(), set()
+    for n, line in enumerate(lines, start=1):
         line = line.split("#", 1)[0].strip()
-        if line:
-            keys.append(resolve_subject(line))
-    return sorted(set(keys))
+        if not line:
+            continue
+        if line.startswith("revoked:"):
+            cid = line[len("revoked:"):].strip()
+            if not cid:
+                raise CollectorError(f"{path} line {n}: 'revoked:' must be followed by the credential id")
+            creds.add(cid)
+            continue
+        try:
+            persons.add(parse_person_query(line))
+        except ValueError as exc:
+            raise CollectorError(f"{path} line {n}: {exc}; or revoked:<credential id>") from None
+    return sorted(persons), sorted(creds)
 
 
-def denylist_body(subject_keys, version):
-    """The body the terminals load (device.credentials.denylist.DenyList.from_dict; the test checks it).
+def denylist_body(version, person_ids=(), credential_ids=(), params=None):
+    """The body the terminals load: chot.personal.make_denylist_body (format chot-denylist-v2)."""
+    from chot.personal import ARGON2_DEFAULT, make_denylist_body
 
-    The collector does not import device code (they share only chot.wire): the format is
-    {"format": "chot-denylist-v1", "version", "salt": hex, "entries": [sha256(salt + key) hex]}.
-    """
-    salt = secrets.token_bytes(16)
-    entries = sorted(hashlib.sha256(salt + k.encode("utf-8")).hexdigest() for k in subject_keys)
-    return {"format": DENYLIST_FORMAT, "version": version, "salt": salt.hex(), "entries": entries}
+    return make_denylist_body(version, person_ids, credential_ids, params=params or ARGON2_DEFAULT)
 
 
 def trust_body(paths):
@@ -222,16 +233,27 @@ def set_config(storage, cfg, device_id, path, publish=True):
     return payload, version
 
 
-def publish_denylist(storage, cfg, path, publish=True):
-    keys = read_subject_list(path)
+def publish_denylist(storage, cfg, path, publish=True, params=None):
+    """Sign and publish the deny list of `path` (see read_denylist_input); `params` the Argon2 ones.
+
+    Returns (payload, version, number of entries).
+    """
+    from chot.personal import check_argon2_params
+
+    persons, creds = read_denylist_input(path)
+    if params is not None:
+        try:
+            params = check_argon2_params(params)
+        except ValueError as exc:
+            raise CollectorError(str(exc)) from None
     topic = wire.broadcast_topic("denylist")
     key = load_signing_key(cfg.collector.signing_key)
     version = storage.next_publish_version(topic)
-    body = denylist_body(keys, version)
+    body = denylist_body(version, persons, creds, params)
     payload = wire.sign_envelope(key, "denylist", version, body, target="*")
     if publish:
         publish_retained(cfg, topic, payload)
-    return payload, version, len(keys)
+    return payload, version, len(persons) + len(creds)
 
 
 def publish_trust(storage, cfg, paths, publish=True):

@@ -1,12 +1,21 @@
-"""The collector's database: events, the device registry and published versions (peewee).
+"""The collector's database: events, the device registry, published versions, the audit log (peewee).
 
 SQLite by default (one file, WAL) and PostgreSQL for production, from one URL:
 `sqlite:///relative.db`, `sqlite:////absolute/path.db` or `postgresql://user:pw@host:5432/db`.
-`Storage(url)` opens it, `migrate()` creates or upgrades the schema (idempotent), and
-`store_batch(events)` stores wire events in one transaction: `(device_id, seq)` is unique, a
-duplicate is ignored (INSERT ... ON CONFLICT DO NOTHING on both backends), and each device's
-contiguous seq (every seq from 1 up to it is stored) is advanced even when events arrive out
-of order. Times are stored as naive UTC datetimes.
+`Storage(url, keys=CollectorKeys)` opens it, `migrate()` creates the schema (idempotent; a
+pre-release version-1 database is refused), and `store_batch(items)` stores events in one
+transaction. An item is `collector.keys.Item(event, opened, seal_error)`: a `chot.wire.Event`,
+its sealed part as opened at ingest (or None) and why it did not open (or None).
+`(device_id, seq)` identifies an event, a duplicate is ignored (INSERT ... ON CONFLICT DO
+NOTHING on both backends), and each device's contiguous seq (every seq from 1 up to it is
+stored) is advanced even when events arrive out of order. Times are stored as naive UTC.
+
+What an event row holds: its clear fields; `person_key` = HMAC(index key, person id) when
+verified, `claim_key` the same of an unverified claim (never merged); `personal` the person's
+fields encrypted with the data key (bound to device_id|seq); `sealed` the raw sealed part
+only when it could not be opened (to open later), with `seal_error`. No person id, name or
+unkeyed hash is stored. On PostgreSQL `chot_event` is partitioned by day on `time` (RANGE;
+a DEFAULT partition takes times outside the created ones), which `purge()` drops whole.
 """
 
 import json
@@ -15,7 +24,7 @@ import re
 import sqlite3
 import threading
 import time as _time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -35,11 +44,13 @@ from peewee import (
     fn,
 )
 
+from chot import wire
 from chot.errors import CollectorError
+from collector.keys import Item
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_GAPS = 100  # gaps kept per device in the registry (the rest are summarised)
 _GAP_SCAN_ROWS = 20000  # rows scanned above the contiguous mark to list gaps
 
@@ -142,7 +153,6 @@ def _make_models(db, sqlite):
             database = db
 
     class Event(Base):
-        id = BigAutoField()
         device_id = CharField(max_length=64)
         seq = BigIntegerField()
         uuid = CharField(max_length=36)
@@ -156,15 +166,22 @@ def _make_models(db, sqlite):
         format = CharField(max_length=16)
         decision = CharField(max_length=8)
         reason = CharField(max_length=64)
-        subject_key = CharField(max_length=128, null=True)
-        subject = TextField()  # JSON summary, never an ID number in clear
+        verified = BooleanField()
+        person_key = CharField(max_length=64, null=True)  # HMAC of a verified person id
+        claim_key = CharField(max_length=64, null=True)  # HMAC of an unverified claim's person id
+        personal = TextField(null=True)  # DataCipher text of {"person", "person_id", "credential_id"}
+        sealed = TextField(null=True)  # the sealed part as received, kept only when it did not open
+        seal_error = CharField(max_length=32, null=True)
         received_at = TimeField()
 
         class Meta:
             table_name = "chot_event"
+            primary_key = False
+            # PostgreSQL partitions by time, so its unique key must hold time (a resend has the same)
             indexes = (
-                (("device_id", "seq"), True),
-                (("subject_key", "time"), False),
+                ((("device_id", "seq"), True) if sqlite else (("device_id", "seq", "time"), True)),
+                (("person_key", "time"), False),
+                (("claim_key", "time"), False),
                 (("checkpoint", "time"), False),
                 (("time",), False),
             )
@@ -200,7 +217,21 @@ def _make_models(db, sqlite):
         class Meta:
             table_name = "chot_schema"
 
-    return Event, Device, Published, SchemaVersion
+    class Audit(Base):
+        id = BigAutoField()
+        time = TimeField()
+        actor = CharField(max_length=200)
+        action = CharField(max_length=32)
+        case_id = CharField(max_length=200)
+        person_key = CharField(max_length=64, null=True)
+        detail = TextField()  # JSON: the query's arguments and what it revealed (keys, counts)
+        rows = BigIntegerField()
+
+        class Meta:
+            table_name = "chot_audit"
+            indexes = ((("case_id", "time"), False), (("time",), False))
+
+    return Event, Device, Published, SchemaVersion, Audit
 
 
 # --- event conversion -------------------------------------------------------------------------
@@ -219,23 +250,42 @@ EVENT_COLUMNS = (
     "format",
     "decision",
     "reason",
-    "subject_key",
-    "subject",
+    "verified",
+    "person_key",
+    "claim_key",
+    "personal",
+    "sealed",
+    "seal_error",
     "received_at",
 )
-
+CLEAR_COLUMNS = EVENT_COLUMNS[:14] + ("received_at",)  # no personal data, not even keyed hashes
 
 _PG_EVENT_TYPES = (  # the PostgreSQL type of each of EVENT_COLUMNS, for the batch INSERT
     "text", "bigint", "text", "text", "text", "timestamp", "boolean", "text",
-    "bigint", "text", "text", "text", "text", "text", "text", "timestamp",
+    "bigint", "text", "text", "text", "text", "boolean", "text", "text", "text", "text", "text", "timestamp",
 )  # fmt: skip
-_SUBJECT_JSON = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+_PG_EVENT_DDL = """CREATE TABLE IF NOT EXISTS "chot_event" (
+    "device_id" VARCHAR(64) NOT NULL, "seq" BIGINT NOT NULL, "uuid" VARCHAR(36) NOT NULL,
+    "checkpoint" VARCHAR(128) NOT NULL, "direction" VARCHAR(3) NOT NULL, "time" TIMESTAMP NOT NULL,
+    "clock_synced" BOOLEAN NOT NULL, "boot_id" TEXT NOT NULL, "mono_ns" BIGINT NOT NULL,
+    "source" VARCHAR(16) NOT NULL, "format" VARCHAR(16) NOT NULL, "decision" VARCHAR(8) NOT NULL,
+    "reason" VARCHAR(64) NOT NULL, "verified" BOOLEAN NOT NULL, "person_key" VARCHAR(64),
+    "claim_key" VARCHAR(64), "personal" TEXT, "sealed" TEXT, "seal_error" VARCHAR(32),
+    "received_at" TIMESTAMP NOT NULL
+) PARTITION BY RANGE ("time")"""
+PG_DEFAULT_PARTITION = "chot_event_default"
+_PARTITION_RE = re.compile(r"chot_event_p(\d{8})")
+PURGE_BATCH = 5000  # rows deleted per transaction
+
+
+def partition_name(day):
+    return f"chot_event_p{day:%Y%m%d}"
 
 
 def row_to_event(row):
-    """A stored row (a dict of EVENT_COLUMNS) -> the wire event (v1)."""
-    return {
-        "v": 1,
+    """A stored row (a dict with the clear columns) -> the wire Event (v2) without its personal part."""
+    return wire.event_from_dict({
+        "v": wire.EVENT_VERSION,
         "device_id": row["device_id"],
         "seq": int(row["seq"]),
         "uuid": row["uuid"],
@@ -247,8 +297,17 @@ def row_to_event(row):
         "format": row["format"],
         "decision": row["decision"],
         "reason": row["reason"],
-        "subject": json.loads(row["subject"]) if isinstance(row["subject"], str) else row["subject"],
-    }
+        "verified": bool(row["verified"]),
+    })
+
+
+def _as_item(x):
+    """An Item from an Item, a (event, opened, seal_error) tuple or a bare wire Event."""
+    if isinstance(x, Item):
+        return x
+    if isinstance(x, tuple):
+        return Item(*x)
+    return Item(x, None, None)
 
 
 def _device_seq(row):
@@ -324,13 +383,22 @@ def open_database(url, synchronous="FULL"):
 
 
 class Storage:
-    """The collector's database. Thread-safe: peewee keeps one connection per thread."""
+    """The collector's database. Thread-safe: peewee keeps one connection per thread.
 
-    def __init__(self, url, synchronous="FULL", migrate=True):
+    `keys` (a collector.keys.CollectorKeys) is needed to store opened personal parts and to
+    answer the personal queries; fleet, traffic, export and purge work without it.
+    `retention_days` bounds the days for which PostgreSQL day partitions are created.
+    """
+
+    def __init__(self, url, synchronous="FULL", migrate=True, keys=None, retention_days=28.0):
         self.url = url
+        self.keys = keys
+        self.retention_days = float(retention_days)
         self.db, self.sqlite = open_database(url, synchronous)
-        self.Event, self.Device, self.Published, self.SchemaVersion = _make_models(self.db, self.sqlite)
+        self.Event, self.Device, self.Published, self.SchemaVersion, self.Audit = _make_models(self.db, self.sqlite)
         self._manual_lock = threading.Lock()
+        self._partitions = set()  # days known to have a partition (PostgreSQL)
+        self._partition_lock = threading.Lock()
         try:
             self.db.connect(reuse_if_open=True)
         except DatabaseError as exc:
@@ -365,7 +433,11 @@ class Storage:
         return self.SchemaVersion.select(fn.MAX(self.SchemaVersion.version)).scalar() or 0
 
     def migrate(self):
-        """Create or upgrade the schema to SCHEMA_VERSION; safe to run again. Returns the version."""
+        """Create the schema (version SCHEMA_VERSION) or check it; safe to run again. Returns the version.
+
+        A version-1 database is refused: that pre-release layout held subject summaries in clear
+        and is not converted (no fleet ran it). Move it aside and start a new one.
+        """
         with self.db.atomic():
             current = self.schema_version()
             if current > SCHEMA_VERSION:
@@ -373,23 +445,164 @@ class Storage:
                     f"the database schema is version {current}, newer than this collector ({SCHEMA_VERSION}):"
                     " upgrade chot"
                 )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                getattr(self, f"_migrate_to_{version}")()
-                self.SchemaVersion.create(version=version, applied_at=utcnow())
-                log.info("database schema migrated to version %d", version)
+            if 0 < current < 2:
+                raise CollectorError(
+                    f"the database {self.safe_url} has the pre-release schema version {current} (subjects in clear),"
+                    " which this collector does not read or convert: move it aside (or drop it) and start the"
+                    " collector again to create a new one"
+                )
+            if current == 0:
+                self._create_schema()
+                self.SchemaVersion.create(version=SCHEMA_VERSION, applied_at=utcnow())
+                log.info("database schema created at version %d", SCHEMA_VERSION)
         return SCHEMA_VERSION
 
-    def _migrate_to_1(self):
-        self.db.create_tables([self.Event, self.Device, self.Published, self.SchemaVersion], safe=True)
+    def _create_schema(self):
+        if self.sqlite:
+            self.db.create_tables([self.Event, self.Device, self.Published, self.SchemaVersion, self.Audit],
+                                  safe=True)
+            return
+        self.db.execute_sql(_PG_EVENT_DDL)
+        self.db.execute_sql(f'CREATE TABLE IF NOT EXISTS "{PG_DEFAULT_PARTITION}" PARTITION OF "chot_event" DEFAULT')
+        self.Event._schema.create_indexes(safe=True)
+        self.db.create_tables([self.Device, self.Published, self.SchemaVersion, self.Audit], safe=True)
+
+    # --- PostgreSQL day partitions ------------------------------------------------------------
+
+    def partitions(self):
+        """[(name, day or None for the default)] of chot_event's partitions (PostgreSQL), by day."""
+        if self.sqlite:
+            return []
+        rows = self.db.execute_sql(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'chot_event'::regclass"
+        ).fetchall()
+        out = []
+        for (name,) in rows:
+            m = _PARTITION_RE.fullmatch(name)
+            out.append((name, datetime.strptime(m[1], "%Y%m%d") if m else None))
+        return sorted(out, key=lambda x: (x[1] is not None, x[1] or datetime.min))
+
+    def _partition_days(self, times, now):
+        """The days among `times` (naive UTC datetimes) that should have a partition: within retention."""
+        lo = (now - timedelta(days=self.retention_days + 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        hi = now + timedelta(days=2)
+        days = set()
+        for t in times:
+            if lo <= t <= hi:
+                days.add(t.replace(hour=0, minute=0, second=0, microsecond=0))
+        return days - self._partitions
+
+    def ensure_partition(self, day):
+        """Create the day partition of `day` (a datetime, its date is used); idempotent, safe across collectors.
+
+        When the default partition already holds rows of that day (late or early events stored
+        before the partition existed), the partition is made as a standalone table LIKE the
+        parent, the rows are moved into it and it is attached: creation never fails on them.
+        Returns True when it created the partition.
+        """
+        if self.sqlite:
+            return False
+        day = datetime(day.year, day.month, day.day)
+        name, nxt = partition_name(day), day + timedelta(days=1)
+        with self._partition_lock:
+            if day in self._partitions:
+                return False
+            with self.db.atomic():
+                cur = self.db.cursor()
+                cur.execute("SELECT pg_advisory_xact_lock(hashtext('chot_event partitions'))")
+                cur.execute("SELECT to_regclass(%s)", [name])
+                created = cur.fetchone()[0] is None
+                if created:
+                    cur.execute(f'SELECT 1 FROM "{PG_DEFAULT_PARTITION}" WHERE "time" >= %s AND "time" < %s LIMIT 1',
+                                [day, nxt])
+                    if cur.fetchone() is None:
+                        cur.execute(f'CREATE TABLE "{name}" PARTITION OF "chot_event" FOR VALUES FROM (%s) TO (%s)',
+                                    [day, nxt])
+                    else:
+                        cur.execute(
+                            f'CREATE TABLE "{name}" (LIKE "chot_event" INCLUDING DEFAULTS INCLUDING CONSTRAINTS)'
+                        )
+                        cur.execute(
+                            f'WITH moved AS (DELETE FROM "{PG_DEFAULT_PARTITION}" WHERE "time" >= %s AND "time" < %s'
+                            f' RETURNING *) INSERT INTO "{name}" SELECT * FROM moved',
+                            [day, nxt],
+                        )
+                        log.info("moved %d events of %s out of the default partition", cur.rowcount, day.date())
+                        cur.execute(f'ALTER TABLE "chot_event" ATTACH PARTITION "{name}" FOR VALUES FROM (%s) TO (%s)',
+                                    [day, nxt])
+            self._partitions.add(day)
+            return created
+
+    # --- retention ----------------------------------------------------------------------------
+
+    def purge(self, older_than_days, now=None, batch=PURGE_BATCH):
+        """Delete the events whose time is more than `older_than_days` days before `now`.
+
+        PostgreSQL: whole day partitions older than the cutoff are dropped; the rows older than
+        the cutoff in the default partition and in the partition of the cutoff's own day are
+        deleted in batches. SQLite: batched deletes. Each batch is its own short transaction, so
+        ingest goes on between them. Returns {"rows": deleted rows, "partitions": dropped partitions,
+        "cutoff": ISO time}.
+        """
+        if float(older_than_days) <= 0:
+            raise CollectorError("purge: the age must be more than 0 days")
+        now = now or utcnow()
+        cutoff = now - timedelta(days=float(older_than_days))
+        rows = dropped = 0
+        if self.sqlite:
+            sql = ('DELETE FROM "chot_event" WHERE rowid IN (SELECT rowid FROM "chot_event" WHERE "time" < ?'
+                   " LIMIT ?)")
+            t = self.Event.time.db_value(cutoff)
+            while True:
+                with self.db.atomic():
+                    n = self.db.execute_sql(sql, (t, batch)).rowcount
+                rows += n
+                if n < batch:
+                    break
+        else:
+            for name, day in self.partitions():
+                if day is not None and day + timedelta(days=1) <= cutoff:
+                    with self.db.atomic():
+                        cur = self.db.execute_sql(f'SELECT count(*) FROM "{name}"')
+                        rows += cur.fetchone()[0]
+                        self.db.execute_sql(f'DROP TABLE "{name}"')
+                    with self._partition_lock:
+                        self._partitions.discard(day)
+                    dropped += 1
+                    log.info("retention: dropped the partition of %s", day.date())
+            targets = [PG_DEFAULT_PARTITION]
+            straddling = partition_name(cutoff)
+            if any(n == straddling for n, _d in self.partitions()):
+                targets.append(straddling)
+            for name in targets:
+                sql = (f'DELETE FROM "{name}" WHERE ctid = ANY(ARRAY(SELECT ctid FROM "{name}" WHERE "time" < %s'
+                       " LIMIT %s))")
+                while True:
+                    with self.db.atomic():
+                        n = self.db.execute_sql(sql, (cutoff, batch)).rowcount
+                    rows += n
+                    if n < batch:
+                        break
+        if rows or dropped:
+            log.warning("retention: purged %d events older than %s (%d day partitions dropped)", rows,
+                        format_time(cutoff), dropped)
+        return {"rows": rows, "partitions": dropped, "cutoff": format_time(cutoff)}
 
     # --- storing ------------------------------------------------------------------------------
 
-    def store_batch(self, events):
-        """Store validated wire events in one transaction; return {device_id: contiguous seq}."""
-        return self.store_batch_counted(events)[0]
+    def store_batch(self, items):
+        """Store events in one transaction; return {device_id: contiguous seq}. See store_batch_counted."""
+        return self.store_batch_counted(items)[0]
 
-    def store_batch_counted(self, events):
-        """Like `store_batch`; returns ({device_id: contiguous seq}, number of new rows).
+    def store_batch_counted(self, items):
+        """Store events in one transaction; returns ({device_id: contiguous seq}, number of new rows).
+
+        Each item is a `collector.keys.Item(event, opened, seal_error)` (or such a tuple, or a
+        bare `chot.wire.Event`, meaning no personal part was opened): `opened` is the event's
+        sealed part opened (chot.personal.Opened), indexed and encrypted here with `self.keys`;
+        `seal_error` the code of why it could not be opened, in which case the raw sealed part
+        is kept to be opened later. `(device_id, seq)` identifies an event: a duplicate is ignored.
 
         Per batch: one INSERT of the events (ON CONFLICT DO NOTHING), one INSERT of unknown
         devices into the registry, one SELECT of the batch's registry rows (FOR UPDATE on
@@ -397,12 +610,16 @@ class Storage:
         gap (max_seq <= contiguous_seq) advances from the batch's own seqs in memory: every
         event stored above its mark was stored by a committed batch that raised max_seq, so the
         batch's seqs are all there is above it. A device with a gap re-reads its stored seqs.
+        On PostgreSQL the day partitions the batch needs are created first (own transaction).
         """
         now = utcnow()
         # (device_id, seq) order: collectors sharing a database take the index locks alike
-        rows = sorted(self._event_tuples(events, now), key=_device_seq)
+        rows = sorted(self._event_tuples(items, now), key=_device_seq)
         if not rows:
             return {}, 0
+        if not self.sqlite:
+            for day in sorted(self._partition_days({r[5] for r in rows}, now)):
+                self.ensure_partition(day)
         by_device = {}
         for r in rows:
             seqs = by_device.get(r[0])
@@ -423,33 +640,43 @@ class Storage:
                 self._update_devices(cur, updates, now)
         return acks, inserted
 
-    def _event_tuples(self, events, received_at):
-        """Wire events -> tuples in EVENT_COLUMNS order, times as the database takes them."""
+    def _event_tuples(self, items, received_at):
+        """Items -> tuples in EVENT_COLUMNS order, times as the database takes them."""
         tv = self.Event.time.db_value
         rec = tv(received_at)
         wire_time = _wire_time_sqlite if self.sqlite else _wire_time_pg
-        encode = _SUBJECT_JSON.encode
+        keys = self.keys
         out = []
-        for ev in events:
-            subject = ev.get("subject") or {}
-            key = subject.get("key") if isinstance(subject, dict) else None
-            clock = ev["clock"]
+        for x in items:
+            ev, opened, seal_error = _as_item(x)
+            if opened is not None:
+                if keys is None:
+                    raise CollectorError("an opened personal part cannot be stored without the collector's keys")
+                person_key, claim_key, personal = keys.columns(ev, opened)
+            else:
+                person_key = claim_key = personal = None
+            sealed = wire.dumps(ev.sealed).decode("ascii") if seal_error and ev.sealed is not None else None
+            clock = ev.clock
             out.append((
-                ev["device_id"],
-                ev["seq"],
-                ev["uuid"],
-                ev["checkpoint"],
-                ev["direction"],
-                wire_time(ev["time"], tv),
-                bool(clock["synced"]),
-                clock["boot_id"],
-                clock["mono_ns"],
-                ev["source"],
-                ev["format"],
-                ev["decision"],
-                ev["reason"],
-                key if isinstance(key, str) and key else None,
-                encode(subject),
+                ev.device_id,
+                ev.seq,
+                ev.uuid,
+                ev.checkpoint,
+                ev.direction.value,
+                wire_time(ev.time, tv),
+                clock.synced,
+                clock.boot_id,
+                clock.mono_ns,
+                ev.source.value,
+                ev.format.value,
+                ev.decision.value,
+                ev.reason.value,
+                ev.verified,
+                person_key,
+                claim_key,
+                personal,
+                sealed,
+                seal_error,
                 rec,
             ))
         return out
@@ -666,19 +893,48 @@ class Storage:
 
     # --- manual (paper) declarations ----------------------------------------------------------
 
-    def store_manual(self, make_event, device_id):
-        """Store one event of the manual series `device_id`; `make_event(seq)` builds it. Returns it."""
+    def store_manual(self, make_item, device_id):
+        """Store one event of the collector's own series `device_id`; `make_item(seq)` builds it (an Item).
+
+        The seq is one above the highest stored or registered; on PostgreSQL an advisory lock
+        per series keeps two collectors from taking the same seq. Returns the item.
+        """
         with self._manual_lock:
             for _attempt in range(5):
                 with self.db.atomic():
-                    E = self.Event
+                    if not self.sqlite:
+                        self.db.execute_sql("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"chot manual {device_id}"])
+                    E, D = self.Event, self.Device
                     last = E.select(fn.MAX(E.seq)).where(E.device_id == device_id).scalar() or 0
-                    ev = make_event(last + 1)
-                    acks, inserted = self.store_batch_counted([ev])
+                    mark = D.select(D.max_seq).where(D.device_id == device_id).scalar() or 0
+                    item = _as_item(make_item(max(last, mark) + 1))
+                    acks, inserted = self.store_batch_counted([item])
                 if inserted == 1:
-                    return ev
+                    return item
                 _time.sleep(0.05)  # another collector took that seq: try the next one
         raise CollectorError("could not record the manual event: the database stayed busy; try again")
+
+    # --- the audit log ------------------------------------------------------------------------
+
+    def audit(self, actor, action, case_id, person_key=None, detail=None, rows=0):
+        """Write one row of the audit log (every read of personal data writes one)."""
+        if not case_id or not str(case_id).strip():
+            raise CollectorError("a case id is required to read personal data")
+        self.Audit.create(time=utcnow(), actor=str(actor)[:200], action=str(action)[:32],
+                          case_id=str(case_id).strip()[:200], person_key=person_key,
+                          detail=json.dumps(detail or {}, sort_keys=True, ensure_ascii=False), rows=int(rows))
+
+    def audit_log(self, case_id=None, limit=100):
+        """The newest audit rows (newest first), optionally of one case."""
+        A = self.Audit
+        q = A.select().order_by(A.time.desc(), A.id.desc()).limit(int(limit))
+        if case_id:
+            q = q.where(A.case_id == case_id)
+        return [
+            {"time": format_time(a.time), "actor": a.actor, "action": a.action, "case": a.case_id,
+             "person_key": a.person_key, "detail": json.loads(a.detail), "rows": a.rows}
+            for a in q
+        ]
 
     # --- published config and lists -----------------------------------------------------------
 

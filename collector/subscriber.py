@@ -9,10 +9,19 @@ in ONE transaction, and only THEN acks the MQTT messages to the broker and publi
 device's contiguous seq to `chot/v1/dev/<id>/ack`. A message that the collector is killed
 before acking is redelivered by the broker and stored once (duplicates are ignored).
 
-A bad message (not JSON, too large, wrong types, another device's id) is counted per reason,
-logged without personal data and acked so it does not come back; it never stops the
-collector or the good messages around it. Gaps in a device's seq that stay open longer than
-`gap_report_s` are logged once. `stats()` returns the counters.
+Each event's sealed part is opened at ingest with the collector's keys (`collector.key_dir`,
+see collector/keys.py): the person id is indexed by HMAC, the fields encrypted at rest. An
+event whose sealed part does not open (unknown key, damaged, moved from another event) is
+still stored, with its clear part, the raw sealed part and the code (`sealed_errors` counts
+them per code), never dropped.
+
+A bad message (not JSON, too large, wrong types, another device's id) is counted per code
+(`chot.wire.WireError.code`: not_json, too_large, bad_batch, bad_topic, invalid_event,
+wrong_device; invalid_status for a status), logged without personal data and acked so it
+does not come back; it never stops the collector or the good messages around it. Gaps in a
+device's seq that stay open longer than `gap_report_s` are logged once. Old events are purged
+every `purge_interval_s` (`retention_days`) by a thread of their own, in short batches, so
+ingest goes on. `stats()` returns the counters.
 """
 
 import logging
@@ -31,28 +40,13 @@ from peewee import InterfaceError, OperationalError
 from chot import wire
 from chot.errors import CollectorError
 from collector.config import client_id
+from collector.keys import CollectorKeys
 from collector.storage import Storage
 
 log = logging.getLogger(__name__)
 
 EVENT_FILTER = "chot/v1/dev/+/event"
 STATUS_FILTER = "chot/v1/dev/+/status"
-
-
-def classify(problem):
-    """A short reason code for a rejected message or event (the counters' keys)."""
-    p = problem.lower()
-    if "too large" in p:
-        return "oversized"
-    if "not json" in p:
-        return "malformed"
-    if "differs from the topic" in p:
-        return "device_mismatch"
-    if "not an event topic" in p:
-        return "bad_topic"
-    if "batch must be" in p:
-        return "malformed"
-    return "invalid"
 
 
 def make_client(cfg, client_id_=None, manual_ack=False):
@@ -85,10 +79,21 @@ def make_client(cfg, client_id_=None, manual_ack=False):
 class Collector:
     """Subscribes to the events of every device and stores them in batches; a context manager."""
 
-    def __init__(self, cfg, storage=None):
+    def __init__(self, cfg, storage=None, keys=None):
         self.cfg = cfg
+        c = cfg.collector
+        if keys is None and (storage is None or storage.keys is None):
+            keys = CollectorKeys.from_dir(c.key_dir)  # fails here, saying what is missing
         self._own_storage = storage is None
-        self.storage = storage or Storage(cfg.collector.database, synchronous=cfg.collector.sqlite_synchronous)
+        self.storage = storage or Storage(c.database, synchronous=c.sqlite_synchronous, keys=keys,
+                                          retention_days=c.retention_days)
+        if keys is not None:
+            self.storage.keys = keys
+        self.keys = self.storage.keys
+        self.retention_days = c.retention_days
+        self.purge_interval = c.purge_interval_s
+        self._purger = None
+        self._sealed_errors = Counter()
         self.batch_size = cfg.collector.batch_size
         self.max_wait = cfg.collector.batch_max_wait_ms / 1000.0
         self.gap_report_s = cfg.collector.gap_report_s
@@ -122,6 +127,8 @@ class Collector:
         self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
         self._worker = threading.Thread(target=self._work, name="collector-worker", daemon=True)
         self._worker.start()
+        self._purger = threading.Thread(target=self._purge_loop, name="collector-purge", daemon=True)
+        self._purger.start()
         self.client.loop_start()
         log.info("collector %s connecting to %s:%d", self.cfg.collector.id, m.host, m.port)
         return self
@@ -132,6 +139,9 @@ class Collector:
         if self._worker:
             self._worker.join(timeout)
             self._worker = None
+        if self._purger:
+            self._purger.join(timeout)
+            self._purger = None
         if self.client:
             try:
                 self.client.disconnect()
@@ -160,6 +170,7 @@ class Collector:
         with self._lock:
             out = dict(self._counters)
             out["rejected"] = dict(self._rejected)
+            out["sealed_errors"] = dict(self._sealed_errors)
         out["rejected_total"] = sum(out["rejected"].values())
         out["queued"] = self._q.qsize()
         out["connected"] = self.connected.is_set()
@@ -246,10 +257,11 @@ class Collector:
         return batch
 
     def _process(self, batch):
-        events = {}  # (device_id, seq) -> event, so a batch holding a duplicate stores it once
-        messages = []  # (gen, mid, qos, events of this message)
+        items = {}  # (device_id, seq) -> Item, so a batch holding a duplicate stores it once
+        messages = []  # (gen, mid, qos, items of this message)
         statuses = {}
         self._count("received", len(batch))
+        opener = self.keys.open
         for gen, topic, payload, mid, qos in batch:
             if topic.endswith("/status"):
                 st = self._parse_status(topic, payload)
@@ -260,15 +272,20 @@ class Collector:
             try:
                 good, problems = wire.decode_event_message(topic, payload)
             except wire.WireError as exc:
-                self._reject(classify(str(exc)), topic, str(exc))
+                self._reject(exc.code, topic, str(exc))
                 good, problems = [], []
-            for p in problems:
-                self._reject(classify(p), topic, p)
+            for _i, code, message in problems:
+                self._reject(code, topic, message)
+            opened = []
             for ev in good:
-                events[(ev["device_id"], ev["seq"])] = ev
-            messages.append((gen, mid, qos, good))
+                item = opener(ev)
+                if item.seal_error:
+                    self._seal_failed(item.seal_error, topic)
+                items[(ev.device_id, ev.seq)] = item
+                opened.append(item)
+            messages.append((gen, mid, qos, opened))
         n_good = sum(len(m[3]) for m in messages)
-        acks = self._store(list(events.values()), messages, n_good)
+        acks = self._store(list(items.values()), messages, n_good)
         if acks is None:  # stopping while the database is down: leave the messages unacked
             return
         # the devices' acks first: two collectors sharing a database publish a device's acks in
@@ -278,6 +295,12 @@ class Collector:
             self._store_status(dev, st)
         self._ack_mqtt(messages)
         self._count("batches")
+
+    def _seal_failed(self, code, topic):
+        with self._lock:
+            self._sealed_errors[code] += 1
+        log.warning("an event on %s has a sealed part that does not open (%s): stored with it kept sealed",
+                    topic, code)
 
     def _store(self, events, messages, n_good):
         """Store in one transaction, retrying while the database is unreachable; returns acks or None."""
@@ -312,7 +335,7 @@ class Collector:
             except (OperationalError, InterfaceError):
                 raise
             except Exception as exc:
-                self._reject("unstorable", wire.event_topic(evs[0]["device_id"]), exc.__class__.__name__)
+                self._reject("unstorable", wire.event_topic(evs[0].event.device_id), exc.__class__.__name__)
                 self._reconnect_db()
         return acks
 
@@ -328,20 +351,18 @@ class Collector:
             log.debug("database reconnect failed: %s", exc)
 
     def _parse_status(self, topic, payload):
-        import json
-
         if not payload:
             return None  # a cleared retained message
         device = wire.device_from_topic(topic)
         try:
-            st = json.loads(payload)
-        except (UnicodeDecodeError, ValueError):
-            self._reject("status_invalid", topic, "status is not JSON")
+            st = wire.decode_status(payload)
+        except wire.WireError as exc:
+            self._reject("invalid_status" if exc.code != "too_large" else "status_too_large", topic, str(exc))
             return None
-        if not isinstance(st, dict) or st.get("device_id") != device or not isinstance(st.get("online"), bool):
-            self._reject("status_invalid", topic, "status must be an object naming the topic's device and online")
+        if st.device_id != device:
+            self._reject("wrong_device", topic, "status names another device than its topic")
             return None
-        return st
+        return {k: v for k, v in wire.to_dict(st).items() if v is not None}
 
     def _store_status(self, device, st):
         try:
@@ -389,6 +410,29 @@ class Collector:
                 self._count("gaps_reported")
                 log.warning("device %s: events %d to %d missing since %s (gap still open)", dev, a, b, since)
         self._reported_gaps &= open_now  # a gap that closed and opens again is reported again
+
+    def _purge_loop(self):
+        """Purge events older than retention_days now, then every purge_interval_s (own connection)."""
+        with self.storage.connection():
+            while not self._stop.is_set():
+                self.purge_now()
+                if self._stop.wait(self.purge_interval):
+                    return
+
+    def purge_now(self):
+        """One retention pass; returns its result (or None when it failed, which is logged and retried)."""
+        try:
+            res = self.storage.purge(self.retention_days)
+        except Exception as exc:  # the database is down or busy: the next pass tries again
+            log.error("retention purge failed (%s: %s); trying again in %.0f s", exc.__class__.__name__, exc,
+                      self.purge_interval)
+            self._count("purge_failures")
+            self._reconnect_db()
+            return None
+        self._count("purges")
+        self._count("purged_rows", res["rows"])
+        self._count("purged_partitions", res["partitions"])
+        return res
 
 
 def run(cfg, http=True, ready=None):

@@ -75,8 +75,15 @@ def make_sealer(cfg, public_raw=None):
 
 
 def is_verified(verification):
-    """The event's `verified`: a signed credential whose signature and issuer verified here."""
-    return bool(verification is not None and verification.verified and verification.format in SIGNED_FORMATS)
+    """The event's `verified`: a signed credential whose signature and issuer verified here.
+
+    The identity is then authentic even when the credential failed a later check (expired, a
+    symptom declared, a revoked entry): the person's record is made, the decision says why not.
+    """
+    if verification is None or verification.format not in SIGNED_FORMATS:
+        return False
+    steps = verification.steps
+    return steps.get("signature") is True and steps.get("issuer") is not False
 
 
 class Terminal:

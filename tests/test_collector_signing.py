@@ -78,6 +78,28 @@ def test_keygen_private_key_is_0600(tmp_path):
         load_signing_key(priv)
 
 
+def test_keygen_makes_the_personal_data_keys_and_refuses_to_overwrite(tmp_path):
+    from chot.personal import DataCipher, PersonIndex, load_private_keys
+
+    kd = tmp_path / "ck"
+    out = chot("keygen", "--seal", "--index", "--data", "--key-dir", str(kd)).stdout
+    assert "seal.pub" in out
+    for name in ("index.key", "data.key"):
+        assert stat.S_IMODE(os.stat(kd / name).st_mode) == 0o600
+    (first,) = load_private_keys(kd)
+    PersonIndex.from_file(kd / "index.key")
+    DataCipher.from_file(kd / "data.key")
+    before = (kd / "data.key").read_text()
+    r = chot("keygen", "--data", "--key-dir", str(kd), check=False)
+    assert r.returncode != 0 and "data.key exists" in r.stderr and (kd / "data.key").read_text() == before
+    r = chot("keygen", "--seal", "--key-dir", str(kd), check=False)
+    assert r.returncode != 0 and "seal.pub exists" in r.stderr
+    chot("keygen", "--seal", "--key-dir", str(kd), "--force")  # a rotation keeps the old private key
+    assert set(load_private_keys(kd)) > {first}
+    r = chot("keygen", check=False)
+    assert r.returncode != 0 and "--out" in r.stderr
+
+
 def test_signed_publish_verifies_with_the_collector_key_only(broker, tmp_path):
     chot("keygen", "--out", str(tmp_path / "keys"))
     chot("keygen", "--out", str(tmp_path / "other"))
@@ -104,26 +126,39 @@ def test_signed_publish_verifies_with_the_collector_key_only(broker, tmp_path):
     with pytest.raises(wire.WireError, match="signature"):
         wire.verify_envelope(pub, wire.dumps(tampered), "config")
 
-    # the deny list: ID numbers and a subject key in, only salted hashes out
-    key_c = wire.subject_key_for_id("C-3")
-    (tmp_path / "deny.txt").write_text(f"# wanted\n001 090 000 001\n0010-9000-0002\n{key_c}\n\n")
-    chot("publish-denylist", str(tmp_path / "deny.txt"), "--config", str(conf))
+    # the deny list: ID numbers, a name with birth date and a revoked credential in, only salted hashes out
+    from chot.personal import ARGON2_DEFAULT, deny_person_hash, person_id_for_name_dob, revoked_hash
+
+    (tmp_path / "deny.txt").write_text("# wanted\n001 090 000 001\n0010-9000-0002\nnd:Nguyễn Văn Ân|1990-01-02\n"
+                                       "revoked:decl-7f3a9c\n\n")
+    fast = ("--argon2-t", "1", "--argon2-m-kib", "8192")
+    chot("publish-denylist", str(tmp_path / "deny.txt"), "--config", str(conf), *fast)
     payload = retained(broker, wire.broadcast_topic("denylist"))
     env = wire.verify_envelope(pub, payload, "denylist", target="gate-1")
     with pytest.raises(wire.WireError):
         wire.verify_envelope(other, payload, "denylist")
     text = payload.decode()
-    assert "001090000001" not in text and wire.subject_key_for_id("001090000001") not in text and key_c not in text
-    from device.credentials.denylist import DenyList
-
-    dl = DenyList.from_dict(env["body"])
-    assert len(dl) == 3 and dl.version == env["version"]
-    assert wire.subject_key_for_id("001090000001") in dl and wire.subject_key_for_id("001090000002") in dl
-    assert key_c in dl and wire.subject_key_for_id("001090000003") not in dl
-    # the next list has a higher version
-    chot("publish-denylist", str(tmp_path / "deny.txt"), "--config", str(conf))
+    for clear in ("001090000001", "001090000002", "NGUYEN", "Nguy", "1990-01-02", "decl-7f3a9c"):
+        assert clear not in text
+    body = env["body"]
+    assert body["format"] == "chot-denylist-v2" and body["version"] == env["version"]
+    assert body["argon2"] == {"t": 1, "m_kib": 8192, "p": ARGON2_DEFAULT["p"]}
+    salt = bytes.fromhex(body["salt"])
+    want = {deny_person_hash(p, salt, body["argon2"]) for p in (
+        "id:001090000001", "id:001090000002", person_id_for_name_dob("Nguyễn Văn Ân", "1990-01-02"))}
+    assert set(body["persons"]) == want and len(body["persons"]) == 3
+    assert body["revoked"] == [revoked_hash("decl-7f3a9c", salt)]
+    assert deny_person_hash("id:001090000003", salt, body["argon2"]) not in body["persons"]
+    # the next list has a higher version and a fresh salt
+    chot("publish-denylist", str(tmp_path / "deny.txt"), "--config", str(conf), *fast)
     env2 = wire.verify_envelope(pub, retained(broker, wire.broadcast_topic("denylist")), "denylist")
-    assert env2["version"] > env["version"]
+    assert env2["version"] > env["version"] and env2["body"]["salt"] != body["salt"]
+    (tmp_path / "bad.txt").write_text("nd:NoDate|\n")
+    r = chot("publish-denylist", str(tmp_path / "bad.txt"), "--config", str(conf), "--dry-run", check=False)
+    assert r.returncode != 0 and "line 1" in r.stderr
+    r = chot("publish-denylist", str(tmp_path / "deny.txt"), "--config", str(conf), "--dry-run", "--argon2-m-kib",
+             "10", check=False)
+    assert r.returncode != 0 and "m_kib" in r.stderr
 
     # trusted issuers: public keys only
     chot("publish-trust", str(tmp_path / "other" / "collector.pub"), "--config", str(conf))

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+import msgspec
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
@@ -15,9 +16,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from chot import wire
+from chot.errors import CollectorError
+from chot.personal import Sealer
 from collector.storage import Storage
 from collector.subscriber import Collector
-from collector.testing import make_event
+from collector.testing import make_event, make_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,14 +75,59 @@ def db_url(request, tmp_path):
     return request.getfixturevalue("pg_dsn")
 
 
-def cfg_for(db_url, broker, **collector):
+@pytest.fixture
+def key_dir(tmp_path):
+    make_keys(tmp_path / "keys")
+    return tmp_path / "keys"
+
+
+def cfg_for(db_url, broker, key_dir, **collector):
     from collector.testing import collector_config
 
-    return collector_config(db_url, port=broker.port, collector=collector)
+    return collector_config(db_url, port=broker.port, key_dir=key_dir, collector=collector)
 
 
-def test_events_flow_acked_and_bad_ones_counted(broker, db_url):
-    cfg = cfg_for(db_url, broker, batch_size=100, batch_max_wait_ms=50)
+def test_start_up_fails_listing_missing_keys(tmp_path, broker):
+    (tmp_path / "empty").mkdir()
+    cfg = cfg_for(f"sqlite:///{tmp_path}/c.db", broker, tmp_path / "empty")
+    with pytest.raises(CollectorError) as err:
+        Collector(cfg)
+    text = str(err.value)
+    assert "no sealing private key" in text and "init-fleet" in text and "index.key" in text and "data.key" in text
+    with pytest.raises(CollectorError, match="does not exist"):
+        Collector(cfg_for(f"sqlite:///{tmp_path}/c.db", broker, tmp_path / "nowhere"))
+
+
+def test_sealed_events_opened_at_ingest_and_unopenable_ones_kept(broker, tmp_path, key_dir):
+    sealer = Sealer.from_file(key_dir / "seal.pub")
+    make_keys(tmp_path / "other")
+    foreign = Sealer.from_file(tmp_path / "other" / "seal.pub")
+    person = {"id_number": "079190001234", "name": "Lê Thị Hoa", "phone": "0901234567"}
+    url = f"sqlite:///{tmp_path}/c.db"
+    with Collector(cfg_for(url, broker, key_dir)) as col:
+        col.wait_subscribed()
+        dev = Device(broker, "gate-p")
+        good = make_event("gate-p", 1, person=person, person_id="id:079190001234", sealer=sealer)
+        alien = make_event("gate-p", 2, person=person, person_id="id:079190001234", sealer=foreign)
+        moved = msgspec.structs.replace(make_event("gate-p", 3, verified=True), sealed=good.sealed)  # another's
+        dev.publish(wire.encode_events([good, alien, moved])).wait_for_publish(10)
+        wait_for(lambda: dev.last_ack() == 3, what="all three stored and acked")
+        st = col.stats()
+        assert st["stored"] == 3 and st["sealed_errors"] == {"unknown_key": 1, "misbound": 1}
+        dev.close()
+    with Storage(url) as stg:
+        E = stg.Event
+        rows = {r.seq: r for r in E.select()}
+    assert rows[1].person_key and rows[1].personal and rows[1].sealed is None and rows[1].seal_error is None
+    assert rows[2].seal_error == "unknown_key" and rows[2].sealed and rows[2].person_key is None
+    assert rows[3].seal_error == "misbound" and rows[3].personal is None
+    with open(tmp_path / "c.db", "rb") as f:
+        raw = f.read()
+    assert b"079190001234" not in raw and b"Hoa" not in raw
+
+
+def test_events_flow_acked_and_bad_ones_counted(broker, db_url, key_dir):
+    cfg = cfg_for(db_url, broker, key_dir, batch_size=100, batch_max_wait_ms=50)
     with Collector(cfg) as col:
         col.wait_subscribed()
         dev = Device(broker, "gate-1", will=True)
@@ -87,9 +135,8 @@ def test_events_flow_acked_and_bad_ones_counted(broker, db_url):
         dev.publish(wire.encode_status(device_id="gate-1", online=True, version="0.1.0", outbox_depth=3), retain=True,
                     topic=wire.status_topic("gate-1"))
         ev = lambda s, d="gate-1": make_event(d, s)  # noqa: E731
-        bad_type = ev(5)
-        bad_type["seq"] = "5"
-        half_bad = [ev(7), dict(ev(8), direction="sideways")]
+        bad_type = dict(wire.to_dict(ev(5)), seq="5")
+        half_bad = [wire.dumps(ev(7)), wire.dumps(dict(wire.to_dict(ev(8)), direction="sideways"))]
         msgs = [
             wire.encode_events([ev(1)]),
             b"{not json",  # malformed
@@ -103,14 +150,17 @@ def test_events_flow_acked_and_bad_ones_counted(broker, db_url):
             wire.encode_events(half_bad),  # one good, one bad: the good one is kept
             b"[]",  # JSON, but not an event
         ]
+        dev.publish(b'{"device_id": "gate-1", "online": "yes"}', topic=wire.status_topic("gate-1"))
+        dev.publish(b"x" * 5000, topic=wire.status_topic("gate-1"))
         infos = [dev.publish(m) for m in msgs]
         for i in infos:
             i.wait_for_publish(10)
         other.publish(wire.encode_events([ev(1, "gate-2")])).wait_for_publish(10)
         wait_for(lambda: dev.last_ack() == 7, what="the ack of seq 7")
         wait_for(lambda: other.last_ack() == 1, what="gate-2's ack")
-        st = wait_for(lambda: (s := col.stats())["rejected_total"] >= 6 and s, what="rejections counted")
-        assert st["rejected"] == {"malformed": 1, "oversized": 1, "invalid": 3, "device_mismatch": 1}
+        st = wait_for(lambda: (s := col.stats())["rejected_total"] >= 8 and s, what="rejections counted")
+        assert st["rejected"] == {"not_json": 1, "too_large": 1, "invalid_event": 3, "wrong_device": 1,
+                                  "invalid_status": 1, "status_too_large": 1}
         assert st["stored"] == 8
         # acks only grow and never pass what is stored contiguously
         seqs = [s for _d, s in dev.acks]
@@ -127,9 +177,9 @@ def test_events_flow_acked_and_bad_ones_counted(broker, db_url):
         assert fleet["gate-1"]["status"]["online"] is False
 
 
-def test_redelivered_duplicates_stored_once_and_gap_reported(broker, tmp_path, caplog):
+def test_redelivered_duplicates_stored_once_and_gap_reported(broker, tmp_path, caplog, key_dir):
     db_url = f"sqlite:///{tmp_path}/c.db"
-    cfg = cfg_for(db_url, broker, gap_report_s=0.0)
+    cfg = cfg_for(db_url, broker, key_dir, gap_report_s=0.0)
     with Collector(cfg) as col:
         col.wait_subscribed()
         dev = Device(broker, "gate-3")
@@ -158,11 +208,12 @@ def _count(db_path):
         return (0, 0)
 
 
-def test_sigkill_mid_batch_loses_nothing(broker, tmp_path):
+def test_sigkill_mid_batch_loses_nothing(broker, tmp_path, key_dir):
     db_path = tmp_path / "collector.db"
     conf = tmp_path / "collector.toml"
     conf.write_text(
         f'[collector]\nid = "kill"\ndatabase = "sqlite:///{db_path}"\nbatch_size = 500\nbatch_max_wait_ms = 1000\n'
+        f'key_dir = "{key_dir}"\nretention_days = 3650\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreceive_maximum = 1000\nreconnect_min_s = 0.2\n'
         "[http]\nenabled = false\n"
     )
@@ -215,11 +266,11 @@ def test_sigkill_mid_batch_loses_nothing(broker, tmp_path):
         assert st.contiguous("gate-k") == n
 
 
-def test_two_collectors_share_the_load_on_one_postgresql(broker, pg_dsn):
+def test_two_collectors_share_the_load_on_one_postgresql(broker, pg_dsn, key_dir):
     from collector.testing import collector_config
 
     n = 2000
-    cfgs = [collector_config(pg_dsn, port=broker.port, collector={"id": f"c{i}", "batch_size": 50,
+    cfgs = [collector_config(pg_dsn, port=broker.port, key_dir=key_dir, collector={"id": f"c{i}", "batch_size": 50,
                                                                   "batch_max_wait_ms": 20}) for i in (1, 2)]
     with Collector(cfgs[0]) as c1, Collector(cfgs[1]) as c2:
         c1.wait_subscribed()

@@ -2,7 +2,8 @@
 
 Nothing lost, nothing stored twice, across broker restarts (with and without persistence),
 a collector killed with SIGKILL mid-stream, and a long offline backlog; a device cannot
-publish under another device's topic; signed deny-list updates reach the terminal.
+publish under another device's topic; sealed personal parts are opened and indexed at the
+collector; signed deny-list (v2) updates reach the terminal.
 """
 
 import json
@@ -22,9 +23,13 @@ from servers import Mosquitto
 from uplink_helpers import Watcher, fill, publish, terminal_cfg, wait_until
 
 from chot import wire
+from chot.personal import Sealer
+from collector import queries
 from collector.config import config_from_dict
+from collector.keys import CollectorKeys
 from collector.storage import Storage
 from collector.subscriber import Collector
+from collector.testing import make_keys
 from device.uplink.link import Link
 from device.uplink.outbox import Outbox
 
@@ -36,9 +41,21 @@ DEV = "term-1"
 KEEP_USER = ""  # LocalBroker.BASE has `user root` now
 
 
+_KEY_DIR = {}
+
+
+@pytest.fixture(autouse=True)
+def collector_key_dir(tmp_path):
+    """The collector's key folder of this test (seal, index, data keys): collector_data uses it."""
+    make_keys(tmp_path / "collector-keys")
+    _KEY_DIR["path"] = str(tmp_path / "collector-keys")
+    yield tmp_path / "collector-keys"
+    _KEY_DIR.clear()
+
+
 def collector_data(port, database, **collector_keys):
     col = {"id": "c1", "database": database, "batch_size": 500, "batch_max_wait_ms": 50,
-           "sqlite_synchronous": "NORMAL", "gap_report_s": 3600.0}
+           "sqlite_synchronous": "NORMAL", "gap_report_s": 3600.0, "key_dir": _KEY_DIR["path"]}
     col.update(collector_keys)
     return {
         "collector": col,
@@ -84,17 +101,26 @@ def pg_url(pg_dsn):
 
 
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"])
-def test_events_flow_terminal_broker_collector_database(tmp_path, broker, db, request):
+def test_events_flow_terminal_broker_collector_database(tmp_path, broker, db, request, collector_key_dir):
     url = sqlite_url(tmp_path) if db == "sqlite" else request.getfixturevalue("pg_dsn")
     cfg = terminal_cfg(tmp_path, broker.port, status_interval_s=1.0)
     status = {"version": "0.1.0", "passes": 40, "fails": 0, "last_scan": None}
+    sealer = Sealer.from_file(collector_key_dir / "seal.pub")  # what the terminal pins
+    person = {"id_number": "001190054321", "name": "Ngô Thị Lan", "phone": "0911222333"}
     with Collector(collector_cfg(broker.port, url)) as col, Outbox.from_config(cfg) as outbox:
         col.wait_subscribed(10)
         with Link(cfg, outbox, status_source=lambda: dict(status)) as link:
             fill(outbox, 30)  # a backlog: goes as batches
             link.wake()
-            for i in range(10):  # then one by one, as a terminal scans
+            for i in range(8):  # then one by one, as a terminal scans
                 fill(outbox, 1, start=30 + i)
+                link.wake()
+            for _ in range(2):  # two verified people's events, sealed as the terminal seals them
+                import uuid as uuidlib
+
+                u = str(uuidlib.uuid4())
+                outbox.append({"uuid": u, "source": "camera", "format": "native", "decision": "PASS", "reason": "ok",
+                               "verified": True, "sealed": sealer.seal(u, person, "id:001190054321", "decl-1")})
                 link.wake()
             assert link.wait_acked(40, 15)
             assert outbox.stats()["depth"] == 0
@@ -105,7 +131,11 @@ def test_events_flow_terminal_broker_collector_database(tmp_path, broker, db, re
             assert wait_until(lambda: [d["online"] for d in st.devices() if d["device_id"] == DEV] == [False])
             dev = [d for d in st.devices() if d["device_id"] == DEV][0]
             assert dev["contiguous_seq"] == 40 and dev["gaps"] == []
-        assert col.stats()["rejected_total"] == 0
+            st.keys = CollectorKeys.from_dir(collector_key_dir)
+            res = queries.visits(st, "001 190 054 321", "case-e2e", "tester")
+            assert [(v["seq"], v["person"]["name"]) for v in res["verified"]] == [(39, person["name"]),
+                                                                                 (40, person["name"])]
+        assert col.stats()["rejected_total"] == 0 and col.stats()["sealed_errors"] == {}
 
 
 def _send_while(outbox, link, n, start, pause=0.005):
