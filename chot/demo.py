@@ -50,9 +50,15 @@ class Printer:
             print(f"{time.monotonic() - self.t0:7.2f}s [{who:<10}] {text}", file=self.out, flush=True)
 
 
-def _subject_brief(subject):
-    parts = [subject.get("name_masked"), subject.get("ward"), subject.get("purpose")]
-    return " ".join(str(p) for p in parts if p)
+def _make_collector_keys(key_dir):
+    """The collector's sealing key pair, index secret and data key (as `chot provision init-fleet` makes them)."""
+    from chot import personal
+
+    key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    personal.generate_seal_keys(key_dir)
+    personal.new_secret_file(key_dir / "index.key")
+    personal.new_secret_file(key_dir / "data.key")
+    return key_dir
 
 
 def _watch_pins(term_id, feedback, say, stop):
@@ -73,7 +79,7 @@ def _watch_pins(term_id, feedback, say, stop):
             say(term_id, "pins  " + "  ".join(c for _, c in sorted(changes)))
 
 
-def _terminal_cfg(tmp, term_id, direction, seed, port, issuer_pub, issuer_key, collector_pub):
+def _terminal_cfg(tmp, term_id, direction, seed, port, issuer_pub, issuer_key, collector_pub, seal_pub):
     from chot.config import validate
     from device.config import SCHEMA
 
@@ -88,6 +94,7 @@ def _terminal_cfg(tmp, term_id, direction, seed, port, issuer_pub, issuer_key, c
             "feedback": {"pass_led_s": 0.5, "fail_led_s": 0.8, "relay_s": 0.5},
             "policy": {"trusted_issuers": [str(issuer_pub)]},
             "outbox": {"path": str(tmp / f"{term_id}-outbox.db"), "synchronous": "NORMAL"},
+            "privacy": {"seal_public_key": str(seal_pub)},
             "mqtt": {
                 "enabled": True, "host": "127.0.0.1", "port": port, "ack_timeout_s": 5.0,
                 "status_interval_s": 5.0, "collector_public_key": str(collector_pub),
@@ -115,6 +122,7 @@ def _demo(args):
     issuer_priv, issuer_pub = keys.save_keypair(issuer_key, tmp / "issuer")
     collector_key = keys.generate("ed25519")
     collector_priv, collector_pub = keys.save_keypair(collector_key, tmp / "collector", stem="collector")
+    key_dir = _make_collector_keys(tmp / "collector-keys")
 
     broker = LocalBroker(tmp / "mosquitto").start()
     say("broker", f"mosquitto listening on 127.0.0.1:{broker.port} (config {broker.conf_path})")
@@ -123,7 +131,7 @@ def _demo(args):
     try:
         ccfg = config_from_dict({
             "collector": {"id": "demo", "database": f"sqlite:///{tmp / 'collector.db'}",
-                          "batch_max_wait_ms": 100, "signing_key": str(collector_priv)},
+                          "batch_max_wait_ms": 100, "signing_key": str(collector_priv), "key_dir": str(key_dir)},
             "mqtt": {"host": "127.0.0.1", "port": broker.port},
             "http": {"enabled": True, "port": 0},
         })
@@ -135,15 +143,17 @@ def _demo(args):
         say("collector", f"storing into {tmp / 'collector.db'}; dashboard http://127.0.0.1:{api.port}/")
 
         for term_id, direction, seed in TERMINALS:
-            cfg = _terminal_cfg(tmp, term_id, direction, seed, broker.port, issuer_pub, issuer_priv, collector_pub)
+            cfg = _terminal_cfg(tmp, term_id, direction, seed, broker.port, issuer_pub, issuer_priv, collector_pub,
+                                key_dir / "seal.pub")
             term = Terminal.from_config(cfg, texts=crowd_texts(cfg))
             term.source = Paced(term.source, args.fps)
 
             def report(event, decision, v, term_id=term_id):
                 seq = f"seq {event['seq']:>4}" if event else "NOT RECORDED"
                 fmt = v.format if v is not None else "manual"
-                brief = _subject_brief(event["subject"]) if event else ""
-                say(term_id, f"{seq}  {decision.decision:<4} {decision.reason:<18} {fmt:<7} {brief}")
+                kind = (v.kind or "") if v is not None else ""
+                sealed = "sealed" if event and event.get("sealed") else ""
+                say(term_id, f"{seq}  {decision.decision:<4} {decision.reason:<18} {fmt:<7} {kind:<12} {sealed}")
 
             term.on_decision = report
             terms.append(term)
@@ -191,12 +201,18 @@ def _tracing_example(terms, collector, say):
     """The tracer's core question, asked of the first person who passed the entry."""
     from collector.queries import contacts
 
-    first = next((ev for ev, d, _ in terms[0].decisions if ev and d.passed and ev["subject"].get("key")), None)
+    # the demo knows who passed (in memory, as a tracer would know a case's ID number)
+    first = next((v for ev, d, v in terms[0].decisions
+                  if ev and d.passed and v is not None and (v.person_id or "").startswith("id:")), None)
     if first is None:
         return
-    answer = contacts(collector.storage, "key:" + first["subject"]["key"], days=14, window_min=15)
-    say("tracing", f"contacts of {first['subject'].get('name_masked', '?')} (subject {first['subject']['key'][:12]}…):"
-                   f" {len(answer['visits'])} visit(s), {len(answer['contacts'])} other people within ±15 min")
+    answer = contacts(collector.storage, first.person_id, case="demo-case-1", actor="demo", days=14, window_min=15)
+    n_visits = sum(len(answer["visits"].get(k, [])) for k in ("verified", "unverified"))
+    people = answer["contacts"]
+    n_contacts = sum(len(people.get(k, [])) for k in ("verified", "unverified")) if isinstance(people, dict) \
+        else len(people)
+    say("tracing", f"case demo-case-1: contacts of the first person who passed (ID ending …{first.person_id[-3:]}):"
+                   f" {n_visits} visit(s), {n_contacts} other people within ±15 min; the read is in the audit log")
 
 
 def _drain_and_check(terms, collector, say):

@@ -350,16 +350,24 @@ def _qr_frame(text, tmp_path):
     from device.scanner.frames import Frame
 
     png = tmp_path / "qr.png"
-    segno.make_qr(text).save(str(png), scale=6, border=4)
+    qr = segno.make_qr(text)
+    scale = max(2, min(6, 440 // (qr.symbol_size(scale=1, border=4)[0])))
+    qr.save(str(png), scale=scale, border=4)
+    code = Image.open(png).convert("L")
     img = Image.new("L", (640, 480), 255)
-    img.paste(Image.open(png).convert("L"), (200, 120))
+    img.paste(code, ((640 - code.width) // 2, (480 - code.height) // 2))
     return Frame(np.asarray(img, dtype=np.uint8), time.monotonic())
 
 
-def test_denylist_published_by_the_collector_changes_the_terminals_next_decision(tmp_path, broker):
+def test_denylist_published_by_the_collector_changes_the_terminals_next_decision(tmp_path, broker,
+                                                                                  collector_key_dir):
+    from datetime import UTC, datetime, timedelta
+
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
+    from device.credentials import keys as issuer_keys
+    from device.credentials.issue_cli import issue_declaration, make_test_identities
     from device.daemon import Terminal
 
     _chot("collector", "keygen", "--out", str(tmp_path / "keys"), cwd=tmp_path)
@@ -367,37 +375,50 @@ def test_denylist_published_by_the_collector_changes_the_terminals_next_decision
     col_toml = tmp_path / "collector.toml"
     col_toml.write_text(
         f'[collector]\ndatabase = "{url}"\nsigning_key = "{tmp_path / "keys" / "collector.key"}"\n'
+        f'key_dir = "{collector_key_dir}"\n'
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n[http]\nenabled = false\n'
     )
-    id_number = "001203004567"
+    issuer = issuer_keys.generate("ed25519")
+    _priv, issuer_pub = issuer_keys.save_keypair(issuer, tmp_path / "issuer")
+    (person,) = make_test_identities(1, seed=3)
+    declaration = issue_declaration(issuer, person, issued_at=datetime.now(UTC) - timedelta(minutes=5))
+    id_number = person["id_number"]
+    fast = ("--argon2-t", "1", "--argon2-m-kib", "8192")  # the terminal hashes with the list's parameters
     (tmp_path / "deny.txt").write_text(f"# people who must not pass\n{id_number}\n")
     (tmp_path / "empty.txt").write_text("# nobody\n")
     cfg = terminal_cfg(
         tmp_path, broker.port, collector_public_key=str(tmp_path / "keys" / "collector.pub"),
-        sections={"policy": {"accept_plain": True}, "scanner": {"cooldown_s": 0.0}},
+        sections={"policy": {"accept_plain": True, "trusted_issuers": [str(issuer_pub)]},
+                  "scanner": {"cooldown_s": 0.0},
+                  "privacy": {"seal_public_key": str(collector_key_dir / "seal.pub")}},
     )
-    frame = _qr_frame(id_number, tmp_path)
+    frame = _qr_frame(declaration, tmp_path)
+    plain = _qr_frame(id_number, tmp_path)
     col_cfg = collector_cfg(broker.port, url)
     with Collector(col_cfg) as col, Outbox.from_config(cfg) as outbox, Terminal(cfg, outbox=outbox) as term:
         col.wait_subscribed(10)
         term.link = link = Link(cfg, outbox, on_update=term.apply_update, status_source=term.status).start()
         assert link.wait_connected(10)
 
-        def decide():
-            (event,) = term.process_frame(frame)
+        def decide(f=frame):
+            (event,) = term.process_frame(f)
             return event["decision"], event["reason"]
 
-        assert decide() == ("PASS", "ok")  # a plain ID passes here (accept_plain), not yet denied
+        assert decide() == ("PASS", "ok")  # a verified declaration, not yet denied
 
-        _chot("collector", "publish-denylist", str(tmp_path / "deny.txt"), "--config", str(col_toml), cwd=tmp_path)
+        _chot("collector", "publish-denylist", str(tmp_path / "deny.txt"), "--config", str(col_toml), *fast,
+              cwd=tmp_path)
         assert wait_until(lambda: link.updates.version("denylist") is not None)
         assert decide() == ("FAIL", "denylisted")  # the very next decision
+        assert decide(plain)[1] != "denylisted"  # an unverified claim never consults the person list
         version = link.updates.version("denylist")
 
         # a forged list (another key, newer version) and an older genuine one are ignored
         forger = ed25519.Ed25519PrivateKey.generate()
         key = serialization.load_pem_private_key((tmp_path / "keys" / "collector.key").read_bytes(), None)
-        empty = {"format": "chot-denylist-v1", "version": version + 5, "salt": "00" * 16, "entries": []}
+        from chot.personal import make_denylist_body
+
+        empty = make_denylist_body(version + 5, params={"t": 1, "m_kib": 8192, "p": 1})
         topic = wire.broadcast_topic("denylist")
         ignored = link.counters["updates_ignored"]
         publish(broker.port, topic, wire.sign_envelope(forger, "denylist", version + 5, empty))
@@ -407,13 +428,20 @@ def test_denylist_published_by_the_collector_changes_the_terminals_next_decision
         assert decide() == ("FAIL", "denylisted")
 
         # a newer genuine list (empty) lifts the ban
-        _chot("collector", "publish-denylist", str(tmp_path / "empty.txt"), "--config", str(col_toml), cwd=tmp_path)
+        _chot("collector", "publish-denylist", str(tmp_path / "empty.txt"), "--config", str(col_toml), *fast,
+              cwd=tmp_path)
         assert wait_until(lambda: (link.updates.version("denylist") or 0) > version)
         assert decide() == ("PASS", "ok")
 
-        assert link.wait_acked(4, 10)
+        assert link.wait_acked(5, 10)
         link.close()
-    with Storage(url, migrate=False) as st:
+    with Storage(url, migrate=False, keys=CollectorKeys.from_dir(collector_key_dir)) as st:
         E = st.Event
-        rows = list(E.select(E.seq, E.decision, E.reason).where(E.device_id == DEV).order_by(E.seq).tuples())
-    assert rows == [(1, "PASS", "ok"), (2, "FAIL", "denylisted"), (3, "FAIL", "denylisted"), (4, "PASS", "ok")]
+        rows = list(E.select(E.seq, E.decision, E.reason, E.verified).where(E.device_id == DEV).order_by(E.seq)
+                    .tuples())
+        assert [r for r in rows if r[0] != 3] == [(1, "PASS", "ok", True), (2, "FAIL", "denylisted", True),
+                                                  (4, "FAIL", "denylisted", True), (5, "PASS", "ok", True)]
+        assert rows[2][3] is False  # the plain ID: an unverified claim
+        res = queries.visits(st, id_number, "case-deny", "tester")
+        assert len(res["verified"]) == 4 and len(res["unverified"]) == 1
+        assert {v["person"]["name"] for v in res["verified"]} == {person["name"]}
