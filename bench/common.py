@@ -170,6 +170,40 @@ class Context:
         return self.sizes["runs"]
 
 
+def native_people(n, seed=1):
+    """`n` realistic people as a terminal holds them after a native declaration verified.
+
+    [(person, person_id, credential_id)]: `person` is what device.credentials.native.person_of
+    gives (id_number, name with Vietnamese diacritics, phone, dob, address, ward, health,
+    purpose, doses, issuer, kind), `person_id` from chot.personal.person_id_for_id, the
+    credential id a random declaration id. Deterministic for a seed.
+    """
+    import random
+
+    from chot.personal import person_id_for_id
+    from device.credentials.issue_cli import make_test_identities
+    from device.credentials.native import person_of
+
+    rng = random.Random(seed)
+    issuer = bytes(rng.getrandbits(8) for _ in range(8))
+    out = []
+    for ident in make_test_identities(n, seed=seed):
+        out.append((person_of(ident, issuer), person_id_for_id(ident["id_number"]), f"{rng.getrandbits(128):032x}"))
+    return out
+
+
+def collector_key_dir(path):
+    """A collector key folder at `path` (seal-*.key, seal.pub, index.key, data.key), made once; returns it."""
+    from pathlib import Path
+
+    from collector.keys import make_key_dir
+
+    path = Path(path)
+    if not (path / "seal.pub").exists():
+        make_key_dir(path)
+    return path
+
+
 def timed(fn, *args, **kwargs):
     """(seconds, result) of one call."""
     t = time.perf_counter()

@@ -62,7 +62,7 @@ def test_expired_untrusted_and_no_code(card, tmp_path):
     assert (untrusted["decision"], untrusted["reason"]) == ("FAIL", "unknown_issuer")
     assert untrusted["steps"]["issuer"] is False
     assert untrusted["person"] == {"present": True, "verified": False}  # a claim nobody verified
-    assert expired["person"] == {"present": True, "verified": False}
+    assert expired["person"] == {"present": True, "verified": True}  # authentic, though expired
 
 
 def test_texts_plain_and_garbled():
