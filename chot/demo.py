@@ -211,7 +211,7 @@ def _tracing_example(terms, collector, say):
     people = answer["contacts"]
     n_contacts = sum(len(people.get(k, [])) for k in ("verified", "unverified")) if isinstance(people, dict) \
         else len(people)
-    say("tracing", f"case demo-case-1: contacts of the first person who passed (ID ending …{first.person_id[-3:]}):"
+    say("tracing", f"case demo-case-1: contacts of the first person who passed:"
                    f" {n_visits} visit(s), {n_contacts} other people within ±15 min; the read is in the audit log")
 
 

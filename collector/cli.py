@@ -104,6 +104,11 @@ def register(sub):
     c = cmd("purge", _purge, "delete events older than collector.retention_days now (run does it periodically)")
     c.add_argument("--days", type=float, help="older than this many days (default collector.retention_days)")
 
+    c = cmd("rekey", _rekey, "re-index and re-encrypt every stored person under new index and data keys"
+            " (collector stopped)")
+    c.add_argument("--new-key-dir", required=True,
+                   help="a folder with the new index.key and data.key (chot collector keygen --index --data --key-dir)")
+
     c = cmd("audit", _audit, "the audit log of personal-data reads, newest first (JSON)")
     c.add_argument("--case", help="only this case")
     c.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
@@ -257,6 +262,22 @@ def _purge(args):
     cfg = _cfg(args)
     with _storage(cfg) as st:
         _print_json(st.purge(args.days if args.days is not None else cfg.collector.retention_days))
+    return 0
+
+
+def _rekey(args):
+    import sys
+
+    from collector.rekey import load_new_keys, rekey
+
+    cfg = _cfg(args)
+    index, cipher = load_new_keys(args.new_key_dir)
+    with _storage(cfg, keys=True) as st:
+        n = rekey(st, index, cipher,
+                  progress=lambda done, todo: print(f"rekey: {done:,} of {todo:,} events", file=sys.stderr))
+    print(f"rekey: {n} events rewritten. Now copy {args.new_key_dir}/index.key and data.key over the ones in "
+          f"{cfg.collector.key_dir} (0600) and start the collector; keep the old ones offline until the backup "
+          "made before this run is no longer needed")
     return 0
 
 
