@@ -1,17 +1,20 @@
 """Frame to feedback: from a frame entering Terminal.process_frame to the PASS pin going high.
 
 A real Terminal (device.daemon) with the default decoder (zxing-cpp, second pass on), a real
-Checker trusting a fresh Ed25519 issuer, a real Outbox (SQLite WAL, synchronous as configured:
+Checker trusting a fresh Ed25519 issuer, the real sealing of the person's part to a collector's
+public key (privacy.seal_public_key = a fresh collector key folder's seal.pub: the daemon's own
+chot.personal.Sealer, before the commit), a real Outbox (SQLite WAL, synchronous as configured:
 FULL is the default) and Feedback on gpiozero's MockFactory. Each frame shows a different
 person's signed declaration (so the cooldown never hides one), 640x480, synthetic camera.
 The time of the PASS LED going high is read from the mock pin's own state log (MockPin.states
 holds (seconds since the previous change, state); the last change's absolute monotonic time is
 MockPin._last_change, so each state's absolute time is found by walking back from it).
 
-The stages are timed by wrapping the terminal's decoder.decode, checker.check and outbox.append
-(instance attributes, so nothing of the product changes); "rest" is the remainder: cooldown,
-chunk assembly, the event's fields, the feedback call, and the time until gpiozero's blink
-thread sets the pin. The baseline is decode alone (a separate decoder, same frames, same round).
+The stages are timed by wrapping the terminal's decoder.scan, checker.check, sealer.seal and
+outbox.append (instance attributes, so nothing of the product changes); "rest" is the remainder:
+cooldown, chunk assembly, the clock reading, the event's fields, the feedback call, and the time
+until the pin is set. Every committed event is checked to carry its sealed part. The baseline
+is decode alone (a separate decoder, same frames, same round).
 """
 
 import logging
@@ -20,21 +23,22 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from bench.common import PI4_ASSUMPTION, Area, percentile, pi4_time, progress, wait_until
+from bench.common import PI4_ASSUMPTION, Area, BenchError, collector_key_dir, percentile, pi4_time, progress, wait_until
 
 log = logging.getLogger(__name__)
 
 WIDTH, HEIGHT = 640, 480
 STAGE_LABELS = {
-    "decode": "decode (decoder.decode)",
+    "decode": "decode (decoder.scan)",
     "verify": "verify + policy (checker.check)",
+    "seal": "sealing the person's part to the collector (sealer.seal)",
     "commit": "outbox commit (outbox.append)",
-    "rest": "the rest (cooldown, event fields, Feedback.signal switching the PASS pin high)",
+    "rest": "the rest (cooldown, clock, event fields, Feedback.signal switching the PASS pin high)",
 }
 DIFFICULTY = 0.4
 
 
-def _cfg(tmp, pub, synchronous):
+def _cfg(tmp, pub, synchronous, seal_pub):
     from chot.config import validate
     from device.config import SCHEMA
 
@@ -46,6 +50,7 @@ def _cfg(tmp, pub, synchronous):
         "feedback": {"pass_led_s": 30.0, "pass_beep_s": 0.01, "relay_s": 0.05},
         "policy": {"trusted_issuers": [str(pub)]},
         "outbox": {"path": str(tmp / f"outbox-{synchronous}.db"), "synchronous": synchronous},
+        "privacy": {"seal_public_key": str(seal_pub)},
     }
     return validate(data, SCHEMA)
 
@@ -106,7 +111,7 @@ def _round(ctx, term, pin, frames, stages, base_decoder):
         s = time.perf_counter()
         got = base_decoder.decode(gray)
         base.append((time.perf_counter() - s) * 1000.0 if text in got else None)
-    samples = []  # (total, decode, verify, commit, rest) ms
+    samples = []  # (total, decode, verify, seal, commit, rest) ms
     misses = 0
     for i, (_text, gray) in enumerate(frames):
         stages.t = {}
@@ -116,14 +121,16 @@ def _round(ctx, term, pin, frames, stages, base_decoder):
             misses += 1
             base[i] = None
             continue
+        if not events[0].get("sealed") or not events[0].get("verified"):
+            raise BenchError("pipeline: a PASS was committed without its sealed personal part")
         ok = wait_until(lambda t0=t0: _high_since(pin, t0) is not None, 2.0, step=0.0005)
         if not ok:
             misses += 1
             base[i] = None
             continue
         total = (_high_since(pin, t0) - t0) * 1000.0
-        d, v, c = (stages.t.get(k, 0.0) * 1000.0 for k in ("decode", "verify", "commit"))
-        samples.append((total, d, v, c, total - d - v - c))
+        d, v, s, c = (stages.t.get(k, 0.0) * 1000.0 for k in ("decode", "verify", "seal", "commit"))
+        samples.append((total, d, v, s, c, total - d - v - s - c))
     return samples, [b for b in base if b is not None], misses
 
 
@@ -140,23 +147,27 @@ def run(ctx):
     area = Area("pipeline", "Frame to feedback (Terminal.process_frame to the PASS pin high)")
     key = keys.generate("ed25519")
     _priv, pub = keys.save_keypair(key, ctx.tmp / "pipeline-issuer")
+    seal_pub = collector_key_dir(ctx.tmp / "collector-keys") / "seal.pub"
     n = ctx.sizes["pipeline_frames"]
     progress(f"pipeline: rendering {ctx.runs} x {n} frames of different people")
     rounds = [_people_frames(n, key, seed=100 + r) for r in range(ctx.runs)]
     results = {}
     for sync in ("FULL", "NORMAL"):
-        cfg = _cfg(ctx.tmp, pub, sync)
+        cfg = _cfg(ctx.tmp, pub, sync, seal_pub)
         factory = MockFactory(pin_class=MockPWMPin)
         feedback = Feedback(cfg.pins, cfg.feedback, pin_factory=factory)
         outbox = Outbox.from_config(cfg)
         term = Terminal(cfg, feedback=feedback, outbox=outbox, checker=Checker.from_config(cfg.policy))
         stages = _Stages()
-        stages.wrap(term.decoder, "decode", "decode")
+        if term.sealer is None:
+            raise BenchError("pipeline: the terminal has no sealer: privacy.seal_public_key was not taken")
+        stages.wrap(term.decoder, "scan", "decode")
         stages.wrap(term.checker, "check", "verify")
+        stages.wrap(term.sealer, "seal", "seal")
         stages.wrap(term.outbox, "append", "commit")
         base_decoder = make_decoder(cfg.scanner)
         pin = feedback.pass_led.pin
-        per = {k: [] for k in ("p50", "p99", "decode_p50", "verify_p50", "commit_p50", "rest_p50",
+        per = {k: [] for k in ("p50", "p99", "decode_p50", "verify_p50", "seal_p50", "commit_p50", "rest_p50",
                                "base_p50", "base_p99", "commit_p99")}
         missed = 0
         try:
@@ -170,9 +181,9 @@ def run(ctx):
                 cols = list(zip(*samples, strict=True))
                 per["p50"].append(percentile(cols[0], 50))
                 per["p99"].append(percentile(cols[0], 99))
-                for name, col in zip(("decode", "verify", "commit", "rest"), cols[1:], strict=True):
+                for name, col in zip(("decode", "verify", "seal", "commit", "rest"), cols[1:], strict=True):
                     per[f"{name}_p50"].append(percentile(col, 50))
-                per["commit_p99"].append(percentile(cols[3], 99))
+                per["commit_p99"].append(percentile(cols[4], 99))
                 per["base_p50"].append(percentile(base, 50))
                 per["base_p99"].append(percentile(base, 99))
                 progress(f"pipeline ({sync}): round {r + 1}/{ctx.runs}: p50 {per['p50'][-1]:.2f} ms, "
@@ -201,7 +212,7 @@ def run(ctx):
             pi4={"estimate": pi4_time(_med(per["p99"]), "ms"), "basis": PI4_ASSUMPTION + _io_note(sync)},
             extra=extra,
         )
-        for stage in ("decode", "verify", "commit", "rest"):
+        for stage in ("decode", "verify", "seal", "commit", "rest"):
             area.figure(
                 f"{sync}.{stage}.p50", f"  of which {STAGE_LABELS[stage]}, p50 ({tag})", "ms", per[f"{stage}_p50"],
                 baseline=f"{sync}.p50", base_values=per["p50"],

@@ -280,7 +280,7 @@ class Loader:
 
 
 def _check_partitions(storage, n):
-    """The number of day partitions holding rows; BenchError when a row went to the default partition."""
+    """The number of day partitions of chot_event; BenchError when a row went to the default partition."""
     from collector.storage import PG_DEFAULT_PARTITION
 
     db = storage.db
@@ -329,6 +329,8 @@ def _query_round(storages, people):
             res = contacts(st, idn, CASE, ACTOR, days=DAYS, window_min=15, at=at)
             q.append((time.perf_counter() - t) * 1000.0)
             found.append((len(res["visits"]["verified"]), len(res["contacts"])))
+            if res["person"].get("id_number") != idn or any(not c["person"].get("name") for c in res["contacts"]):
+                raise BenchError(f"tracing ({name}): contacts() did not return the decrypted fields of the people")
             t = time.perf_counter()
             visits(st, idn, CASE, ACTOR, since, at)
             v.append((time.perf_counter() - t) * 1000.0)
@@ -452,8 +454,8 @@ def run(ctx):
             f"{gen_s / max(n, 1) * 1e6:.1f} µs per row in all), plus {pop.index_s:.1f} s for the HMAC index keys "
             f"and plaintexts of the {pop.subjects:,} people.")
         if "postgresql" in loaders:
-            area.note(f"PostgreSQL: the rows are in {parts} day partitions of chot_event, none in the default "
-                      "partition (Storage.ensure_partition for each day before COPY).")
+            area.note(f"PostgreSQL: every row is in a day partition of chot_event ({parts} created, one per day of "
+                      "the data, by Storage.ensure_partition before COPY), none in the default partition.")
         area.note("Every query names a case and an actor and writes its audit row (chot_audit), as the CLI and "
                   "the API do; that write is in the time (on SQLite a commit with synchronous FULL).")
         for ld in loaders.values():

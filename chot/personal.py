@@ -439,7 +439,8 @@ class DataCipher:
 
 # --- the deny list's hashes -------------------------------------------------------------------
 
-ARGON2_DEFAULT = {"t": 2, "m_kib": 49152, "p": 4}  # from bench/privacy.py: see docs/security.md (4 lanes: a Pi has 4 cores)
+# from bench/privacy.py (docs/security.md); 4 lanes: a Pi has 4 cores
+ARGON2_DEFAULT = {"t": 2, "m_kib": 49152, "p": 4}
 ARGON2_LIMITS = {"t": (1, 10), "m_kib": (8192, 262144), "p": (1, 4)}
 
 

@@ -44,6 +44,7 @@ def test_smoke_run_writes_every_area_and_the_table(tmp_path):
     ids = {f["id"] for a in results["areas"].values() for f in a["figures"]}
     for want in ("decode.zxing.640x480.qr", "decode.pyzbar.1280x720.empty", "decode.opencv.640x480.qr",
                  "decode.photos.zxing", "pipeline.FULL.p50", "pipeline.FULL.p99", "pipeline.FULL.commit.p50",
+                 "pipeline.FULL.seal.p50", "pipeline.NORMAL.seal.p50",
                  "verify.native", "verify.dcc", "verify.shc", "privacy.argon2.default.cpu",
                  "privacy.argon2.default.wall", "privacy.argon2.default.reversal", "privacy.argon2.t1.m16",
                  "privacy.seal.sealer", "privacy.open.opener", "privacy.index.hmac", "privacy.data.encrypt",
@@ -51,6 +52,12 @@ def test_smoke_run_writes_every_area_and_the_table(tmp_path):
                  "outbox.drain", "collector.bare", "collector.nostore", "collector.sqlite", "collector.postgresql",
                  "tracing.contacts.sqlite", "tracing.contacts.postgresql", "tracing.load.sqlite"):
         assert want in ids, want
+    # the collector ingests sealed events, its goal is issue 9's: half the bare subscriber of the same round
+    figs = {f["id"]: f for f in results["areas"]["collector"]["figures"]}
+    for want in ("collector.sqlite", "collector.postgresql"):
+        assert figs[want]["baseline"]["id"] == "collector.bare" and "50%" in figs[want]["goal"]["text"], figs[want]
+    # the tracing rows are in PostgreSQL's day partitions, none in the default one
+    assert any("day partition" in n for n in results["areas"]["tracing"]["notes"])
     # the photos are read from pixels: the default decoder reads at least one of the few given
     photos = next(f for f in results["areas"]["decode"]["figures"] if f["id"] == "decode.photos.zxing")
     assert photos["median"] >= 1
