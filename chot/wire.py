@@ -145,12 +145,22 @@ UUID_PATTERN = r"^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$"
 UUID_RE = re.compile(UUID_PATTERN[1:-1])
 
 
+class ClockRef(Struct, forbid_unknown_fields=True):
+    """A time anchor from the collector: its UTC time in the latest ack, and this boot's
+    monotonic time when the terminal received it. The collector re-anchors an event of the same
+    boot as ref.time + (mono_ns - ref.mono_ns), whatever the terminal's wall clock said."""
+
+    time: "WireTime"
+    mono_ns: Annotated[int, Meta(ge=0, le=_SEQ_MAX)]
+
+
 class Clock(Struct, forbid_unknown_fields=True):
     """The terminal clock's quality when the event was decided (a Pi has no real-time clock)."""
 
     synced: bool
     boot_id: Annotated[str, Meta(pattern=r"^[0-9A-Za-z-]{1,64}$")]
     mono_ns: Annotated[int, Meta(ge=0, le=_SEQ_MAX)]
+    ref: ClockRef | None = None
 
 
 class Sealed(Struct, forbid_unknown_fields=True):
@@ -185,10 +195,17 @@ class Event(Struct, forbid_unknown_fields=True):
 
 
 class Ack(Struct, forbid_unknown_fields=True):
-    """The collector's ack: every event of `device_id` with seq <= `seq` is stored."""
+    """The collector's ack: every event of `device_id` with seq <= `seq` is stored.
+
+    `time`: the collector's UTC time (terminals re-anchor their clock on it, see ClockRef);
+    `sig`: Ed25519 over `ack_signed_bytes` with the collector's signing key, so that only the
+    collector can free a terminal's events even on a broker without ACLs.
+    """
 
     device_id: DeviceId
     seq: Annotated[int, Meta(ge=0, le=_SEQ_MAX)]
+    time: WireTime | None = None
+    sig: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{86}$")] | None = None
 
 
 _Count = Annotated[int, Meta(ge=0, le=_SEQ_MAX)]
@@ -342,18 +359,42 @@ def decode_event_message(topic, payload):
 # --- acks: collector -> device ----------------------------------------------------------------
 
 
-def encode_ack(device_id, seq):
-    """The collector's ack: every event of `device_id` with seq <= `seq` is stored."""
-    return _encoder.encode(Ack(device_id=device_id, seq=int(seq)))
+def ack_signed_bytes(device_id, seq, time):
+    return f"chot-ack-v1|{device_id}|{int(seq)}|{time or ''}".encode()
 
 
-def decode_ack(payload):
-    """Return (device_id, seq) or raise WireError."""
+def encode_ack(device_id, seq, time=None, private_key=None):
+    """The collector's ack; signed when `private_key` (Ed25519) is given."""
+    sig = None
+    if private_key is not None:
+        import base64
+
+        sig = base64.urlsafe_b64encode(private_key.sign(ack_signed_bytes(device_id, seq, time))).decode().rstrip("=")
+    return _encoder.encode(Ack(device_id=device_id, seq=int(seq), time=time, sig=sig))
+
+
+def decode_ack(payload, public_key=None):
+    """The Ack, or WireError. With `public_key` (the pinned collector key) the signature is required."""
     try:
         ack = _ack_decoder.decode(payload)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise WireError(f"bad ack (must be {{device_id, seq}}): {exc}", "invalid_ack") from None
-    return ack.device_id, ack.seq
+        raise WireError(f"bad ack (must be {{device_id, seq, time?, sig?}}): {exc}", "invalid_ack") from None
+    if ack.time is not None and not _real_time(ack.time):
+        raise WireError(f"bad ack: time {ack.time!r} is not a real time", "invalid_ack")
+    if public_key is not None:
+        import base64
+
+        from cryptography.exceptions import InvalidSignature
+
+        if ack.sig is None:
+            raise WireError("unsigned ack: the collector signs its acks; ignored", "unsigned_ack")
+        try:
+            public_key.verify(base64.urlsafe_b64decode(ack.sig + "=="), ack_signed_bytes(ack.device_id, ack.seq,
+                                                                                         ack.time))
+        except (InvalidSignature, ValueError):
+            raise WireError("ack signature does not verify against the pinned collector key", "bad_ack_signature") \
+                from None
+    return ack
 
 
 # --- status: device -> all, retained ----------------------------------------------------------
@@ -371,6 +412,31 @@ def decode_status(payload):
         return _status_decoder.decode(payload)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise WireError(f"bad status: {exc}", "invalid_status") from None
+
+
+# --- collector presence: a hint that lets terminals resend at once when a collector is back -----
+
+
+def presence_topic(collector_id):
+    """Retained, with a last will: {"collector": id, "online": bool, "time": ISO}. Not signed: a hint only
+    (it makes a terminal resend what is not acked, which is always harmless)."""
+    return broadcast_topic(f"presence/{collector_id}")
+
+
+def encode_presence(collector_id, online, time=None):
+    return dumps({"collector": collector_id, "online": bool(online), "time": time})
+
+
+def decode_presence(payload):
+    """(collector id, online) or WireError."""
+    try:
+        obj = json.loads(payload) if len(payload) <= 1024 else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        obj = None
+    if not isinstance(obj, dict) or not isinstance(obj.get("collector"), str) or not isinstance(obj.get("online"),
+                                                                                                  bool):
+        raise WireError("bad presence message", "invalid_presence")
+    return obj["collector"], obj["online"]
 
 
 def offline_status(device_id):
