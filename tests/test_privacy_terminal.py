@@ -9,10 +9,12 @@ collector. Then the thief takes the whole state folder (outbox database with its
 
 - finds none of the people's ID numbers, names (with and without diacritics, any case, NFC and
   NFD, JSON-escaped), phones or birth dates (YYYY-MM-DD, DDMMYYYY, DD/MM/YYYY) in any byte;
-- tries every ID number near the people's (the same 6-digit prefix, 200,000 candidates and the
-  true ones) under every hash a thief would try (md5, sha1, sha256 of the number and of the
-  prefixes this project used or uses: "chot-subject-v1|", "id:", ...; as hex, truncated hex,
-  raw bytes or base64) and matches nothing (keyed hashes need keys the terminal never has);
+- tries EVERY ID number of the people's province, century/sex and birth year (each 6-digit
+  prefix leaves 1,000,000 numbers) under sha256 of the number and of the prefix this project's
+  subject keys used ("chot-subject-v1|"), and the 200,000 numbers nearest theirs under every
+  other hash a thief would try (md5, sha1, sha256 with the prefixes this project uses: "id:",
+  "chot-deny-v2|id:", ...), each as hex, truncated hex, raw bytes or base64: nothing matches
+  (keyed hashes need keys the terminal never has);
 - cannot open any sealed part with a key of their own, while the collector's key opens each
   and finds the right person: what the terminal holds is ciphertext only;
 - sees in each event only the clear fields of the contract.
@@ -272,6 +274,13 @@ def test_a_stolen_terminal_reveals_nobody(stolen):
                 matched.append((prefix, c))
         if thief.has_digest(sha1(c.encode()).digest()) or thief.has_digest(md5(c.encode()).digest()):
             matched.append(("sha1/md5", c))
+    # every number of each prefix (province, century/sex, birth year) under the two likeliest hashes
+    for prefix6 in sorted({p["id_number"][:6] for p in folks}):
+        for n in range(10**6):
+            c = f"{prefix6}{n:06d}"
+            if thief.has_digest(sha256(c.encode()).digest()) or thief.has_digest(
+                    sha256(("chot-subject-v1|" + c).encode()).digest()):
+                matched.append(("full", c))
     assert matched == []
     # (the indexes do find a hash that is there: the check is not blind)
     assert thief.has_digest(bytes.fromhex(first_kid + "00" * 24)) and not thief.has_digest(b"\x01" * 32)
