@@ -166,24 +166,42 @@ class Population:
         return [first + timedelta(days=d) for d in range(DAYS + 1)]
 
 
-def _sqlite_rows(ch):
-    tsql = [s.replace("T", " ") for s in ch["time_iso"]]
+def _column_values(ch, sqlite):
+    """{column: the chunk's values} of every column the bulk loader knows (a row of a verified PASS).
+
+    time_corrected and clock_flag are for a schema that has them (the time is as stamped, the
+    clock synchronised: flag "ok"); a column of EVENT_COLUMNS missing here stops the benchmark.
+    """
     r = itertools.repeat
-    return zip(
-        ch["dev"], ch["seq"], (f"00000000-0000-4000-8000-{s:012x}" for s in ch["seq"]),
-        (f"cp{c}" for c in ch["cp"]), ch["inout"], tsql, r(1), r("boot"), ch["seq"], r("camera"), r("native"),
-        r("PASS"), r("ok"), r(1), ch["key"], r(None), ch["personal"], r(None), r(None), tsql, strict=False,
-    )
+    t = [s.replace("T", " ") for s in ch["time_iso"]] if sqlite else ch["time_iso"]
+    null = None if sqlite else "\\N"
+    true = 1 if sqlite else "t"
+    seqs = list(ch["seq"]) if sqlite else [str(x) for x in ch["seq"]]
+    return {
+        "device_id": ch["dev"], "seq": seqs, "uuid": [f"00000000-0000-4000-8000-{x:012x}" for x in ch["seq"]],
+        "checkpoint": [f"cp{c}" for c in ch["cp"]], "direction": ch["inout"], "time": t, "clock_synced": r(true),
+        "boot_id": r("boot"), "mono_ns": seqs, "source": r("camera"), "format": r("native"), "decision": r("PASS"),
+        "reason": r("ok"), "verified": r(true), "person_key": ch["key"], "claim_key": r(null),
+        "personal": ch["personal"], "sealed": r(null), "seal_error": r(null), "received_at": t,
+        "time_corrected": t, "clock_flag": r("ok"),
+    }
 
 
-def _pg_text(ch):
-    lines = [
-        f"{dv}\t{s}\t00000000-0000-4000-8000-{s:012x}\tcp{c}\t{d}\t{t}\tt\tboot\t{s}\tcamera\tnative\tPASS\tok"
-        f"\tt\t{k}\t\\N\t{p}\t\\N\t\\N\t{t}\n"
-        for dv, c, s, d, t, k, p in zip(ch["dev"], ch["cp"], ch["seq"], ch["inout"], ch["time_iso"], ch["key"],
-                                        ch["personal"], strict=True)
-    ]
-    return "".join(lines)
+def _ordered(ch, columns, sqlite):
+    values = _column_values(ch, sqlite)
+    missing = [c for c in columns if c not in values]
+    if missing:
+        raise BenchError(f"tracing: the bulk loader does not know the column(s) {', '.join(missing)} of chot_event: "
+                         "add them to bench/tracing.py _column_values")
+    return [values[c] for c in columns]
+
+
+def _sqlite_rows(ch, columns):
+    return zip(*_ordered(ch, columns, True), strict=False)
+
+
+def _pg_text(ch, columns):
+    return "\n".join(map("\t".join, zip(*_ordered(ch, columns, False), strict=False))) + "\n"
 
 
 def _columns():
@@ -235,11 +253,11 @@ class Loader:
 
     def add(self, ch):
         if self.backend == "sqlite":
-            rows = _sqlite_rows(ch)
+            rows = _sqlite_rows(ch, self.columns)
             t = time.perf_counter()
             self.con.executemany(self.sql, rows)
         else:
-            buf = io.StringIO(_pg_text(ch))
+            buf = io.StringIO(_pg_text(ch, self.columns))
             t = time.perf_counter()
             self.cur.copy_expert(f"COPY chot_event ({', '.join(self.columns)}) FROM STDIN", buf)
         self.seconds += time.perf_counter() - t
