@@ -74,7 +74,9 @@ SCHEMA = {
         ),
         "keepalive_s": Field("int", 30, min=5, max=3600),
         "session_expiry_s": Field(
-            "int", 7 * 86400, min=0, help="MQTT 5 session expiry: the broker keeps what arrives while we are down"
+            "int", 0, min=0,
+            help="MQTT 5 session expiry; 0 (clean start, no session): a dead collector strands no share of the"
+            " shared subscription and terminals resend what is not acked; > 0 only for a collector alone",
         ),
         "reconnect_min_s": Field("float", 1.0, min=0.1, max=60.0),
         "reconnect_max_s": Field("float", 60.0, min=1.0, max=3600.0),

@@ -8,9 +8,13 @@
   minus `window_min` minutes, with the time difference and their decrypted fields (name,
   phone, ward ...: what their sealed part held) so that tracers can call them. Verified
   contacts are grouped by person_key; unverified claims are listed apart, flagged, never
-  merged into a person. Every row shows its clock's quality (synced, boot_id).
-  The person's visits come from the (person_key, time) and (claim_key, time) indexes; the
-  others from range probes on the (checkpoint, time) index, one merged range per checkpoint
+  merged into a person. Every row shows its clock's quality (synced, boot_id, flag).
+  Times: each row shows `time`, as the terminal stamped it, and `time_corrected`: the same, or,
+  when the clock is flagged `corrected` / `jump_back` / `jump_forward`, the time re-anchored on
+  the collector's ack (see collector.storage.ClockFlag). Every window, range, order and delta
+  (visits, contacts, traffic, export) uses time_corrected.
+  The person's visits come from the (person_key, time_corrected) and (claim_key, time_corrected)
+  indexes; the others from range probes on the (checkpoint, time_corrected) index, one merged range per checkpoint
   and stretch of time (exact to the microsecond, the same SQL on SQLite and PostgreSQL).
 - `traffic(storage, checkpoint, start, end)`: people in and out per checkpoint per hour.
 - `fleet(storage)`: the device registry: online, outbox depth, last seen, open gaps.
@@ -113,7 +117,8 @@ def _brief(e, keys=None):
         "checkpoint": e.checkpoint,
         "direction": e.direction,
         "time": format_time(e.time),
-        "clock": {"synced": bool(e.clock_synced), "boot_id": e.boot_id},
+        "time_corrected": format_time(e.time_corrected),
+        "clock": {"synced": bool(e.clock_synced), "boot_id": e.boot_id, "flag": e.clock_flag},
         "verified": bool(e.verified),
         "decision": e.decision,
         "reason": e.reason,
@@ -148,10 +153,10 @@ def _person_rows(storage, key, start, end):
     for name, col in (("verified", E.person_key), ("unverified", E.claim_key)):
         cond = col == key
         if start:
-            cond &= E.time >= start
+            cond &= E.time_corrected >= start
         if end:
-            cond &= E.time < end
-        out[name] = list(E.select().where(cond).order_by(E.time, E.device_id, E.seq))
+            cond &= E.time_corrected < end
+        out[name] = list(E.select().where(cond).order_by(E.time_corrected, E.device_id, E.seq))
     return out
 
 
@@ -221,7 +226,7 @@ def contacts(storage, person, case, actor, days=14, window_min=15, at=None):
     w = timedelta(minutes=window_min)
     E = storage.Event
     mine = _person_rows(storage, key, since, None)
-    mine = {k: [e for e in rs if e.time <= at] for k, rs in mine.items()}
+    mine = {k: [e for e in rs if e.time_corrected <= at] for k, rs in mine.items()}
     shown = {k: [_brief(e, keys) for e in rs] for k, rs in mine.items()}
     result = {
         "person_key": key,
@@ -241,18 +246,18 @@ def contacts(storage, person, case, actor, days=14, window_min=15, at=None):
     if vis:
         visit_times = {}  # checkpoint -> sorted [(visit time, verified)]
         for v, ok in vis:
-            visit_times.setdefault(v.checkpoint, []).append((v.time, ok))
+            visit_times.setdefault(v.checkpoint, []).append((v.time_corrected, ok))
         for lst in visit_times.values():
             lst.sort()
         ranges = [
-            (cp, lo, hi) for cp, rs in _merge_ranges([(v.checkpoint, v.time) for v, _ in vis], w).items()
+            (cp, lo, hi) for cp, rs in _merge_ranges([(v.checkpoint, v.time_corrected) for v, _ in vis], w).items()
             for lo, hi in rs
         ]
         others = []
         for i in range(0, len(ranges), _PROBE_RANGES):
             cond = None
             for cp, lo, hi in ranges[i : i + _PROBE_RANGES]:
-                c = (E.checkpoint == cp) & (E.time >= lo) & (E.time <= hi)
+                c = (E.checkpoint == cp) & (E.time_corrected >= lo) & (E.time_corrected <= hi)
                 cond = c if cond is None else (cond | c)
             others.extend(E.select().where(cond))
         people = {}  # (verified, key) -> [(detail, row)]
@@ -264,28 +269,29 @@ def contacts(storage, person, case, actor, days=14, window_min=15, at=None):
             if okey == key:
                 continue  # the person themself (outside the look-back), or a claim naming them: not a contact
             times = visit_times.get(o.checkpoint, [])
-            j = bisect.bisect_left(times, (o.time - w,))
-            while j < len(times) and times[j][0] <= o.time + w:
+            ot = o.time_corrected
+            j = bisect.bisect_left(times, (ot - w,))
+            while j < len(times) and times[j][0] <= ot + w:
                 vt, vok = times[j]
                 if okey is None:
                     untraceable.add((o.device_id, o.seq))
                 else:
                     detail = _brief(o)
                     detail.update(visit_time=format_time(vt), visit_verified=vok,
-                                  delta_s=(o.time - vt).total_seconds())
+                                  delta_s=(ot - vt).total_seconds())
                     people.setdefault((bool(o.person_key), okey), []).append((detail, o))
                 j += 1
         result["untraceable"] = len(untraceable)
         for (verified, okey), pairs in people.items():
-            pairs.sort(key=lambda p: (p[0]["visit_time"], p[0]["time"], p[0]["device_id"], p[0]["seq"]))
+            pairs.sort(key=lambda p: (p[0]["visit_time"], p[0]["time_corrected"], p[0]["device_id"], p[0]["seq"]))
             details = [d for d, _ in pairs]
             rows, seen = [], set()
-            for _d, o in sorted(pairs, key=lambda p: (p[1].time, p[1].device_id, p[1].seq)):
+            for _d, o in sorted(pairs, key=lambda p: (p[1].time_corrected, p[1].device_id, p[1].seq)):
                 if (o.device_id, o.seq) not in seen:
                     seen.add((o.device_id, o.seq))
                     obj, _err = _decrypt(keys, o)
                     rows.append({"person": obj["person"] if obj else None})
-            times = [d["time"] for d in details]
+            times = [d["time_corrected"] for d in details]
             entry = {
                 "person_key" if verified else "claim_key": okey,
                 "verified": verified,
@@ -322,8 +328,9 @@ def traffic(storage, checkpoint=None, start=None, end=None):
     E = storage.Event
     from peewee import SQL, fn
 
-    hour = fn.substr(E.time, 1, 13).coerce(False) if storage.sqlite else fn.date_trunc(SQL("'hour'"), E.time)
-    cond = (E.time >= start) & (E.time < end)
+    T = E.time_corrected
+    hour = fn.substr(T, 1, 13).coerce(False) if storage.sqlite else fn.date_trunc(SQL("'hour'"), T)
+    cond = (T >= start) & (T < end)
     if checkpoint:
         cond &= E.checkpoint == checkpoint
     q = (
@@ -395,19 +402,19 @@ def export_csv(storage, out, case, actor, start=None, end=None, checkpoint=None)
     E = storage.Event
     cond = E.seq.is_null(False)
     if start:
-        cond &= E.time >= start
+        cond &= E.time_corrected >= start
     if end:
-        cond &= E.time < end
+        cond &= E.time_corrected < end
     if checkpoint:
         cond &= E.checkpoint == checkpoint
     w = csv.writer(out, lineterminator="\r\n")
     w.writerow(EXPORT_COLUMNS)
     n = 0
     cols = [getattr(E, c) for c in EXPORT_COLUMNS]
-    q = E.select(*cols).where(cond).order_by(E.time, E.device_id, E.seq).dicts()
+    q = E.select(*cols).where(cond).order_by(E.time_corrected, E.device_id, E.seq).dicts()
     for r in q.iterator():
-        r["time"] = format_time(r["time"])
-        r["received_at"] = format_time(r["received_at"])
+        for t in ("time", "time_corrected", "received_at"):
+            r[t] = format_time(r[t])
         for b in ("clock_synced", "verified"):
             r[b] = "true" if r[b] else "false"
         w.writerow([csv_cell(r[c]) for c in EXPORT_COLUMNS])

@@ -26,6 +26,7 @@ import threading
 import time as _time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import unquote, urlparse
 
 from peewee import (
@@ -34,8 +35,10 @@ from peewee import (
     BooleanField,
     CharField,
     DatabaseError,
+    DataError,
     DateTimeField,
     IntegerField,
+    IntegrityError,
     Model,
     PostgresqlDatabase,
     SqliteDatabase,
@@ -126,6 +129,75 @@ def utcnow():
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+# --- clock quality at ingest -----------------------------------------------------------------
+
+
+class ClockFlag:
+    """What the collector concluded about an event's time at ingest (the `clock_flag` column).
+
+    - ok:           the time agrees with the collector's anchor (clock.ref) within JUMP_S, or, with
+                    no anchor, the clock says it is synchronised and the time is plausible;
+    - unsynced:     no anchor, the clock says it is not synchronised (the time may be off);
+    - corrected:    the clock was not synchronised and disagreed with the anchor by more than JUMP_S:
+                    time_corrected is the anchored time;
+    - jump_back / jump_forward: the clock said it was synchronised but was earlier / later than the
+                    anchored time by more than JUMP_S (a clock step): time_corrected is the anchored time;
+    - implausible:  no usable anchor and the time is more than FUTURE_S after its arrival or older than
+                    retention (or the anchored time itself is in the future): nothing to correct it by.
+    """
+
+    OK = "ok"
+    UNSYNCED = "unsynced"
+    CORRECTED = "corrected"
+    JUMP_BACK = "jump_back"
+    JUMP_FORWARD = "jump_forward"
+    IMPLAUSIBLE = "implausible"
+    ALL = (OK, UNSYNCED, CORRECTED, JUMP_BACK, JUMP_FORWARD, IMPLAUSIBLE)
+    ADJUSTED = (CORRECTED, JUMP_BACK, JUMP_FORWARD)  # time_corrected differs from time
+
+
+JUMP_S = 120.0  # a terminal's time further than this from its anchored time is a jump
+FUTURE_S = 600.0  # a time further than this after its arrival is implausible
+
+
+def anchored_time(clock):
+    """ref.time + (mono_ns - ref.mono_ns) of a wire Clock (naive UTC), or None without a usable ref.
+
+    The terminal resets its ref at every boot, so a ref always belongs to the event's boot.
+    """
+    ref = clock.ref
+    if ref is None:
+        return None
+    try:
+        return parse_time(ref.time) + timedelta(microseconds=(clock.mono_ns - ref.mono_ns) // 1000)
+    except (ValueError, OverflowError):
+        return None
+
+
+def clock_assessment(clock, time, received_at, retention_days):
+    """(time_corrected, flag) of an event's `clock` (wire Clock) and `time` (naive UTC) received at `received_at`.
+
+    time_corrected depends on the event's own fields only (a resend gets the same: it is part of
+    PostgreSQL's unique key); the flag may depend on when it arrived.
+    """
+    anchored = anchored_time(clock)
+    if anchored is not None:
+        delta = (time - anchored).total_seconds()
+        if abs(delta) <= JUMP_S:
+            corrected, flag = time, ClockFlag.OK
+        elif not clock.synced:
+            corrected, flag = anchored, ClockFlag.CORRECTED
+        else:
+            corrected, flag = anchored, (ClockFlag.JUMP_BACK if delta < 0 else ClockFlag.JUMP_FORWARD)
+        if (corrected - received_at).total_seconds() > FUTURE_S:
+            flag = ClockFlag.IMPLAUSIBLE  # the anchor itself is wrong
+        return corrected, flag
+    age_s = (received_at - time).total_seconds()
+    if -age_s > FUTURE_S or age_s > retention_days * 86400.0:
+        return time, ClockFlag.IMPLAUSIBLE
+    return time, (ClockFlag.OK if clock.synced else ClockFlag.UNSYNCED)
+
+
 class _SqliteTime(DateTimeField):
     """UTC time as fixed-width text on SQLite, so that text order is time order."""
 
@@ -140,6 +212,33 @@ class _PgTime(DateTimeField):
         if isinstance(value, datetime):
             return to_naive_utc(value)
         return value
+
+
+class _ThreadConnection:
+    """See Storage.connection: this thread's connection for the duration, counted per thread."""
+
+    def __init__(self, storage):
+        self.storage = storage
+
+    def __enter__(self):
+        local = self.storage._local
+        depth = getattr(local, "depth", 0)
+        if depth == 0 or self.storage.db.is_closed():
+            self.storage.db.connect(reuse_if_open=True)
+        local.depth = depth + 1
+        return self.storage
+
+    def __exit__(self, *exc):
+        local = self.storage._local
+        local.depth = max(0, getattr(local, "depth", 1) - 1)
+        if local.depth == 0:
+            db = self.storage.db
+            if not db.is_closed():
+                try:
+                    db.close()
+                except Exception as e:  # a broken connection: nothing left to close
+                    log.debug("closing the connection failed: %s", e)
+                    db.dispose()
 
 
 # --- models, one set per database -------------------------------------------------------------
@@ -173,17 +272,20 @@ def _make_models(db, sqlite):
         sealed = TextField(null=True)  # the sealed part as received, kept only when it did not open
         seal_error = CharField(max_length=32, null=True)
         received_at = TimeField()
+        time_corrected = TimeField()  # the time tracing uses: `time`, or re-anchored on the collector's ack
+        clock_flag = CharField(max_length=16)  # ClockFlag: ok, unsynced, corrected, jump_back, ...
 
         class Meta:
             table_name = "chot_event"
             primary_key = False
-            # PostgreSQL partitions by time, so its unique key must hold time (a resend has the same)
+            # PostgreSQL partitions by time_corrected, so its unique key must hold it: a resend has the
+            # same (time_corrected is a function of the event's own fields, see clock_assessment)
             indexes = (
-                ((("device_id", "seq"), True) if sqlite else (("device_id", "seq", "time"), True)),
-                (("person_key", "time"), False),
-                (("claim_key", "time"), False),
-                (("checkpoint", "time"), False),
-                (("time",), False),
+                ((("device_id", "seq"), True) if sqlite else (("device_id", "seq", "time_corrected"), True)),
+                (("person_key", "time_corrected"), False),
+                (("claim_key", "time_corrected"), False),
+                (("checkpoint", "time_corrected"), False),
+                (("time_corrected",), False),
             )
 
     class Device(Base):
@@ -257,12 +359,16 @@ EVENT_COLUMNS = (
     "sealed",
     "seal_error",
     "received_at",
+    "time_corrected",
+    "clock_flag",
 )
-CLEAR_COLUMNS = EVENT_COLUMNS[:14] + ("received_at",)  # no personal data, not even keyed hashes
+CLEAR_COLUMNS = EVENT_COLUMNS[:14] + ("time_corrected", "clock_flag", "received_at")  # no personal data
+_TC = EVENT_COLUMNS.index("time_corrected")
 
 _PG_EVENT_TYPES = (  # the PostgreSQL type of each of EVENT_COLUMNS, for the batch INSERT
     "text", "bigint", "text", "text", "text", "timestamp", "boolean", "text",
     "bigint", "text", "text", "text", "text", "boolean", "text", "text", "text", "text", "text", "timestamp",
+    "timestamp", "text",
 )  # fmt: skip
 _PG_EVENT_DDL = """CREATE TABLE IF NOT EXISTS "chot_event" (
     "device_id" VARCHAR(64) NOT NULL, "seq" BIGINT NOT NULL, "uuid" VARCHAR(36) NOT NULL,
@@ -271,8 +377,8 @@ _PG_EVENT_DDL = """CREATE TABLE IF NOT EXISTS "chot_event" (
     "source" VARCHAR(16) NOT NULL, "format" VARCHAR(16) NOT NULL, "decision" VARCHAR(8) NOT NULL,
     "reason" VARCHAR(64) NOT NULL, "verified" BOOLEAN NOT NULL, "person_key" VARCHAR(64),
     "claim_key" VARCHAR(64), "personal" TEXT, "sealed" TEXT, "seal_error" VARCHAR(32),
-    "received_at" TIMESTAMP NOT NULL
-) PARTITION BY RANGE ("time")"""
+    "received_at" TIMESTAMP NOT NULL, "time_corrected" TIMESTAMP NOT NULL, "clock_flag" VARCHAR(16) NOT NULL
+) PARTITION BY RANGE ("time_corrected")"""
 PG_DEFAULT_PARTITION = "chot_event_default"
 _PARTITION_RE = re.compile(r"chot_event_p(\d{8})")
 PURGE_BATCH = 5000  # rows deleted per transaction
@@ -283,7 +389,14 @@ def partition_name(day):
 
 
 def row_to_event(row):
-    """A stored row (a dict with the clear columns) -> the wire Event (v2) without its personal part."""
+    """A stored row (a dict with the clear columns) -> the wire Event (v2) without its personal part.
+
+    A row whose time was corrected gets a clock ref that yields its time_corrected again.
+    """
+    clock = {"synced": bool(row["clock_synced"]), "boot_id": row["boot_id"], "mono_ns": int(row["mono_ns"])}
+    tc = row.get("time_corrected")
+    if tc not in (None, "") and parse_time(tc) != parse_time(row["time"]):
+        clock["ref"] = {"time": format_time(tc), "mono_ns": int(row["mono_ns"])}
     return wire.event_from_dict({
         "v": wire.EVENT_VERSION,
         "device_id": row["device_id"],
@@ -292,7 +405,7 @@ def row_to_event(row):
         "checkpoint": row["checkpoint"],
         "direction": row["direction"],
         "time": format_time(row["time"]),
-        "clock": {"synced": bool(row["clock_synced"]), "boot_id": row["boot_id"], "mono_ns": int(row["mono_ns"])},
+        "clock": clock,
         "source": row["source"],
         "format": row["format"],
         "decision": row["decision"],
@@ -332,6 +445,18 @@ def _gap_list(c, max_seq, seqs, truncated, old_gaps, now):
         since = [g["since"] for g in old_gaps if g["from"] <= b and a <= g["to"]]
         out.append({"from": a, "to": b, "since": min(since) if since else format_time(now)})
     return out
+
+
+class StoreResult(NamedTuple):
+    """What `Storage.store_events` did: {device_id: contiguous seq}, new rows, [(item, reason)] left out."""
+
+    acks: dict
+    inserted: int
+    unstorable: list
+
+
+# values the database refuses (or that cannot be converted as it takes them): the event is unstorable
+_DATA_ERRORS = (DataError, IntegrityError, ValueError, OverflowError, TypeError)
 
 
 # --- the storage ------------------------------------------------------------------------------
@@ -399,6 +524,7 @@ class Storage:
         self._manual_lock = threading.Lock()
         self._partitions = set()  # days known to have a partition (PostgreSQL)
         self._partition_lock = threading.Lock()
+        self._local = threading.local()  # per thread: depth of connection() contexts
         try:
             self.db.connect(reuse_if_open=True)
         except DatabaseError as exc:
@@ -422,8 +548,33 @@ class Storage:
         self.close()
 
     def connection(self):
-        """A context manager giving this thread its own connection, closed at the end (HTTP threads)."""
-        return self.db.connection_context()
+        """A context manager giving this thread its own connection, closed at the end (worker, HTTP threads).
+
+        Unlike peewee's connection_context() it survives `reconnect()` inside it: peewee keeps
+        its contexts on the connection's state, which a close empties, and its exit then popped
+        an empty list (IndexError at shutdown after a database reconnect). Nested uses in one
+        thread share the connection; the outermost exit closes it.
+        """
+        return _ThreadConnection(self)
+
+    def reconnect(self):
+        """Drop this thread's connection (rolled back, closed even when broken) and open a new one.
+
+        Raises the database's error when it is still unreachable (the next try says so).
+        """
+        db = self.db
+        if not db.is_closed():
+            try:
+                if db.in_transaction():
+                    db.rollback()
+            except Exception as exc:  # the connection is gone already
+                log.debug("rollback before reconnect failed: %s", exc)
+            try:
+                db.close()
+            except Exception as exc:
+                log.debug("closing a broken connection failed: %s", exc)
+                db.dispose()
+        db.connect(reuse_if_open=True)
 
     # --- schema -------------------------------------------------------------------------------
 
@@ -514,8 +665,8 @@ class Storage:
                 cur.execute("SELECT to_regclass(%s)", [name])
                 created = cur.fetchone()[0] is None
                 if created:
-                    cur.execute(f'SELECT 1 FROM "{PG_DEFAULT_PARTITION}" WHERE "time" >= %s AND "time" < %s LIMIT 1',
-                                [day, nxt])
+                    cur.execute(f'SELECT 1 FROM "{PG_DEFAULT_PARTITION}" WHERE "time_corrected" >= %s'
+                                ' AND "time_corrected" < %s LIMIT 1', [day, nxt])
                     if cur.fetchone() is None:
                         cur.execute(f'CREATE TABLE "{name}" PARTITION OF "chot_event" FOR VALUES FROM (%s) TO (%s)',
                                     [day, nxt])
@@ -524,8 +675,8 @@ class Storage:
                             f'CREATE TABLE "{name}" (LIKE "chot_event" INCLUDING DEFAULTS INCLUDING CONSTRAINTS)'
                         )
                         cur.execute(
-                            f'WITH moved AS (DELETE FROM "{PG_DEFAULT_PARTITION}" WHERE "time" >= %s AND "time" < %s'
-                            f' RETURNING *) INSERT INTO "{name}" SELECT * FROM moved',
+                            f'WITH moved AS (DELETE FROM "{PG_DEFAULT_PARTITION}" WHERE "time_corrected" >= %s'
+                            f' AND "time_corrected" < %s RETURNING *) INSERT INTO "{name}" SELECT * FROM moved',
                             [day, nxt],
                         )
                         log.info("moved %d events of %s out of the default partition", cur.rowcount, day.date())
@@ -537,7 +688,8 @@ class Storage:
     # --- retention ----------------------------------------------------------------------------
 
     def purge(self, older_than_days, now=None, batch=PURGE_BATCH):
-        """Delete the events whose time is more than `older_than_days` days before `now`.
+        """Delete the events whose time_corrected is more than `older_than_days` days before `now`, and
+        those flagged implausible that arrived that long ago (a time in 2036 is not kept until 2036).
 
         PostgreSQL: whole day partitions older than the cutoff are dropped; the rows older than
         the cutoff in the default partition and in the partition of the cutoff's own day are
@@ -550,16 +702,18 @@ class Storage:
         now = now or utcnow()
         cutoff = now - timedelta(days=float(older_than_days))
         rows = dropped = 0
+        old = f'"time_corrected" < {self.db.param}'
+        implausible = f'"clock_flag" = \'{ClockFlag.IMPLAUSIBLE}\' AND "received_at" < {self.db.param}'
         if self.sqlite:
-            sql = ('DELETE FROM "chot_event" WHERE rowid IN (SELECT rowid FROM "chot_event" WHERE "time" < ?'
-                   " LIMIT ?)")
             t = self.Event.time.db_value(cutoff)
-            while True:
-                with self.db.atomic():
-                    n = self.db.execute_sql(sql, (t, batch)).rowcount
-                rows += n
-                if n < batch:
-                    break
+            for cond in (old, implausible):
+                sql = f'DELETE FROM "chot_event" WHERE rowid IN (SELECT rowid FROM "chot_event" WHERE {cond} LIMIT ?)'
+                while True:
+                    with self.db.atomic():
+                        n = self.db.execute_sql(sql, (t, batch)).rowcount
+                    rows += n
+                    if n < batch:
+                        break
         else:
             for name, day in self.partitions():
                 if day is not None and day + timedelta(days=1) <= cutoff:
@@ -575,9 +729,9 @@ class Storage:
             straddling = partition_name(cutoff)
             if any(n == straddling for n, _d in self.partitions()):
                 targets.append(straddling)
-            for name in targets:
-                sql = (f'DELETE FROM "{name}" WHERE ctid = ANY(ARRAY(SELECT ctid FROM "{name}" WHERE "time" < %s'
-                       " LIMIT %s))")
+            # an implausible time in the future sits in the default partition: purged by its arrival
+            for name, cond in [(n, old) for n in targets] + [(PG_DEFAULT_PARTITION, implausible)]:
+                sql = f'DELETE FROM "{name}" WHERE ctid = ANY(ARRAY(SELECT ctid FROM "{name}" WHERE {cond} LIMIT %s))'
                 while True:
                     with self.db.atomic():
                         n = self.db.execute_sql(sql, (cutoff, batch)).rowcount
@@ -613,12 +767,53 @@ class Storage:
         On PostgreSQL the day partitions the batch needs are created first (own transaction).
         """
         now = utcnow()
+        return self._store_rows(self._event_tuples(items, now), now)
+
+    def store_events(self, items):
+        """Store what can be stored of `items`; returns StoreResult(acks, inserted, unstorable).
+
+        One transaction for the batch; when the database refuses a value in it (or a value cannot
+        be converted as the database takes it), each event is stored in a transaction of its own,
+        so that only the truly unstorable ones are left out: `unstorable` lists them as (item,
+        reason). A connection error (OperationalError, InterfaceError) is raised as it is: nothing
+        is decided, the caller retries the whole batch.
+        """
+        now = utcnow()
+        rows, unstorable = [], []
+        conv = self._event_converter(now)
+        for x in items:
+            try:
+                rows.append((conv(x), x))
+            except CollectorError:
+                raise
+            except _DATA_ERRORS as exc:
+                unstorable.append((x, exc.__class__.__name__))
+        try:
+            acks, inserted = self._store_rows([r for r, _x in rows], now)
+            return StoreResult(acks, inserted, unstorable)
+        except _DATA_ERRORS as exc:
+            log.error("a batch of %d events was refused (%s); storing them one by one", len(rows),
+                      exc.__class__.__name__)
+        acks, inserted = {}, 0
+        for row, x in rows:
+            try:
+                got, n = self._store_rows([row], now)
+            except _DATA_ERRORS as exc:
+                unstorable.append((x, exc.__class__.__name__))
+                continue
+            for dev, c in got.items():
+                acks[dev] = max(c, acks.get(dev, 0))
+            inserted += n
+        return StoreResult(acks, inserted, unstorable)
+
+    def _store_rows(self, rows, now):
+        """Store event tuples (EVENT_COLUMNS order) in one transaction; ({device: contiguous}, new rows)."""
         # (device_id, seq) order: collectors sharing a database take the index locks alike
-        rows = sorted(self._event_tuples(items, now), key=_device_seq)
+        rows = sorted(rows, key=_device_seq)
         if not rows:
             return {}, 0
         if not self.sqlite:
-            for day in sorted(self._partition_days({r[5] for r in rows}, now)):
+            for day in sorted(self._partition_days({r[_TC] for r in rows}, now)):
                 self.ensure_partition(day)
         by_device = {}
         for r in rows:
@@ -642,12 +837,23 @@ class Storage:
 
     def _event_tuples(self, items, received_at):
         """Items -> tuples in EVENT_COLUMNS order, times as the database takes them."""
+        conv = self._event_converter(received_at)
+        return [conv(x) for x in items]
+
+    def _event_converter(self, received_at):
+        """A function: item -> its tuple in EVENT_COLUMNS order (ValueError, OverflowError on a bad value).
+
+        Every value is checked as the database will take it: a real date and time, integers within
+        64 bits, no NUL in text (PostgreSQL refuses it; SQLite would store it), so that a batch fails
+        here, per event, rather than in the database.
+        """
         tv = self.Event.time.db_value
         rec = tv(received_at)
         wire_time = _wire_time_sqlite if self.sqlite else _wire_time_pg
         keys = self.keys
-        out = []
-        for x in items:
+        retention = self.retention_days
+
+        def convert(x):
             ev, opened, seal_error = _as_item(x)
             if opened is not None:
                 if keys is None:
@@ -657,13 +863,17 @@ class Storage:
                 person_key = claim_key = personal = None
             sealed = wire.dumps(ev.sealed).decode("ascii") if seal_error and ev.sealed is not None else None
             clock = ev.clock
-            out.append((
+            t = wire_time(ev.time, tv)
+            when = parse_time(ev.time)
+            corrected, flag = clock_assessment(clock, when, received_at, retention)
+            tc = t if corrected == when else tv(corrected)
+            row = (
                 ev.device_id,
                 ev.seq,
                 ev.uuid,
                 ev.checkpoint,
                 ev.direction.value,
-                wire_time(ev.time, tv),
+                t,
                 clock.synced,
                 clock.boot_id,
                 clock.mono_ns,
@@ -678,8 +888,18 @@ class Storage:
                 sealed,
                 seal_error,
                 rec,
-            ))
-        return out
+                tc,
+                flag,
+            )
+            for v in row:
+                if isinstance(v, str):
+                    if "\x00" in v:
+                        raise ValueError("a text value holds a NUL character")
+                elif isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63:
+                    raise OverflowError("an integer outside 64 bits")
+            return row
+
+        return convert
 
     def _insert_rows(self, cur, rows):
         """INSERT ... ON CONFLICT DO NOTHING (both backends); return how many rows were new.

@@ -1,13 +1,26 @@
 """The collector's MQTT subscriber: events in, batches stored, then acks out.
 
-`Collector(cfg)` connects to the broker with paho-mqtt 2.x (MQTT 5, a persistent session,
-manual acks, a receive maximum of at least the batch size) and subscribes to
-`$share/<group>/chot/v1/dev/+/event` (so that several collectors split the load) and to
-`chot/v1/dev/+/status`. `on_message` only queues the message; one worker thread takes up to
+`Collector(cfg)` connects to the broker with paho-mqtt 2.x (MQTT 5, manual acks, a receive
+maximum of at least the batch size) and subscribes to `$share/<group>/chot/v1/dev/+/event` (so
+that several collectors split the load) and to `chot/v1/dev/+/status`. By default the session
+is not persistent (clean start, `mqtt.session_expiry_s` 0): a broker routes a shared
+subscription's share to every member's session, also to a dead member's persistent one, which
+strands that share until it comes back; with no session a dead member leaves the group at once
+and the others take everything. What the broker drops on the way is not lost: a terminal keeps
+each event until the collector's ack and resends it. On connect the collector publishes its
+presence (`chot/v1/broadcast/presence/<id>`, retained, online) with a last will saying
+offline, so that terminals resend at once when a collector (re)appears.
+
+`on_message` only queues the message; one worker thread takes up to
 `batch_size` messages or waits `batch_max_wait_ms`, validates each one, stores the good events
 in ONE transaction, and only THEN acks the MQTT messages to the broker and publishes each
-device's contiguous seq to `chot/v1/dev/<id>/ack`. A message that the collector is killed
-before acking is redelivered by the broker and stored once (duplicates are ignored).
+device's contiguous seq to `chot/v1/dev/<id>/ack`, with the collector's UTC time (terminals
+re-anchor their clock on it) and, when `collector.signing_key` is set, signed with it (so that
+only the collector can free a terminal's events). An event the database cannot take (found by
+checking each value as the database takes it, or by the database refusing it: then the batch is
+stored event by event) is left out and counted `unstorable`; the others are stored. A message
+that the collector is killed before acking is resent (by the terminal, or by the broker with a
+persistent session) and stored once (duplicates are ignored).
 
 Each event's sealed part is opened at ingest with the collector's keys (`collector.key_dir`,
 see collector/keys.py): the person id is indexed by HMAC, the fields encrypted at rest. An
@@ -29,6 +42,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -47,6 +61,11 @@ log = logging.getLogger(__name__)
 
 EVENT_FILTER = "chot/v1/dev/+/event"
 STATUS_FILTER = "chot/v1/dev/+/status"
+
+
+def _now_iso():
+    """The collector's UTC time as the wire writes it, to the millisecond."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def make_client(cfg, client_id_=None, manual_ack=False):
@@ -109,6 +128,11 @@ class Collector:
         self.subscribed = threading.Event()
         self.client = None
         self._worker = None
+        self._ack_key = None
+        if c.signing_key:
+            from collector.signing import load_signing_key
+
+            self._ack_key = load_signing_key(c.signing_key)  # fails here, saying what is wrong
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -121,10 +145,15 @@ class Collector:
         self.client.on_message = self._on_message
         self.client.on_connect_fail = self._on_connect_fail
         self.client.max_inflight_messages_set(100)
+        cid = self.cfg.collector.id
+        self.client.will_set(wire.presence_topic(cid), wire.encode_presence(cid, False), qos=1, retain=True)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = m.session_expiry_s
         props.ReceiveMaximum = m.receive_maximum
-        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
+        # no persistent session (the default): a dead collector must not strand its share of the
+        # shared subscription; with session_expiry_s > 0 (one collector alone) the session is kept
+        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=m.session_expiry_s == 0,
+                                  properties=props)
         self._worker = threading.Thread(target=self._work, name="collector-worker", daemon=True)
         self._worker.start()
         self._purger = threading.Thread(target=self._purge_loop, name="collector-purge", daemon=True)
@@ -144,6 +173,14 @@ class Collector:
             self._purger = None
         if self.client:
             try:
+                if self.connected.is_set():
+                    cid = self.cfg.collector.id
+                    info = self.client.publish(wire.presence_topic(cid), wire.encode_presence(cid, False, _now_iso()),
+                                               qos=1, retain=True)
+                    try:
+                        info.wait_for_publish(2.0)
+                    except (RuntimeError, ValueError):
+                        pass
                 self.client.disconnect()
             finally:
                 self.client.loop_stop()
@@ -188,6 +225,8 @@ class Collector:
         group = self.cfg.mqtt.shared_group
         opts = SubscribeOptions(qos=1)
         client.subscribe([(f"$share/{group}/{EVENT_FILTER}", opts), (STATUS_FILTER, opts)])
+        cid = self.cfg.collector.id
+        client.publish(wire.presence_topic(cid), wire.encode_presence(cid, True, _now_iso()), qos=1, retain=True)
         log.info("connected (session present: %s)", flags.session_present)
 
     def _on_connect_fail(self, client, userdata):
@@ -303,14 +342,16 @@ class Collector:
                     topic, code)
 
     def _store(self, events, messages, n_good):
-        """Store in one transaction, retrying while the database is unreachable; returns acks or None."""
+        """Store what can be stored, retrying while the database is unreachable; returns acks or None.
+
+        Only an event the database cannot take is left out (counted `unstorable`, its message acked:
+        it would never store); a connection error stores nothing and is retried, so that no message
+        is acked before its good events are stored.
+        """
         delay = 0.5
         while True:
             try:
-                acks, inserted = self.storage.store_batch_counted(events)
-                self._count("stored", inserted)
-                self._count("duplicates", n_good - inserted)
-                return acks
+                res = self.storage.store_events(events)
             except (OperationalError, InterfaceError) as exc:
                 log.error("cannot store a batch (%s); retrying in %.1f s", exc.__class__.__name__, delay)
                 self._count("store_retries")
@@ -318,35 +359,19 @@ class Collector:
                     return None
                 delay = min(delay * 2, 30.0)
                 self._reconnect_db()
-            except Exception as exc:  # a value the database refuses: store message by message
-                log.error("a batch was refused (%s); storing its messages one by one", exc.__class__.__name__)
-                return self._store_one_by_one(messages)
-
-    def _store_one_by_one(self, messages):
-        acks = {}
-        for _gen, _mid, _qos, evs in messages:
-            if not evs:
                 continue
-            try:
-                got, inserted = self.storage.store_batch_counted(evs)
-                acks.update(got)
-                self._count("stored", inserted)
-                self._count("duplicates", len(evs) - inserted)
-            except (OperationalError, InterfaceError):
-                raise
-            except Exception as exc:
-                self._reject("unstorable", wire.event_topic(evs[0].event.device_id), exc.__class__.__name__)
-                self._reconnect_db()
-        return acks
+            bad = {(it.event.device_id, it.event.seq) for it, _why in res.unstorable}
+            for it, why in res.unstorable:
+                self._reject("unstorable", wire.event_topic(it.event.device_id), f"seq {it.event.seq}: {why}")
+            n_bad = sum(1 for m in messages for it in m[3] if (it.event.device_id, it.event.seq) in bad)
+            self._count("stored", res.inserted)
+            self._count("duplicates", n_good - n_bad - res.inserted)
+            return res.acks
 
     def _reconnect_db(self):
+        """A new connection for this thread (inside its Storage.connection(), which stays valid)."""
         try:
-            db = self.storage.db
-            if not db.is_closed() and db.in_transaction():
-                db.rollback()
-            if not db.is_closed():
-                db.close()
-            db.connect(reuse_if_open=True)
+            self.storage.reconnect()
         except Exception as exc:  # still down: the next try says so
             log.debug("database reconnect failed: %s", exc)
 
@@ -387,9 +412,11 @@ class Collector:
         client = self.client
         if client is None:
             return
+        now = _now_iso()
         for dev, seq in acks.items():
             if seq > 0 and not dev.startswith("collector-"):
-                client.publish(wire.ack_topic(dev), wire.encode_ack(dev, seq), qos=1)
+                client.publish(wire.ack_topic(dev), wire.encode_ack(dev, seq, time=now, private_key=self._ack_key),
+                               qos=1)
                 self._count("device_acks")
 
     def _check_gaps(self):

@@ -394,7 +394,7 @@ def test_denylist_published_by_the_collector_changes_the_terminals_next_decision
     )
     frame = _qr_frame(declaration, tmp_path)
     plain = _qr_frame(id_number, tmp_path)
-    col_cfg = collector_cfg(broker.port, url)
+    col_cfg = collector_cfg(broker.port, url, signing_key=str(tmp_path / "keys" / "collector.key"))  # signed acks
     with Collector(col_cfg) as col, Outbox.from_config(cfg) as outbox, Terminal(cfg, outbox=outbox) as term:
         col.wait_subscribed(10)
         term.link = link = Link(cfg, outbox, on_update=term.apply_update, status_source=term.status).start()

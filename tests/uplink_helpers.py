@@ -198,3 +198,82 @@ def publish(port, topic, payload, retain=True):
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+class ResendingPublisher:
+    """A terminal's uplink in miniature: publishes events and resends the unacked ones.
+
+    `send(events)` publishes wire Events (QoS 1, `per_message` a message); every `ack_timeout`
+    seconds without the ack covering everything sent, everything above the ack is sent again,
+    as a terminal's outbox does. `acked` is the highest ack seen; `resends` counts resent events.
+    With `public_key` only acks that verify count (the others are kept in `bad_acks`).
+    """
+
+    def __init__(self, port, device_id, ack_timeout=1.0, per_message=10, public_key=None):
+        self.port, self.device_id = port, device_id
+        self.ack_timeout, self.per_message, self.public_key = ack_timeout, per_message, public_key
+        self.lock = threading.Lock()
+        self.events = {}  # seq -> Event
+        self.acked = 0
+        self.acks = []  # (monotonic time, Ack)
+        self.bad_acks = []
+        self.resends = 0
+        self.last_progress = time.monotonic()
+        self._stop = threading.Event()
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(wire.ack_topic(device_id), qos=1)
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = self._on_ack
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self._thread = threading.Thread(target=self._resend_loop, daemon=True)
+
+    def start(self):
+        self.client.connect("127.0.0.1", self.port, keepalive=5)
+        self.client.loop_start()
+        assert self.subscribed.wait(5), "publisher did not subscribe"
+        self._thread.start()
+        return self
+
+    def _on_ack(self, client, userdata, msg):
+        try:
+            ack = wire.decode_ack(msg.payload, self.public_key)
+        except wire.WireError as exc:
+            self.bad_acks.append(exc.code)
+            return
+        with self.lock:
+            self.acks.append((time.monotonic(), ack))
+            if ack.seq > self.acked:
+                self.acked = ack.seq
+                self.last_progress = time.monotonic()
+
+    def _publish(self, events):
+        for i in range(0, len(events), self.per_message):
+            self.client.publish(wire.event_topic(self.device_id), wire.encode_events(events[i : i + self.per_message]),
+                                qos=1)
+
+    def send(self, events):
+        with self.lock:
+            for e in events:
+                self.events[e.seq] = e
+        self._publish(list(events))
+
+    def _resend_loop(self):
+        while not self._stop.wait(0.1):
+            with self.lock:
+                if time.monotonic() - self.last_progress < self.ack_timeout:
+                    continue
+                todo = [e for s, e in sorted(self.events.items()) if s > self.acked]
+                self.last_progress = time.monotonic()
+            if todo:
+                self.resends += len(todo)
+                self._publish(todo)
+
+    def all_acked(self):
+        with self.lock:
+            return bool(self.events) and self.acked >= max(self.events)
+
+    def close(self):
+        self._stop.set()
+        self.client.disconnect()
+        self.client.loop_stop()
