@@ -24,15 +24,20 @@ from provisioning import pki
 log = logging.getLogger(__name__)
 
 
-def acl_text(fleet):
-    """The ACL: each device only its own topics, the collector everything it serves, revoked users nothing."""
-    col = fleet.cfg.collector_user
-    lines = [
-        "# Chot broker ACL, made by `chot provision broker-config`; do not edit by hand.",
-        "# The MQTT user is the client certificate's CN (use_identity_as_username): a device id, or the collector.",
-        "",
-        "# Every terminal: it writes only its own events and status, reads only its own ack and config",
-        "# and the signed broadcasts (deny list, trusted issuers).",
+def acl_rules(collector_user):
+    """The topic rights of every Chot broker: the fleet's TLS broker (`acl_text`) and the local one
+    (`provisioning.localbroker.LocalBroker(secure=True)`) write exactly these lines.
+
+    A terminal's MQTT user is its device id; the collector's is `collector_user`. Mosquitto checks a
+    shared subscription (`$share/<group>/chot/v1/dev/+/event`) against the topic without its
+    `$share/<group>/` prefix, so the collector's read rules cover it. A publish outside these rules
+    gets PUBACK reason code 135 (MQTT 5) and is dropped: no terminal can forge an ack, a config, a
+    broadcast, or another terminal's events.
+    """
+    return [
+        "# Every terminal (user = device id): it writes only its own events and status, reads only",
+        "# its own ack and config and the signed broadcasts (deny list, trusted issuers). It writes",
+        "# no ack, config or broadcast, not even its own.",
         f"pattern write {PREFIX}/dev/%u/event",
         f"pattern write {PREFIX}/dev/%u/status",
         f"pattern read {PREFIX}/dev/%u/ack",
@@ -41,7 +46,7 @@ def acl_text(fleet):
         "",
         "# The collector: reads every event (shared subscription $share/<group>/...) and status,",
         "# writes acks, configs and broadcasts.",
-        f"user {col}",
+        f"user {collector_user}",
         f"topic read {PREFIX}/dev/+/event",
         f"topic read {PREFIX}/dev/+/status",
         f"topic write {PREFIX}/dev/+/ack",
@@ -49,6 +54,15 @@ def acl_text(fleet):
         f"topic write {PREFIX}/broadcast/#",
         "",
     ]
+
+
+def acl_text(fleet):
+    """The ACL: each device only its own topics, the collector everything it serves, revoked users nothing."""
+    lines = [
+        "# Chot broker ACL, made by `chot provision broker-config`; do not edit by hand.",
+        "# The MQTT user is the client certificate's CN (use_identity_as_username): a device id, or the collector.",
+        "",
+    ] + acl_rules(fleet.cfg.collector_user)
     revoked = fleet.revoked_ids()
     lines.append("# Revoked terminals: denied everything even if their certificate were still accepted.")
     for dev in revoked:
@@ -84,17 +98,30 @@ max_inflight_messages 0
 max_inflight_bytes 0
 # A batch of events is at most 1 MiB (chot.wire.MAX_MESSAGE_BYTES).
 max_packet_size 2000000
-# Sessions (the collector's queue while it is down, a terminal's subscriptions) are kept this long.
-persistent_client_expiration 14d
+# Sessions (a terminal's subscriptions, what is queued for a client that is away) end this long
+# after their client left, whatever session expiry the client asked for (terminals and the
+# collector ask 7 days). A session only bridges a restart or a short outage: after that the
+# terminals' outboxes are the queue, and they send again what the collector has not acked (at
+# once when its presence says it is back). A short cap bounds what an abandoned session (a dead
+# collector, a retired terminal) holds in the broker's memory and in every snapshot; nothing is
+# lost when one expires, the client subscribes again when it reconnects.
+persistent_client_expiration 1h
 max_keepalive 300
 set_tcp_nodelay true
 
 # Persistence is a snapshot every autosave_interval seconds, not a journal: what arrived since
 # the last save is lost on a crash. That is acceptable only because a terminal keeps each
-# event in its outbox until the collector's ack covers it, and sends it again.
+# event in its outbox until the collector's ack covers it, and sends it again. Time based, every
+# 10 s: a new session (the collector's subscription) reaches the disk within about 10 s, so a
+# broker crash soon after loses it only in that window (then what terminals publish before the
+# collector subscribes again is dropped, and waits for their resend). A snapshot rewrites the
+# whole database: negligible with short queues, about 0.25 s with 100,000 messages queued
+# (27 MB, measured). Not autosave_on_changes: counting every queued message, it saves over and
+# over under load (saving on every change cut publishing from 33,000 to 214 messages/s).
 persistence true
 persistence_location {str(persistence_dir).rstrip("/")}/
-autosave_interval 60
+autosave_interval 10
+autosave_on_changes false
 
 log_dest {log_dest}
 log_type error

@@ -5,11 +5,40 @@ in-flight limits: Mosquitto's defaults drop QoS 1 messages silently, see DESIGN.
 the broker on a free loopback port, waits until it accepts connections, and can be stopped
 (gracefully or with SIGKILL) and restarted on the same port. A fleet's real broker uses the
 TLS configuration of `provisioning.broker` instead.
+
+Anonymous by default (the unit tests). `LocalBroker(workdir, secure=True)` is the demo's and the
+fault harness's broker: `allow_anonymous false`, a password file (Mosquitto's own PBKDF2-SHA512
+format, as `mosquitto_passwd` writes it) and the fleet's ACL (`provisioning.broker.acl_rules`): a
+terminal logs in as its device id and may write only its own events and status, only the
+collector writes acks, configs and broadcasts. Without it anyone on the machine could forge an
+ack (a terminal then marks events delivered that the collector never stored) or publish events
+that take a device's future seqs. Credentials:
+
+    user, password_file = broker.add_terminal("gate-1-in")   # -> mqtt.username, mqtt.password_file
+    user, password_file = broker.collector_credentials()     # the collector's, made with the broker
+
+Each password file (0600, under `workdir/credentials/`) holds one random password. Users may be
+added before `start()` or while running: `add_terminal` then rewrites the password file, sends
+SIGHUP (Mosquitto reloads its password file and ACL; connected clients stay connected) and
+returns only once the broker accepts the new password. Users survive `restart()` and a new
+`LocalBroker` on the same `workdir`.
+
+Persistence (`persistence=True`) is a snapshot, not a journal (DESIGN.md, "Traps"): a session
+or a queued message that arrived after the last snapshot is gone after `kill -9`. The local
+broker snapshots every `autosave_interval` seconds (default 1 s: Mosquitto saves when more than
+that has passed, so at most about 2 s are exposed), and `save()` writes one at once (SIGUSR1)
+and waits until it is on disk: call it after the collector has subscribed, so that its session
+(and what is queued for it) survives a crash that comes sooner.
 """
 
+import base64
+import hashlib
+import os
+import secrets
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -17,6 +46,8 @@ from pathlib import Path
 from chot.errors import ProvisioningError
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+AUTOSAVE_S = 1  # the local broker's snapshot interval (seconds, time based); see save()
+PBKDF2_ITERATIONS = 101  # mosquitto_passwd's own default for its "$7$" (PBKDF2-SHA512) hashes
 
 
 def free_port():
@@ -36,42 +67,190 @@ def wait_port(port, timeout=10.0, host="127.0.0.1"):
     return False
 
 
+def password_hash(password, salt=None):
+    """A password file entry's hash in Mosquitto's "$7$" format (what `mosquitto_passwd` writes)."""
+    salt = salt or secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, PBKDF2_ITERATIONS)
+    return f"$7${PBKDF2_ITERATIONS}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def _mqtt_string(s):
+    b = s.encode()
+    return struct.pack("!H", len(b)) + b
+
+
+def try_login(port, username, password, host="127.0.0.1", timeout=2.0):
+    """The CONNACK return code of an MQTT 3.1.1 login (0 accepted, 4 bad password, 5 not authorised),
+    or None when no CONNACK came. Used to know when a reloaded password file is in force."""
+    body = (_mqtt_string("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 10)  # user+password+clean session
+            + _mqtt_string(f"chot-login-probe-{secrets.token_hex(4)}") + _mqtt_string(username)
+            + _mqtt_string(password))
+    n, length = len(body), b""
+    while True:  # MQTT's variable-length "remaining length"
+        n, digit = divmod(n, 128)
+        length += bytes([digit | (0x80 if n else 0)])
+        if not n:
+            break
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.sendall(b"\x10" + length + body)
+            got = b""
+            while len(got) < 4:
+                chunk = s.recv(4 - len(got))
+                if not chunk:
+                    return None
+                got += chunk
+            if got[0] != 0x20:
+                return None
+            if got[3] == 0:
+                s.sendall(b"\xe0\x00")  # DISCONNECT
+            return got[3]
+    except OSError:
+        return None
+
+
 class LocalBroker:
-    """A private Mosquitto broker on a loopback port (the demo, the tests)."""
+    """A private Mosquitto broker on a loopback port (the demo, the tests, the fault harness)."""
 
     # Raised limits: the defaults drop QoS 1 messages silently (see DESIGN.md).
     # `user root` keeps a broker started by root able to read its own temp files (ignored otherwise).
     # A finite max_queued_messages: with 0, Mosquitto 2.0.11 disconnects a client after refusing
     # one of its publishes (PUBACK 135, then "Unspecified error").
-    BASE = (
+    LIMITS = (
         "user root\n"
-        "allow_anonymous true\n"
         "max_queued_messages 10000000\n"
         "max_inflight_messages 0\n"
         "max_queued_bytes 0\n"
         "max_packet_size 2000000\n"
     )
+    BASE = LIMITS + "allow_anonymous true\n"  # the anonymous broker (kept for callers that read it)
 
-    def __init__(self, workdir, conf_extra="", persistence=False, port=None, listener_conf=None):
+    def __init__(self, workdir, conf_extra="", persistence=False, port=None, listener_conf=None, secure=False,
+                 collector_user="collector", autosave_interval=AUTOSAVE_S):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.persistence = persistence
+        self.autosave_interval = int(autosave_interval)
         self.conf_extra = conf_extra
         self.listener_conf = listener_conf  # full override of the listener block
+        self.secure = secure
+        self.collector_user = collector_user
         self.proc = None
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
+        self.db_path = self.workdir / "mosquitto.db"
+        self.password_path = self.workdir / "passwd"
+        self.acl_path = self.workdir / "acl"
+        self.cred_dir = self.workdir / "credentials"
+        self._users = {}  # MQTT user -> password
+        if secure:
+            self._check_user(collector_user)
+            self._load_users()
+            self._user(collector_user)
+
+    # --- users (secure mode) -------------------------------------------------------------------
+
+    @staticmethod
+    def _check_user(name):
+        from chot.wire import DEVICE_ID_RE
+
+        if not isinstance(name, str) or not DEVICE_ID_RE.fullmatch(name):
+            raise ProvisioningError(
+                f"MQTT user {name!r} is not allowed: use 1 to 64 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+
+    def _cred_path(self, name):
+        return self.cred_dir / f"{name}.password"
+
+    def _load_users(self):
+        if self.cred_dir.is_dir():
+            for f in sorted(self.cred_dir.glob("*.password")):
+                self._users[f.name[: -len(".password")]] = f.read_text(encoding="utf-8").strip()
+
+    def _user(self, name):
+        """(password file, is new) of user `name`; a new one gets a random password (file 0600)."""
+        path = self._cred_path(name)
+        if name in self._users:
+            return path, False
+        self.cred_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        password = secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(password + "\n")
+        os.chmod(path, 0o600)
+        self._users[name] = password
+        return path, True
+
+    def _need_secure(self, what):
+        if not self.secure:
+            raise ProvisioningError(f"{what} needs an authenticated broker: LocalBroker(workdir, secure=True)")
+
+    def add_terminal(self, device_id):
+        """Make (or return) the MQTT login of terminal `device_id`: (username, password_file).
+
+        Its user name is its device id, which the ACL binds it to. On a running broker the
+        password file is reloaded (SIGHUP) and this returns once the broker accepts the login.
+        """
+        self._need_secure("add_terminal")
+        self._check_user(device_id)
+        if device_id == self.collector_user:
+            raise ProvisioningError(f"{device_id!r} is the collector's MQTT user: give the terminal another id")
+        path, new = self._user(device_id)
+        if new and self.running:
+            self._write_auth()
+            self.reload()
+            deadline = time.monotonic() + 10
+            while try_login(self.port, device_id, self._users[device_id]) != 0:
+                if time.monotonic() > deadline:
+                    raise ProvisioningError(f"mosquitto did not take the new user {device_id} after SIGHUP")
+                time.sleep(0.05)
+        return device_id, path
+
+    def collector_credentials(self):
+        """The collector's MQTT login: (username, password_file) (mqtt.username, mqtt.password_file)."""
+        self._need_secure("collector_credentials")
+        return self.collector_user, self._cred_path(self.collector_user)
+
+    def password(self, user):
+        """The password of `user` (for test clients; the terminal and the collector read their file)."""
+        self._need_secure("password")
+        return self._users[user]
+
+    def _write_auth(self):
+        from provisioning.broker import acl_rules
+
+        lines = [f"{u}:{password_hash(p)}" for u, p in sorted(self._users.items())]
+        fd = os.open(self.password_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+        acl = ["# Chot local broker ACL (provisioning.localbroker): the fleet's rules, users from its password file.",
+               ""] + acl_rules(self.collector_user)
+        self.acl_path.write_text("\n".join(acl) + "\n", encoding="utf-8")
+
+    # --- configuration, processes ---------------------------------------------------------------
 
     def write_conf(self):
         listener = self.listener_conf or f"listener {self.port} 127.0.0.1\n"
-        conf = self.BASE + listener + self.conf_extra
+        if self.secure:
+            self._write_auth()
+            auth = f"allow_anonymous false\npassword_file {self.password_path}\nacl_file {self.acl_path}\n"
+        else:
+            auth = "allow_anonymous true\n"
+        conf = self.LIMITS + auth + listener + self.conf_extra
         if self.persistence:
-            conf += f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
+            # time based (autosave_on_changes false): saving on every change cut publishing to ~1/150
+            conf += (f"persistence true\npersistence_location {self.workdir}/\n"
+                     f"autosave_interval {self.autosave_interval}\nautosave_on_changes false\n")
         else:
             conf += "persistence false\n"
         conf += f"log_dest file {self.log_path}\nlog_type error\nlog_type warning\nlog_type notice\n"
         self.conf_path.write_text(conf)
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
 
     def start(self):
         if not Path(MOSQUITTO).exists():
@@ -88,6 +267,36 @@ class LocalBroker:
             self.stop(kill=True)
             raise ProvisioningError(f"mosquitto did not start on port {self.port}: {err} {log}")
         return self
+
+    def reload(self):
+        """SIGHUP: Mosquitto reads its password file and ACL again (connected clients stay)."""
+        if self.running:
+            self.proc.send_signal(signal.SIGHUP)
+
+    def _db_stamp(self):
+        try:
+            st = self.db_path.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def save(self, timeout=10.0):
+        """Write the persistence snapshot now (SIGUSR1) and wait until it is on disk.
+
+        Mosquitto writes mosquitto.db.new and renames it over mosquitto.db, so a new inode marks
+        a finished save. Returns False when persistence is off or the broker is not running.
+        """
+        if not (self.persistence and self.running):
+            return False
+        before = self._db_stamp()
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self._db_stamp()
+            if now is not None and now != before:
+                return True
+            time.sleep(0.01)
+        raise ProvisioningError(f"mosquitto did not write {self.db_path} within {timeout} s of SIGUSR1")
 
     def stop(self, kill=False):
         if self.proc and self.proc.poll() is None:

@@ -370,7 +370,9 @@ def test_broker_config_and_revocation(fleet_dir, tmp_path, capsys):
     for line in ("require_certificate true", "use_identity_as_username true", "allow_anonymous false",
                  f"cafile {out}/ca.crt", f"certfile {out}/server.crt", f"keyfile {out}/server.key",
                  f"crlfile {out}/crl.pem", f"acl_file {out}/acl", "listener 8883", "max_queued_messages 10000000",
-                 "max_inflight_messages 0", "persistence true"):
+                 "max_inflight_messages 0", "max_queued_bytes 0", "max_inflight_bytes 0", "persistence true",
+                 # snapshots every 10 s by time, sessions capped at an hour (issue 10, item 8; see broker.py)
+                 "autosave_interval 10", "autosave_on_changes false", "persistent_client_expiration 1h"):
         assert f"\n{line}\n" in conf, line
     assert mode(out / "server.key") == 0o600
     acl = (out / "acl").read_text()
@@ -414,6 +416,96 @@ def test_generated_mosquitto_conf_starts(fleet_dir, tmp_path):
         p.terminate()
         err = p.communicate(timeout=10)[1]
     assert "Error" not in err, err
+
+
+def test_fleet_acl_is_the_local_brokers_and_lets_no_terminal_write_acks(fleet_dir, tmp_path):
+    """Issue 10, items 4 and 5, on the fleet's TLS broker: a terminal's certificate may write neither
+    an ack (its own or another's) nor a config nor another terminal's events; the collector's may."""
+    import getpass
+    import ssl
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from servers import free_port, wait_port
+
+    from provisioning.broker import acl_rules, acl_text, write_broker_config
+    from provisioning.devices import provision_device
+    from provisioning.localbroker import LocalBroker
+
+    f = Fleet(fleet_dir)
+    for dev, d in (("gate-a", "in"), ("gate-b", "out")):
+        provision_device(f, dev, "cp", d)
+    rules = "\n".join(acl_rules(f.cfg.collector_user))
+    assert rules in acl_text(f)  # the same rules as LocalBroker(secure=True) writes
+    local = LocalBroker(tmp_path / "local", secure=True)
+    local.write_conf()
+    assert rules in local.acl_path.read_text()
+
+    need(__import__("os").path.exists(MOSQUITTO), "mosquitto")
+    port = free_port()
+    log_file = tmp_path / "mosquitto.log"
+    (tmp_path / "data").mkdir()
+    conf = write_broker_config(f, tmp_path / "b", port=port, bind="127.0.0.1", persistence_dir=tmp_path / "data",
+                               log_dest=f"file {log_file}", user=getpass.getuser())
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def client(cert, key, cid):
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+        c.tls_set(ca_certs=str(f.ca_crt), certfile=str(cert), keyfile=str(key), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        got = {"acks": {}, "msgs": [], "cond": threading.Condition()}
+
+        def note(kind, key, value):
+            with got["cond"]:
+                if kind == "msgs":
+                    got["msgs"].append(value)
+                else:
+                    got[kind][key] = value
+                got["cond"].notify_all()
+
+        c.on_connect = lambda cl, u, fl, rc, p: note("acks", "connack", rc)
+        c.on_publish = lambda cl, u, mid, rc, p: note("acks", mid, rc)
+        c.on_subscribe = lambda cl, u, mid, rcs, p: note("acks", mid, rcs)
+        c.on_message = lambda cl, u, m: note("msgs", None, (m.topic, m.payload))
+
+        def wait(key):
+            with got["cond"]:
+                got["cond"].wait_for(lambda: key in got["acks"], 10)
+            return got["acks"].get(key)
+
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        assert wait("connack").value == 0
+        c.publish_rc = lambda topic, payload: wait(c.publish(topic, payload, qos=1).mid).value
+        c.subscribe_rc = lambda topic: wait(c.subscribe(topic, qos=1)[1])[0].value
+        c.got = got
+        return c
+
+    def device(dev, cid=None):
+        return client(f.device_dir(dev) / "device.crt", f.device_dir(dev) / "device.key", cid or dev)
+
+    try:
+        assert wait_port(port), proc.stderr.read() if proc.poll() is not None else "mosquitto did not listen"
+        gate_a = device("gate-a")
+        assert gate_a.subscribe_rc(wire.ack_topic("gate-a")) == 1
+        for topic, payload in ((wire.ack_topic("gate-a"), wire.encode_ack("gate-a", 1030)),
+                               (wire.ack_topic("gate-b"), wire.encode_ack("gate-b", 1030)),
+                               (wire.config_topic("gate-b"), b"{}"),
+                               (wire.event_topic("gate-a"), wire.dumps({"device_id": "gate-a", "seq": 1}))):
+            forger = device("gate-b", "gate-b-forger")  # its own connection: 2.0.11 drops it after a refusal
+            assert forger.publish_rc(topic, payload) == 135, topic
+            forger.disconnect()
+            forger.loop_stop()
+        col = client(f.collector_crt, f.collector_key, "collector-1")
+        assert col.publish_rc(wire.ack_topic("gate-a"), wire.encode_ack("gate-a", 1)) == 0
+        with gate_a.got["cond"]:
+            gate_a.got["cond"].wait_for(lambda: gate_a.got["msgs"], 10)
+        assert gate_a.got["msgs"] == [(wire.ack_topic("gate-a"), wire.encode_ack("gate-a", 1))]
+        for c in (gate_a, col):
+            c.disconnect()
+            c.loop_stop()
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 # --- the self-test ---------------------------------------------------------------------------------
