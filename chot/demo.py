@@ -79,7 +79,7 @@ def _watch_pins(term_id, feedback, say, stop):
             say(term_id, "pins  " + "  ".join(c for _, c in sorted(changes)))
 
 
-def _terminal_cfg(tmp, term_id, direction, seed, port, issuer_pub, issuer_key, collector_pub, seal_pub):
+def _terminal_cfg(tmp, term_id, direction, seed, port, issuer_pub, issuer_key, collector_pub, seal_pub, login):
     from chot.config import validate
     from device.config import SCHEMA
 
@@ -99,6 +99,7 @@ def _terminal_cfg(tmp, term_id, direction, seed, port, issuer_pub, issuer_key, c
                 "enabled": True, "host": "127.0.0.1", "port": port, "ack_timeout_s": 5.0,
                 "status_interval_s": 5.0, "collector_public_key": str(collector_pub),
                 "reconnect_min_s": 0.2, "reconnect_max_s": 2.0,
+                "username": login[0], "password_file": str(login[1]),
             },
         },
         SCHEMA,
@@ -124,19 +125,25 @@ def _demo(args):
     collector_priv, collector_pub = keys.save_keypair(collector_key, tmp / "collector", stem="collector")
     key_dir = _make_collector_keys(tmp / "collector-keys")
 
-    broker = LocalBroker(tmp / "mosquitto").start()
-    say("broker", f"mosquitto listening on 127.0.0.1:{broker.port} (config {broker.conf_path})")
+    # as a fleet's broker: every client logs in, and the ACL lets each write only its own topics
+    broker = LocalBroker(tmp / "mosquitto", secure=True, persistence=True)
+    logins = {term_id: broker.add_terminal(term_id) for term_id, _d, _s in TERMINALS}
+    collector_login = broker.collector_credentials()
+    broker.start()
+    say("broker", f"mosquitto listening on 127.0.0.1:{broker.port} with logins and ACLs (config {broker.conf_path})")
     terms, threads, stop = [], [], threading.Event()
     collector = api = None
     try:
         ccfg = config_from_dict({
             "collector": {"id": "demo", "database": f"sqlite:///{tmp / 'collector.db'}",
                           "batch_max_wait_ms": 100, "signing_key": str(collector_priv), "key_dir": str(key_dir)},
-            "mqtt": {"host": "127.0.0.1", "port": broker.port},
+            "mqtt": {"host": "127.0.0.1", "port": broker.port, "username": collector_login[0],
+                     "password_file": str(collector_login[1])},
             "http": {"enabled": True, "port": 0},
         })
         collector = Collector(ccfg).start()
         collector.wait_subscribed(10)
+        broker.save()  # the collector's subscription is on disk before any terminal publishes
         from collector.api import ApiServer
 
         api = ApiServer(ccfg, collector.storage, collector=collector).start()
@@ -144,7 +151,7 @@ def _demo(args):
 
         for term_id, direction, seed in TERMINALS:
             cfg = _terminal_cfg(tmp, term_id, direction, seed, broker.port, issuer_pub, issuer_priv, collector_pub,
-                                key_dir / "seal.pub")
+                                key_dir / "seal.pub", logins[term_id])
             term = Terminal.from_config(cfg, texts=crowd_texts(cfg))
             term.source = Paced(term.source, args.fps)
 
