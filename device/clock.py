@@ -2,8 +2,12 @@
 
 A Raspberry Pi has no real-time clock: until NTP has synchronised it, the wall-clock time
 may be days off. Each event therefore carries the time together with the clock's quality
-(`clock_quality()`): whether the kernel considers the clock synchronised, the boot id and
-the monotonic time, so the collector can re-anchor events of one boot later.
+(`clock_quality()`): whether the kernel considers the clock synchronised, the boot id, the
+monotonic time (`time.monotonic_ns()`, CLOCK_MONOTONIC: every monotonic reading of the terminal
+uses this one clock) and, once the collector has acked something, `ref`: the collector's time of
+the latest accepted ack and this boot's monotonic time when that ack arrived (`set_ref`, called
+by the uplink; kept in memory for this process). The collector re-anchors an event of the same
+boot as ref.time + (mono_ns - ref.mono_ns), whatever the wall clock said.
 
 `synced` comes from the kernel through adjtimex(2) (read-only, called with ctypes; no
 subprocess), cached for a few seconds so the frame loop pays almost nothing for it.
@@ -63,6 +67,7 @@ _lock = threading.Lock()
 _cache = {"at": None, "synced": False}
 _adjtimex = None
 _boot_id = None
+_ref = None  # {"time": ISO text, "mono_ns": int}: the latest time anchor from the collector
 
 
 def _load_adjtimex():
@@ -117,9 +122,38 @@ def boot_id():
     return _boot_id
 
 
+def mono_ns():
+    """The terminal's monotonic time in ns (CLOCK_MONOTONIC, the clock of `mono_ns` and `ref.mono_ns`)."""
+    return time.monotonic_ns()
+
+
+def set_ref(collector_time, received_mono_ns):
+    """Keep a time anchor: the collector's UTC time (ISO text, from an accepted ack) and `mono_ns()`
+    when it arrived. Later events carry it as `clock.ref`. Kept in memory only (per process)."""
+    global _ref
+    with _lock:
+        _ref = {"time": str(collector_time), "mono_ns": int(received_mono_ns)}
+
+
+def get_ref():
+    """The latest time anchor from the collector ({"time", "mono_ns"}) or None."""
+    with _lock:
+        return dict(_ref) if _ref is not None else None
+
+
+def clear_ref():
+    global _ref
+    with _lock:
+        _ref = None
+
+
 def clock_quality():
-    """{"synced": bool, "boot_id": str, "mono_ns": int}, as stored in every event."""
-    return {"synced": is_synced(), "boot_id": boot_id(), "mono_ns": time.monotonic_ns()}
+    """{"synced", "boot_id", "mono_ns"[, "ref"]}, as stored in every event: one monotonic reading."""
+    q = {"synced": is_synced(), "boot_id": boot_id(), "mono_ns": mono_ns()}
+    ref = get_ref()
+    if ref is not None and ref["mono_ns"] <= q["mono_ns"]:
+        q["ref"] = ref
+    return q
 
 
 def utc_now_iso(now=None):

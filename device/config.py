@@ -121,10 +121,15 @@ SCHEMA = {
     "outbox": {
         "path": Field("path", "/var/lib/chot/outbox.db", help="the outbox database (SQLite, WAL)"),
         "max_rows": Field("int", 1_000_000, min=1, help="cap on events kept; at the cap the terminal fails closed"),
-        "max_bytes": Field("int", 512 * 1024 * 1024, min=4096, help="cap on the outbox file size in bytes"),
+        "max_bytes": Field(
+            "int", 512 * 1024 * 1024, min=256 * 1024,
+            help="cap on the outbox's disk use in bytes: database pages, WAL and its index (-shm) counted; "
+            "at most the free space of its disk",
+        ),
         "retention_days": Field(
             "float", 3.0, min=0.0, max=3650.0,
-            help="delivered events are kept this long (days; the collector keeps them for tracing)",
+            help="delivered events recorded longer ago than this are deleted (days; the collector keeps them for "
+            "tracing)",
         ),
         "synchronous": Field(
             "str", "FULL", choices=("FULL", "NORMAL"), help="SQLite synchronous mode (FULL survives power loss)"

@@ -193,8 +193,14 @@ class Terminal:
         return events
 
     def _clock_reading(self):
-        """One reading of the clock per decision: (UTC datetime, clock quality), for policy and event."""
-        return self._now(), clock_quality()
+        """One reading of the clock per decision: (UTC datetime, clock quality), for policy and event.
+
+        The wall clock (`now`, injectable) and the monotonic clock with the collector's time anchor
+        (`clock_quality()`: mono_ns and ref) are read together, once; the policy's `at`, the event's
+        `time` and its `clock` all come from this reading.
+        """
+        at = self._now()
+        return at, clock_quality()
 
     def _seal(self, uuid, verification):
         """The sealed personal part of an event, or None (no person, or no sealing key)."""

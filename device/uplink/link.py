@@ -2,7 +2,7 @@
 
 `Link(cfg, outbox, on_update=None, status_source=None, on_health=None)` speaks MQTT 5 through
 paho-mqtt 2.x (client id = device id, clean start off with a session expiry, QoS 1, TLS with
-a client certificate or a username and password file, reconnect with exponential backoff).
+a client certificate or a username and password file, reconnect with jittered backoff).
 
 Delivery (docs/uplink.md):
 
@@ -15,11 +15,25 @@ Delivery (docs/uplink.md):
   highest seq stored contiguously) covers it, never on PUBACK. What is not acked within
   `mqtt.ack_timeout_s` is sent again from the last acked seq (the collector stores a
   duplicate once); repeated timeouts back off up to 8 times the timeout.
-- After each reconnect everything not acked is sent again from the last acked seq.
+- After each reconnect everything not acked is sent again from the last acked seq, and so it is
+  (at most once per `PRESENCE_RESEND_MIN_S`) when a collector says it is back: its presence
+  hint (`wire.presence_topic`, under the broadcasts) with `online: true`. No ack timeout to wait.
+- Reconnects are spread: decorrelated jitter between `mqtt.reconnect_min_s` and
+  `mqtt.reconnect_max_s` (`Backoff`), set on paho before each of its attempts, so that a
+  fleet does not retry at the same instants after an outage.
+- Acks are accepted only from the collector. With `mqtt.collector_public_key` pinned an ack
+  must carry the collector's signature (`wire.decode_ack(payload, key)`); without one unsigned
+  acks are taken (logged once: acks are then not authenticated). A refused ack is counted by its
+  `WireError.code` (`bad_ack_codes`). Whatever the ack says, nothing beyond the highest seq
+  this terminal has published is marked: an ack beyond it is ignored (logged, `ack_beyond_sent`).
+  A signed ack beyond the outbox's last seq (the outbox was replaced: the collector holds seqs
+  this file never gave) moves the outbox's next seq past it, so that no seq is used twice.
+- An accepted ack's `time` that answers a message of this connection becomes the clock's time
+  anchor (`device.clock.set_ref`, with the monotonic time when the ack arrived): later events
+  carry it as `clock.ref`. An ack queued at the broker while the terminal was away is not used.
 - Events go out as the outbox stored them (`Outbox.pending_raw`, the JSON of a `wire.Event`:
-  the personal part is sealed, the terminal cannot read it); acks are `wire.Ack`
-  (`wire.decode_ack`; a malformed one is counted by its `WireError.code` and ignored); the
-  status is a `wire.Status` (counts and fleet health only, checked before it is sent).
+  the personal part is sealed, the terminal cannot read it); the status is a `wire.Status`
+  (counts and fleet health only, checked before it is sent).
 
 The paho callbacks only hand work to the worker (a queue and an event); the worker also
 refreshes the retained status (`chot/v1/dev/<id>/status`, every `mqtt.status_interval_s`
@@ -31,6 +45,7 @@ longer than `mqtt.down_alarm_min`. The frame loop only ever calls `wake()`.
 
 import logging
 import queue
+import random
 import ssl
 import threading
 import time
@@ -43,6 +58,7 @@ from paho.mqtt.properties import Properties
 
 from chot import __version__, wire
 from chot.errors import UplinkError
+from device import clock
 from device.uplink.updates import UpdateStore, load_public_key, store_path_for
 
 log = logging.getLogger(__name__)
@@ -51,6 +67,30 @@ TICK_S = 0.25  # the worker looks at timers at least this often
 PURGE_INTERVAL_S = 600.0  # delivered events past their retention are deleted this often
 RESEND_BACKOFF_MAX = 8  # consecutive ack timeouts stretch the timeout up to this factor
 CLOSE_WAIT_S = 2.0  # how long close() waits for the offline status to reach the broker
+PRESENCE_RESEND_MIN_S = 2.0  # a collector's "online" presence makes a resend at most this often
+PRESENCE_PREFIX = wire.presence_topic("")  # chot/v1/broadcast/presence/<collector id>
+
+
+class Backoff:
+    """Reconnect delays with decorrelated jitter: each one uniform in [min_s, 3 * previous], at most max_s.
+
+    `next()` gives the delay before the next attempt, `reset()` after a successful connection.
+    Two terminals (each with its own random source) retry at different instants.
+    """
+
+    def __init__(self, min_s, max_s, rng=None):
+        self.min_s = float(min_s)
+        self.max_s = max(float(max_s), self.min_s)
+        self.rng = rng or random.Random()
+        self._prev = self.min_s
+
+    def next(self):
+        delay = min(self.max_s, self.rng.uniform(self.min_s, self._prev * 3.0))
+        self._prev = max(delay, self.min_s)
+        return delay
+
+    def reset(self):
+        self._prev = self.min_s
 
 
 def _age_s(when, now=None):
@@ -98,11 +138,14 @@ class Link:
         self.topic_status = wire.status_topic(self.device_id)
         self.topic_ack = wire.ack_topic(self.device_id)
         self.topic_config = wire.config_topic(self.device_id)
-        self.topic_broadcast = wire.broadcast_topic("#")
+        self.topic_broadcast = wire.broadcast_topic("#")  # covers the presence hints (wire.presence_topic)
 
         public_key = load_public_key(m.collector_public_key) if m.collector_public_key else None
         if public_key is None:
             log.warning("no collector public key pinned (mqtt.collector_public_key): config and lists are ignored")
+        self.ack_key = public_key  # acks must be signed by the collector when it is pinned
+        self._warned_unsigned = False
+        self.backoff = Backoff(m.reconnect_min_s, m.reconnect_max_s)
         self.updates = UpdateStore(store_path_for(cfg.outbox.path), public_key, self.device_id)
 
         self._wake = threading.Event()
@@ -121,11 +164,18 @@ class Link:
         stats = outbox.stats()
         self._acked = int(stats.get("delivered_upto") or 0)  # the collector's ack, as persisted
         self._sent = self._acked  # highest seq handed to paho in this round
+        # The highest seq this terminal has published (or that was acked before this process): no
+        # ack can mark beyond it. Derived, not persisted: everything <= delivered_upto was sent.
+        self._published = self._acked
+        self._pub_gen = set()  # the last seq of each message published on this connection, not yet acked
+        self._last_resend = 0.0  # monotonic time of the last resend of everything not acked
         self._inflight = []  # [(MQTTMessageInfo, last seq)] awaiting PUBACK
         self._deadline = None  # when the collector's ack is overdue
         self._timeouts = 0  # consecutive ack timeouts
         self.counters = {"messages": 0, "events_sent": 0, "resends": 0, "acks": 0, "refused": 0, "updates": 0,
-                         "updates_ignored": 0, "bad_acks": 0, "bad_status": 0}
+                         "updates_ignored": 0, "bad_acks": 0, "bad_status": 0, "ack_beyond_sent": 0,
+                         "presence_resends": 0, "reconnect_delays": 0}
+        self.bad_ack_codes = {}  # WireError.code -> refused acks
 
         self.client = self._make_client()
         self._replay_updates()
@@ -146,7 +196,7 @@ class Link:
         if m.username or m.password_file:
             client.username_pw_set(m.username or self.device_id, self._password())
         client.will_set(self.topic_status, wire.offline_status(self.device_id), qos=1, retain=True)
-        client.reconnect_delay_set(min_delay=m.reconnect_min_s, max_delay=max(m.reconnect_min_s, m.reconnect_max_s))
+        self._next_reconnect_delay(client)
         client.max_inflight_messages_set(self.inflight)
         # paho's queue only ever holds what is in flight (plus status messages): the outbox is the queue.
         client.max_queued_messages_set(2 * self.inflight + 10)
@@ -298,11 +348,20 @@ class Link:
         with self._lock:
             self._connected = True
             self._gen += 1
+        self.backoff.reset()
         log.info("uplink connected (session present: %s)", flags.session_present)
         self._wake.set()
 
+    def _next_reconnect_delay(self, client=None):
+        """Tell paho the (jittered) delay before its next attempt: it waits `min_delay` after a reset."""
+        delay = self.backoff.next()
+        (client or self.client).reconnect_delay_set(min_delay=delay, max_delay=delay)
+        self.counters["reconnect_delays"] += 1
+        return delay
+
     def _on_connect_fail(self, client, userdata):
-        log.debug("uplink: cannot reach the broker; retrying with backoff")
+        delay = self._next_reconnect_delay(client)
+        log.debug("uplink: cannot reach the broker; next attempt in %.2f s", delay)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
         with self._lock:
@@ -310,12 +369,15 @@ class Link:
             self._connected = False
             if was:
                 self._down_since = time.monotonic()
-        if was and not self._stopping.is_set():
-            log.warning("uplink lost (%s); events stay in the outbox and go out after reconnecting", reason_code)
+        if not self._stopping.is_set():
+            delay = self._next_reconnect_delay(client)
+            if was:
+                log.warning("uplink lost (%s); events stay in the outbox and go out after reconnecting "
+                            "(next attempt in %.2f s)", reason_code, delay)
         self._wake.set()
 
     def _on_message(self, client, userdata, message):
-        self._inbox.put((message.topic, message.payload))
+        self._inbox.put((message.topic, message.payload, clock.mono_ns()))  # when it arrived
         self._wake.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
@@ -367,45 +429,93 @@ class Link:
             [(self.topic_ack, 1), (self.topic_config, 1), (self.topic_broadcast, 1)]
         )
         self._inflight = []
+        self._pub_gen = set()
         if self._sent > self._acked:
             log.info("reconnected: sending again from seq %d", self._acked + 1)
+        self._resend_all(time.monotonic())
+
+    def _resend_all(self, now):
+        """Send again everything not acked, from the last acked seq (the collector stores a duplicate once)."""
         self._sent = self._acked
         self._deadline = None
         self._timeouts = 0
+        self._last_resend = now
 
     def _take_inbox(self):
         while True:
             try:
-                topic, payload = self._inbox.get_nowait()
+                topic, payload, arrived_ns = self._inbox.get_nowait()
             except queue.Empty:
                 return
             if topic == self.topic_ack:
-                self._take_ack(payload)
+                self._take_ack(payload, arrived_ns)
+            elif topic.startswith(PRESENCE_PREFIX):
+                self._take_presence(topic, payload)
             else:
                 self._take_update(topic, payload)
 
-    def _take_ack(self, payload):
+    def _refuse_ack(self, code, message):
+        self.counters["bad_acks"] += 1
+        self.bad_ack_codes[code] = self.bad_ack_codes.get(code, 0) + 1
+        log.warning("ack refused (%s): %s", code, message)
+
+    def _take_ack(self, payload, arrived_ns=None):
         try:
-            device, seq = wire.decode_ack(payload)
+            ack = wire.decode_ack(payload, self.ack_key)
         except wire.WireError as exc:
-            self.counters["bad_acks"] += 1
-            log.warning("malformed ack ignored (%s): %s", exc.code, exc)
+            self._refuse_ack(exc.code, exc)
             return
-        if device != self.device_id:
-            log.warning("ack for another device ignored")
+        if ack.device_id != self.device_id:
+            self._refuse_ack("wrong_device", f"ack for device {ack.device_id!r}, not {self.device_id!r}")
+            return
+        if self.ack_key is None and not self._warned_unsigned:
+            self._warned_unsigned = True
+            log.warning("acks are not authenticated (no mqtt.collector_public_key pinned): on a broker without "
+                        "an ACL anyone could ack this terminal's events")
+        seq = ack.seq
+        if seq > self._published:
+            # Never mark what this terminal has not sent: a forged ack (or a stale one from before a
+            # restart, whose resend has not reached it yet) is ignored as a whole.
+            log.warning("ack for seq %d ignored: this terminal has published only up to seq %d", seq,
+                        self._published)
+            if self.ack_key is not None and seq > self.outbox.last_seq:
+                # Signed by the collector: it holds seqs this outbox never gave (the file was
+                # replaced). Continue after them so that no seq is used twice.
+                self.outbox.skip_to(seq)
+            self.counters["ack_beyond_sent"] += 1
             return
         self.counters["acks"] += 1
-        # An ack beyond what this outbox holds means the outbox was replaced: the outbox then
-        # continues its seq after it, so that no seq is used twice (Outbox.mark_delivered).
+        if ack.time is not None and arrived_ns is not None and any(s <= seq for s in self._pub_gen):
+            # It answers a message of this connection: the collector's time is at most one round
+            # trip older than its arrival (an ack queued while the terminal was away would not be).
+            clock.set_ref(ack.time, arrived_ns)
         if seq <= self._acked:
             return
         self.outbox.mark_delivered(seq)
         with self._ack_cond:
             self._acked = seq
             self._ack_cond.notify_all()
+        self._pub_gen = {s for s in self._pub_gen if s > seq}
         self._sent = max(self._sent, seq)
         self._timeouts = 0
         self._deadline = time.monotonic() + self.ack_timeout_s if self._sent > self._acked else None
+
+    def _take_presence(self, topic, payload):
+        """A collector's presence hint: when one is back online, send what is not acked at once."""
+        try:
+            collector_id, online = wire.decode_presence(payload)
+        except wire.WireError as exc:
+            log.debug("presence hint ignored (%s) on %s", exc.code, topic)
+            return
+        if not online:
+            log.info("collector %s is offline", collector_id)
+            return
+        now = time.monotonic()
+        if self._sent <= self._acked or now - self._last_resend < PRESENCE_RESEND_MIN_S:
+            return
+        log.info("collector %s is back: sending again from seq %d", collector_id, self._acked + 1)
+        self.counters["presence_resends"] += 1
+        self._resend_all(now)
 
     def _take_update(self, topic, payload):
         offered = self.updates.offer(topic, payload)
@@ -457,6 +567,8 @@ class Link:
             last = rows[-1][0]
             self._inflight.append((info, last))
             self._sent = last
+            self._published = max(self._published, last)
+            self._pub_gen.add(last)
             self.counters["messages"] += 1
             self.counters["events_sent"] += len(rows)
             if self._deadline is None:

@@ -12,13 +12,24 @@ The database and its -wal and -shm files are created 0600 (and tightened to 0600
 looser): they hold sealed personal parts and the terminal's movements.
 
 The MQTT link reads `pending_raw()` (the stored JSON) in seq order, and `mark_delivered(upto)` when the collector's
-ack covers `upto`; `purge()` deletes delivered events older than the retention period. At the
-cap (`max_rows` events or `max_bytes` of used database pages) `append()` first gives up
-delivered events still under retention, oldest first, and when only undelivered events remain
-raises `OutboxFull`: the terminal fails closed and never drops an event silently. The used pages
-are read from SQLite only when a pessimistic estimate (each append since the last reading counted
-as its body plus `GROWTH_PAGES` pages) comes near `max_bytes`, so the cap is never overshot. Disk full,
-read-only or unopenable files raise `OutboxError` with what to do.
+ack covers `upto` (it raises `delivered_upto` in the state row and never rewrites the events, so
+an ack costs a page or two of WAL, not the size of the backlog it covers); `purge()` deletes
+delivered events recorded longer ago than the retention period.
+
+The byte cap counts what the outbox takes on disk: the database's used pages, the write-ahead
+log (-wal) and its index (-shm). The WAL is kept under `wal_limit` (an eighth of `max_bytes`, at
+most 4 MiB): every write that finds it past half of that first checkpoints it
+(`PRAGMA wal_checkpoint(TRUNCATE)`, which empties the file), so do deliveries and purges, and
+deletions run in chunks small enough to fit. The cap reserves the whole `wal_limit` (or the
+WAL's real size when it is larger, e.g. while another reader holds it) plus the growth of one
+more append, so an outbox whose `max_bytes` is the size of its disk stops with `OutboxFull`
+before the disk is full. At the cap (`max_rows` events or `max_bytes`) `append()` first gives up
+delivered events still under retention, oldest first (and checkpoints), so a terminal whose
+events are delivered recovers by itself; when only undelivered events remain it raises
+`OutboxFull`: the terminal fails closed and never drops an event silently. The sizes are read
+only when a pessimistic estimate (each append since the last reading counted as its body plus
+`GROWTH_PAGES` pages) comes near `max_bytes`, so the cap is never overshot. Disk full, read-only
+or unopenable files raise `OutboxError` with what to do.
 
 peewee defines the schema and serves the other methods; `append()`, the frame loop's hot
 path, runs two prepared statements on the same sqlite3 connection in one `BEGIN IMMEDIATE`
@@ -50,13 +61,15 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 SYNCHRONOUS = ("FULL", "NORMAL")
-EVICT_CHUNK = 1000  # delivered events given up at once when the cap is reached
-PURGE_CHUNK = 5000
+EVICT_CHUNK = 1000  # delivered events given up at once when the cap is reached (at most)
+PURGE_CHUNK = 5000  # at most; both are cut down so that one deletion fits in half the WAL bound
+WAL_LIMIT_MAX = 4 * MiB
 INSERT_EVENT = "INSERT INTO event (seq, time, body, created, delivered_at) VALUES (?, ?, ?, ?, NULL)"
 UPDATE_LAST_SEQ = "UPDATE outbox_state SET last_seq = ? WHERE id = 1"
 # An upper bound of the pages one append can add besides its body's bytes (the b-tree splitting
 # up to the root); the byte cap is re-read from SQLite only when this estimate gets near it.
 GROWTH_PAGES = 16
+MAX_EVENT_BYTES = 12 * 1024  # the largest event (a sealed part of chot.personal.MAX_SEALED_CHARS and the rest)
 
 
 def _models(db):
@@ -71,7 +84,7 @@ def _models(db):
         time = CharField()  # the event's own time (ISO, UTC)
         body = TextField()  # the whole event as JSON, exactly as published
         created = DoubleField()  # epoch seconds when appended
-        delivered_at = DoubleField(null=True)  # epoch seconds when the collector's ack covered it
+        delivered_at = DoubleField(null=True)  # set by older versions only: delivery is State.delivered_upto
 
         class Meta:
             table_name = "event"
@@ -179,6 +192,10 @@ class Outbox:
         self._new = threading.Condition(self._lock)
         self._closed = False
         self._room = 0  # bytes surely free under max_bytes (a lower bound); 0: ask SQLite
+        self.wal_limit = max(64 * 1024, min(WAL_LIMIT_MAX, self.max_bytes // 8))
+        self._wal_path = self.path + "-wal"
+        self._shm_path = self.path + "-shm"
+        self.checkpoints = 0
         try:
             Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _create_private(self.path)
@@ -189,7 +206,7 @@ class Outbox:
             pragmas={
                 "journal_mode": "wal",
                 "synchronous": synchronous,
-                "journal_size_limit": 4 * MiB,
+                "journal_size_limit": max(64 * 1024, min(WAL_LIMIT_MAX, int(max_bytes) // 8)),
                 "busy_timeout": int(busy_timeout_s * 1000),
             },
             lock_type="IMMEDIATE",
@@ -209,6 +226,8 @@ class Outbox:
                     id=1, last_seq=0, delivered_upto=0, device_id=device_id
                 ).on_conflict_ignore().execute()
             self._page_size = self._pragma("page_size")
+            # SQLite checkpoints by itself too once the WAL holds this many pages (a backstop)
+            self._db.execute_sql(f"PRAGMA wal_autocheckpoint = {max(4, self.wal_limit // 2 // self._page_size)}")
             _tighten(self.path)
             state = self.State.get_by_id(1)
             top = self.Event.select(peewee.fn.MAX(self.Event.seq)).scalar() or 0
@@ -267,35 +286,97 @@ class Outbox:
     def _pragma(self, name):
         return self._db.connection().execute(f"PRAGMA {name}").fetchone()[0]
 
+    @staticmethod
+    def _file_size(path):
+        try:
+            return os.stat(path).st_size
+        except FileNotFoundError:
+            return 0
+
+    def _wal_bytes(self):
+        return self._file_size(self._wal_path)
+
     def _used_bytes(self):
         """Bytes of the database's pages in use (free pages are reused, so this is what grows)."""
-        used = (self._pragma("page_count") - self._pragma("freelist_count")) * self._page_size
-        self._room = self.max_bytes - used
-        return used
+        return (self._pragma("page_count") - self._pragma("freelist_count")) * self._page_size
+
+    def _append_reserve(self, body_bytes=MAX_EVENT_BYTES):
+        """What one more append may add: its body and the pages it touches (db pages and WAL frames alike)."""
+        return body_bytes + body_bytes // 256 + GROWTH_PAGES * self._page_size
+
+    def _counted_bytes(self):
+        """What the cap counts: used pages + the WAL (its bound, or its size when larger) + the -shm file."""
+        counted = self._used_bytes() + max(self._wal_bytes(), self.wal_limit) + self._file_size(self._shm_path)
+        self._room = self.max_bytes - counted - self._append_reserve()
+        return counted
+
+    def checkpoint(self):
+        """Copy the WAL into the database and truncate it to 0 bytes; True when it completed."""
+        with self._lock:
+            self._check_open()
+            with self._guard():
+                return self._checkpoint()
+
+    def _checkpoint(self):
+        conn = self._db.connection()
+        if conn.in_transaction:  # inside a caller's transaction (bulk fills): after its commit
+            return False
+        busy, _frames, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        self.checkpoints += 1
+        self._room = 0  # sizes changed: read them again
+        if busy:
+            log.debug("outbox checkpoint of %s incomplete: another connection reads it", self.path)
+        return not busy
+
+    def _bound_wal(self):
+        """Before a write: checkpoint when the WAL is past half its bound, so it never exceeds the bound."""
+        if self._wal_bytes() >= self.wal_limit // 2:
+            self._checkpoint()
+
+    def _chunk_rows(self, most):
+        """How many events one deletion may cover so that its WAL frames fit in half the WAL bound."""
+        if not self._rows:
+            return most
+        per_row = max(64, self._used_bytes() // max(1, self._rows))
+        return max(1, min(most, (self.wal_limit // 2) // (2 * per_row + 64)))
+
+    def _delete_delivered(self, condition, most):
+        """Delete one chunk of delivered events matching `condition`, oldest first; returns how many."""
+        E = self.Event
+        self._bound_wal()
+        chunk = E.select(E.seq).where(condition & (E.seq <= self._delivered_upto)).order_by(E.seq)
+        chunk = chunk.limit(self._chunk_rows(most))
+        with self._db.atomic():
+            n = E.delete().where(E.seq.in_(chunk)).execute()
+        self._rows -= n
+        return n
 
     def _evict_delivered(self, reason):
-        """At the cap: give up the oldest delivered events before their retention ends."""
-        E = self.Event
-        oldest = E.select(E.seq).where(E.seq <= self._delivered_upto).order_by(E.seq).limit(EVICT_CHUNK)
-        with self._db.atomic():
-            n = E.delete().where(E.seq.in_(oldest)).execute()
+        """At the cap: give up the oldest delivered events before their retention ends, then checkpoint."""
+        n = self._delete_delivered(self.Event.seq > 0, EVICT_CHUNK)
         if n:
-            self._rows -= n
+            self._checkpoint()
             log.warning("outbox at its cap (%s): %d delivered events deleted before their retention ended", reason, n)
         return n
 
-    def _full_reason(self):
-        """None when there is room; else why not (and frees delivered events first)."""
+    def _full_reason(self, body_bytes=MAX_EVENT_BYTES):
+        """None when there is room for an event of `body_bytes`; else why not (frees delivered events first)."""
+        checkpointed = False
         while True:
             if self._rows >= self.max_rows:
                 reason = f"{self._rows} events kept, outbox.max_rows = {self.max_rows}"
-            elif self._room > 0:  # far from the byte cap: no need to ask SQLite
+            elif self._room > body_bytes:  # far from the byte cap: no need to ask SQLite
                 return None
             else:
-                used = self._used_bytes()
-                if used < self.max_bytes:
+                counted = self._counted_bytes()
+                if counted + self._append_reserve(body_bytes) < self.max_bytes:
                     return None
-                reason = f"{used} bytes used, outbox.max_bytes = {self.max_bytes}"
+                if not checkpointed and self._wal_bytes() > self.wal_limit:
+                    checkpointed = True  # a WAL grown past its bound (a reader held it): empty it first
+                    self._checkpoint()
+                    continue
+                reason = (f"{counted} bytes counted (database pages, WAL and its index), "
+                          f"outbox.max_bytes = {self.max_bytes}")
             if not self._evict_delivered(reason):
                 return reason
 
@@ -311,15 +392,6 @@ class Outbox:
         """
         with self._lock:
             self._check_open()
-            with self._guard():
-                reason = self._full_reason()
-            if reason:
-                raise OutboxFull(
-                    f"the outbox {self.path} is full ({reason}, {self._depth()} not yet acknowledged): "
-                    "events are freed only after the collector acknowledges them, so reconnect the uplink; "
-                    "or raise outbox.max_rows / outbox.max_bytes and free disk space. "
-                    "The terminal fails closed until then."
-                )
             event = dict(self.defaults)
             event.update(fields)
             if "time" not in event:
@@ -338,8 +410,18 @@ class Outbox:
                 raise OutboxError(f"event not stored, it is not valid: {exc}") from None
             raw = wire.dumps(typed)  # exactly the bytes that are published
             with self._guard():
+                reason = self._full_reason(len(raw))
+            if reason:
+                raise OutboxFull(
+                    f"the outbox {self.path} is full ({reason}, {self._depth()} not yet acknowledged): "
+                    "events are freed only after the collector acknowledges them, so reconnect the uplink; "
+                    "or raise outbox.max_rows / outbox.max_bytes and free disk space. "
+                    "The terminal fails closed until then."
+                )
+            with self._guard():
+                self._bound_wal()
                 self._insert(seq, event["time"], raw.decode("utf-8"))
-            self._room -= len(raw) + len(raw) // 256 + GROWTH_PAGES * self._page_size
+            self._room -= self._append_reserve(len(raw))
             self._last_seq = seq
             self._rows += 1
             self._new.notify_all()
@@ -380,7 +462,7 @@ class Outbox:
             if self._closed:
                 return False
             try:
-                if self._rows < self.max_rows and self._used_bytes() < self.max_bytes:
+                if self._rows < self.max_rows and self._counted_bytes() + self._append_reserve() < self.max_bytes:
                     return True
                 return self._rows > self._depth()  # delivered events can still be given up
             except (peewee.PeeweeException, sqlite3.Error) as exc:
@@ -395,47 +477,65 @@ class Outbox:
             if upto_seq <= self._delivered_upto:
                 return 0
             E, S = self.Event, self.State
-            with self._guard(), self._db.atomic():
-                if upto_seq > self._last_seq:
-                    log.warning(
-                        "the collector acknowledged seq %d but this outbox only reached %d (was it replaced?): "
-                        "continuing after %d so that no seq is used twice",
-                        upto_seq,
-                        self._last_seq,
-                        upto_seq,
-                    )
-                    S.update(last_seq=upto_seq).where(S.id == 1).execute()
-                n = (
-                    E.update(delivered_at=time.time())
-                    .where((E.seq > self._delivered_upto) & (E.seq <= upto_seq))
-                    .execute()
-                )
-                S.update(delivered_upto=upto_seq).where(S.id == 1).execute()
+            with self._guard():
+                self._bound_wal()
+                with self._db.atomic():
+                    if upto_seq > self._last_seq:
+                        log.warning(
+                            "the collector acknowledged seq %d but this outbox only reached %d (was it replaced?): "
+                            "continuing after %d so that no seq is used twice",
+                            upto_seq,
+                            self._last_seq,
+                            upto_seq,
+                        )
+                        S.update(last_seq=upto_seq).where(S.id == 1).execute()
+                    n = E.select().where((E.seq > self._delivered_upto) & (E.seq <= upto_seq)).count()
+                    S.update(delivered_upto=upto_seq).where(S.id == 1).execute()
+                if self._wal_bytes() >= self.wal_limit // 4:
+                    self._checkpoint()
             self._last_seq = max(self._last_seq, upto_seq)
             self._delivered_upto = upto_seq
             return n
 
+    def skip_to(self, seq):
+        """Give the next event a seq above `seq` (the collector holds seqs up to it that this outbox never
+        gave: the file was replaced). Marks nothing delivered; returns the new last seq."""
+        seq = int(seq)
+        with self._lock:
+            self._check_open()
+            if seq <= self._last_seq:
+                return self._last_seq
+            log.warning("the collector holds seqs up to %d, this outbox only reached %d (was it replaced?): "
+                        "new events continue after %d so that no seq is used twice", seq, self._last_seq, seq)
+            with self._guard(), self._db.atomic():
+                self.State.update(last_seq=seq).where(self.State.id == 1).execute()
+            self._last_seq = seq
+            return seq
+
     def purge(self, now=None):
-        """Delete delivered events older than the retention period; returns how many."""
+        """Delete delivered events recorded longer ago than the retention period; returns how many.
+
+        Age counts from when the event was recorded (`created`), so that nothing older than the
+        retention rests on the terminal once the collector has it, however late it was delivered.
+        """
         now = time.time() if now is None else (now.timestamp() if hasattr(now, "timestamp") else float(now))
         cutoff = now - self.retention_days * 86400.0
         E = self.Event
         total = 0
+        old = E.created < cutoff
         while True:
             with self._lock:
                 self._check_open()
-                chunk = (
-                    E.select(E.seq)
-                    .where((E.seq <= self._delivered_upto) & (E.delivered_at < cutoff))
-                    .order_by(E.seq)
-                    .limit(PURGE_CHUNK)
-                )
-                with self._guard(), self._db.atomic():
-                    n = E.delete().where(E.seq.in_(chunk)).execute()
-                self._rows -= n
+                with self._guard():
+                    n = self._delete_delivered(old, PURGE_CHUNK)
             total += n
-            if n < PURGE_CHUNK:
+            if not n:
                 break
+        if total:
+            with self._lock:
+                self._check_open()
+                with self._guard():
+                    self._checkpoint()
         if total:
             log.info("outbox: %d delivered events purged", total)
         return total
@@ -472,15 +572,19 @@ class Outbox:
             self._check_open()
             with self._guard():
                 oldest = E.select(E.time).where(E.seq > self._delivered_upto).order_by(E.seq).limit(1).scalar()
-                file_bytes = sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+                wal = self._wal_bytes()
+                file_bytes = self._file_size(self.path) + wal + self._file_size(self._shm_path)
                 return {
                     "depth": self._depth(),
                     "oldest_undelivered_time": oldest,
                     "last_seq": self._last_seq,
                     "delivered_upto": self._delivered_upto,
                     "rows": self._rows,
-                    "bytes": self._used_bytes(),
-                    "file_bytes": file_bytes,
+                    "bytes": self._counted_bytes(),  # what max_bytes is compared with
+                    "used_bytes": self._used_bytes(),
+                    "wal_bytes": wal,
+                    "wal_limit": self.wal_limit,
+                    "file_bytes": file_bytes,  # database + WAL + index, as on disk
                     "max_rows": self.max_rows,
                     "max_bytes": self.max_bytes,
                 }
