@@ -318,12 +318,34 @@ def encode_events(events):
     return b'{"batch":[' + b",".join(raws) + b"]}"
 
 
-def decode_event_message(topic, payload):
+def _raw_bytes(raw):
+    return raw if isinstance(raw, bytes | str) else bytes(memoryview(raw))
+
+
+def identity_of(raw, device):
+    """(device_id, seq) of an invalid event that names the topic's `device`, a valid seq and this
+    contract's version, else None: such an event can never be stored, and the collector quarantines
+    its seq (so that the terminal stops resending it). Another version is left alone: a terminal
+    newer or older than its collector keeps its events until they match."""
+    try:
+        obj = json.loads(_raw_bytes(raw))
+    except (UnicodeDecodeError, ValueError, RecursionError, TypeError):
+        return None
+    if not isinstance(obj, dict) or obj.get("v") != EVENT_VERSION or obj.get("device_id") != device:
+        return None
+    seq = obj.get("seq")
+    if type(seq) is not int or not 1 <= seq <= _SEQ_MAX:
+        return None
+    return device, seq
+
+
+def decode_event_message(topic, payload, unstorable=None):
     """Parse an event message; return (good Events, problems: [(index, code, message)]).
 
     Raises WireError when the message as a whole is unusable (not JSON, too big, wrong topic).
     A batch may hold some bad events: those are returned as problems, the good ones kept.
-    Every event's device_id must equal the device id in the topic.
+    Every event's device_id must equal the device id in the topic. With a list `unstorable`,
+    each invalid event that `identity_of` names is appended as (device_id, seq, code, message, raw).
     """
     device = device_from_topic(topic)
     if device is None or not topic.endswith("/event"):
@@ -348,6 +370,9 @@ def decode_event_message(topic, payload):
             if exc.code == "not_json" and len(items) == 1:
                 raise
             problems.append((i, exc.code, str(exc)))
+            ident = identity_of(raw, device) if unstorable is not None and exc.code == "invalid_event" else None
+            if ident is not None:
+                unstorable.append((*ident, exc.code, str(exc), _raw_bytes(raw)))
             continue
         if ev.device_id != device:
             problems.append((i, "wrong_device", f"device_id {ev.device_id!r} differs from the topic's {device!r}"))

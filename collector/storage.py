@@ -333,6 +333,28 @@ def _make_models(db, sqlite):
             table_name = "chot_audit"
             indexes = ((("case_id", "time"), False), (("time",), False))
 
+    class Quarantine(Base):
+        """A seq of a device whose event can never be stored (invalid or refused by the database).
+
+        Its content is not kept (it may hold anything, even personal data in clear): only why,
+        its size and a hash. The contiguous mark passes over it, so the terminal is acked and
+        stops resending an event that would never store (issue 10), and the gap is visible here.
+        """
+
+        device_id = CharField(max_length=64)
+        seq = BigIntegerField()
+        reason = CharField(max_length=64)
+        detail = TextField()
+        sha256 = CharField(max_length=64)
+        size = IntegerField()
+        received_at = TimeField()
+
+        class Meta:
+            table_name = "chot_quarantine"
+            primary_key = False
+            indexes = ((("device_id", "seq"), True), (("received_at",), False))
+
+    Event._quarantine = Quarantine
     return Event, Device, Published, SchemaVersion, Audit
 
 
@@ -521,6 +543,7 @@ class Storage:
         self.retention_days = float(retention_days)
         self.db, self.sqlite = open_database(url, synchronous)
         self.Event, self.Device, self.Published, self.SchemaVersion, self.Audit = _make_models(self.db, self.sqlite)
+        self.Quarantine = self.Event._quarantine
         self._manual_lock = threading.Lock()
         self._partitions = set()  # days known to have a partition (PostgreSQL)
         self._partition_lock = threading.Lock()
@@ -610,13 +633,14 @@ class Storage:
 
     def _create_schema(self):
         if self.sqlite:
-            self.db.create_tables([self.Event, self.Device, self.Published, self.SchemaVersion, self.Audit],
-                                  safe=True)
+            self.db.create_tables([self.Event, self.Device, self.Published, self.SchemaVersion, self.Audit,
+                                   self.Quarantine], safe=True)
             return
         self.db.execute_sql(_PG_EVENT_DDL)
         self.db.execute_sql(f'CREATE TABLE IF NOT EXISTS "{PG_DEFAULT_PARTITION}" PARTITION OF "chot_event" DEFAULT')
         self.Event._schema.create_indexes(safe=True)
-        self.db.create_tables([self.Device, self.Published, self.SchemaVersion, self.Audit], safe=True)
+        self.db.create_tables([self.Device, self.Published, self.SchemaVersion, self.Audit, self.Quarantine],
+                              safe=True)
 
     # --- PostgreSQL day partitions ------------------------------------------------------------
 
@@ -738,6 +762,8 @@ class Storage:
                     rows += n
                     if n < batch:
                         break
+        with self.db.atomic():  # quarantined seqs are kept as long as events
+            rows += self.Quarantine.delete().where(self.Quarantine.received_at < cutoff).execute()
         if rows or dropped:
             log.warning("retention: purged %d events older than %s (%d day partitions dropped)", rows,
                         format_time(cutoff), dropped)
@@ -1021,18 +1047,21 @@ class Storage:
         gaps = self._gaps(device_id, c, max_seq, json.loads(old_gaps or "[]"), now) if max_seq > c else []
         return c, max_seq, json.dumps(gaps)
 
+    def _seqs_above(self, device_id, lo, hi=None, limit=1000):
+        """The sorted seqs of `device_id` in (lo, hi] that are stored or quarantined, at most `limit`."""
+        E, Q = self.Event, self.Quarantine
+        out = []
+        for M in (E, Q):
+            cond = (M.device_id == device_id) & (M.seq > lo)
+            if hi is not None:
+                cond &= M.seq <= hi
+            out += [s for (s,) in M.select(M.seq).where(cond).order_by(M.seq).limit(limit).tuples()]
+        return sorted(set(out))[:limit]
+
     def _walk_stored(self, device_id, c):
-        """Walk the stored seqs of `device_id` above the mark `c` while they follow each other."""
-        E = self.Event
+        """Walk the stored (or quarantined) seqs of `device_id` above the mark `c` while they follow each other."""
         while True:
-            seqs = [
-                s
-                for (s,) in E.select(E.seq)
-                .where((E.device_id == device_id) & (E.seq > c))
-                .order_by(E.seq)
-                .limit(1000)
-                .tuples()
-            ]
+            seqs = self._seqs_above(device_id, c)
             advanced = 0
             for s in seqs:
                 if s != c + 1:
@@ -1044,16 +1073,63 @@ class Storage:
 
     def _gaps(self, device_id, c, max_seq, old_gaps, now):
         """The missing seq ranges above the contiguous mark `c`, keeping when each was first seen."""
-        E = self.Event
-        seqs = [
-            s
-            for (s,) in E.select(E.seq)
-            .where((E.device_id == device_id) & (E.seq > c) & (E.seq <= max_seq))
-            .order_by(E.seq)
-            .limit(_GAP_SCAN_ROWS)
-            .tuples()
-        ]
+        seqs = self._seqs_above(device_id, c, max_seq, _GAP_SCAN_ROWS)
         return _gap_list(c, max_seq, seqs, len(seqs) >= _GAP_SCAN_ROWS, old_gaps, now)
+
+    def quarantine(self, entries):
+        """Record seqs whose events can never be stored: [(device_id, seq, reason, detail, raw bytes)].
+
+        Only a hash and the size of the raw event are kept. The devices' contiguous marks pass over
+        them; returns {device_id: contiguous seq} (what to ack).
+        """
+        import hashlib
+
+        now = utcnow()
+        rows = {}
+        for dev, seq, reason, detail, raw in entries:
+            if not wire.DEVICE_ID_RE.fullmatch(str(dev)) or type(seq) is not int or not 1 <= seq < 2**63:
+                continue
+            raw = bytes(raw or b"")
+            rows[(dev, seq)] = (dev, seq, str(reason)[:64], str(detail).replace("\x00", "")[:500],
+                                hashlib.sha256(raw).hexdigest(), len(raw))
+        if not rows:
+            return {}
+        Q = self.Quarantine
+        t = Q.received_at.db_value(now)
+        by_device = {}
+        for dev, seq in sorted(rows):
+            by_device.setdefault(dev, []).append(seq)
+        devices = sorted(by_device)
+        with self.db.atomic():
+            with __exception_wrapper__:
+                cur = self.db.cursor()
+                p = self.db.param
+                for r in rows.values():
+                    cur.execute(
+                        'INSERT INTO "chot_quarantine" ("device_id", "seq", "reason", "detail", "sha256", "size",'
+                        f' "received_at") VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING',
+                        (*r, t),
+                    )
+                registry = self._lock_devices(cur, devices, now)
+                acks, updates = {}, []
+                for dev in devices:
+                    c, max_seq, gaps = self._advance(dev, by_device[dev], registry[dev], now)
+                    acks[dev] = c
+                    updates.append((c, max_seq, gaps, dev))
+                self._update_devices(cur, updates, now)
+        log.error("quarantined %d events that can never be stored (%s): their seqs are acked, their content "
+                  "is not kept; see chot_quarantine", len(rows), ", ".join(sorted({r[2] for r in rows.values()})))
+        return acks
+
+    def quarantined(self, device_id=None, limit=1000):
+        """The quarantined seqs as dicts, newest first."""
+        Q = self.Quarantine
+        q = Q.select()
+        if device_id:
+            q = q.where(Q.device_id == device_id)
+        return [{"device_id": r.device_id, "seq": r.seq, "reason": r.reason, "detail": r.detail,
+                 "sha256": r.sha256, "size": r.size, "received_at": format_time(r.received_at)}
+                for r in q.order_by(Q.received_at.desc()).limit(limit)]
 
     # --- the registry -------------------------------------------------------------------------
 

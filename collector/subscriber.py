@@ -301,6 +301,7 @@ class Collector:
         statuses = {}
         self._count("received", len(batch))
         opener = self.keys.open
+        doomed = []  # (device_id, seq, code, message, raw) of events that can never be stored
         for gen, topic, payload, mid, qos in batch:
             if topic.endswith("/status"):
                 st = self._parse_status(topic, payload)
@@ -309,7 +310,7 @@ class Collector:
                 messages.append((gen, mid, qos, []))
                 continue
             try:
-                good, problems = wire.decode_event_message(topic, payload)
+                good, problems = wire.decode_event_message(topic, payload, unstorable=doomed)
             except wire.WireError as exc:
                 self._reject(exc.code, topic, str(exc))
                 good, problems = [], []
@@ -324,7 +325,7 @@ class Collector:
                 opened.append(item)
             messages.append((gen, mid, qos, opened))
         n_good = sum(len(m[3]) for m in messages)
-        acks = self._store(list(items.values()), messages, n_good)
+        acks = self._store(list(items.values()), messages, n_good, doomed)
         if acks is None:  # stopping while the database is down: leave the messages unacked
             return
         # the devices' acks first: two collectors sharing a database publish a device's acks in
@@ -341,7 +342,7 @@ class Collector:
         log.warning("an event on %s has a sealed part that does not open (%s): stored with it kept sealed",
                     topic, code)
 
-    def _store(self, events, messages, n_good):
+    def _store(self, events, messages, n_good, doomed=()):
         """Store what can be stored, retrying while the database is unreachable; returns acks or None.
 
         Only an event the database cannot take is left out (counted `unstorable`, its message acked:
@@ -363,6 +364,18 @@ class Collector:
             bad = {(it.event.device_id, it.event.seq) for it, _why in res.unstorable}
             for it, why in res.unstorable:
                 self._reject("unstorable", wire.event_topic(it.event.device_id), f"seq {it.event.seq}: {why}")
+            entries = [(d, s, code, msg, raw) for d, s, code, msg, raw in doomed]
+            entries += [(it.event.device_id, it.event.seq, "unstorable", why, wire.dumps(it.event))
+                        for it, why in res.unstorable]
+            if entries:
+                try:
+                    qacks = self.storage.quarantine(entries)
+                except (OperationalError, InterfaceError) as exc:
+                    log.error("cannot quarantine %d unstorable events (%s): their seqs stay open", len(entries),
+                              exc.__class__.__name__)
+                    qacks = {}
+                self._count("quarantined", len(entries))
+                res = res._replace(acks={**res.acks, **{d: max(c, res.acks.get(d, 0)) for d, c in qacks.items()}})
             n_bad = sum(1 for m in messages for it in m[3] if (it.event.device_id, it.event.seq) in bad)
             self._count("stored", res.inserted)
             self._count("duplicates", n_good - n_bad - res.inserted)

@@ -157,7 +157,8 @@ def test_events_flow_acked_and_bad_ones_counted(broker, db_url, key_dir):
         for i in infos:
             i.wait_for_publish(10)
         other.publish(wire.encode_events([ev(1, "gate-2")])).wait_for_publish(10)
-        wait_for(lambda: dev.last_ack() == 7, what="the ack of seq 7")
+        # seq 8 (a wrong direction) can never be stored: quarantined, and the ack passes over it
+        wait_for(lambda: dev.last_ack() == 8, what="the ack of seq 8")
         wait_for(lambda: other.last_ack() == 1, what="gate-2's ack")
         st = wait_for(lambda: (s := col.stats())["rejected_total"] >= 8 and s, what="rejections counted")
         assert st["rejected"] == {"not_json": 1, "too_large": 1, "invalid_event": 3, "wrong_device": 1,
@@ -165,7 +166,7 @@ def test_events_flow_acked_and_bad_ones_counted(broker, db_url, key_dir):
         assert st["stored"] == 8
         # acks only grow and never pass what is stored contiguously
         seqs = [a.seq for a in dev.acks]
-        assert seqs == sorted(seqs) and max(seqs) == 7
+        assert seqs == sorted(seqs) and max(seqs) == 8
         dev.close(with_will=True)  # the last will marks it offline
         wait_for(lambda: col.storage.devices()[0]["online"] is False, what="offline via last will")
         other.close()
@@ -173,8 +174,9 @@ def test_events_flow_acked_and_bad_ones_counted(broker, db_url, key_dir):
         E = stg.Event
         got = sorted(E.select(E.device_id, E.seq).tuples())
         assert got == [("gate-1", s) for s in range(1, 8)] + [("gate-2", 1)]
+        assert [(q["device_id"], q["seq"], q["reason"]) for q in stg.quarantined()] == [("gate-1", 8, "invalid_event")]
         fleet = {d["device_id"]: d for d in stg.devices()}
-        assert fleet["gate-1"]["version"] == "0.1.0" and fleet["gate-1"]["contiguous_seq"] == 7
+        assert fleet["gate-1"]["version"] == "0.1.0" and fleet["gate-1"]["contiguous_seq"] == 8  # 8 quarantined
         assert fleet["gate-1"]["status"]["online"] is False
 
 

@@ -216,12 +216,17 @@ def test_collector_stores_nine_of_ten_and_counts_the_bad_one(db_url, broker, key
             pub.client.publish(wire.event_topic("gate-1"), _raw_batch(events, 4, _bad_variants(events[4])[bad]),
                                qos=1).wait_for_publish(5)
             assert wait_until(lambda: col.stats().get("batches", 0) >= 1 and col.stats()["rejected_total"] >= 1, 10)
-            assert wait_until(lambda: pub.acked == 4, 10)
+            # seq 5 can never be stored: it is quarantined and the ack passes over it, so the terminal
+            # stops resending it (before the quarantine the ack stayed at 4 for ever)
+            assert wait_until(lambda: pub.acked == 10, 10)
             st = col.stats()
-            assert st["rejected"] == {"invalid_event": 1} and st["stored"] == 9
+            assert st["rejected"] == {"invalid_event": 1} and st["stored"] == 9 and st["quarantined"] == 1
         finally:
             pub.close()
     assert _seqs(db_url, "gate-1") == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    with Storage(db_url) as st:
+        (q,) = st.quarantined("gate-1")
+        assert (q["seq"], q["reason"]) == (5, "invalid_event") and len(q["sha256"]) == 64 and q["size"] > 100
 
 
 def test_collector_counts_unstorable_events_and_stores_the_rest(db_url, broker, key_dir, monkeypatch):
@@ -234,14 +239,15 @@ def test_collector_counts_unstorable_events_and_stores_the_rest(db_url, broker, 
         events[4] = msgspec.structs.replace(events[4], checkpoint="gate-nul")
         decoded = [msgspec.structs.replace(e, checkpoint="gate\u0000nul") if e.seq == 5 else e for e in events]
         # as if the wire validator missed the NUL (the collector's own value checks catch it)
-        monkeypatch.setattr(subscriber.wire, "decode_event_message", lambda t, p: (decoded, []))
+        monkeypatch.setattr(subscriber.wire, "decode_event_message", lambda t, p, **kw: (decoded, []))
         pub = ResendingPublisher(broker.port, "gate-1", ack_timeout=30.0).start()
         try:
             pub.client.publish(wire.event_topic("gate-1"), wire.encode_events(events), qos=1).wait_for_publish(5)
             assert wait_until(lambda: col.stats()["rejected_total"] >= 1, 10)
-            assert wait_until(lambda: pub.acked == 4, 10)
+            assert wait_until(lambda: pub.acked == 10, 10)  # seq 5 quarantined, the ack passes over it
             st = col.stats()
             assert st["rejected"] == {"unstorable": 1} and st["stored"] == 9 and st["duplicates"] == 0
+            assert st["quarantined"] == 1
         finally:
             pub.close()
     assert _seqs(db_url, "gate-1") == [1, 2, 3, 4, 6, 7, 8, 9, 10]
@@ -425,3 +431,29 @@ def test_storage_connection_survives_reconnect_inside_it(tmp_path):
     t.join(10)
     assert errors == [] and _seqs(f"sqlite:///{tmp_path}/c.db", "d") == [1, 2]
     st.close()
+
+
+# --- a seq that can never be stored is quarantined, not resent for ever ------------------------
+
+
+def test_quarantine_passes_the_mark_over_a_doomed_seq_and_keeps_no_content(db_url):
+    with Storage(db_url) as st:
+        st.store_batch([make_event("gate-1", s) for s in (1, 2, 4, 5)])
+        assert st.contiguous("gate-1") == 2
+        secret = b'{"v":2,"device_id":"gate-1","seq":3,"name":"Nguyen Van An 001090012345"}'
+        assert st.quarantine([("gate-1", 3, "invalid_event", "time: not a real date", secret)]) == {"gate-1": 5}
+        assert st.contiguous("gate-1") == 5
+        dump = json.dumps(st.quarantined())
+        assert "Nguyen" not in dump and "001090012345" not in dump  # only a hash and the size
+        st.store_batch([make_event("gate-1", 6)])  # the fast path after a quarantine
+        assert st.contiguous("gate-1") == 6
+        # the real event of a quarantined seq is still stored if it ever comes
+        assert st.store_batch_counted([make_event("gate-1", 3)])[1] == 1
+
+
+def test_another_contract_version_is_never_quarantined():
+    ev = wire.to_dict(make_event("gate-1", 7))
+    assert wire.identity_of(json.dumps(ev), "gate-1") == ("gate-1", 7)
+    assert wire.identity_of(json.dumps({**ev, "v": 3}), "gate-1") is None  # a newer terminal keeps its events
+    assert wire.identity_of(json.dumps(ev), "gate-2") is None  # another device's event names nobody here
+    assert wire.identity_of(json.dumps({**ev, "seq": 0}), "gate-1") is None
