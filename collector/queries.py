@@ -256,10 +256,13 @@ def contacts(storage, person, case, actor, days=14, window_min=15, at=None):
         others = []
         for i in range(0, len(ranges), _PROBE_RANGES):
             cond = None
-            for cp, lo, hi in ranges[i : i + _PROBE_RANGES]:
+            chunk = ranges[i : i + _PROBE_RANGES]
+            for cp, lo, hi in chunk:
                 c = (E.checkpoint == cp) & (E.time_corrected >= lo) & (E.time_corrected <= hi)
                 cond = c if cond is None else (cond | c)
-            others.extend(E.select().where(cond))
+            # the overall bounds let PostgreSQL prune the day partitions outside them at planning
+            span = (E.time_corrected >= min(r[1] for r in chunk)) & (E.time_corrected <= max(r[2] for r in chunk))
+            others.extend(E.select().where(span & (cond)))
         people = {}  # (verified, key) -> [(detail, row)]
         untraceable = set()
         for o in others:
