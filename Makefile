@@ -10,7 +10,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_PKGS := mosquitto mosquitto-clients libzbar0 python3-venv openssl sqlite3 systemd
 DURATION ?= 30
 
-.PHONY: demo test lint bench clean deps
+.PHONY: demo test lint bench clean deps faults
 
 $(STAMPS)/apt:
 	@mkdir -p $(STAMPS)
@@ -43,6 +43,21 @@ demo: deps
 
 bench: deps
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# The fault-injection suite (docs/reliability.md): real Mosquitto, a private PostgreSQL it starts
+# itself, collectors and terminals as processes. FAULTS_ARGS=--quick / --smoke / --seed N / --only ...
+FAULTS_APT := postgresql faketime
+$(STAMPS)/faults-apt: $(STAMPS)/apt
+	@missing=""; for p in $(FAULTS_APT); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "==> installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing \
+	  || echo "==> could not install$$missing: the suite says what it skips"; \
+	fi
+	@touch $@
+
+faults: deps $(STAMPS)/faults-apt
+	$(VENV)/bin/python -m faults.run $(FAULTS_ARGS)
 
 clean:
 	rm -rf $(VENV) $(STAMPS) build *.egg-info
