@@ -298,6 +298,29 @@ def test_presence_resends_are_rate_limited(tmp_path, broker):
             assert wait_until(lambda: len(acker.seqs(DEV)) == 6)
             time.sleep(0.5)
             assert link.counters["presence_resends"] == 1 and len(acker.seqs(DEV)) == 6
+            # the four within the rate limit make ONE more resend when it ends, not four, not none
+            assert wait_until(lambda: len(acker.seqs(DEV)) == 9, 5)
+            time.sleep(2.5)
+            assert link.counters["presence_resends"] == 2 and len(acker.seqs(DEV)) == 9
+
+
+def test_a_collector_back_just_after_a_resend_gets_it_again_within_the_rate_limit(tmp_path, broker):
+    """A broker restart: the terminal reconnects and resends first (nobody subscribed yet: dropped),
+    the collector comes back a moment later. Its presence must bring a resend within
+    PRESENCE_RESEND_MIN_S, not after the 30 s ack timeout (found by make faults)."""
+    cfg = terminal_cfg(tmp_path, broker.port, ack_timeout_s=30.0)
+    with Outbox.from_config(cfg) as outbox, Link(cfg, outbox) as link:
+        assert link.wait_connected(10)
+        fill(outbox, 3)
+        link.wake()
+        assert wait_until(lambda: link.counters["events_sent"] >= 3)  # sent while no collector listens
+        broker.restart(kill=True)  # the terminal reconnects and resends at once, before any collector
+        assert wait_until(lambda: link.counters["events_sent"] >= 6, 20)
+        t0 = time.monotonic()
+        with Acker(broker.port) as acker:
+            publish(broker.port, wire.presence_topic("col-1"), wire.encode_presence("col-1", True), retain=False)
+            assert link.wait_acked(3, 10)
+            assert time.monotonic() - t0 < 8 and acker.seqs(DEV)
 
 
 # --- item 9: events carry what re-anchors time -----------------------------------------------------

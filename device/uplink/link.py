@@ -169,6 +169,7 @@ class Link:
         self._published = self._acked
         self._pub_gen = set()  # the last seq of each message published on this connection, not yet acked
         self._last_resend = 0.0  # monotonic time of the last resend of everything not acked
+        self._presence_due = None  # a collector came back during the rate limit: resend at this time
         self._inflight = []  # [(MQTTMessageInfo, last seq)] awaiting PUBACK
         self._deadline = None  # when the collector's ack is overdue
         self._timeouts = 0  # consecutive ack timeouts
@@ -414,6 +415,7 @@ class Link:
                         self._publish_status()
                         next_status = now + self.m.status_interval_s
                     self._check_ack_timeout(now)
+                    self._check_presence_due(now)
                     self._publish_pending(now)
                 if now >= next_purge:
                     next_purge = now + PURGE_INTERVAL_S
@@ -511,11 +513,25 @@ class Link:
             log.info("collector %s is offline", collector_id)
             return
         now = time.monotonic()
-        if self._sent <= self._acked or now - self._last_resend < PRESENCE_RESEND_MIN_S:
+        if self._sent <= self._acked:
+            return
+        if now - self._last_resend < PRESENCE_RESEND_MIN_S:
+            # a resend just went out, maybe before this collector had subscribed (a broker restart:
+            # the terminal is back first): send again once the rate limit allows, not after the ack timeout
+            self._presence_due = self._last_resend + PRESENCE_RESEND_MIN_S
             return
         log.info("collector %s is back: sending again from seq %d", collector_id, self._acked + 1)
         self.counters["presence_resends"] += 1
         self._resend_all(now)
+
+    def _check_presence_due(self, now):
+        if self._presence_due is None or now < self._presence_due:
+            return
+        self._presence_due = None
+        if self._sent > self._acked:
+            log.info("a collector came back: sending again from seq %d", self._acked + 1)
+            self.counters["presence_resends"] += 1
+            self._resend_all(now)
 
     def _take_update(self, topic, payload):
         offered = self.updates.offer(topic, payload)
