@@ -106,3 +106,14 @@ def test_privacy_section_checkpoint_pattern_and_retention(tmp_path):
     problems = "\n".join(err.value.problems)
     assert "device.checkpoint: found 'phuc tan/gate #1'" in problems
     assert "privacy.seal_rotate_events: found 0" in problems
+
+
+def test_a_checkpoint_with_a_nul_is_refused_by_check_config(tmp_path):
+    """Issue 10, item 3: `device.checkpoint = "gate\\u0000one"` passed check-config and then lost every
+    event on PostgreSQL (which refuses NUL). Ids are now the wire's safe pattern wherever they are set."""
+    f = tmp_path / "t.toml"
+    f.write_text(GOOD.replace('"phuc-tan-gate-1"', '"gate\\u0000one"'))
+    res = subprocess.run([sys.executable, "-m", "chot.cli", "terminal", "check-config", str(f)],
+                         capture_output=True, text=True)
+    assert res.returncode == 2, res.stdout
+    assert "device.checkpoint: found 'gate\\x00one'" in res.stderr
