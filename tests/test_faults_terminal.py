@@ -404,3 +404,25 @@ def test_an_ack_that_answers_nothing_sent_on_this_connection_gives_no_time_ancho
             assert q["ref"]["mono_ns"] <= q["mono_ns"]
         finally:
             link.close()
+
+
+def test_a_dead_collectors_last_will_brings_a_resend_to_the_members_left(tmp_path, broker):
+    """Two collectors share the subscription; one dies holding events it never stored. Its last
+    will (presence offline) makes the terminal send again at once, so the survivor takes them now
+    rather than after the ack timeout (found by make faults: 30 s)."""
+    cfg = terminal_cfg(tmp_path, broker.port, ack_timeout_s=30.0)
+    with Outbox.from_config(cfg) as outbox, Link(cfg, outbox) as link:
+        assert link.wait_connected(10)
+        with Acker(broker.port, acking=False) as dead:  # received them, stored nothing
+            fill(outbox, 3)
+            link.wake()
+            assert wait_until(lambda: len(dead.seqs(DEV)) == 3)
+        time.sleep(2.1)  # past the resend rate limit
+        with Acker(broker.port) as survivor:
+            publish(broker.port, wire.presence_topic("col-2"), wire.encode_presence("col-2", False), retain=False)
+            assert link.wait_acked(3, 8), "the survivor should have the events long before ack_timeout_s"
+            assert survivor.seqs(DEV)
+        # an offline presence that is only retained news (sent on subscribing) changes nothing
+        before = link.counters["presence_resends"]
+        link._take_presence(wire.presence_topic("col-3"), wire.encode_presence("col-3", False), retained=True)
+        assert link.counters["presence_resends"] == before

@@ -378,7 +378,8 @@ class Link:
         self._wake.set()
 
     def _on_message(self, client, userdata, message):
-        self._inbox.put((message.topic, message.payload, clock.mono_ns()))  # when it arrived
+        # when it arrived; a retained message (sent on subscribing) says what was, not what happens
+        self._inbox.put((message.topic, message.payload, clock.mono_ns(), bool(message.retain)))
         self._wake.set()
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
@@ -446,13 +447,13 @@ class Link:
     def _take_inbox(self):
         while True:
             try:
-                topic, payload, arrived_ns = self._inbox.get_nowait()
+                topic, payload, arrived_ns, retained = self._inbox.get_nowait()
             except queue.Empty:
                 return
             if topic == self.topic_ack:
                 self._take_ack(payload, arrived_ns)
             elif topic.startswith(PRESENCE_PREFIX):
-                self._take_presence(topic, payload)
+                self._take_presence(topic, payload, retained)
             else:
                 self._take_update(topic, payload)
 
@@ -502,16 +503,19 @@ class Link:
         self._timeouts = 0
         self._deadline = time.monotonic() + self.ack_timeout_s if self._sent > self._acked else None
 
-    def _take_presence(self, topic, payload):
+    def _take_presence(self, topic, payload, retained=False):
         """A collector's presence hint: when one is back online, send what is not acked at once."""
         try:
             collector_id, online = wire.decode_presence(payload)
         except wire.WireError as exc:
             log.debug("presence hint ignored (%s) on %s", exc.code, topic)
             return
+        if not online and retained:
+            return  # an old news: the reconnect's own resend covers it
         if not online:
-            log.info("collector %s is offline", collector_id)
-            return
+            # a collector that died may have held events it never stored (its share of a shared
+            # subscription): send what is not acked again, so that the members left take it now
+            log.info("collector %s is offline: sending again what is not acked, for the others", collector_id)
         now = time.monotonic()
         if self._sent <= self._acked:
             return
@@ -520,7 +524,8 @@ class Link:
             # the terminal is back first): send again once the rate limit allows, not after the ack timeout
             self._presence_due = self._last_resend + PRESENCE_RESEND_MIN_S
             return
-        log.info("collector %s is back: sending again from seq %d", collector_id, self._acked + 1)
+        if online:
+            log.info("collector %s is back: sending again from seq %d", collector_id, self._acked + 1)
         self.counters["presence_resends"] += 1
         self._resend_all(now)
 
