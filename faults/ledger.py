@@ -92,8 +92,8 @@ class CollectorDB:
         return self.query("SELECT uuid, count(*) FROM chot_event GROUP BY uuid HAVING count(*) > 1") or []
 
     def times(self, dev, lo, hi):
-        return self.query("SELECT seq, time, received_at FROM chot_event WHERE device_id = ? AND seq > ? AND "
-                          "seq <= ?", (dev, lo, hi)) or []
+        return self.query("SELECT seq, time, received_at, time_corrected, clock_flag FROM chot_event WHERE "
+                          "device_id = ? AND seq > ? AND seq <= ?", (dev, lo, hi)) or []
 
     def close(self):
         if self._pg is not None:

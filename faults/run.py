@@ -104,14 +104,18 @@ def wait_warm(cluster, ledger, timeout):
 def _jumped(ledger, dev, lo, hi):
     from collector.storage import parse_time
 
-    n = 0
-    for _seq, t, rec in ledger.db.times(dev, lo, hi):
+    n = fixed = 0
+    flags = {}
+    for _seq, t, rec, tc, flag in ledger.db.times(dev, lo, hi):
         try:
             if abs((parse_time(t) - parse_time(rec)).total_seconds()) > 3600:
                 n += 1
+                flags[flag] = flags.get(flag, 0) + 1
+                if tc is not None and abs((parse_time(tc) - parse_time(rec)).total_seconds()) <= 3600:
+                    fixed += 1
         except (ValueError, TypeError):
             continue
-    return n
+    return n, fixed, flags
 
 
 def run_hostile(ctx, row):
@@ -205,8 +209,10 @@ def run_backend(backend, settings, seed, only, keep, results):
                 for k, v in details.items():
                     row.details[k] += v
                 for dev in ctx.clock_window:
-                    n = _jumped(ledger, dev, lo[dev], upto[dev])
-                    ctx.note(f"{dev}: {n} events of the window stored with time more than 1 h from received_at")
+                    n, fixed, flags = _jumped(ledger, dev, lo[dev], upto[dev])
+                    ctx.note(f"{dev}: {n} events of the window stored with time more than 1 h from received_at, "
+                             f"{fixed} of them re-anchored by the collector (time_corrected within 1 h); flags "
+                             + (", ".join(f"{k} {v}" for k, v in sorted(flags.items(), key=str)) or "none"))
                 say(f"  recovery {'TIMEOUT' if rec is None else f'{rec:.1f} s'}; "
                     + ", ".join(f"{k} {c[k]}" for k in COLUMNS if c[k] or k in ("committed", "stored")))
             row.notes, row.failures = list(ctx.notes), list(ctx.failures)
