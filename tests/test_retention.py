@@ -75,7 +75,9 @@ def test_sqlite_purges_in_batches(tmp_path):
 def test_partition_for_a_day_with_rows_in_the_default_partition(pg_dsn):
     now = utcnow()
     with Storage(pg_dsn) as st:
-        later = now + timedelta(days=5)  # beyond the partition window: the default partition takes it
+        # beyond the partition window: the default partition takes it; at noon, so that every event
+        # of the test (up to an hour later) is of the same day whatever the time the test runs
+        later = (now + timedelta(days=5)).replace(hour=12, minute=0, second=0, microsecond=0)
         st.store_batch([make_event("d1", s, time=later + timedelta(minutes=s)) for s in range(1, 4)])
         st.store_batch([make_event("d1", 4, time=now)])
         assert _rows_in(st, PG_DEFAULT_PARTITION) == 3
