@@ -57,7 +57,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from chot import __version__, wire
-from chot.errors import UplinkError
+from chot.errors import OutboxError, UplinkError
 from device import clock
 from device.uplink.updates import UpdateStore, load_public_key, store_path_for
 
@@ -422,6 +422,9 @@ class Link:
                     next_purge = now + PURGE_INTERVAL_S
                     self._purge()
                 self._check_health()
+            except OutboxError as exc:  # e.g. a full disk while marking an ack: a later ack covers it
+                log.error("uplink: the outbox failed (%s); retrying", exc)
+                self._stopping.wait(1.0)
             except Exception:  # the link must survive anything and keep the outbox intact
                 log.exception("uplink worker error; retrying")
                 self._stopping.wait(1.0)
