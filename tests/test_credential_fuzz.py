@@ -290,3 +290,40 @@ def test_pathological_json_in_shc(seeds):
     jws = f"{header}.{_b64u(_deflate(deep))}.{_b64u(bytes(64))}"
     v = _check(shc.verify(_shc_text(jws), seeds[0]), "shc")
     assert v.steps["inflate"] is False
+
+
+def test_cbor_value_sharing_bombs_are_refused_before_decoding():
+    """A few hundred bytes of CBOR value sharing (tags 28/29) expand into a structure of 2^40 nodes
+    for whatever walks it: an unsigned 364-character HC1: code took 27.6 s and 420 MiB to reject (issue 11).
+    The CBOR is now walked first, bounded and with those tags refused, for every COSE format."""
+    import zlib
+
+    import cbor2
+
+    from device.credentials import dcc, native
+
+    node = [1]
+    for _ in range(40):
+        node = [node, node]
+    bomb_payload = cbor2.dumps({-260: {1: {"v": [node]}}}, value_sharing=True)
+    assert len(bomb_payload) < 400
+    with pytest.raises(ValueError, match="tag 28"):
+        native.check_cbor(bomb_payload)
+    sign1 = cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({1: -7, 4: b"12345678"}), {}, bomb_payload, bytes(64)]))
+    text = "HC1:" + native.b45encode(zlib.compress(sign1))
+    v = dcc.verify(text, None)
+    assert v.reason == "unreadable" and v.steps["decode"] is False and "tag 28" in (v.detail or "")
+    # the whole COSE shared, too
+    shared_cose = cbor2.dumps(cbor2.CBORTag(18, [b"", {5: node}, b"", b""]), value_sharing=True)
+    with pytest.raises(ValueError, match="tag 2[89]"):
+        native.parse_sign1(shared_cose)
+    # and the native format
+    v2 = native.verify(native.PREFIX + native.b45encode(zlib.compress(sign1)), None)
+    assert v2.reason == "unreadable"
+    # deep nesting and item floods are bounded too
+    deep = b"\x81" * 100 + b"\x01"
+    with pytest.raises(ValueError, match="deeper"):
+        native.check_cbor(deep)
+    flood = b"\x9f" + b"\x00" * 10000 + b"\xff"
+    with pytest.raises(ValueError, match="items"):
+        native.check_cbor(flood)

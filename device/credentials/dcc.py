@@ -404,6 +404,7 @@ class Decoded:
 def decode_cose(raw):
     """Parse the COSE_Sign1 and CWT claims of an inflated DCC; ValueError when malformed."""
     protected, pmap, unprotected, payload, signature = native.parse_sign1(raw)
+    native.check_cbor(payload)
     try:
         claims = cbor2.loads(payload)
     except Exception as exc:  # noqa: BLE001 - cbor2 raises several types on bad input

@@ -129,11 +129,99 @@ def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -
     return cbor2.dumps(["Signature1", protected, external_aad, payload])
 
 
+# ---------------------------------------------------------------- CBOR bounds
+
+MAX_CBOR_ITEMS = 4096  # data items in one CBOR document (a DCC has about 40, a declaration 30)
+MAX_CBOR_DEPTH = 16
+# value sharing (28, 29) and string references (25, 256) let a few hundred bytes expand into
+# gigabytes in cbor2: a 364-character HC1: code took 27.6 s and 420 MiB. No format uses them.
+FORBIDDEN_CBOR_TAGS = frozenset({25, 28, 29, 256})
+_CBOR_ARG = {24: 1, 25: 2, 26: 4, 27: 8}
+
+
+def check_cbor(data: bytes, max_items: int = MAX_CBOR_ITEMS, max_depth: int = MAX_CBOR_DEPTH) -> None:
+    """Walk one CBOR document without building it; ValueError when it is malformed, uses a forbidden
+    tag, holds more than `max_items` items or nests deeper than `max_depth`. Linear in its length."""
+    data = memoryview(data)
+    n, pos, items = len(data), 0, 0
+    stack = []  # remaining children of each open container (-1: indefinite, until a break)
+    expect = 1  # items still to read at the top level
+    while expect or stack:
+        if pos >= n:
+            raise ValueError("CBOR: truncated")
+        ib = data[pos]
+        pos += 1
+        major, ai = ib >> 5, ib & 31
+        if ib == 0xFF:  # break: closes an indefinite container
+            if not stack or stack[-1] != -1:
+                raise ValueError("CBOR: unexpected break")
+            stack.pop()
+            _cbor_done(stack)
+            if not stack:
+                expect -= 1
+            continue
+        items += 1
+        if items > max_items:
+            raise ValueError(f"CBOR: more than {max_items} items")
+        if ai < 24:
+            arg = ai
+        elif ai in _CBOR_ARG:
+            k = _CBOR_ARG[ai]
+            if pos + k > n:
+                raise ValueError("CBOR: truncated")
+            arg = int.from_bytes(data[pos : pos + k], "big")
+            pos += k
+        elif ai == 31 and major in (2, 3, 4, 5):
+            arg = None
+        else:
+            raise ValueError("CBOR: reserved additional information")
+        children = 0
+        if major in (2, 3):
+            if arg is None:  # indefinite string: definite chunks until a break
+                children = -1
+            else:
+                if pos + arg > n:
+                    raise ValueError("CBOR: truncated string")
+                pos += arg
+        elif major == 4:
+            children = -1 if arg is None else arg
+        elif major == 5:
+            children = -1 if arg is None else 2 * arg
+        elif major == 6:
+            if arg in FORBIDDEN_CBOR_TAGS:
+                raise ValueError(f"CBOR: tag {arg} (value sharing or string references) is refused")
+            children = 1
+        if children:
+            if len(stack) >= max_depth:
+                raise ValueError(f"CBOR: nested deeper than {max_depth}")
+            if children > max_items:
+                raise ValueError(f"CBOR: more than {max_items} items")
+            stack.append(children)
+        else:
+            _cbor_done(stack)
+            if not stack:
+                expect -= 1
+    if pos != n:
+        raise ValueError("CBOR: bytes after the document")
+
+
+def _cbor_done(stack):
+    """One item finished: count it off its containers, closing those it completes."""
+    while stack and stack[-1] > 0:
+        stack[-1] -= 1
+        if stack[-1]:
+            return
+        stack.pop()
+    # an indefinite container (or the top level) stays open
+
+
+
 def parse_sign1(data: bytes):
     """Parse a COSE_Sign1 (tag 18, optionally inside CWT tag 61, or untagged).
 
     Returns (protected_bytes, protected_map, unprotected_map, payload, signature); ValueError if malformed.
     """
+    check_cbor(data)
     try:
         obj = cbor2.loads(data)
     except Exception as exc:  # cbor2 raises several types on bad input
@@ -153,6 +241,7 @@ def parse_sign1(data: bytes):
         raise ValueError("COSE: payload or signature is not a byte string")
     pmap = {}
     if protected:
+        check_cbor(protected)
         try:
             pmap = cbor2.loads(protected)
         except Exception as exc:
@@ -360,6 +449,7 @@ def _int(v, what, lo=0, hi=_MAX_TIME):
 
 def parse_claims(payload: bytes) -> dict:
     """The CWT claims of a native declaration as plain fields; ValueError when malformed."""
+    check_cbor(payload)
     try:
         claims = cbor2.loads(payload)
     except Exception as exc:
