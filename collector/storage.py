@@ -731,13 +731,9 @@ class Storage:
         if self.sqlite:
             t = self.Event.time.db_value(cutoff)
             for cond in (old, implausible):
-                sql = f'DELETE FROM "chot_event" WHERE rowid IN (SELECT rowid FROM "chot_event" WHERE {cond} LIMIT ?)'
-                while True:
-                    with self.db.atomic():
-                        n = self.db.execute_sql(sql, (t, batch)).rowcount
-                    rows += n
-                    if n < batch:
-                        break
+                rows += self._delete_in_batches(
+                    f'DELETE FROM "chot_event" WHERE rowid IN (SELECT rowid FROM "chot_event" WHERE {cond} LIMIT ?)',
+                    t, batch)
         else:
             for name, day in self.partitions():
                 if day is not None and day + timedelta(days=1) <= cutoff:
@@ -755,19 +751,28 @@ class Storage:
                 targets.append(straddling)
             # an implausible time in the future sits in the default partition: purged by its arrival
             for name, cond in [(n, old) for n in targets] + [(PG_DEFAULT_PARTITION, implausible)]:
-                sql = f'DELETE FROM "{name}" WHERE ctid = ANY(ARRAY(SELECT ctid FROM "{name}" WHERE {cond} LIMIT %s))'
-                while True:
-                    with self.db.atomic():
-                        n = self.db.execute_sql(sql, (cutoff, batch)).rowcount
-                    rows += n
-                    if n < batch:
-                        break
+                rows += self._delete_in_batches(
+                    f'DELETE FROM "{name}" WHERE ctid = ANY(ARRAY(SELECT ctid FROM "{name}" WHERE {cond} LIMIT %s))',
+                    cutoff, batch)
         with self.db.atomic():  # quarantined seqs are kept as long as events
             rows += self.Quarantine.delete().where(self.Quarantine.received_at < cutoff).execute()
         if rows or dropped:
             log.warning("retention: purged %d events older than %s (%d day partitions dropped)", rows,
                         format_time(cutoff), dropped)
         return {"rows": rows, "partitions": dropped, "cutoff": format_time(cutoff)}
+
+    def _delete_in_batches(self, sql, cutoff, batch):
+        """Run a DELETE of at most `batch` rows (params: cutoff, batch) until it deletes fewer; return the count.
+
+        Each batch is its own short transaction, so ingest goes on between them.
+        """
+        total = 0
+        while True:
+            with self.db.atomic():
+                n = self.db.execute_sql(sql, (cutoff, batch)).rowcount
+            total += n
+            if n < batch:
+                return total
 
     # --- storing ------------------------------------------------------------------------------
 
@@ -847,19 +852,25 @@ class Storage:
             if seqs is None:
                 by_device[r[0]] = seqs = []
             seqs.append(r[1])
-        devices = sorted(by_device)
         with self.db.atomic():
             with __exception_wrapper__:
                 cur = self.db.cursor()
                 inserted = self._insert_rows(cur, rows)
-                registry = self._lock_devices(cur, devices, now)
-                acks, updates = {}, []
-                for dev in devices:
-                    c, max_seq, gaps = self._advance(dev, by_device[dev], registry[dev], now)
-                    acks[dev] = c
-                    updates.append((c, max_seq, gaps, dev))
-                self._update_devices(cur, updates, now)
+                acks = self._advance_devices(cur, by_device, now)
         return acks, inserted
+
+    def _advance_devices(self, cur, by_device, now):
+        """Inside the caller's transaction: lock the registry rows of `by_device` ({device: sorted new seqs}),
+        advance each device's contiguous mark, write them back; return {device: contiguous seq}."""
+        devices = sorted(by_device)
+        registry = self._lock_devices(cur, devices, now)
+        acks, updates = {}, []
+        for dev in devices:
+            c, max_seq, gaps = self._advance(dev, by_device[dev], registry[dev], now)
+            acks[dev] = c
+            updates.append((c, max_seq, gaps, dev))
+        self._update_devices(cur, updates, now)
+        return acks
 
     def _event_tuples(self, items, received_at):
         """Items -> tuples in EVENT_COLUMNS order, times as the database takes them."""
@@ -1099,7 +1110,6 @@ class Storage:
         by_device = {}
         for dev, seq in sorted(rows):
             by_device.setdefault(dev, []).append(seq)
-        devices = sorted(by_device)
         with self.db.atomic():
             with __exception_wrapper__:
                 cur = self.db.cursor()
@@ -1110,13 +1120,7 @@ class Storage:
                         f' "received_at") VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING',
                         (*r, t),
                     )
-                registry = self._lock_devices(cur, devices, now)
-                acks, updates = {}, []
-                for dev in devices:
-                    c, max_seq, gaps = self._advance(dev, by_device[dev], registry[dev], now)
-                    acks[dev] = c
-                    updates.append((c, max_seq, gaps, dev))
-                self._update_devices(cur, updates, now)
+                acks = self._advance_devices(cur, by_device, now)
         log.error("quarantined %d events that can never be stored (%s): their seqs are acked, their content "
                   "is not kept; see chot_quarantine", len(rows), ", ".join(sorted({r[2] for r in rows.values()})))
         return acks
