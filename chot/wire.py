@@ -161,6 +161,9 @@ class Clock(Struct, forbid_unknown_fields=True):
     boot_id: Annotated[str, Meta(pattern=r"^[0-9A-Za-z-]{1,64}$")]
     mono_ns: Annotated[int, Meta(ge=0, le=_SEQ_MAX)]
     ref: ClockRef | None = None
+    # The wall clock read earlier than the terminal's persisted time floor (its last event's time,
+    # the newest signed update's issue time): the clock was set back, or lost after a reboot.
+    behind: bool = False
 
 
 class Sealed(Struct, forbid_unknown_fields=True):
@@ -226,6 +229,21 @@ class Status(Struct, forbid_unknown_fields=True, omit_defaults=False):
     passes: _Count | None = None
     fails: _Count | None = None
     last_seq: _Count | None = None
+    # Signed lists older than the terminal's configured age, or past their expiry: any of
+    # "trust", "denylist", "config". A non-empty list means the terminal is `stale`.
+    stale: Annotated[list[Literal["trust", "denylist", "config"]], Meta(max_length=3)] | None = None
+    # The version and issue time of each signed list the terminal holds.
+    lists: Annotated[dict[Literal["trust", "denylist", "config"], "ListState"], Meta(max_length=3)] | None = None
+    # The wall clock is behind the terminal's time floor (see Clock.behind).
+    clock_behind: bool | None = None
+
+
+class ListState(Struct, forbid_unknown_fields=True):
+    """One signed list held by a terminal, as its status reports it."""
+
+    version: _Count
+    issued: WireTime | None = None
+    expires: WireTime | None = None
 
 
 STATUS_FIELDS = tuple(Status.__struct_fields__)
