@@ -273,6 +273,14 @@ def test_the_shipped_and_generated_configs_pass(tmp_path):
     with pytest.raises(AttributeError):  # frozen: a part cannot be changed behind the checks' back
         cfg.pins.buzzer = "GPIO17"
     assert _check("terminal", "check-config", "--offline", str(_write(tmp_path, GOOD))).returncode == 0
+    # the world checks as a function of a validated config (a config written for another machine)
+    from device.config import world_problems
+
+    assert world_problems(cfg) == []
+    elsewhere = validate({**data, "privacy": {"seal_public_key": "/etc/chot/collector-seal.pub"}}, SCHEMA)
+    assert world_problems(elsewhere) == [
+        "privacy.seal_public_key: found '/etc/chot/collector-seal.pub'; allowed: an existing file (it does not exist)"
+    ]
 
 
 def _write(tmp_path, text, name="t.toml"):
@@ -338,6 +346,12 @@ def test_collector_console_serves_https_with_its_keys_and_refuses_clear_beyond_l
         ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
         with urllib.request.urlopen(api.url + "/api/", context=ctx, timeout=10) as resp:
             assert "/api/fleet" in json.loads(resp.read())["endpoints"]
+    # behind a reverse proxy: only the proxy and this machine may connect
+    proxied = config_from_dict({"collector": {"database": f"sqlite:///{tmp_path / 'c.db'}"},
+                                "http": {"port": 0, "trusted_proxy": "10.0.0.5"}})
+    with Storage(proxied.collector.database) as st, ApiServer(proxied, st) as api:
+        assert [api.httpd.verify_request(None, (a, 40000)) for a in ("10.0.0.5", "127.0.0.1", "10.0.0.6")] == [
+            True, True, False]
     # the API server itself refuses a clear listener beyond loopback, whatever called it
     clear = config_from_dict({"collector": {"database": f"sqlite:///{tmp_path / 'c.db'}"}, "http": {"port": 0}})
     with Storage(clear.collector.database) as st, pytest.raises(CollectorError, match="refusing to serve"):
