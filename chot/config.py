@@ -186,9 +186,6 @@ class Settings:
         """Problems with what the keys point at on this machine: files, folders, permissions."""
         return []
 
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
 
 class Config:
     """Base of a composed config (a frozen dataclass, one `Settings` attribute per section)."""
