@@ -104,6 +104,7 @@ def _terminal_cfg(tmp, term_id, direction, seed, port, issuer_pub, issuer_key, c
         },
         SCHEMA,
         source=f"<demo {term_id}>",
+        world=True,  # as the daemon at start-up: every file it names is there
     )
 
 
@@ -140,7 +141,7 @@ def _demo(args):
             "mqtt": {"host": "127.0.0.1", "port": broker.port, "username": collector_login[0],
                      "password_file": str(collector_login[1])},
             "http": {"enabled": True, "port": 0},
-        })
+        }, world=True)
         collector = Collector(ccfg).start()
         collector.wait_subscribed(10)
         broker.save()  # the collector's subscription is on disk before any terminal publishes

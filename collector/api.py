@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urlparse
 
 from chot.errors import ChotError
 from collector import queries
+from collector.config import is_loopback
 from collector.queries import QueryError
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,18 @@ def _api_list(h, storage):
 
 
 def _actor(h):
-    return f"api:{h.client_address[0]}"
+    return f"api:{_client(h)}"
+
+
+def _client(h):
+    """The client's address: the proxy's X-Forwarded-For when the request came through `http.trusted_proxy`."""
+    addr = h.client_address[0]
+    proxy = getattr(h.server, "trusted_proxy", None)
+    if proxy and addr == proxy:
+        forwarded = [a.strip() for a in (h.headers.get("X-Forwarded-For") or "").split(",") if a.strip()]
+        if forwarded:
+            return forwarded[-1]  # the address the proxy saw; earlier entries are the client's own claims
+    return addr
 
 
 def _visits(h, storage):
@@ -190,20 +202,57 @@ _GET = {
 _POST = {"/api/manual": _manual}
 
 
+class _Server(ThreadingHTTPServer):
+    """With `http.trusted_proxy` set, only the proxy and this machine may connect (others are closed at once)."""
+
+    trusted_proxy = None
+
+    def verify_request(self, request, client_address):
+        if not self.trusted_proxy:
+            return True
+        addr = client_address[0]
+        if addr == self.trusted_proxy or is_loopback(addr):
+            return True
+        log.warning("refused a connection from %s: only http.trusted_proxy (%s) may connect", addr,
+                    self.trusted_proxy)
+        return False
+
+
 class ApiServer:
     """The HTTP API in a background thread; `start()`, `stop()`, a context manager."""
 
     def __init__(self, cfg, storage, collector=None, host=None, port=None):
-        self.host = host or cfg.http.host
-        self.port = cfg.http.port if port is None else port
-        try:
-            self.httpd = ThreadingHTTPServer((self.host, self.port), _Handler)
-        except OSError as exc:
-            from chot.errors import CollectorError
+        from chot.errors import CollectorError
 
+        h = cfg.http
+        self.host = host or h.host
+        self.port = h.port if port is None else port
+        self.tls = bool(h.tls_cert and h.tls_key)
+        if not (is_loopback(self.host) or self.tls or h.trusted_proxy):
+            raise CollectorError(
+                f"refusing to serve the console on {self.host}: beyond loopback it needs http.tls_cert and "
+                "http.tls_key, or a reverse proxy with TLS and login in front of it (http.trusted_proxy)"
+            )
+        context = None
+        if self.tls:
+            import ssl
+
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            try:
+                context.load_cert_chain(h.tls_cert, h.tls_key)
+            except (OSError, ssl.SSLError) as exc:
+                raise CollectorError(f"cannot use http.tls_cert / http.tls_key: {exc}") from None
+        try:
+            self.httpd = _Server((self.host, self.port), _Handler)
+        except OSError as exc:
             raise CollectorError(
                 f"cannot listen on {self.host}:{self.port}: {exc.strerror}; change [http] port or stop what uses it"
             ) from None
+        if context is not None:
+            # the handshake happens in the request's thread, at its first read: a slow client holds no accept
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True,
+                                                    do_handshake_on_connect=False)
+        self.httpd.trusted_proxy = h.trusted_proxy
         self.httpd.daemon_threads = True
         self.httpd.storage = storage
         self.httpd.collector = collector
@@ -213,7 +262,7 @@ class ApiServer:
 
     @property
     def url(self):
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self):
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="collector-http", daemon=True)

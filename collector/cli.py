@@ -29,6 +29,8 @@ def register(sub):
     c = cmd("check-config", _check_config, "validate a collector config and list every problem", config=False)
     c.add_argument("file", nargs="?", help="collector config (TOML)")
     c.add_argument("--defaults", action="store_true", help="print every key with its default")
+    c.add_argument("--offline", action="store_true",
+                   help="leave out this machine's files and folders (keys, TLS files, database folder)")
 
     c = cmd("migrate", _migrate, "create or upgrade the database schema (run does it too)")
 
@@ -114,10 +116,10 @@ def register(sub):
     c.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
 
 
-def _cfg(args):
+def _cfg(args, world=False):
     from collector.config import load_collector_config
 
-    return load_collector_config(args.config)
+    return load_collector_config(args.config, world=world)
 
 
 def _storage(cfg, keys=False):
@@ -154,7 +156,7 @@ def _print_json(obj):
 def _run(args):
     from collector.subscriber import run
 
-    return run(_cfg(args), http=not args.no_http)
+    return run(_cfg(args, world=True), http=not args.no_http)
 
 
 def _check_config(args):
@@ -166,8 +168,9 @@ def _check_config(args):
     if not args.file:
         print("chot collector check-config: give a FILE, or --defaults", file=sys.stderr)
         return 2
-    cfg = load_collector_config(args.file)
-    print(f"{args.file}: OK (collector {cfg.collector.id}, broker {cfg.mqtt.host}:{cfg.mqtt.port})")
+    cfg = load_collector_config(args.file, world=not args.offline)
+    note = " (offline: files not checked)" if args.offline else ""
+    print(f"{args.file}: OK{note} (collector {cfg.collector.id}, broker {cfg.mqtt.host}:{cfg.mqtt.port})")
     return 0
 
 

@@ -1,154 +1,226 @@
-"""The collector's configuration schema: one TOML file, checked up front.
+"""The collector's configuration: one TOML file, typed parts, checked up front.
 
-On a server it lives at /etc/chot/collector.toml. `load_collector_config(path)` validates
-it at start-up and lists every problem at once (including the checks that span keys, such
-as `mqtt.receive_maximum >= collector.batch_size`); `chot collector check-config FILE` runs
-the same check and `chot collector check-config --defaults` prints every key.
+On a server it lives at /etc/chot/collector.toml. Its parts (chot/config.py explains the pattern):
+
+    [collector]  CollectorSettings   database, batches, keys, retention
+    [mqtt]       BrokerSettings      the broker connection
+    [http]       HttpSettings        the tracers' console and JSON API
+
+A new key goes into its part's class (one line: type, default, rule, help).
+
+`load_collector_config(path)` validates it at start-up and lists every problem at once: every
+key, then what spans keys (`mqtt.receive_maximum >= collector.batch_size`, incomplete TLS, a
+console open beyond loopback without TLS or a trusted proxy); with `world=True` also the files
+and folders it names (the keys, the TLS files, the database folder), as `chot collector run`
+does. `chot collector check-config FILE` runs all of it (`--offline`: not this machine's files)
+and `chot collector check-config --defaults` prints every key.
 """
 
-import tomllib
+import ipaddress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from chot.config import Field, describe, load
-from chot.errors import ConfigError
+from chot.config import (
+    Config,
+    FilePath,
+    Settings,
+    describe,
+    file_problem,
+    files_problems,
+    load,
+    setting,
+    tls_problems,
+    tls_world_problems,
+    validate,
+    world_problems,
+    writable_folder_problem,
+)
 
 DEFAULT_PATH = "/etc/chot/collector.toml"
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 _DB = r"(sqlite:///.+|sqlite://:memory:|postgres(ql)?://.+)"
-
-SCHEMA = {
-    "collector": {
-        "id": Field("str", "main", pattern=_ID, help="this collector's id (client id, manual events' device id)"),
-        "database": Field(
-            "str",
-            "sqlite:////var/lib/chot/collector.db",
-            pattern=_DB,
-            help="sqlite:///relative.db, sqlite:////absolute/path.db or postgresql://user@host:5432/dbname",
-        ),
-        "batch_size": Field("int", 500, min=1, max=10000, help="events stored per transaction at most"),
-        "batch_max_wait_ms": Field(
-            "int", 200, min=1, max=60000, help="a batch is stored after this long even when not full"
-        ),
-        "signing_key": Field(
-            "path", None, optional=True, help="Ed25519 private key (PEM, 0600) signing config and lists"
-        ),
-        "gap_report_s": Field(
-            "float", 300.0, min=0.0, max=30 * 86400.0, help="a gap in a device's seq open this long is reported"
-        ),
-        "sqlite_synchronous": Field(
-            "str", "FULL", choices=("FULL", "NORMAL"), help="SQLite synchronous mode (FULL survives power loss)"
-        ),
-        "key_dir": Field(
-            "path",
-            "/etc/chot/collector-keys",
-            help="folder of the personal-data keys: seal-*.key (0600, all kept), seal.pub, index.key, data.key",
-        ),
-        "retention_days": Field(
-            "float",
-            28.0,
-            min=1.0,
-            max=3650.0,
-            help="events older than this are purged (14-day tracing window plus margin for late uploads)",
-        ),
-        "purge_interval_s": Field(
-            "float", 3600.0, min=0.1, max=7 * 86400.0, help="how often the running collector purges old events"
-        ),
-    },
-    "mqtt": {
-        "host": Field("str", "localhost", help="broker host"),
-        "port": Field("int", 1883, min=1, max=65535, help="broker port (8883 for TLS)"),
-        "tls": Field("bool", False, help="connect with TLS"),
-        "ca": Field("path", None, optional=True, help="CA certificate of the broker (PEM)"),
-        "cert": Field("path", None, optional=True, help="the collector's client certificate (PEM)"),
-        "key": Field("path", None, optional=True, help="the collector's client key (PEM, 0600)"),
-        "username": Field("str", None, optional=True, help="username, when not using a client certificate"),
-        "password_file": Field("path", None, optional=True, help="file holding the password (0600)"),
-        "client_id": Field(
-            "str", None, optional=True, pattern=r"[A-Za-z0-9_.-]{1,128}", help="default: chot-collector-<id>"
-        ),
-        "shared_group": Field(
-            "str", "collectors", pattern=r"[A-Za-z0-9_-]{1,64}", help="shared subscription group ($share/<group>)"
-        ),
-        "receive_maximum": Field(
-            "int", 1000, min=1, max=65535, help="QoS 1 messages in flight to the collector (>= batch_size)"
-        ),
-        "keepalive_s": Field("int", 30, min=5, max=3600),
-        "session_expiry_s": Field(
-            "int", 0, min=0,
-            help="MQTT 5 session expiry; 0 (clean start, no session): a dead collector strands no share of the"
-            " shared subscription and terminals resend what is not acked; > 0 only for a collector alone",
-        ),
-        "reconnect_min_s": Field("float", 1.0, min=0.1, max=60.0),
-        "reconnect_max_s": Field("float", 60.0, min=1.0, max=3600.0),
-    },
-    "http": {
-        "enabled": Field("bool", True, help="serve the JSON API and the dashboard"),
-        "host": Field("str", "127.0.0.1", help="listen address (keep 127.0.0.1 behind a reverse proxy)"),
-        "port": Field("int", 8080, min=0, max=65535, help="listen port (0: any free port)"),
-    },
-}
+__all__ = ["CollectorConfig", "client_id", "config_from_dict", "defaults_toml", "is_loopback",
+           "load_collector_config", "world_problems"]
 
 
-def _cross_problems(data):
-    """Problems that span keys, computed from the raw TOML data (best effort)."""
-    problems = []
-    col = data.get("collector", {}) if isinstance(data.get("collector"), dict) else {}
-    mq = data.get("mqtt", {}) if isinstance(data.get("mqtt"), dict) else {}
-    batch = col.get("batch_size", SCHEMA["collector"]["batch_size"].default)
-    recv = mq.get("receive_maximum", SCHEMA["mqtt"]["receive_maximum"].default)
-    if isinstance(batch, int) and isinstance(recv, int) and not isinstance(recv, bool) and recv < batch:
-        problems.append(
-            f"mqtt.receive_maximum: found {recv!r}; allowed: at least collector.batch_size ({batch}),"
-            " or a batch never fills"
-        )
-    if mq.get("tls") is True and bool(mq.get("cert")) != bool(mq.get("key")):
-        problems.append("mqtt.cert / mqtt.key: give both (a client certificate needs its key) or neither")
-    if mq.get("password_file") and not mq.get("username"):
-        problems.append("mqtt.username: missing; allowed: a string, required when mqtt.password_file is set")
-    lo = mq.get("reconnect_min_s", 1.0)
-    hi = mq.get("reconnect_max_s", 60.0)
-    if isinstance(lo, int | float) and isinstance(hi, int | float) and lo > hi:
-        problems.append(f"mqtt.reconnect_min_s: found {lo!r}; allowed: at most mqtt.reconnect_max_s ({hi!r})")
-    return problems
+@dataclass(frozen=True, kw_only=True)
+class CollectorSettings(Settings):
+    id: str = setting("main", pattern=_ID, help="this collector's id (client id, manual events' device id)")
+    database: str = setting(
+        "sqlite:////var/lib/chot/collector.db",
+        pattern=_DB,
+        help="sqlite:///relative.db, sqlite:////absolute/path.db or postgresql://user@host:5432/dbname",
+    )
+    batch_size: int = setting(500, min=1, max=10000, help="events stored per transaction at most")
+    batch_max_wait_ms: int = setting(
+        200, min=1, max=60000, help="a batch is stored after this long even when not full"
+    )
+    signing_key: FilePath | None = setting(
+        None, help="Ed25519 private key (PEM, 0600) signing config and lists"
+    )
+    gap_report_s: float = setting(
+        300.0, min=0.0, max=30 * 86400.0, help="a gap in a device's seq open this long is reported"
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = setting(
+        "FULL", help="SQLite synchronous mode (FULL survives power loss)"
+    )
+    key_dir: FilePath = setting(
+        "/etc/chot/collector-keys",
+        help="folder of the personal-data keys: seal-*.key (0600, all kept), seal.pub, index.key, data.key",
+    )
+    retention_days: float = setting(
+        28.0,
+        min=1.0,
+        max=3650.0,
+        help="events older than this are purged (14-day tracing window plus margin for late uploads)",
+    )
+    purge_interval_s: float = setting(
+        3600.0, min=0.1, max=7 * 86400.0, help="how often the running collector purges old events"
+    )
+
+    def world_problems(self, name):
+        out = files_problems([(f"{name}.signing_key", self.signing_key, True, False)])
+        problem = file_problem(f"{name}.key_dir", self.key_dir, folder=True)
+        if problem:
+            out.append(problem)
+        else:
+            kd = Path(self.key_dir)
+            for must in ("index.key", "data.key"):
+                if not (kd / must).exists():
+                    out.append(f"{name}.key_dir: found {self.key_dir!r}; allowed: a folder holding {must} (it is "
+                               "missing: chot collector keygen --index --data --key-dir DIR)")
+            if not list(kd.glob("seal-*.key")):
+                out.append(f"{name}.key_dir: found {self.key_dir!r}; allowed: a folder holding seal-*.key (none "
+                           "there: chot collector keygen --seal --key-dir DIR)")
+            out += files_problems([(f"{name}.key_dir", str(p), True, False)
+                                   for p in sorted(kd.glob("*.key"))])
+        if self.database.startswith("sqlite:///") and self.database != "sqlite://:memory:":
+            problem = writable_folder_problem(f"{name}.database", self.database[len("sqlite:///"):])
+            if problem:
+                out.append(problem)
+        return out
 
 
-def load_collector_config(path=DEFAULT_PATH, overrides=None):
-    """Read and validate a collector config; raise `ConfigError` listing every problem."""
-    problems = []
-    cfg = None
+@dataclass(frozen=True, kw_only=True)
+class BrokerSettings(Settings):
+    host: str = setting("localhost", help="broker host")
+    port: int = setting(1883, min=1, max=65535, help="broker port (8883 for TLS)")
+    tls: bool = setting(False, help="connect with TLS")
+    ca: FilePath | None = setting(None, help="CA certificate of the broker (PEM)")
+    cert: FilePath | None = setting(None, help="the collector's client certificate (PEM)")
+    key: FilePath | None = setting(None, help="the collector's client key (PEM, 0600)")
+    username: str | None = setting(None, help="username, when not using a client certificate")
+    password_file: FilePath | None = setting(None, help="file holding the password (0600)")
+    client_id: str | None = setting(None, pattern=r"[A-Za-z0-9_.-]{1,128}", help="default: chot-collector-<id>")
+    shared_group: str = setting(
+        "collectors", pattern=r"[A-Za-z0-9_-]{1,64}", help="shared subscription group ($share/<group>)"
+    )
+    receive_maximum: int = setting(
+        1000, min=1, max=65535, help="QoS 1 messages in flight to the collector (>= batch_size)"
+    )
+    keepalive_s: int = setting(30, min=5, max=3600)
+    session_expiry_s: int = setting(
+        0, min=0,
+        help="MQTT 5 session expiry; 0 (clean start, no session): a dead collector strands no share of the"
+        " shared subscription and terminals resend what is not acked; > 0 only for a collector alone",
+    )
+    reconnect_min_s: float = setting(1.0, min=0.1, max=60.0)
+    reconnect_max_s: float = setting(60.0, min=1.0, max=3600.0)
+
+    def problems(self, name):
+        out = tls_problems(name, self)
+        if self.password_file and not self.username:
+            out.append(f"{name}.username: missing; allowed: a string, required when {name}.password_file is set")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            out.append(f"{name}.reconnect_min_s: found {self.reconnect_min_s!r}; allowed: at most "
+                       f"{name}.reconnect_max_s ({self.reconnect_max_s!r})")
+        return out
+
+    def world_problems(self, name):
+        return tls_world_problems(name, self)
+
+
+def is_loopback(host):
+    """True when `host` (a listen address) is reachable only from this machine."""
+    if host == "localhost":
+        return True
     try:
-        cfg = load(path, SCHEMA, overrides=overrides)
-    except ConfigError as exc:
-        problems = list(exc.problems)
-        if not Path(path).is_file():
-            raise
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        data = None
-    if isinstance(data, dict):
-        for section, values in (overrides or {}).items():
-            data.setdefault(section, {}).update(values)
-        problems += _cross_problems(data)
-    if problems:
-        raise ConfigError(path, problems)
-    return cfg
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name (or "" / "0.0.0.0" / "::": every interface) may resolve beyond loopback
 
 
-def config_from_dict(data):
+@dataclass(frozen=True, kw_only=True)
+class HttpSettings(Settings):
+    enabled: bool = setting(True, help="serve the JSON API and the dashboard")
+    host: str = setting("127.0.0.1", help="listen address (keep 127.0.0.1 behind a reverse proxy)")
+    port: int = setting(8080, min=0, max=65535, help="listen port (0: any free port)")
+    tls_cert: FilePath | None = setting(
+        None, help="serve HTTPS with this certificate (PEM, its chain after it); needed to listen beyond loopback "
+        "without a trusted_proxy"
+    )
+    tls_key: FilePath | None = setting(None, help="the private key of tls_cert (PEM, 0600)")
+    trusted_proxy: str | None = setting(
+        None, help="the address of the reverse proxy (TLS, login) in front of the console: only it (and "
+        "loopback) may connect, and its X-Forwarded-For names the client in the audit log"
+    )
+
+    def problems(self, name):
+        out = []
+        if bool(self.tls_cert) != bool(self.tls_key):
+            missing = "tls_key" if self.tls_cert else "tls_cert"
+            out.append(f"{name}.{missing}: missing; allowed: a PEM file, required with {name}."
+                       f"{'tls_cert' if missing == 'tls_key' else 'tls_key'} (give both or neither)")
+        if self.trusted_proxy is not None:
+            try:
+                ipaddress.ip_address(self.trusted_proxy)
+            except ValueError:
+                out.append(f"{name}.trusted_proxy: found {self.trusted_proxy!r}; allowed: an IP address such as "
+                           "'10.0.0.5' (the reverse proxy's)")
+        if self.enabled and not is_loopback(self.host) and not (self.tls_cert and self.tls_key) \
+                and not self.trusted_proxy:
+            out.append(f"{name}.host: found {self.host!r}; allowed: a loopback address (127.0.0.1, ::1) unless "
+                       f"{name}.tls_cert and {name}.tls_key or {name}.trusted_proxy are set: the console answers "
+                       "tracing questions about people and must not be served in clear to a network")
+        return out
+
+    def world_problems(self, name):
+        if not self.enabled:
+            return []
+        return files_problems([(f"{name}.tls_cert", self.tls_cert, False, False),
+                               (f"{name}.tls_key", self.tls_key, True, False)])
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollectorConfig(Config):
+    """The whole collector config: one typed part per section (`cfg.collector.batch_size`)."""
+
+    collector: CollectorSettings
+    mqtt: BrokerSettings
+    http: HttpSettings
+
+    def problems(self):
+        if self.mqtt.receive_maximum < self.collector.batch_size:
+            return [f"mqtt.receive_maximum: found {self.mqtt.receive_maximum!r}; allowed: at least "
+                    f"collector.batch_size ({self.collector.batch_size}), or a batch never fills"]
+        return []
+
+
+SCHEMA = CollectorConfig  # the schema `chot.config.validate(data, SCHEMA)` takes
+
+
+def load_collector_config(path=DEFAULT_PATH, overrides=None, world=False):
+    """Read and validate a collector config; raise `ConfigError` listing every problem.
+
+    `world`: also check the keys, TLS files and database folder it names on this machine.
+    """
+    return load(path, CollectorConfig, overrides=overrides, world=world)
+
+
+def config_from_dict(data, world=False):
     """Validate a config given as a dict (tests, the demo); raise `ConfigError` listing every problem."""
-    from chot.config import validate
-
-    problems = []
-    cfg = None
-    try:
-        cfg = validate(data, SCHEMA, source="<dict>")
-    except ConfigError as exc:
-        problems = list(exc.problems)
-    problems += _cross_problems(data)
-    if problems:
-        raise ConfigError("<dict>", problems)
-    return cfg
+    return validate(data, CollectorConfig, source="<dict>", world=world)
 
 
 def client_id(cfg):
@@ -158,4 +230,4 @@ def client_id(cfg):
 
 def defaults_toml():
     """Every key of the collector config with its default and what it allows, as TOML."""
-    return describe(SCHEMA)
+    return describe(CollectorConfig)

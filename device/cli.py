@@ -13,9 +13,14 @@ def register(sub):
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (tests)")
     p.set_defaults(func=_run)
 
-    p = tsub.add_parser("check-config", help="validate a terminal config and list every problem")
+    p = tsub.add_parser("check-config", help="validate a terminal config and list every problem",
+                        description="Check every key, what spans keys (pin conflicts, pins that do not exist, "
+                        "incomplete TLS) and what the keys point at on this machine (files, the outbox folder, key "
+                        "modes); list every problem and exit 2 when there is one.")
     p.add_argument("file", nargs="?", help="terminal config (TOML)")
     p.add_argument("--defaults", action="store_true", help="print every key with its default")
+    p.add_argument("--offline", action="store_true",
+                   help="leave out this machine's files and folders (a config meant for another terminal)")
     p.set_defaults(func=_check_config)
 
     p = tsub.add_parser("selftest", help="check LEDs, buzzer, camera, outbox, broker and clock")
@@ -39,8 +44,9 @@ def _check_config(args):
     if not args.file:
         print("chot terminal check-config: give a FILE, or --defaults", file=sys.stderr)
         return 2
-    cfg = load_terminal_config(args.file)
-    print(f"{args.file}: OK (device {cfg.device.id}, checkpoint {cfg.device.checkpoint}, {cfg.device.direction})")
+    cfg = load_terminal_config(args.file, world=not args.offline)
+    note = " (offline: files not checked)" if args.offline else ""
+    print(f"{args.file}: OK{note} (device {cfg.device.id}, checkpoint {cfg.device.checkpoint}, {cfg.device.direction})")
     if not cfg.privacy.seal_public_key:
         from device.daemon import NO_SEAL_WARNING
 

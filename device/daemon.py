@@ -368,7 +368,7 @@ def run_from_config(path, max_frames=None):
     """`chot terminal run`: load the config, run until SIGTERM (or the source ends)."""
     from device.config import load_terminal_config
 
-    cfg = load_terminal_config(path)
+    cfg = load_terminal_config(path, world=True)
     texts = None
     if cfg.scanner.source == "synthetic":
         from device.simulate import crowd_texts

@@ -354,9 +354,9 @@ def test_files_are_private(tmp_path):
 def test_default_retention_is_shorter_than_the_collectors(tmp_path):
     with Outbox(tmp_path / "o.db", device_id="t-01") as ob:
         assert ob.retention_days == 3.0
-    from device.config import SCHEMA
+    from device.uplink.settings import OutboxSettings
 
-    assert SCHEMA["outbox"]["retention_days"].default == 3.0
+    assert OutboxSettings().retention_days == 3.0
 
 
 def test_append_is_one_transaction_rolled_back_on_failure(tmp_path):

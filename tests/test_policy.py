@@ -8,15 +8,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chot import personal
+from chot.config import rules
 from chot.errors import CredentialError
 from chot.wire import DecisionCode, Reason
-from device.config import SCHEMA, load_terminal_config
+from device.config import load_terminal_config
 from device.credentials import keys
 from device.credentials.denylist import DenyList
 from device.credentials.issue_cli import issue_declaration, make_test_identities
 from device.credentials.policy import Checker, Policy, policy_namespace
 from device.credentials.reasons import REASONS
 from device.credentials.result import Verification
+from device.credentials.settings import PolicySettings
 from device.credentials.trust import TrustStore
 
 AT = datetime(2021, 8, 9, 8, 0, tzinfo=UTC)
@@ -50,7 +52,7 @@ def decide(trust, text, cfg=None, deny=None, at=AT):
 
 def test_defaults_come_from_the_schema():
     ns = policy_namespace(None)
-    for k, f in SCHEMA["policy"].items():
+    for k, f in rules(PolicySettings).items():
         assert getattr(ns, k) == f.default
     assert policy_namespace({"max_age_h": 3.0}).max_age_h == 3.0
 

@@ -12,7 +12,7 @@ Rules come from the `[policy]` section of the terminal config (device/config.py)
 5. native declarations older than `max_age_h` (0: no limit) fail `expired`, then the health
    answers: `symptoms_declared`, `contact_declared`, `travel_declared` per `fail_on_*`;
 6. DCC and SHC: `device.credentials.dcc.rules(v, cfg, at)` / `shc.rules(v, cfg, at)` return a
-   reason code or None (`cfg` is the policy namespace with every key of SCHEMA["policy"]).
+   reason code or None (`cfg` is the policy namespace with every key of `PolicySettings`).
 
 Otherwise PASS, reason `ok`. `Checker` bundles trust, verification and policy for the daemon
 and `chot scan`: `Checker.from_config(cfg.policy).check(text, at) -> (Verification, Decision)`.
@@ -26,11 +26,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
+from chot.config import rules
 from chot.errors import CredentialError
 from chot.wire import DecisionCode, Reason
-from device.config import SCHEMA
 from device.credentials.denylist import DenyList
 from device.credentials.result import Decision
+from device.credentials.settings import PolicySettings
 from device.credentials.trust import TrustStore
 from device.credentials.verify import verify_text
 
@@ -41,7 +42,7 @@ _HOOKED = ("dcc", "shc")
 
 
 def policy_namespace(policy_cfg=None):
-    """Every key of SCHEMA['policy'], from a Config section, a dict or None (defaults)."""
+    """Every key of `PolicySettings`, from a config section, a dict or None (defaults)."""
     if policy_cfg is None:
         given = {}
     elif isinstance(policy_cfg, dict):
@@ -49,7 +50,7 @@ def policy_namespace(policy_cfg=None):
     else:
         given = dict(vars(policy_cfg))
     values = {}
-    for key, field in SCHEMA["policy"].items():
+    for key, field in rules(PolicySettings).items():
         default = field.default
         values[key] = given.get(key, list(default) if isinstance(default, list | tuple) else default)
     for key in given.keys() - values.keys():

@@ -20,7 +20,7 @@ uplink_down = a double flash per `heartbeat_s`, off = dark.
 from collections import namedtuple
 from types import SimpleNamespace
 
-from chot.config import validate
+from chot.config import rules, validate
 
 Step = namedtuple("Step", "device on_s off_s n")
 Step.__doc__ = "One device of a signal: on `on_s`, off `off_s`, `n` times."
@@ -31,16 +31,19 @@ SIGNAL_DEVICES = ("pass_led", "fail_led", "buzzer", "relay")
 
 
 def settings(section, values):
-    """Validate a config section given as a dict, a namespace or None (defaults filled in)."""
-    from device.config import SCHEMA
+    """Validate a config section given as its settings, a dict, a namespace or None (defaults filled in)."""
+    from device.io.settings import FeedbackSettings, PinSettings
 
+    cls = {"pins": PinSettings, "feedback": FeedbackSettings}[section]
+    if isinstance(values, cls):
+        return values
     if values is None:
         values = {}
     elif isinstance(values, SimpleNamespace):
         values = dict(vars(values))
     else:
         values = dict(values)
-    return getattr(validate({section: values}, {section: SCHEMA[section]}, source=f"[{section}]"), section)
+    return getattr(validate({section: values}, {section: rules(cls)}, source=f"[{section}]"), section)
 
 
 def signal_steps(kind, fb):

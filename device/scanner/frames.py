@@ -41,9 +41,10 @@ def cfg_get(cfg, key):
             return cfg[key]
     elif cfg is not None and hasattr(cfg, key):
         return getattr(cfg, key)
-    from device.config import SCHEMA
+    from chot.config import rules
+    from device.scanner.settings import ScannerSettings
 
-    return SCHEMA["scanner"][key].default
+    return rules(ScannerSettings)[key].default
 
 
 @dataclass

@@ -1,0 +1,48 @@
+"""The `[policy]` settings: what is trusted and what passes (a part of the terminal config).
+
+Plain data only (credentials/ is pure logic): `world_problems` is the one place that looks at
+files, and only `check-config` and the daemon's start-up call it.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+from chot.config import FilePath, Settings, files_problems, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class PolicySettings(Settings):
+    trusted_issuers: list[str] = setting(
+        [], help="issuer public keys, certificates or trust lists to trust (paths)"
+    )
+    max_age_h: float = setting(24.0, min=0.0, max=24.0 * 365, help="a declaration older than this fails (expired)")
+    clock_skew_s: float = setting(300.0, min=0.0, max=86400.0, help="tolerance for clocks running ahead")
+    fail_on_symptoms: bool = setting(True, help="a declaration with symptoms fails")
+    fail_on_contact: bool = setting(True, help="a declaration with contact with a case fails")
+    fail_on_travel: bool = setting(False, help="a declaration with travel from an outbreak area fails")
+    accept_plain: bool = setting(False, help="unsigned QR texts (an ID, a link) pass")
+    accept_formats: list[Literal["native", "dcc", "shc", "plain"]] = setting(
+        ["native", "dcc", "shc"], help="signed formats accepted"
+    )
+    denylist: FilePath | None = setting(
+        None, help="deny list file (chot-denylist-v2: hashes of revoked credential ids and of denied persons)"
+    )
+    dcc_schema_dir: FilePath | None = setting(
+        None,
+        help="the ehn-dcc-schema releases (one folder per version); unset: $CHOT_DCC_SCHEMA_DIR or "
+        "/etc/chot/dcc-schema or /usr/share/chot/dcc-schema",
+    )
+    dcc_require_complete_vaccination: bool = setting(True, help="DCC: vaccination must be complete")
+    dcc_recovery_days: int = setting(180, min=0, max=3650, help="DCC: recovery valid for")
+    dcc_test_hours: int = setting(72, min=0, max=720, help="DCC: negative test valid for")
+    shc_crl: list[str] = setting([], help="SHC: revocation list files (issuer CRLs)")
+    shc_require_complete_vaccination: bool = setting(
+        True, help="SHC: an immunization card must show a complete series (2 doses, or 1 of Janssen)"
+    )
+
+    def world_problems(self, name):
+        checks = [(f"{name}.trusted_issuers[{i}]", p, False, None) for i, p in enumerate(self.trusted_issuers)]
+        checks.append((f"{name}.denylist", self.denylist, False, False))
+        checks.append((f"{name}.dcc_schema_dir", self.dcc_schema_dir, False, True))
+        checks += [(f"{name}.shc_crl[{i}]", p, False, False) for i, p in enumerate(self.shc_crl)]
+        return files_problems(checks)
