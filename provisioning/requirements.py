@@ -128,7 +128,8 @@ def dependencies(name, version, arch):
     from packaging.markers import default_environment
     from packaging.requirements import Requirement
 
-    env = {**default_environment(), "python_version": "%d.%d" % PYTHON, "python_full_version": "%d.%d.0" % PYTHON,
+    major, minor = PYTHON
+    env = {**default_environment(), "python_version": f"{major}.{minor}", "python_full_version": f"{major}.{minor}.0",
            "platform_machine": arch, "sys_platform": "linux", "platform_system": "Linux",
            "platform_python_implementation": "CPython", "implementation_name": "cpython", "extra": ""}
     out = []
@@ -166,7 +167,7 @@ def _platform_tags(arch):
 
     platforms = [f"manylinux_{GLIBC[0]}_{m}_{arch}" for m in range(GLIBC[1], 4, -1)]
     platforms += [f"manylinux2014_{arch}", f"linux_{arch}"]
-    interp = "cp%d%d" % PYTHON
+    interp = "cp{}{}".format(*PYTHON)
     return set(tags.cpython_tags(PYTHON, abis=[interp, "abi3", "none"], platforms=platforms)) | set(
         tags.compatible_tags(PYTHON, interp, platforms))
 
@@ -189,7 +190,9 @@ def files_for(name, version):
     return sorted(chosen.items())
 
 
-def render(found):
+def render(found, files=None):
+    """The file's text for {name: (version, [required by])}; `files(name, version)` gives [(filename, sha256)]."""
+    files = files or files_for
     lines = [
         "# Every Python package a chot terminal installs from PyPI, pinned, with the sha256 of each file pip may",
         "# fetch for CPython 3.11 on Linux aarch64 (Raspberry Pi OS 64-bit, bookworm) and x86_64.",
@@ -200,7 +203,7 @@ def render(found):
     ]
     for name in sorted(found):
         version, via = found[name]
-        hashes = files_for(name, version)
+        hashes = files(name, version)
         lines.append(f"{name}=={version} \\")
         lines.extend(f"    --hash=sha256:{h}" + (" \\" if i < len(hashes) - 1 else "")
                      for i, (_f, h) in enumerate(hashes))
