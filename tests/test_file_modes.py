@@ -124,3 +124,11 @@ def test_secure_delete_leaves_no_purged_event_in_the_file(tmp_path):
         on_disk = b"".join(p.read_bytes() for p in side_files(path) if p.exists())
         assert marker.encode() not in on_disk
         assert ob.stats()["rows"] == 20
+
+
+def test_the_terminal_unit_keeps_its_files_private():
+    """Belt and braces under systemd: whatever a library creates without a mode is private too."""
+    unit = (Path(__file__).resolve().parent.parent / "systemd" / "chot-terminal.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert settings["UMask"] == "0077"
+    assert settings["StateDirectoryMode"] == "0700"
