@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["chot*", "device*", "collector*", "provisioning*"]),
     include_package_data=True,
-    package_data={"collector": ["static/*"], "provisioning": ["*.sh"]},
+    package_data={"collector": ["static/*"], "provisioning": ["*.sh", "requirements-terminal.txt"]},
     install_requires=[
         "zxing-cpp==3.1.1",
         "pyzbar==0.1.9",
@@ -30,7 +30,7 @@ setup(
     ],
     extras_require={
         # Only a Pi has these; picamera2 comes from Raspberry Pi OS (python3-picamera2).
-        "pi": ["RPi.GPIO>=0.7.1", "lgpio>=0.2.2.0"],
+        "pi": ["RPi.GPIO>=0.7.1", "lgpio==0.2.2.0"],
         "usb": ["opencv-python-headless==5.0.0.93"],
         "postgres": ["psycopg2-binary==2.9.13"],
         "test": [

@@ -5,7 +5,9 @@
 #   tar xzf chot-<id>.tar.gz && sudo ./chot-<id>/setup-terminal.sh [--package WHEEL_OR_DIR]
 #
 # Steps: Debian packages -> service user -> virtual environment (--system-site-packages, so the
-# OS's picamera2 is seen) -> the chot package -> config and credentials under /etc/chot ->
+# OS's picamera2, numpy and pillow are seen) -> the pinned dependencies, checked against their
+# sha256 (pip --require-hashes, requirements-terminal.txt) -> the chot package itself (--no-deps) ->
+# config and credentials under /etc/chot ->
 # (and the DCC schemas, when the bundle has dcc-schema/) -> the bundle's copy of the device key
 # removed -> systemd unit -> self-test -> service enabled and started.
 # Idempotent: every file is compared before it is written and every package checked before it
@@ -14,8 +16,10 @@
 # Options:
 #   --bundle DIR      the unpacked bundle (default: this script's directory)
 #   --package PATH    a chot wheel or source directory to pip install (default: a *.whl in the bundle)
+#   --requirements F  the hashed requirements to install first (default: requirements-terminal.txt
+#                     in the bundle, else provisioning/requirements-terminal.txt inside the package)
 #   --root PREFIX     install under PREFIX instead of / (tests; also env CHOT_ROOT)
-#   --dry-run         say what would be done, change nothing
+#   --dry-run         say what would be done, change nothing (it ends by saying so)
 #   --no-selftest     skip the self-test
 #   --no-apt          skip the Debian packages (an image that has them)
 #   --keep-bundle     keep the bundle's copy of the device key (default: removed once installed,
@@ -28,6 +32,7 @@ set -euo pipefail
 PROG=setup-terminal.sh
 BUNDLE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PACKAGE=""
+REQUIREMENTS=""
 ROOT="${CHOT_ROOT:-}"
 DRY_RUN=0
 SELFTEST=1
@@ -36,7 +41,7 @@ KEEP_BUNDLE=0
 SVC_USER="${CHOT_USER:-chot}"
 SVC_GROUP="${CHOT_GROUP:-$SVC_USER}"
 ADMIN="${CHOT_ADMIN:-root}"
-APT_PACKAGES="${CHOT_APT_PACKAGES:-python3 python3-venv python3-pip python3-picamera2 python3-lgpio libzbar0 ca-certificates}"
+APT_PACKAGES="${CHOT_APT_PACKAGES:-python3 python3-venv python3-pip python3-picamera2 python3-numpy python3-pil python3-lgpio libzbar0 ca-certificates}"
 CHANGED=0
 
 say()  { printf '==> %s\n' "$*"; }
@@ -49,12 +54,13 @@ die()  {
 }
 trap 'printf "%s: ERROR: unexpected failure at line %s (exit %s); run it again with bash -x to see more\n" "$PROG" "$LINENO" "$?" >&2' ERR
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) BUNDLE="${2:?--bundle needs a directory}"; shift 2 ;;
     --package) PACKAGE="${2:?--package needs a wheel or directory}"; shift 2 ;;
+    --requirements) REQUIREMENTS="${2:?--requirements needs a file}"; shift 2 ;;
     --root) ROOT="${2:?--root needs a directory}"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --no-selftest) SELFTEST=0; shift ;;
@@ -65,6 +71,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 ROOT="${ROOT%/}"
+if [ "$DRY_RUN" = 1 ]; then
+  # the last words of a dry run, however it ends (done, nothing to do, or stopped by an error)
+  trap 'printf "==> dry run: nothing was changed (no file written or removed, no package installed, no service touched)\n"' EXIT
+fi
 
 ETC="$ROOT/etc/chot"
 STATE="$ROOT/var/lib/chot"
@@ -170,21 +180,47 @@ else
   CHANGED=1
 fi
 
-say "the chot package"
+say "the chot package and its pinned dependencies"
 STAMP="$OPT/installed.sha256"
+REQ_INSTALLED="$OPT/requirements-terminal.txt"  # the copy installed from: a record of what is on this terminal
+REQ_IN_PACKAGE=provisioning/requirements-terminal.txt
+read_requirements() {  # print the hashed requirements: --requirements, the bundle's, or the package's own
+  if [ -n "$REQUIREMENTS" ]; then cat -- "$REQUIREMENTS"
+  elif [ -f "$BUNDLE/requirements-terminal.txt" ]; then cat -- "$BUNDLE/requirements-terminal.txt"
+  elif [ -d "$PACKAGE" ]; then cat -- "$PACKAGE/$REQ_IN_PACKAGE"
+  else python3 - "$PACKAGE" "$REQ_IN_PACKAGE" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    sys.stdout.buffer.write(wheel.read(sys.argv[2]))
+PY
+  fi
+}
 if [ -n "$PACKAGE" ]; then
   [ -e "$PACKAGE" ] || die "--package $PACKAGE: no such file or directory"
   if [ -d "$PACKAGE" ]; then
-    want="$(cd "$PACKAGE" && find . -type f \( -name '*.py' -o -name '*.sh' -o -name '*.toml' -o -name '*.cfg' -o -name '*.service' \) \
+    want="$(cd "$PACKAGE" && find . -type f \( -name '*.py' -o -name '*.sh' -o -name '*.toml' -o -name '*.cfg' -o -name '*.service' -o -name '*.txt' \) \
              -not -path './.venv/*' -not -path './.git/*' -not -path './build/*' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
   else
     want="$(sha256sum "$PACKAGE" | cut -d' ' -f1)"
   fi
+  req_text="$(read_requirements 2>/dev/null)" && [ -n "$req_text" ] \
+    || die "no hashed requirements for $PACKAGE: it lacks $REQ_IN_PACKAGE (a chot wheel older than this script?); give --requirements requirements-terminal.txt or build the wheel again"
+  grep -q -- '--hash=sha256:' <<<"$req_text" || die "the requirements for $PACKAGE carry no --hash=sha256: refusing to install unchecked packages"
+  want="$want $(printf '%s\n' "$req_text" | sha256sum | cut -d' ' -f1)"
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/chot" ]; then
-    info "already installed from this package"
+    info "already installed from this package and these requirements"
   else
-    run "$VENV/bin/pip" install --quiet --disable-pip-version-check "$PACKAGE" \
-      || die "pip install $PACKAGE failed: see the message above (network for the dependencies? a wheel for this Python?)"
+    if [ "$DRY_RUN" = 0 ]; then
+      printf '%s\n' "$req_text" >"$REQ_INSTALLED.tmp" && mv -f "$REQ_INSTALLED.tmp" "$REQ_INSTALLED" \
+        || die "cannot write $REQ_INSTALLED"
+    fi
+    # every file checked against its sha256; wheels only: no package runs code to build itself here
+    run "$VENV/bin/pip" install --quiet --disable-pip-version-check --require-hashes --only-binary=:all: -r "$REQ_INSTALLED" \
+      || die "pip install --require-hashes -r $REQ_INSTALLED failed: see the message above. 'THESE PACKAGES DO NOT MATCH THE HASHES' means a file is not the one pinned: do not work around it, report it. Otherwise: network? Raspberry Pi OS 64-bit (the pinned wheels are for aarch64 and x86_64, CPython 3.11)?"
+    run "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps "$PACKAGE" \
+      || die "pip install --no-deps $PACKAGE failed: see the message above (a wheel for this Python?)"
+    run "$VENV/bin/python" -c "import numpy, PIL" \
+      || die "numpy or pillow is missing: they come from the OS (picamera2 is built against them): apt-get install python3-numpy python3-pil, then run the script again"
     if [ "$DRY_RUN" = 0 ]; then printf '%s\n' "$want" >"$STAMP"; fi
     CHANGED=1
   fi
@@ -198,7 +234,7 @@ fi
 say "config and credentials in $ETC"
 ensure_dir "$ETC" 750 "$ADMIN:$SVC_GROUP"
 ensure_dir "$ETC/tls" 750 "$ADMIN:$SVC_GROUP"
-ensure_dir "$STATE" 750 "$SVC_USER:$SVC_GROUP"
+ensure_dir "$STATE" 700 "$SVC_USER:$SVC_GROUP"
 install_file "$BUNDLE/terminal.toml" "$ETC/terminal.toml" 640 "$ADMIN:$SVC_GROUP"
 install_file "$BUNDLE/tls/ca.crt" "$ETC/tls/ca.crt" 644 "$ADMIN:$ADMIN"
 install_file "$BUNDLE/tls/device.crt" "$ETC/tls/device.crt" 644 "$ADMIN:$ADMIN"

@@ -15,7 +15,9 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,8 @@ from provisioning.devices import provision_device
 from provisioning.fleet import init_fleet
 
 SCRIPT = Path(__file__).resolve().parent.parent / "provisioning" / "setup-terminal.sh"
+REQUIREMENTS = SCRIPT.parent / "requirements-terminal.txt"
+DRY_RUN_END = "==> dry run: nothing was changed"
 ME = getpass.getuser()
 MY_GROUP = grp.getgrgid(os.getgid()).gr_name
 
@@ -63,6 +67,7 @@ case "$1" in
 esac
 """,
     "python3": """
+if [ "$1" = - ]; then exec "$FAKE_REAL_PYTHON" "$@"; fi  # a script on stdin (reading the wheel): the real one
 echo "python3 $*" >> "$FAKE_LOG"
 if [ "$1 $2" = "-m venv" ]; then
   for d; do :; done
@@ -92,9 +97,17 @@ def made(tmp_path_factory):
     base = tmp_path_factory.mktemp("bundle")
     fleet = init_fleet(base / "fleet", "broker.test")
     path = provision_device(fleet, "pi-gate-1", "gate-1", "in")
-    wheel = base / "chot-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"not really a wheel: the fake pip does not read it")
+    wheel = make_wheel(base / "chot-0.1.0-py3-none-any.whl")
     return fleet, path, wheel
+
+
+def make_wheel(path, requirements=REQUIREMENTS.read_bytes()):
+    """A stand-in chot wheel: a zip holding provisioning/requirements-terminal.txt (what the script reads)."""
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("chot/__init__.py", "")
+        if requirements is not None:
+            z.writestr("provisioning/requirements-terminal.txt", requirements)
+    return path
 
 
 def unpack(tarball, where):
@@ -129,6 +142,7 @@ def env(tmp_path):
         "PATH": f"{fakebin}:{os.environ['PATH']}",
         "FAKE_LOG": str(tmp_path / "calls.log"),
         "FAKE_STATE": str(tmp_path / "state"),
+        "FAKE_REAL_PYTHON": sys.executable,
         "CHOT_USER": ME,
         "CHOT_GROUP": MY_GROUP,
         "CHOT_ADMIN": ME,
@@ -139,7 +153,8 @@ def run(bundle, env, *args, **extra):
     bdir, wheel = bundle
     root = Path(env["FAKE_STATE"]).parent / "root"
     cmd = ["bash", str(bdir / "setup-terminal.sh"), "--root", str(root), "--package", str(wheel), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env={**env, **extra}, timeout=60)
+    cwd = extra.pop("cwd", None)
+    return subprocess.run(cmd, capture_output=True, text=True, env={**env, **extra}, timeout=60, cwd=cwd)
 
 
 def calls(env):
@@ -201,7 +216,7 @@ def test_first_run_installs_everything_with_the_right_modes(bundle, env, made):
     assert not (bdir.parent / tarball.name).exists()
     assert f"removed {bdir}/tls/device.key" in r.stdout and f"removed {bdir.parent / tarball.name}" in r.stdout
     assert (bdir / "tls/device.crt").exists() and (bdir / "collector-seal.pub").exists()
-    for d, m in (("etc/chot", 0o750), ("etc/chot/tls", 0o750), ("var/lib/chot", 0o750)):
+    for d, m in (("etc/chot", 0o750), ("etc/chot/tls", 0o750), ("var/lib/chot", 0o700)):
         assert mode(root / d) == m, d
     assert (root / "opt/chot/venv/pyvenv.cfg").read_text().count("include-system-site-packages = true") == 1
     log = calls(env)
@@ -211,8 +226,12 @@ def test_first_run_installs_everything_with_the_right_modes(bundle, env, made):
         assert pkg in apt_install[0].split()
     assert any(c.startswith("useradd --system") and c.endswith(ME) for c in log)
     assert any(c.startswith("python3 -m venv --system-site-packages") for c in log)
-    assert [c for c in log if c.startswith("pip install")] == [f"pip install --quiet --disable-pip-version-check "
-                                                                f"{bundle[1]}"]
+    # the pinned dependencies first, each file checked against its sha256, then chot alone
+    assert [c for c in log if c.startswith("pip install")] == [
+        "pip install --quiet --disable-pip-version-check --require-hashes --only-binary=:all: "
+        f"-r {root}/opt/chot/requirements-terminal.txt",
+        f"pip install --quiet --disable-pip-version-check --no-deps {bundle[1]}"]
+    assert (root / "opt/chot/requirements-terminal.txt").read_bytes() == REQUIREMENTS.read_bytes()
     sys_calls = [c for c in log if c.startswith("systemctl") and "is-" not in c]
     assert sys_calls == ["systemctl daemon-reload", "systemctl enable chot-terminal.service",
                          "systemctl restart chot-terminal.service"]
@@ -342,8 +361,7 @@ def test_dcc_schemas_are_installed_with_the_right_modes_and_once(env, testdata, 
     with tarfile.open(path) as tar:
         tar.extractall(tmp_path / "unpacked", filter="data")
     bdir = tmp_path / "unpacked" / "chot-pi-gate-2"
-    wheel = tmp_path / "chot-0.1.0-py3-none-any.whl"
-    wheel.write_bytes(b"not really a wheel")
+    wheel = make_wheel(tmp_path / "chot-0.1.0-py3-none-any.whl")
     root = Path(env["FAKE_STATE"]).parent / "root"
 
     r = run((bdir, wheel), env, "--dry-run")
@@ -380,3 +398,126 @@ def test_dcc_schemas_are_installed_with_the_right_modes_and_once(env, testdata, 
     assert r.returncode == 0, r.stdout + r.stderr
     after = snapshot(root)
     assert [k for k in after if after[k] != before.get(k)] == [f"etc/chot/dcc-schema/{rel}"]
+
+
+def key_copies(tree, key):
+    """Every place under `tree` that holds the device key's material: files, and members of tarballs and zips."""
+    body = b"".join(line for line in key.splitlines() if line and not line.startswith(b"-----"))
+    needles = (body[:48], key)
+    found = []
+    for p in sorted(tree.rglob("*")):
+        if not p.is_file() or p.is_symlink():
+            continue
+        data = p.read_bytes()
+        if any(n in data for n in needles):
+            found.append(str(p.relative_to(tree)))
+        if tarfile.is_tarfile(p):
+            with tarfile.open(p) as tar:
+                for m in tar.getmembers():
+                    f = tar.extractfile(m) if m.isfile() else None
+                    if f is not None and any(n in f.read() for n in needles):
+                        found.append(f"{p.relative_to(tree)}!{m.name}")
+        elif zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z:
+                found += [f"{p.relative_to(tree)}!{n}" for n in z.namelist() if any(x in z.read(n) for x in needles)]
+    return found
+
+
+@pytest.mark.parametrize("where", ["next to the bundle", "in the current directory"])
+def test_after_a_run_no_copy_of_the_key_remains_outside_etc_chot_tls(made, env, tmp_path, where):
+    """Attack: whoever later reads the technician's folder (or the Pi's SD card) finds the terminal's private key."""
+    fleet, tarball, wheel = made
+    key = (fleet.device_dir("pi-gate-1") / "device.key").read_bytes()
+    home = tmp_path / "home"
+    if where == "next to the bundle":
+        bdir = unpack(tarball, home)
+        cwd = home
+    else:  # downloaded into the current directory, unpacked elsewhere (tar xzf chot-<id>.tar.gz -C /tmp)
+        bdir = unpack(tarball, tmp_path / "unpacked")
+        home.mkdir()
+        shutil.move(str(tmp_path / "unpacked" / tarball.name), home / tarball.name)
+        cwd = home
+    assert len(key_copies(tmp_path, key)) == 2  # before: the bundle's tls/device.key and the tarball's member
+    r = run((bdir, wheel), env, cwd=cwd)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert key_copies(tmp_path, key) == ["root/etc/chot/tls/device.key"]
+    assert mode(tmp_path / "root/etc/chot/tls/device.key") == 0o600
+    assert key not in (r.stdout + r.stderr).encode()
+
+
+def test_keep_bundle_keeps_every_copy_and_says_so(bundle, env, made):
+    fleet, _tarball, _ = made
+    key = (fleet.device_dir("pi-gate-1") / "device.key").read_bytes()
+    tmp = Path(env["FAKE_STATE"]).parent
+    r = run(bundle, env, "--keep-bundle")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(key_copies(tmp, key)) == 3  # the installed one, the bundle's and the tarball's
+    assert "delete them yourself" in r.stdout
+
+
+def tree_state(tree):
+    """Everything about `tree` a write could change: each path's type, mode, owner, size, mtime and content."""
+    out = {}
+    for p in sorted(tree.rglob("*")):
+        st = p.lstat()
+        out[str(p.relative_to(tree))] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_size,
+                                         st.st_mtime_ns,
+                                         hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None)
+    return out
+
+
+def test_a_dry_run_leaves_an_installed_root_byte_identical_and_ends_by_saying_so(bundle, env, made, tmp_path):
+    """All would change (new config, new package and requirements, service stopped): a dry run changes nothing."""
+    bdir, _ = bundle
+    root = tmp_path / "root"
+    assert run(bundle, env, "--keep-bundle").returncode == 0
+    (bdir / "terminal.toml").write_text((bdir / "terminal.toml").read_text() + "# changed\n")
+    newer = make_wheel(tmp_path / "chot-0.2.0-py3-none-any.whl", REQUIREMENTS.read_bytes() + b"# another\n")
+    (Path(env["FAKE_STATE"]) / "active").unlink()
+    before_root, before_home = tree_state(root), tree_state(tmp_path / "home")
+    n = len(calls(env))
+    r = run((bdir, newer), env, "--dry-run")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert tree_state(root) == before_root
+    assert tree_state(tmp_path / "home") == before_home  # the bundle's key and its tarball too
+    assert changing(calls(env)[n:]) == []
+    for said in ("would install", "--require-hashes", "would remove", "would run: systemctl restart"):
+        assert said in r.stdout, said
+    assert r.stdout.rstrip("\n").splitlines()[-1].startswith(DRY_RUN_END)
+    # and on a machine with nothing to do, and when it stops at an error, its last words are the same
+    assert run(bundle, env).returncode == 0
+    r = run(bundle, env, "--dry-run")
+    assert r.returncode == 0 and "nothing changed and the terminal is running" in r.stdout
+    assert r.stdout.rstrip("\n").splitlines()[-1].startswith(DRY_RUN_END)
+    r = run((bdir, make_wheel(tmp_path / "old.whl", requirements=None)), env, "--dry-run")
+    assert r.returncode == 1 and "no hashed requirements" in r.stderr
+    assert r.stdout.rstrip("\n").splitlines()[-1].startswith(DRY_RUN_END)
+
+
+def test_a_wheel_without_hashed_requirements_is_refused(bundle, env, tmp_path):
+    """Without the hashes nothing is installed: no pip call, a message that says what to give."""
+    bdir, _ = bundle
+    r = run((bdir, make_wheel(tmp_path / "old.whl", requirements=None)), env)
+    assert r.returncode == 1
+    assert "lacks provisioning/requirements-terminal.txt" in r.stderr and "--requirements" in r.stderr
+    assert not any(c.startswith("pip") for c in calls(env))
+    unhashed = tmp_path / "plain.txt"
+    unhashed.write_text("paho-mqtt==2.2.0\n")
+    r = run(bundle, env, "--requirements", str(unhashed))
+    assert r.returncode == 1 and "carry no --hash=sha256" in r.stderr
+    assert not any(c.startswith("pip") for c in calls(env))
+
+
+def test_new_requirements_reinstall_and_the_same_ones_do_not(bundle, env, tmp_path):
+    assert run(bundle, env).returncode == 0
+    n = len(calls(env))
+    assert run(bundle, env).returncode == 0
+    assert [c for c in calls(env)[n:] if c.startswith("pip")] == []
+    other = tmp_path / "requirements-terminal.txt"
+    other.write_bytes(REQUIREMENTS.read_bytes() + b"# regenerated\n")
+    r = run(bundle, env, "--requirements", str(other))
+    assert r.returncode == 0, r.stdout + r.stderr
+    pips = [c for c in calls(env)[n:] if c.startswith("pip")]
+    assert len(pips) == 2 and "--require-hashes" in pips[0] and "--no-deps" in pips[1]
+    root = tmp_path / "root"
+    assert (root / "opt/chot/requirements-terminal.txt").read_bytes() == other.read_bytes()

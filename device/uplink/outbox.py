@@ -8,8 +8,11 @@ the sealed part is bound to it), checks it against the wire contract (`chot.wire
 stores its JSON exactly as it is published, and COMMITS before it returns: the daemon gives
 feedback only after that, so there is no PASS without a record.
 
-The database and its -wal and -shm files are created 0600 (and tightened to 0600 when found
-looser): they hold sealed personal parts and the terminal's movements.
+The database and its -wal and -shm files are created 0600 whatever the process umask (and
+tightened to 0600 when found looser): they hold sealed personal parts and the terminal's
+movements. SQLite gives the -wal and -shm files it creates later the database's own mode.
+`PRAGMA secure_delete` is on: the pages and cells of deleted (purged, evicted) events are
+overwritten with zeros, so a copied SD card does not give back events past their retention.
 
 The MQTT link reads `pending_raw()` (the stored JSON) in seq order, and `mark_delivered(upto)` when the collector's
 ack covers `upto` (it raises `delivered_upto` in the state row and never rewrites the events, so
@@ -111,7 +114,10 @@ def _create_private(path):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_MODE)
     except FileExistsError:
         return
-    os.close(fd)
+    try:
+        os.fchmod(fd, PRIVATE_MODE)  # whatever the umask took away (or left)
+    finally:
+        os.close(fd)
 
 
 def _tighten(path):
@@ -208,6 +214,7 @@ class Outbox:
                 "synchronous": synchronous,
                 "journal_size_limit": max(64 * 1024, min(WAL_LIMIT_MAX, int(max_bytes) // 8)),
                 "busy_timeout": int(busy_timeout_s * 1000),
+                "secure_delete": 1,  # deleted events are overwritten, not left in free pages
             },
             lock_type="IMMEDIATE",
             thread_safe=False,  # one connection shared by the threads, serialised by self._lock
