@@ -73,7 +73,7 @@ done
 ROOT="${ROOT%/}"
 if [ "$DRY_RUN" = 1 ]; then
   # the last words of a dry run, however it ends (done, nothing to do, or stopped by an error)
-  trap 'printf "==> dry run: nothing was changed (no file written or removed, no package installed, no service touched)\n"' EXIT
+  trap 'printf "==> chạy thử: không có gì bị thay đổi (không ghi hay xoá tệp nào, không cài gói nào, không đụng tới dịch vụ nào)\n==> dry run: nothing was changed (no file written or removed, no package installed, no service touched)\n"' EXIT
 fi
 
 ETC="$ROOT/etc/chot"

@@ -30,6 +30,7 @@ from provisioning.fleet import init_fleet
 SCRIPT = Path(__file__).resolve().parent.parent / "provisioning" / "setup-terminal.sh"
 REQUIREMENTS = SCRIPT.parent / "requirements-terminal.txt"
 DRY_RUN_END = "==> dry run: nothing was changed"
+DRY_RUN_END_VI = "==> chạy thử: không có gì bị thay đổi"  # Vietnamese first, on the line before
 ME = getpass.getuser()
 MY_GROUP = grp.getgrgid(os.getgid()).gr_name
 
@@ -484,6 +485,7 @@ def test_a_dry_run_leaves_an_installed_root_byte_identical_and_ends_by_saying_so
     for said in ("would install", "--require-hashes", "would remove", "would run: systemctl restart"):
         assert said in r.stdout, said
     assert r.stdout.rstrip("\n").splitlines()[-1].startswith(DRY_RUN_END)
+    assert r.stdout.rstrip("\n").splitlines()[-2].startswith(DRY_RUN_END_VI)
     # and on a machine with nothing to do, and when it stops at an error, its last words are the same
     assert run(bundle, env).returncode == 0
     r = run(bundle, env, "--dry-run")
