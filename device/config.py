@@ -88,6 +88,16 @@ SCHEMA = {
             "float", 24.0, min=0.0, max=24.0 * 365, help="a declaration older than this fails (expired)"
         ),
         "clock_skew_s": Field("float", 300.0, min=0.0, max=86400.0, help="tolerance for clocks running ahead"),
+        "clock_floor_tolerance_s": Field(
+            "float", 300.0, min=0.0, max=86400.0,
+            help="the clock reading more than this before the terminal's time floor (its latest event time, the "
+            "newest signed update's issue time) is behind: events flagged, time checks fail clock_behind",
+        ),
+        "max_list_age_h": Field(
+            "float", 72.0, min=0.0, max=24.0 * 365,
+            help="trusted issuers and deny list from the collector issued longer ago than this make the terminal "
+            "stale (status and status LED); 0: no age limit (their expiry still counts)",
+        ),
         "fail_on_symptoms": Field("bool", True, help="a declaration with symptoms fails"),
         "fail_on_contact": Field("bool", True, help="a declaration with contact with a case fails"),
         "fail_on_travel": Field("bool", False, help="a declaration with travel from an outbreak area fails"),
