@@ -396,8 +396,7 @@ class Terminal:
         if self.link is not None:
             self.link.start()
         self.set_health("ok")
-        self.check_time()
-        next_time_check = time.monotonic() + TIME_CHECK_S
+        next_time_check = time.monotonic() + TIME_CHECK_S  # each decision reads the clock against the floor too
         self.notifier.ready(f"scanning at {self.cfg.device.checkpoint} ({self.cfg.device.direction})")
         n = 0
         while not self._stop.is_set():
