@@ -143,6 +143,11 @@ class TimeFloor:
                              f"issued {rec['issued']}, applied before (kept in the outbox's time floor)")
         return None
 
+    def clear_held(self):
+        """Forget what is held (a new UpdateStore loads its kept file and says again)."""
+        with self._lock:
+            self._held.clear()
+
     def note_held(self, kind, version, issued, expires):
         """The terminal now uses this update of `kind` (replayed from the kept file, or just applied)."""
         with self._lock:

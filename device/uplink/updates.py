@@ -85,6 +85,7 @@ class UpdateStore:
         self._pending = {}  # kind -> (version, payload, envelope) offered, not yet committed
         self.refused = {}  # code (expired, older) -> count
         self._logged = set()  # (kind, version, code) already logged
+        self.floor.clear_held()
         self._load()
 
     # --- topics -----------------------------------------------------------------------------
