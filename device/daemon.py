@@ -349,6 +349,7 @@ class Terminal:
                             version, sealer.kid if sealer is not None else "(none: no personal part)")
             self.sealer = sealer
         self.checker = checker
+        self.floor.tolerance_s = float(getattr(checker.policy.cfg, "clock_floor_tolerance_s", self.floor.tolerance_s))
 
     # --- status for the uplink ------------------------------------------------------------
 

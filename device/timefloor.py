@@ -72,6 +72,7 @@ class TimeFloor:
         self._lock = threading.Lock()
         self._applied = {}  # kind -> {"version", "issued", "expires"}: the newest applied (durable)
         self._held = {}  # kind -> {"version", "issued", "expires"}: what this process uses now
+        self._lowered = 0  # times a signed ack lowered the event floor (logged once, then at debug)
         if store is not None:
             for kind, rec in store.floor_rows().items():
                 if kind in SIGNED_KINDS:
@@ -116,9 +117,11 @@ class TimeFloor:
         ev = self.store.event_floor
         if ev is None or t >= ev - timedelta(seconds=self.tolerance_s):
             return False
-        log.warning("the collector's signed time %s is %.0f s before this terminal's latest event time %s: the "
-                    "clock ran ahead when those events were recorded; time floor lowered to the collector's time",
-                    collector_time, (ev - t).total_seconds(), ev.isoformat())
+        self._lowered += 1
+        log.log(logging.WARNING if self._lowered == 1 else logging.DEBUG,
+                "the collector's signed time %s is %.0f s before this terminal's latest event time %s: the clock "
+                "ran ahead when those events were recorded (or the collector's runs late); time floor lowered to "
+                "the collector's time", collector_time, (ev - t).total_seconds(), ev.isoformat())
         self.store.reset_event_floor(t)
         return True
 
