@@ -249,6 +249,13 @@ def test_stale_lists_are_in_the_retained_status_and_on_the_status_led(tmp_path, 
         publish(broker.port, DENY, wire.sign_envelope(key, "denylist", 2, deny_body(2)))
         assert wait_until(lambda: status().stale == [] and status().lists["denylist"].version == 2, timeout=15)
         assert term.feedback.status == "ok"
+        # the clock set back 2.5 days: below the fresh list's issue time, so the status says clock_behind
+        term._now = lambda: datetime.now(UTC) - timedelta(days=2.5)
+        assert wait_until(lambda: status().clock_behind is True, timeout=15)
+        assert term.feedback.status == "clock_behind"
+        term._now = lambda: datetime.now(UTC)
+        assert wait_until(lambda: status().clock_behind is False, timeout=15)
+        assert term.feedback.status == "ok"
     # a kept list that expires while the terminal is off is still used at start, and reported stale
     short = wire.sign_envelope(key, "denylist", 3, deny_body(3), issued=iso(now - timedelta(hours=2)),
                                expires=iso(now - timedelta(hours=1)))
