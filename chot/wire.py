@@ -89,6 +89,7 @@ class Reason(StrEnum):
     TEST_EXPIRED = "test_expired"
     TEST_POSITIVE = "test_positive"
     MANUAL = "manual"
+    CLOCK_BEHIND = "clock_behind"
 
 
 # kept for the callers that list them
@@ -488,27 +489,60 @@ def offline_status(device_id):
 
 
 # --- signed envelopes: collector -> devices (config, denylist, trust) -------------------------
-# {"kind": str, "version": int, "issued": ISO, "target": device id or "*", "body": {...},
-#  "alg": "Ed25519", "sig": base64url(signature over canonical JSON of the other five fields)}
+# {"kind": str, "version": int, "issued": ISO, "expires": ISO, "target": device id or "*", "body": {...},
+#  "alg": "Ed25519", "sig": base64url(signature over canonical JSON of the other six fields)}
+# `expires` is required: a terminal refuses an envelope past it (a replayed old list dies with
+# its expiry). `sign_envelope` defaults it to `issued` + DEFAULT_TTL_S[kind].
 
 SIGNED_KINDS = ("config", "denylist", "trust")
+DEFAULT_TTL_S = {"config": 30 * 86400, "denylist": 7 * 86400, "trust": 7 * 86400}
+_SIGNED_FIELDS = ("kind", "version", "issued", "expires", "target", "body")
+_ENVELOPE_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 
 
 def _signed_bytes(env):
-    return dumps({k: env[k] for k in ("kind", "version", "issued", "target", "body")})
+    return dumps({k: env[k] for k in _SIGNED_FIELDS})
 
 
-def sign_envelope(private_key, kind, version, body, target="*", issued=None):
-    """Sign a message with the collector's Ed25519 private key; return JSON bytes."""
+def envelope_time(text):
+    """The UTC datetime of an envelope's `issued` or `expires` (ISO text ending in Z), or None when not one."""
+    from datetime import UTC
+
+    if not isinstance(text, str) or not _ENVELOPE_TIME.fullmatch(text):
+        return None
+    try:
+        return datetime.fromisoformat(text[:19]).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def sign_envelope(private_key, kind, version, body, target="*", issued=None, expires=None, ttl_s=None):
+    """Sign a message with the collector's Ed25519 private key; return JSON bytes.
+
+    `expires` (ISO UTC text) defaults to `issued` + `ttl_s` (default DEFAULT_TTL_S[kind]).
+    """
     import base64
-    from datetime import UTC, datetime
+    from datetime import UTC, timedelta
 
     if kind not in SIGNED_KINDS:
         raise ValueError(f"kind must be one of {SIGNED_KINDS}")
+    issued = issued or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    issued_at = envelope_time(issued)
+    if issued_at is None:
+        raise ValueError(f"issued {issued!r} must be UTC ISO text like 2021-08-09T07:00:00Z")
+    if expires is None:
+        ttl = DEFAULT_TTL_S[kind] if ttl_s is None else float(ttl_s)
+        if ttl <= 0:
+            raise ValueError(f"the time to live of a signed {kind} must be positive, not {ttl_s}")
+        expires = (issued_at + timedelta(seconds=ttl)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    expires_at = envelope_time(expires)
+    if expires_at is None or expires_at <= issued_at:
+        raise ValueError(f"expires {expires!r} must be UTC ISO text later than issued {issued!r}")
     env = {
         "kind": kind,
         "version": int(version),
-        "issued": issued or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "issued": issued,
+        "expires": expires,
         "target": target,
         "body": body,
     }
@@ -519,7 +553,11 @@ def sign_envelope(private_key, kind, version, body, target="*", issued=None):
 
 
 def verify_envelope(public_key, payload, kind, target=None):
-    """Verify a signed message; return the envelope dict or raise WireError saying why."""
+    """Verify a signed message; return the envelope dict or raise WireError saying why.
+
+    The signature covers `expires`; whether the envelope has expired is the receiver's call
+    (it knows its time floor): see device/uplink/updates.py.
+    """
     import base64
 
     from cryptography.exceptions import InvalidSignature
@@ -528,13 +566,16 @@ def verify_envelope(public_key, payload, kind, target=None):
         env = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise WireError("signed message is not JSON", "bad_envelope") from None
-    need = ("kind", "version", "issued", "target", "body", "alg", "sig")
+    need = (*_SIGNED_FIELDS, "alg", "sig")
     if not isinstance(env, dict) or any(k not in env for k in need):
-        raise WireError("signed message lacks fields: needs " + ", ".join(need), "bad_envelope")
+        raise WireError("signed message lacks fields: needs " + ", ".join(need) + " (a collector older than "
+                        "the expiry of signed updates: upgrade it and publish again)", "bad_envelope")
     if env["kind"] != kind:
         raise WireError(f"expected a {kind!r} message, found {env['kind']!r}", "bad_envelope")
     if not _is_int(env["version"]) or env["alg"] != "Ed25519" or not isinstance(env["sig"], str):
         raise WireError("bad version, alg or sig", "bad_envelope")
+    if envelope_time(env["issued"]) is None or envelope_time(env["expires"]) is None:
+        raise WireError("issued and expires must be UTC ISO times like 2021-08-09T07:00:00Z", "bad_envelope")
     if target is not None and env["target"] not in ("*", target):
         raise WireError(f"message is for {env['target']!r}, not {target!r}", "wrong_target")
     try:

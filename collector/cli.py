@@ -49,10 +49,13 @@ def register(sub):
     c.add_argument("device", help="device id")
     c.add_argument("file", help="config overrides (TOML, or .json)")
     c.add_argument("--dry-run", action="store_true", help="print the signed message instead of publishing it")
+    c.add_argument("--ttl-h", type=float, help="hours until it expires (default collector.config_ttl_h)")
 
     c = cmd("publish-denylist", _publish_denylist, "publish the signed deny list to every terminal, retained")
     c.add_argument("file", help="one a line (# comments): an ID number, nd:NAME|YYYY-MM-DD, or revoked:<credential id>")
     c.add_argument("--dry-run", action="store_true", help="print the signed message instead of publishing it")
+    c.add_argument("--ttl-h", type=float, help="hours until it expires (default collector.denylist_ttl_h); "
+                   "terminals call a list older than their policy.max_list_age_h stale: publish it again daily")
     c.add_argument("--argon2-t", type=int, help="Argon2id passes (default chot.personal.ARGON2_DEFAULT)")
     c.add_argument("--argon2-m-kib", type=int, help="Argon2id memory, KiB")
     c.add_argument("--argon2-p", type=int, help="Argon2id lanes")
@@ -60,6 +63,8 @@ def register(sub):
     c = cmd("publish-trust", _publish_trust, "publish the signed trusted issuers to every terminal, retained")
     c.add_argument("files", nargs="+", help="issuer public keys / certificates (PEM), JSON trust lists, folders")
     c.add_argument("--dry-run", action="store_true", help="print the signed message instead of publishing it")
+    c.add_argument("--ttl-h", type=float, help="hours until it expires (default collector.trust_ttl_h); "
+                   "terminals call a list older than their policy.max_list_age_h stale: publish it again daily")
 
     person_help = "an ID number, or nd:NAME|YYYY-MM-DD for a certificate without one"
     case_help = "the case this look-up is for (required; written to the audit log with your user name)"
@@ -215,7 +220,7 @@ def _set_config(args):
     return _publish(
         args,
         f"config for {args.device}",
-        lambda st, cfg, publish: set_config(st, cfg, args.device, args.file, publish=publish),
+        lambda st, cfg, publish: set_config(st, cfg, args.device, args.file, publish=publish, ttl_h=args.ttl_h),
     )
 
 
@@ -231,13 +236,15 @@ def _publish_denylist(args):
             if v is not None:
                 params[k] = v
     return _publish(args, "deny list",
-                    lambda st, cfg, publish: publish_denylist(st, cfg, args.file, publish=publish, params=params))
+                    lambda st, cfg, publish: publish_denylist(st, cfg, args.file, publish=publish, params=params,
+                                                              ttl_h=args.ttl_h))
 
 
 def _publish_trust(args):
     from collector.signing import publish_trust
 
-    return _publish(args, "trust list", lambda st, cfg, publish: publish_trust(st, cfg, args.files, publish=publish))
+    return _publish(args, "trust list", lambda st, cfg, publish: publish_trust(st, cfg, args.files, publish=publish,
+                                                                               ttl_h=args.ttl_h))
 
 
 def _query(args, fn, keys=False):

@@ -59,6 +59,18 @@ class CollectorSettings(Settings):
     signing_key: FilePath | None = setting(
         None, help="Ed25519 private key (PEM, 0600) signing config and lists"
     )
+    config_ttl_h: float = setting(
+        720.0, min=0.1, max=24.0 * 3650,
+        help="a signed config expires this many hours after it is issued (terminals refuse it then)",
+    )
+    denylist_ttl_h: float = setting(
+        168.0, min=0.1, max=24.0 * 3650,
+        help="a signed deny list expires this many hours after it is issued: publish it again before",
+    )
+    trust_ttl_h: float = setting(
+        168.0, min=0.1, max=24.0 * 3650,
+        help="signed trusted issuers expire this many hours after they are issued: publish them again before",
+    )
     gap_report_s: float = setting(
         300.0, min=0.0, max=30 * 86400.0, help="a gap in a device's seq open this long is reported"
     )

@@ -14,7 +14,11 @@
              "files": [{"name": ..., "pem": "..."} | {"name": ..., "json": {...}}]}: the
              trusted issuers' public keys, certificates and trust lists.
 
-Each message's version grows per topic and is kept in the database (`chot_published`).
+Each message's version grows per topic and is kept in the database (`chot_published`). Each
+carries a signed expiry (`expires`): `collector.config_ttl_h`, `denylist_ttl_h`, `trust_ttl_h`
+hours after it is issued (or `--ttl-h`). A terminal refuses an expired message and reports a
+list older than its `policy.max_list_age_h` as `stale`: publish the lists again regularly (a
+timer running `chot collector publish-denylist` / `publish-trust` daily), even unchanged.
 """
 
 import json
@@ -216,25 +220,37 @@ def publish_retained(cfg, topic, payload, timeout=15.0):
     log.info("published %d bytes on %s", len(payload), topic)
 
 
-def signed(storage, cfg, kind, body, topic, target="*", key=None):
+def ttl_s(cfg, kind, ttl_h=None):
+    """Seconds a signed `kind` lives: `ttl_h` hours when given, else `collector.<kind>_ttl_h`."""
+    if ttl_h is None:
+        ttl_h = getattr(cfg.collector, f"{kind}_ttl_h", wire.DEFAULT_TTL_S[kind] / 3600.0)
+    if not ttl_h or ttl_h <= 0:
+        raise CollectorError(f"the time to live of a signed {kind} must be positive (hours), not {ttl_h}")
+    return float(ttl_h) * 3600.0
+
+
+def signed(storage, cfg, kind, body, topic, target="*", key=None, ttl_h=None):
     """Sign `body` as a `kind` envelope with the next version for `topic`; return (payload, version)."""
     key = key or load_signing_key(cfg.collector.signing_key)
+    ttl = ttl_s(cfg, kind, ttl_h)
     version = storage.next_publish_version(topic)
-    return wire.sign_envelope(key, kind, version, body, target=target), version
+    return wire.sign_envelope(key, kind, version, body, target=target, ttl_s=ttl), version
 
 
-def set_config(storage, cfg, device_id, path, publish=True):
+def set_config(storage, cfg, device_id, path, publish=True, ttl_h=None):
     if not wire.DEVICE_ID_RE.fullmatch(device_id):
         raise CollectorError(f"{device_id!r} is not a device id")
     body = read_config_body(path)
-    payload, version = signed(storage, cfg, "config", body, wire.config_topic(device_id), target=device_id)
+    payload, version = signed(storage, cfg, "config", body, wire.config_topic(device_id), target=device_id,
+                              ttl_h=ttl_h)
     if publish:
         publish_retained(cfg, wire.config_topic(device_id), payload)
     return payload, version
 
 
-def publish_denylist(storage, cfg, path, publish=True, params=None):
-    """Sign and publish the deny list of `path` (see read_denylist_input); `params` the Argon2 ones.
+def publish_denylist(storage, cfg, path, publish=True, params=None, ttl_h=None):
+    """Sign and publish the deny list of `path` (see read_denylist_input); `params` the Argon2 ones,
+    `ttl_h` its life in hours (default `collector.denylist_ttl_h`).
 
     Returns (payload, version, number of entries).
     """
@@ -248,18 +264,19 @@ def publish_denylist(storage, cfg, path, publish=True, params=None):
             raise CollectorError(str(exc)) from None
     topic = wire.broadcast_topic("denylist")
     key = load_signing_key(cfg.collector.signing_key)
+    ttl = ttl_s(cfg, "denylist", ttl_h)
     version = storage.next_publish_version(topic)
     body = denylist_body(version, persons, creds, params)
-    payload = wire.sign_envelope(key, "denylist", version, body, target="*")
+    payload = wire.sign_envelope(key, "denylist", version, body, target="*", ttl_s=ttl)
     if publish:
         publish_retained(cfg, topic, payload)
     return payload, version, len(persons) + len(creds)
 
 
-def publish_trust(storage, cfg, paths, publish=True):
+def publish_trust(storage, cfg, paths, publish=True, ttl_h=None):
     body = trust_body(paths)
     topic = wire.broadcast_topic("trust")
-    payload, version = signed(storage, cfg, "trust", body, topic)
+    payload, version = signed(storage, cfg, "trust", body, topic, ttl_h=ttl_h)
     if publish:
         publish_retained(cfg, topic, payload)
     return payload, version, len(body["files"])

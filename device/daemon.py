@@ -14,6 +14,13 @@ with `chot.personal.Sealer`, which the terminal cannot open; the clear part hold
 counting and fleet fields. Without a sealing key events carry no personal part at all (one
 warning at start). Cooldowns keep only keyed hashes under a secret random per process. Logs,
 the status and `decisions` never name anyone.
+
+Time (device/timefloor.py): each clock reading is compared with the terminal's time floor, kept in
+the outbox. A reading more than `policy.clock_floor_tolerance_s` before it is `behind`: the event
+says so (`clock.behind`), time-dependent checks fail closed with `clock_behind` (the fault signal:
+the terminal, not the person, is at fault) and the status LED shows `clock_behind`. Signed lists
+past their expiry or older than `policy.max_list_age_h` make the terminal `stale` (status LED and
+the retained status: `stale`, `lists`, `clock_behind`).
 """
 
 import logging
@@ -34,11 +41,15 @@ from device.credentials.result import Decision, Verification
 from device.scanner.assemble import ChunkAssembler
 from device.scanner.decode import make_decoder
 from device.systemd import Notifier
+from device.timefloor import TimeFloor
 
 log = logging.getLogger(__name__)
 
 # Reasons that get the "unreadable" pattern rather than the plain FAIL one.
 UNREADABLE_REASONS = {"unreadable", "unsigned", "unknown_format", "incomplete", "format_not_accepted"}
+# Reasons that are the terminal's own failure, not the person's: the fault signal.
+FAULT_REASONS = {"outbox_full", "clock_behind"}
+TIME_CHECK_S = 30.0  # the run loop looks at the time floor and the lists' age this often
 # Formats whose signature and issuer the terminal verifies: only these make a person's record.
 SIGNED_FORMATS = frozenset({Format.NATIVE.value, Format.DCC.value, Format.SHC.value})
 NO_SEAL_WARNING = ("privacy.seal_public_key is not set: events carry no personal part; "
@@ -49,7 +60,7 @@ def feedback_kind(decision):
     """Which feedback pattern a decision gets: pass, fail, unreadable or fault."""
     if decision.passed:
         return "pass"
-    if decision.reason == "outbox_full":
+    if decision.reason in FAULT_REASONS:
         return "fault"
     if decision.reason in UNREADABLE_REASONS:
         return "unreadable"
@@ -123,6 +134,11 @@ class Terminal:
         self._faulted = False
         self._damaged = 0  # the last 3 frames: bit set where a QR symbol was seen but not read
         self._uplink_state = "ok"
+        # The time floor (in the outbox when there is one): clock set back, lists too old.
+        self.floor = getattr(outbox, "time_floor", None) or TimeFloor()
+        self.floor.tolerance_s = float(getattr(cfg.policy, "clock_floor_tolerance_s", self.floor.tolerance_s))
+        self._behind = False
+        self._stale = []
         # (event or None, Decision, Verification) of the last run, for the demo. The event has
         # no personal data in clear; the Verification holds it in memory only (never print it).
         self.decisions = []
@@ -181,7 +197,7 @@ class Terminal:
             if self.cooldown.seen("t:" + text, mono):
                 continue
             at, clock = self._clock_reading()
-            verification, decision = self.checker.check(text, at)
+            verification, decision = self.checker.check(text, at, clock_behind=bool(clock.get("behind")))
             pid = verification.person_id
             # The same person with another code within the cooldown. A verified credential and an
             # unverified claim of the same person are kept apart: a claim never hides a credential.
@@ -200,7 +216,42 @@ class Terminal:
         `time` and its `clock` all come from this reading.
         """
         at = self._now()
-        return at, clock_quality()
+        clock = clock_quality()
+        behind = self.floor.behind(at)
+        if behind:
+            clock = dict(clock, behind=True)
+        if behind != self._behind:
+            self._set_behind(behind, at)
+        return at, clock
+
+    def _set_behind(self, behind, at):
+        self._behind = behind
+        if behind:
+            floor = self.floor.floor()
+            log.error("the clock reads %s, before this terminal's time floor %s (set back, or lost at boot): events "
+                      "are flagged and time checks fail closed (clock_behind) until it is right",
+                      utc_now_iso(at), utc_now_iso(floor) if floor else "?")
+        else:
+            log.warning("the clock is no longer behind the time floor: time checks are back")
+        self._show_status()
+
+    def check_time(self, at=None):
+        """Look at the time floor and the signed lists' age now: (behind, stale kinds); updates the status LED."""
+        at = self._now() if at is None else at
+        behind = self.floor.behind(at)
+        if behind != self._behind:
+            self._set_behind(behind, at)
+        max_age = getattr(self.checker.policy.cfg, "max_list_age_h", 0.0)
+        stale = self.floor.stale(at, max_age)
+        if stale != self._stale:
+            self._stale = stale
+            if stale:
+                log.error("signed lists are stale (%s): past their expiry or older than policy.max_list_age_h = %s h; "
+                          "the collector must publish fresh ones", ", ".join(stale), max_age)
+            else:
+                log.warning("signed lists are fresh again")
+            self._show_status()
+        return behind, stale
 
     def _seal(self, uuid, verification):
         """The sealed personal part of an event, or None (no person, or no sealing key)."""
@@ -298,26 +349,43 @@ class Terminal:
                             version, sealer.kid if sealer is not None else "(none: no personal part)")
             self.sealer = sealer
         self.checker = checker
+        self.floor.tolerance_s = float(getattr(checker.policy.cfg, "clock_floor_tolerance_s", self.floor.tolerance_s))
 
     # --- status for the uplink ------------------------------------------------------------
 
     def status(self):
         """The terminal's part of the retained status (the link adds the outbox figures)."""
+        behind, stale = self.check_time()
         return {
             "version": __version__,
             "clock_synced": clock_quality()["synced"],
             "last_scan": self.last_scan,
             "passes": self.counts["PASS"],
             "fails": self.counts["FAIL"],
+            "clock_behind": behind,
+            "stale": stale,
+            "lists": self.floor.lists(),
         }
 
     def set_health(self, state):
-        """The status LED: `fault` (outbox cannot record) wins over `uplink_down`, then `ok`."""
+        """The uplink's health (`ok`, `uplink_down`) or `fault`; the status LED shows the worst state."""
         if state in ("ok", "uplink_down"):
             self._uplink_state = state
-        if self.feedback is None:
-            return
-        self.feedback.set_status("fault" if self._faulted else self._uplink_state)
+        self._show_status()
+
+    def status_state(self):
+        """The status LED's state: `fault` (outbox cannot record), then `clock_behind`, `uplink_down`, `stale`, `ok`."""
+        if self._faulted:
+            return "fault"
+        if self._behind:
+            return "clock_behind"
+        if self._uplink_state == "uplink_down":
+            return "uplink_down"
+        return "stale" if self._stale else "ok"
+
+    def _show_status(self):
+        if self.feedback is not None:
+            self.feedback.set_status(self.status_state())
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -329,6 +397,7 @@ class Terminal:
         if self.link is not None:
             self.link.start()
         self.set_health("ok")
+        next_time_check = time.monotonic() + TIME_CHECK_S  # each decision reads the clock against the floor too
         self.notifier.ready(f"scanning at {self.cfg.device.checkpoint} ({self.cfg.device.direction})")
         n = 0
         while not self._stop.is_set():
@@ -339,6 +408,9 @@ class Terminal:
                 self.process_frame(frame)
             except ChotError as exc:
                 log.error("frame skipped: %s", exc)
+            if time.monotonic() >= next_time_check:
+                next_time_check = time.monotonic() + TIME_CHECK_S
+                self.check_time()
             self.notifier.watchdog()
             n += 1
             if max_frames is not None and n >= max_frames:

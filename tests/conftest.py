@@ -72,3 +72,14 @@ def mock_pins():
     yield Device.pin_factory
     Device.pin_factory.reset()
     Device.pin_factory = old
+
+
+@pytest.fixture(autouse=True)
+def _no_clock_anchor_across_tests():
+    """The collector's time anchor (device.clock.set_ref) lives for the process: one test's acks must
+    not raise another test's time floor (device/timefloor.py)."""
+    from device import clock
+
+    clock.clear_ref()
+    yield
+    clock.clear_ref()

@@ -178,9 +178,9 @@ def test_button_calls_the_manual_callback(fb):
 
 def test_status_patterns(fb):
     cycles = {s: patterns.status_cycles(s, fb.cfg) for s in patterns.STATUSES}
-    assert len({tuple(c) for c in cycles.values()}) == 4  # four distinct patterns
-    assert cycles["off"] == [] and len(cycles["uplink_down"]) == 2
-    for state in ("ok", "fault", "uplink_down"):
+    assert len({tuple(c) for c in cycles.values()}) == len(patterns.STATUSES)  # each its own pattern
+    assert cycles["off"] == [] and len(cycles["uplink_down"]) == 2 and len(cycles["stale"]) == 3
+    for state in ("ok", "fault", "uplink_down", "stale", "clock_behind"):
         fb.status_led.pin.clear_states()
         fb.set_status(state)
         assert fb.status == state

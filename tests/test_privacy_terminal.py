@@ -316,7 +316,7 @@ def test_a_stolen_terminal_reveals_nobody(stolen):
     # 4. the clear part is exactly the contract's, and says nothing per person
     for e in events:
         assert set(e) == ALLOWED_CLEAR
-        assert set(e["clock"]) <= {"synced", "boot_id", "mono_ns", "ref", "behind"}  # clock quality only
+        assert set(e["clock"]) <= {"synced", "boot_id", "mono_ns", "ref", "behind"}  # ref: the collector's anchor
         assert e["sealed"] is None or set(e["sealed"]) == {"kid", "epk", "ct"}
         assert wire.validate_event(e) == []
     assert [e["verified"] for e in events if e["format"] == "plain"] == [False] * 4
@@ -333,5 +333,5 @@ def test_a_stolen_terminal_reveals_nobody(stolen):
         rows = con.execute("SELECT body FROM event ORDER BY seq").fetchall()
     finally:
         con.close()
-    assert tables == {"event", "outbox_state"}
+    assert tables == {"event", "outbox_state", "time_floor"}  # time_floor: times and list versions, nobody
     assert [json.loads(b) for (b,) in rows] == events

@@ -14,6 +14,13 @@ Rules come from the `[policy]` section of the terminal config (device/config.py)
 6. DCC and SHC: `device.credentials.dcc.rules(v, cfg, at)` / `shc.rules(v, cfg, at)` return a
    reason code or None (`cfg` is the policy namespace with every key of `PolicySettings`).
 
+With `clock_behind` (the terminal's clock reads before its time floor, device/timefloor.py) every
+check that compares with the time fails closed, reason `clock_behind`: a signed credential that
+verified (or failed only on its dates: `expired`, `not_yet_valid`) cannot be judged, since its
+issue, expiry, age, test and recovery dates all need the time. Failures that do not depend on
+the time keep their reason (a bad signature, an unknown issuer, the deny list); an accepted plain
+text and the guard's manual pass involve no time and are unchanged.
+
 Otherwise PASS, reason `ok`. `Checker` bundles trust, verification and policy for the daemon
 and `chot scan`: `Checker.from_config(cfg.policy).check(text, at) -> (Verification, Decision)`.
 `from_config` also points the DCC schema check at `policy.dcc_schema_dir` when it is set (for
@@ -39,6 +46,8 @@ log = logging.getLogger(__name__)
 
 PASS, FAIL = DecisionCode.PASS, DecisionCode.FAIL
 _HOOKED = ("dcc", "shc")
+# verification failures that come from comparing dates with the clock
+TIME_REASONS = frozenset({Reason.EXPIRED, Reason.NOT_YET_VALID, Reason.RECOVERY_EXPIRED, Reason.TEST_EXPIRED})
 
 
 def policy_namespace(policy_cfg=None):
@@ -89,8 +98,12 @@ class Policy:
     def _plain_accepted(self):
         return bool(self.cfg.accept_plain) or "plain" in self.cfg.accept_formats
 
-    def decide(self, v, at=None) -> Decision:
-        """PASS or FAIL with a reason for a Verification at instant `at` (default now)."""
+    def decide(self, v, at=None, clock_behind=False) -> Decision:
+        """PASS or FAIL with a reason for a Verification at instant `at` (default now).
+
+        `clock_behind`: the clock reading `at` is behind the terminal's time floor; every time check
+        fails closed with `clock_behind` (see the module doc).
+        """
         at = _utc(at)
         cfg = self.cfg
         if v.format == "plain":  # unsigned: never looked up in the deny list
@@ -98,12 +111,16 @@ class Policy:
                 return Decision(FAIL, Reason.UNSIGNED)
             return Decision(PASS, Reason.OK)
         if not v.verified:
+            if clock_behind and v.reason in TIME_REASONS:
+                return Decision(FAIL, Reason.CLOCK_BEHIND)
             return Decision(FAIL, v.reason or Reason.UNREADABLE)
         if v.format not in cfg.accept_formats:
             return Decision(FAIL, Reason.FORMAT_NOT_ACCEPTED)
         denied = self._denied(v)
         if denied:
             return Decision(FAIL, denied)
+        if clock_behind:
+            return Decision(FAIL, Reason.CLOCK_BEHIND)
         if v.format == "native":
             return self._native(v, at)
         rules = self._rules.get(v.format)
@@ -179,12 +196,15 @@ class Checker:
         denylist = DenyList.load(cfg.denylist) if cfg.denylist else DenyList()
         return cls(trust, Policy(cfg, denylist))
 
-    def check(self, text, at=None):
-        """(Verification, Decision) for one QR text at instant `at` (default now). Never raises on bad input."""
+    def check(self, text, at=None, clock_behind=False):
+        """(Verification, Decision) for one QR text at instant `at` (default now). Never raises on bad input.
+
+        `clock_behind`: `at` reads before the terminal's time floor; time checks fail `clock_behind`.
+        """
         at = _utc(at)
         v = verify_text(text, self.trust, at, skew_s=self.policy.cfg.clock_skew_s)
         try:
-            d = self.policy.decide(v, at)
+            d = self.policy.decide(v, at, clock_behind=clock_behind)
         except Exception as exc:  # a rule's bug must not stop the terminal
             log.error("policy failed unexpectedly (%s); FAIL unreadable", type(exc).__name__)
             d = Decision(FAIL, Reason.UNREADABLE)

@@ -33,6 +33,7 @@ REASONS = {
     "test_expired": "DCC: the negative test is older than policy.dcc_test_hours",
     "test_positive": "DCC: the test result is positive",
     "manual": "recorded by a guard: a person checked on paper",
+    "clock_behind": "the terminal's clock reads before its time floor (set back, or lost): time checks fail closed",
 }
 
 

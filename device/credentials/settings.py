@@ -17,6 +17,16 @@ class PolicySettings(Settings):
     )
     max_age_h: float = setting(24.0, min=0.0, max=24.0 * 365, help="a declaration older than this fails (expired)")
     clock_skew_s: float = setting(300.0, min=0.0, max=86400.0, help="tolerance for clocks running ahead")
+    clock_floor_tolerance_s: float = setting(
+        300.0, min=0.0, max=86400.0,
+        help="the clock reading more than this before the terminal's time floor (its latest event time, the "
+        "newest signed update's issue time) is behind: events flagged, time checks fail clock_behind",
+    )
+    max_list_age_h: float = setting(
+        72.0, min=0.0, max=24.0 * 365,
+        help="trusted issuers and deny list from the collector issued longer ago than this make the terminal "
+        "stale (status and status LED); 0: no age limit (their expiry still counts)",
+    )
     fail_on_symptoms: bool = setting(True, help="a declaration with symptoms fails")
     fail_on_contact: bool = setting(True, help="a declaration with contact with a case fails")
     fail_on_travel: bool = setting(False, help="a declaration with travel from an outbreak area fails")

@@ -233,7 +233,8 @@ class Feedback:
     # -- status LED --------------------------------------------------------------------------
 
     def set_status(self, state):
-        """Status LED: "ok" (heartbeat), "fault" (fast blink), "uplink_down" (double flash), "off"."""
+        """Status LED: "ok" (heartbeat), "fault" (fast blink), "uplink_down" (double flash), "stale" (triple
+        flash), "clock_behind" (long on, short off), "off"."""
         cycles = patterns.status_cycles(state, self.cfg)
         with self._lock:
             if self._closed or state == self._status:

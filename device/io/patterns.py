@@ -14,7 +14,9 @@ is what tests compare with the mock pins' `states`. `timeline(steps)` flattens a
 
 The status LED repeats a list of (on_s, off_s) cycles until the state changes:
 ok = one short flash per `heartbeat_s`, fault = fast even blink (`fault_blink_s`),
-uplink_down = a double flash per `heartbeat_s`, off = dark.
+uplink_down = a double flash per `heartbeat_s`, stale (signed lists too old or expired) = a
+triple flash per `heartbeat_s`, clock_behind (the clock reads before the time floor) = on for
+most of each `heartbeat_s` with one short dark gap, off = dark.
 """
 
 from collections import namedtuple
@@ -26,7 +28,7 @@ Step = namedtuple("Step", "device on_s off_s n")
 Step.__doc__ = "One device of a signal: on `on_s`, off `off_s`, `n` times."
 
 SIGNALS = ("pass", "fail", "unreadable", "unsigned", "fault")
-STATUSES = ("ok", "fault", "uplink_down", "off")
+STATUSES = ("ok", "fault", "uplink_down", "stale", "clock_behind", "off")
 SIGNAL_DEVICES = ("pass_led", "fail_led", "buzzer", "relay")
 
 
@@ -77,6 +79,10 @@ def status_cycles(state, fb):
         return [(fb.fault_blink_s, fb.fault_blink_s)]
     if state == "uplink_down":
         return [(0.1 * h, 0.1 * h), (0.1 * h, 0.7 * h)]
+    if state == "stale":
+        return [(0.1 * h, 0.1 * h), (0.1 * h, 0.1 * h), (0.1 * h, 0.5 * h)]
+    if state == "clock_behind":
+        return [(0.8 * h, 0.2 * h)]
     if state == "off":
         return []
     raise ValueError(f"unknown status {state!r}; allowed: {', '.join(STATUSES)}")

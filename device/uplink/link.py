@@ -146,7 +146,9 @@ class Link:
         self.ack_key = public_key  # acks must be signed by the collector when it is pinned
         self._warned_unsigned = False
         self.backoff = Backoff(m.reconnect_min_s, m.reconnect_max_s)
-        self.updates = UpdateStore(store_path_for(cfg.outbox.path), public_key, self.device_id)
+        # the time floor kept in the outbox: expiry and replay of signed updates, signed ack times
+        self.floor = getattr(outbox, "time_floor", None)
+        self.updates = UpdateStore(store_path_for(cfg.outbox.path), public_key, self.device_id, floor=self.floor)
 
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -495,6 +497,8 @@ class Link:
             # It answers a message of this connection: the collector's time is at most one round
             # trip older than its arrival (an ack queued while the terminal was away would not be).
             clock.set_ref(ack.time, arrived_ns)
+            if self.ack_key is not None and self.floor is not None:
+                self.floor.note_collector_time(ack.time)  # signed: it may correct a floor set too far ahead
         if seq <= self._acked:
             return
         self.outbox.mark_delivered(seq)
@@ -613,6 +617,10 @@ class Link:
             src.setdefault("outbox_depth", stats.get("depth"))
             src.setdefault("oldest_undelivered_time", stats.get("oldest_undelivered_time"))
             src.setdefault("last_seq", stats.get("last_seq"))
+        if "stale" not in src and self.floor is not None:  # no daemon (tools, tests): the floor's own view
+            src["stale"] = self.floor.stale(max_list_age_h=getattr(self.cfg.policy, "max_list_age_h", 0.0))
+            src["lists"] = self.floor.lists()
+            src["clock_behind"] = self.floor.behind(datetime.now(UTC))
         if "clock_synced" not in src:
             from device.clock import clock_quality
 
@@ -631,6 +639,11 @@ class Link:
             "passes": int(src.get("passes") or 0),
             "fails": int(src.get("fails") or 0),
             "last_seq": src.get("last_seq"),
+            # the time floor's view (device/timefloor.py): lists past their age or expiry, the lists held,
+            # and whether the wall clock reads before the floor
+            "stale": src.get("stale"),
+            "lists": src.get("lists"),
+            "clock_behind": src.get("clock_behind"),
         }
 
     def _status_payload(self, online):

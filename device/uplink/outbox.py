@@ -40,6 +40,14 @@ transaction (sqlite3 caches the prepared statements), without building SQL per e
 
 One connection, guarded by a lock: the frame loop appends while the MQTT thread reads and
 marks. `wait_for(after_seq, timeout)` lets that thread sleep until there is something new.
+
+The terminal's time floor (device/timefloor.py) is kept here too, in the table `time_floor`:
+`event_floor` is the latest event time this outbox has recorded (its last event's time, or the
+row "event" when the clock went back, or before delivered events are deleted: an append whose
+time is earlier than the floor writes the floor in the same transaction, so the floor survives
+a crash, a purge and a clock set back without costing the ordinary append anything), and one row
+per kind of signed update (`floor_rows`, `save_floor`): the version, issue time and expiry of
+the newest one applied, which a wiped kept-updates file does not take away.
 """
 
 import json
@@ -50,6 +58,7 @@ import threading
 import time
 import uuid as uuidlib
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -69,6 +78,9 @@ PURGE_CHUNK = 5000  # at most; both are cut down so that one deletion fits in ha
 WAL_LIMIT_MAX = 4 * MiB
 INSERT_EVENT = "INSERT INTO event (seq, time, body, created, delivered_at) VALUES (?, ?, ?, ?, NULL)"
 UPDATE_LAST_SEQ = "UPDATE outbox_state SET last_seq = ? WHERE id = 1"
+UPSERT_FLOOR = ("INSERT INTO time_floor (name, time, version, expires, seq) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET time = excluded.time, version = excluded.version, "
+                "expires = excluded.expires, seq = excluded.seq")
 # An upper bound of the pages one append can add besides its body's bytes (the b-tree splitting
 # up to the root); the byte cap is re-read from SQLite only when this estimate gets near it.
 GROWTH_PAGES = 16
@@ -101,7 +113,32 @@ def _models(db):
         class Meta:
             table_name = "outbox_state"
 
-    return Event, State
+    class Floor(Base):
+        name = CharField(primary_key=True)  # "event", or a kind of signed update (config, denylist, trust)
+        time = CharField()  # ISO UTC: the event floor, or the update's issue time
+        version = BigIntegerField(null=True)  # the update's version
+        expires = CharField(null=True)  # the update's expiry
+        seq = BigIntegerField(null=True)  # "event": events up to this seq are covered by `time`
+
+        class Meta:
+            table_name = "time_floor"
+
+    return Event, State, Floor
+
+
+def _when(text):
+    """An ISO UTC time of an event or update as an aware datetime (None when it is not one)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def _iso(dt):
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 PRIVATE_MODE = 0o600
@@ -202,6 +239,8 @@ class Outbox:
         self._wal_path = self.path + "-wal"
         self._shm_path = self.path + "-shm"
         self.checkpoints = 0
+        self._time_floor = None
+        self._event_floor = self._event_floor_saved = None
         try:
             Path(self.path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _create_private(self.path)
@@ -221,14 +260,14 @@ class Outbox:
             check_same_thread=False,
             timeout=busy_timeout_s,
         )
-        self.Event, self.State = _models(self._db)
+        self.Event, self.State, self.Floor = _models(self._db)
         with self._guard():
             self._db.connect()
             mode = self._db.execute_sql("PRAGMA journal_mode").fetchone()[0]
             if mode.lower() != "wal":
                 raise OutboxError(f"the outbox {self.path} could not switch to WAL mode (got {mode}): use a local disk")
             with self._db.atomic():
-                self._db.create_tables([self.Event, self.State])
+                self._db.create_tables([self.Event, self.State, self.Floor])
                 self.State.insert(
                     id=1, last_seq=0, delivered_upto=0, device_id=device_id
                 ).on_conflict_ignore().execute()
@@ -241,6 +280,7 @@ class Outbox:
             self._last_seq = max(state.last_seq, top)
             self._delivered_upto = state.delivered_upto
             self._rows = self.Event.select().count()
+            self._load_event_floor()
             if device_id and state.device_id and state.device_id != device_id:
                 log.warning(
                     "the outbox %s was written by device %s and is now used by %s: its %d stored events keep "
@@ -354,6 +394,7 @@ class Outbox:
         chunk = E.select(E.seq).where(condition & (E.seq <= self._delivered_upto)).order_by(E.seq)
         chunk = chunk.limit(self._chunk_rows(most))
         with self._db.atomic():
+            self._save_event_floor()
             n = E.delete().where(E.seq.in_(chunk)).execute()
         self._rows -= n
         return n
@@ -386,6 +427,71 @@ class Outbox:
                           f"outbox.max_bytes = {self.max_bytes}")
             if not self._evict_delivered(reason):
                 return reason
+
+    # -- the time floor ----------------------------------------------------------------------
+
+    def _load_event_floor(self):
+        E, F = self.Event, self.Floor
+        row = F.get_or_none(F.name == "event")
+        floor = _when(row.time) if row is not None else None
+        covered = (row.seq or 0) if row is not None else 0
+        last = E.select(E.seq, E.time).order_by(E.seq.desc()).limit(1).first()
+        if last is not None and last.seq > covered:
+            t = _when(last.time)
+            if t is not None and (floor is None or t > floor):
+                floor = t
+        self._event_floor = floor
+        self._event_floor_saved = _when(row.time) if row is not None else None
+
+    @property
+    def time_floor(self):
+        """The terminal's TimeFloor (device/timefloor.py) kept in this outbox, shared by its users."""
+        with self._lock:
+            if self._time_floor is None:
+                from device.timefloor import TimeFloor
+
+                self._time_floor = TimeFloor(self)
+            return self._time_floor
+
+    @property
+    def event_floor(self):
+        """The latest event time recorded here (an aware datetime), or None before the first event."""
+        with self._lock:
+            return self._event_floor
+
+    def _save_event_floor(self):
+        """Write the event floor into its row (before deleting events: the last one may go)."""
+        if self._event_floor is not None and self._event_floor != self._event_floor_saved:
+            self._db.connection().execute(UPSERT_FLOOR, ("event", _iso(self._event_floor), None, None,
+                                                         self._last_seq))
+            self._event_floor_saved = self._event_floor
+
+    def reset_event_floor(self, when):
+        """Lower the event floor to `when` (a datetime): the collector's signed time says the events'
+        times came from a clock that ran ahead. Events recorded so far no longer count."""
+        with self._lock:
+            self._check_open()
+            with self._guard(), self._db.atomic():
+                self._db.connection().execute(UPSERT_FLOOR, ("event", _iso(when), None, None, self._last_seq))
+            self._event_floor = self._event_floor_saved = when
+
+    def floor_rows(self):
+        """{kind: {"version", "issued", "expires"}} of the newest signed update applied of each kind."""
+        F = self.Floor
+        with self._lock:
+            self._check_open()
+            with self._guard():
+                rows = list(F.select().where(F.name != "event"))
+        return {r.name: {"version": r.version, "issued": r.time, "expires": r.expires} for r in rows}
+
+    def save_floor(self, kind, version, issued, expires):
+        """Record the newest signed update applied of `kind` (committed on return)."""
+        if kind == "event":
+            raise ValueError("'event' is the event floor's own row")
+        with self._lock:
+            self._check_open()
+            with self._guard(), self._db.atomic():
+                self._db.connection().execute(UPSERT_FLOOR, (kind, issued, int(version), expires, None))
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -425,16 +531,25 @@ class Outbox:
                     "or raise outbox.max_rows / outbox.max_bytes and free disk space. "
                     "The terminal fails closed until then."
                 )
+            at = _when(event["time"])
+            # The clock went back: this event's time is below the floor, which the row must then keep.
+            floor_row = None
+            if at is not None and self._event_floor is not None and at < self._event_floor:
+                floor_row = ("event", _iso(self._event_floor), None, None, seq)
             with self._guard():
                 self._bound_wal()
-                self._insert(seq, event["time"], raw.decode("utf-8"))
+                self._insert(seq, event["time"], raw.decode("utf-8"), floor_row)
+            if floor_row is not None:
+                self._event_floor_saved = self._event_floor
+            elif at is not None:
+                self._event_floor = at
             self._room -= self._append_reserve(len(raw))
             self._last_seq = seq
             self._rows += 1
             self._new.notify_all()
             return wire.to_dict(typed)
 
-    def _insert(self, seq, when, body):
+    def _insert(self, seq, when, body, floor_row=None):
         """Insert the event and raise last_seq in one transaction, committed (durable) on return.
 
         Inside a transaction the caller opened (e.g. `with outbox._lock, outbox._db.atomic():` to
@@ -445,6 +560,8 @@ class Outbox:
         conn.execute("SAVEPOINT outbox_append" if nested else "BEGIN IMMEDIATE")
         try:
             conn.execute(INSERT_EVENT, (seq, when, body, time.time()))
+            if floor_row is not None:
+                conn.execute(UPSERT_FLOOR, floor_row)
             if conn.execute(UPDATE_LAST_SEQ, (seq,)).rowcount != 1:
                 raise OutboxError(
                     f"the outbox {self.path} has lost its state row: stop the terminal, move the file aside "

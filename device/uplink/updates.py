@@ -7,12 +7,19 @@ accepts an update only when
 
 - its signature verifies against the collector public key pinned in the terminal's config
   (`mqtt.collector_public_key`), its kind matches the topic and it is meant for this device;
-- its version is newer than the last one applied of that kind.
+- its version is newer than the last one applied of that kind;
+- it has not expired (`expires`, signed; judged with the terminal's time floor, so a clock set
+  back does not revive it) and it is not older, by version or issue time, than the newest one
+  ever applied of its kind: that record is kept in the outbox database (device/timefloor.py), so
+  wiping this file does not let an older retained or replayed list back in. Refusals are counted
+  by code (`refused`: expired, older) and logged once per message.
 
 Accepted updates are kept, as the signed messages themselves, in one small JSON file next
 to the outbox (`<outbox>.updates.json`, written atomically: temp file, fsync, rename), so
 that after a restart the terminal decides with what it last had even while offline. On
-loading, each kept message is verified again: a file edited by hand is not trusted.
+loading, each kept message is verified again: a file edited by hand is not trusted, and an
+older copy put back (older than the time floor's record) is refused. A kept message that has
+expired since is still used (it is the newest the terminal has), and reported `stale`.
 
 Nothing in an update names a person (the deny list holds salted hashes, a config update at
 most the collector's sealing *public* key), so the kept file holds nothing personal either;
@@ -26,6 +33,7 @@ from pathlib import Path
 from chot import wire
 from chot.errors import UplinkError
 from chot.files import atomic_write
+from device.timefloor import TimeFloor
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +75,17 @@ class UpdateStore:
     `applied()` lists what was kept, to replay at start-up.
     """
 
-    def __init__(self, path, public_key, device_id):
+    def __init__(self, path, public_key, device_id, floor=None):
         self.path = Path(path)
         self.public_key = public_key
         self.device_id = device_id
+        # the durable record of the newest update applied per kind (the outbox's), or one in memory
+        self.floor = floor if floor is not None else TimeFloor()
         self._kept = {}  # kind -> {"version": int, "payload": str}
-        self._pending = {}  # kind -> (version, payload) offered, not yet committed
+        self._pending = {}  # kind -> (version, payload, envelope) offered, not yet committed
+        self.refused = {}  # code (expired, older) -> count
+        self._logged = set()  # (kind, version, code) already logged
+        self.floor.clear_held()
         self._load()
 
     # --- topics -----------------------------------------------------------------------------
@@ -119,14 +132,23 @@ class UpdateStore:
             else:
                 log.debug("%s version %d already applied", kind, version)
             return None
-        self._pending[kind] = (version, payload.decode("utf-8") if isinstance(payload, bytes) else payload)
+        problem = self.floor.check_update(kind, version, env["issued"], env["expires"])
+        if problem is not None:
+            code, message = problem
+            self.refused[code] = self.refused.get(code, 0) + 1
+            if (kind, version, code) not in self._logged:
+                self._logged.add((kind, version, code))
+                log.warning("%s update REFUSED (%s): %s", kind, code, message)
+            return None
+        self._pending[kind] = (version, payload.decode("utf-8") if isinstance(payload, bytes) else payload, env)
         return kind, env["body"], version
 
     def commit(self, kind):
         """Persist the update last offered of `kind` (after it was applied)."""
-        version, payload = self._pending.pop(kind)
+        version, payload, env = self._pending.pop(kind)
         self._kept[kind] = {"version": version, "payload": payload}
         self._save()
+        self.floor.note_applied(kind, version, env["issued"], env["expires"])
         log.info("%s version %d applied and kept", kind, version)
 
     def discard(self, kind):
@@ -163,7 +185,14 @@ class UpdateStore:
             except (KeyError, TypeError, AttributeError, wire.WireError) as exc:
                 log.error("kept %s update does not verify (%s); ignored", kind, exc)
                 continue
+            newest = self.floor.applied(kind)
+            if newest is not None and newest["version"] is not None and env["version"] < newest["version"]:
+                log.error("kept %s update version %d is older than version %d applied before (an old copy of "
+                          "%s?); ignored until the collector's current one arrives", kind, env["version"],
+                          newest["version"], self.path)
+                continue
             self._kept[kind] = {"version": env["version"], "payload": payload}
+            self.floor.note_held(kind, env["version"], env["issued"], env["expires"])
 
     def _save(self):
         atomic_write(self.path, json.dumps(self._kept, sort_keys=True, indent=1), mode=0o600)
