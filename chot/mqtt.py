@@ -140,6 +140,11 @@ def tls_context(settings):
     ca, cert, key = settings.name_of("ca"), settings.name_of("cert"), settings.name_of("key")
     if settings.key and not settings.cert:
         raise MqttSetupError(f"{key} is set but {cert} is not: give the client certificate with its key")
+    for name, path in (("ca", settings.ca), ("cert", settings.cert), ("key", settings.key)):
+        if path and not Path(path).is_file():
+            raise MqttSetupError(
+                f"TLS file not found: {path}; check {settings.name_of(name)} (`chot provision` writes the TLS files)"
+            )
     try:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=settings.ca or None)
         if settings.cert:

@@ -374,3 +374,28 @@ def test_selftest_keeps_the_daemons_session_on_the_fleet_broker(fleet, tls_broke
         finally:
             outbox.close()
 
+
+
+def test_the_factory_names_the_config_key_to_fix(tmp_path):
+    from chot.errors import ChotError
+    from chot.mqtt import MqttSetupError
+
+    def fails(match, **kw):
+        with pytest.raises(MqttSetupError, match=match) as err:
+            build_client(MqttSettings(client_id="x", **kw))
+        assert isinstance(err.value, ChotError)
+
+    fails(r"TLS file not found: .*nope-ca\.pem; check mqtt\.ca", tls=True, ca=str(tmp_path / "nope-ca.pem"))
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    fails(r"mqtt\.ca, mqtt\.cert, mqtt\.key\).*PEM", tls=True, ca=str(bad))
+    fails(r"mqtt\.key is set but mqtt\.cert is not", tls=True, key=str(bad))
+    fails(r"cannot read mqtt\.password_file", username="u", password_file=str(tmp_path / "none"))
+    (tmp_path / "empty").write_text("\n")
+    fails(r"mqtt\.password_file .* is empty", username="u", password_file=str(tmp_path / "empty"))
+    fails(r"mqtt\.username: missing", password_file=str(bad))
+    fails(r"collector\.mqtt\.reconnect_min_s", section="collector.mqtt", reconnect_min_s=5.0, reconnect_max_s=1.0)
+    # a password file alone logs in as the default user name (the link's device id)
+    (tmp_path / "pw").write_text("secret\n")
+    c = build_client(MqttSettings(client_id="dev-9", password_file=str(tmp_path / "pw"), default_username="dev-9"))
+    assert c._username == b"dev-9" and c._password == b"secret"
