@@ -89,7 +89,7 @@ def register(sub):
     a.add_argument("--wheel")
     a.set_defaults(func=_bundle)
 
-    a = ps.add_parser("broker-config", help="write mosquitto.conf, the ACL and the TLS files for the broker")
+    a = ps.add_parser("broker-config", help="write mosquitto.conf, the access rules and the TLS files for the broker")
     a.add_argument("--fleet", default=_fleet_default())
     a.add_argument("--out", required=True, help="output directory")
     a.add_argument("--port", type=int, default=None, help="TLS port (default: the fleet's broker port)")

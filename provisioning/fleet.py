@@ -5,8 +5,10 @@ collector's Ed25519 signing key and its MQTT client certificate, the collector's
 keys (`collector-keys/`: sealing key pair, index secret, data key; see `make_collector_keys`),
 an empty CRL and `fleet.toml`. `Fleet(dir)` opens an existing one; `fleet.provision_device(...)` (devices.py)
 enrols a terminal and `fleet.revoke(device_id)` shuts one out: its certificate goes into the
-CRL and its user into the ACL's deny list, and every broker configuration written by
-`chot provision broker-config` is refreshed so a broker restart applies it.
+CRL and its user is denied everything in the broker's rules (dynamic-security.json), and every
+broker configuration written by `chot provision broker-config` is refreshed so a broker restart
+applies it. `fleet.provision_collector(name)` gives another collector instance its own
+certificate (collectors/<name>/, CN `<collector_user>-<name>`).
 See pki.py for the layout of the directory.
 """
 
