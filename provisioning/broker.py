@@ -106,15 +106,19 @@ def collector_acls():
 
 def deny_acls():
     """The last word for every client: nothing else. `#` matches every filter in the plugin's
-    subscribe check (`$share/...` and `$SYS/...` too); `$share/#` and `$SYS/#` are listed anyway."""
+    subscribe check (`$share/...` and `$SYS/...` too); `$share/#` and `$SYS/#` are listed anyway.
+    For publish and receive `#` matches no `$` topic (MQTT's rule), so `$SYS/#` and `$CONTROL/#`
+    (the plugin's own administration topic) are denied by name."""
     return [
         _acl("subscribePattern", "#", allow=False),
         _acl("subscribePattern", "$share/#", allow=False),
         _acl("subscribePattern", "$SYS/#", allow=False),
         _acl("publishClientSend", "#", allow=False),
         _acl("publishClientSend", "$SYS/#", allow=False),
+        _acl("publishClientSend", "$CONTROL/#", allow=False),
         _acl("publishClientReceive", "#", allow=False),
         _acl("publishClientReceive", "$SYS/#", allow=False),
+        _acl("publishClientReceive", "$CONTROL/#", allow=False),
     ]
 
 
