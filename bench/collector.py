@@ -29,9 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
 from bench.common import PI4_ASSUMPTION, Area, BenchError, collector_key_dir, pi4_rate, progress, wait_until
+from chot.mqtt import MqttSettings, build_client, connect
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +47,12 @@ class BareCounter:
     def __init__(self, port, topic="chot/v1/dev/+/event"):
         self.count = 0
         self.subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-bare-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
+        settings = MqttSettings(host="127.0.0.1", port=port, client_id=f"bench-bare-{uuid.uuid4().hex[:8]}")
+        self.client = build_client(settings)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self.subscribed.set()
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port, keepalive=30)
+        connect(self.client, settings)
         self.client.loop_start()
         if not self.subscribed.wait(10):
             raise BenchError(f"the bare subscriber could not subscribe at 127.0.0.1:{port}: is the broker running?")

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 
-import paho.mqtt.client as mqtt
+from chot.mqtt import MqttSettings, build_client, connect
 
 
 def _payloads(spec):
@@ -77,11 +77,11 @@ def main():
         if acked[0] >= len(msgs):
             done.set()
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{uuid.uuid4().hex[:8]}",
-                    protocol=mqtt.MQTTv5)
-    c.max_inflight_messages_set(int(spec.get("inflight", 100)))
+    settings = MqttSettings(host="127.0.0.1", port=int(spec["port"]), client_id=f"bench-pub-{uuid.uuid4().hex[:8]}",
+                            max_inflight=int(spec.get("inflight", 100)))
+    c = build_client(settings)
     c.on_publish = on_publish
-    c.connect("127.0.0.1", int(spec["port"]), keepalive=30)
+    connect(c, settings)
     c.loop_start()
     print("ready", flush=True)
     sys.stdin.readline()

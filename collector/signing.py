@@ -187,10 +187,16 @@ def trust_body(paths):
 
 def publish_retained(cfg, topic, payload, timeout=15.0):
     """Connect, publish one retained QoS 1 message, wait for the broker's PUBACK, disconnect."""
+    from chot.mqtt import build_client, connect
     from collector.config import client_id
-    from collector.subscriber import make_client
+    from collector.subscriber import mqtt_settings
 
-    client = make_client(cfg, client_id_=f"{client_id(cfg)}-pub-{secrets.token_hex(3)}")
+    # On the fleet's broker the client id is the certificate's CN whatever is asked here: this
+    # connection then briefly displaces a collector running with the same certificate, which
+    # reconnects at once (docs/security.md, "Broker identities").
+    settings = mqtt_settings(cfg, f"{client_id(cfg)}-pub-{secrets.token_hex(3)}", reconnect_on_failure=False,
+                             session_expiry_s=0)
+    client = build_client(settings)
     connected = threading.Event()
     result = {}
 
@@ -201,7 +207,7 @@ def publish_retained(cfg, topic, payload, timeout=15.0):
     client.on_connect = on_connect
     m = cfg.mqtt
     try:
-        client.connect(m.host, m.port, keepalive=m.keepalive_s)
+        connect(client, settings)
     except OSError as exc:
         raise CollectorError(f"cannot reach the broker {m.host}:{m.port}: {exc}; is it running?") from None
     client.loop_start()

@@ -44,15 +44,12 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from peewee import InterfaceError, OperationalError
 
 from chot import wire
 from chot.errors import CollectorError
+from chot.mqtt import MqttSettings, Will, build_client, connect_async
 from collector.config import client_id
 from collector.keys import CollectorKeys
 from collector.storage import Storage
@@ -68,31 +65,14 @@ def _now_iso():
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def mqtt_settings(cfg, client_id_=None, **overrides):
+    """The collector's connection from the `[mqtt]` section, for the one client factory (chot.mqtt)."""
+    return MqttSettings.from_section(cfg.mqtt, client_id=client_id_ or client_id(cfg), **overrides)
+
+
 def make_client(cfg, client_id_=None, manual_ack=False):
     """A paho MQTT 5 client set up from the `[mqtt]` section (TLS, credentials, reconnect delays)."""
-    m = cfg.mqtt
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2,
-        client_id=client_id_ or client_id(cfg),
-        protocol=mqtt.MQTTv5,
-        manual_ack=manual_ack,
-    )
-    if m.tls:
-        try:
-            client.tls_set(ca_certs=m.ca, certfile=m.cert, keyfile=m.key)
-        except (OSError, ValueError) as exc:
-            raise CollectorError(f"cannot set up TLS (mqtt.ca / mqtt.cert / mqtt.key): {exc}") from None
-    if m.username:
-        password = None
-        if m.password_file:
-            try:
-                with open(m.password_file, encoding="utf-8") as f:
-                    password = f.read().strip()
-            except OSError as exc:
-                raise CollectorError(f"cannot read mqtt.password_file {m.password_file}: {exc.strerror}") from None
-        client.username_pw_set(m.username, password)
-    client.reconnect_delay_set(min_delay=m.reconnect_min_s, max_delay=m.reconnect_max_s)
-    return client
+    return build_client(mqtt_settings(cfg, client_id_, manual_ack=manual_ack))
 
 
 class Collector:
@@ -138,22 +118,20 @@ class Collector:
 
     def start(self):
         m = self.cfg.mqtt
-        self.client = make_client(self.cfg, manual_ack=True)
+        cid = self.cfg.collector.id
+        # no persistent session (the default): a dead collector must not strand its share of the
+        # shared subscription; with session_expiry_s > 0 (one collector alone) the session is kept
+        self.mqtt_settings = mqtt_settings(
+            self.cfg, manual_ack=True, max_inflight=100, clean_start=m.session_expiry_s == 0,
+            will=Will(wire.presence_topic(cid), wire.encode_presence(cid, False)),
+        )
+        self.client = build_client(self.mqtt_settings)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
         self.client.on_connect_fail = self._on_connect_fail
-        self.client.max_inflight_messages_set(100)
-        cid = self.cfg.collector.id
-        self.client.will_set(wire.presence_topic(cid), wire.encode_presence(cid, False), qos=1, retain=True)
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = m.session_expiry_s
-        props.ReceiveMaximum = m.receive_maximum
-        # no persistent session (the default): a dead collector must not strand its share of the
-        # shared subscription; with session_expiry_s > 0 (one collector alone) the session is kept
-        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=m.session_expiry_s == 0,
-                                  properties=props)
+        connect_async(self.client, self.mqtt_settings)
         self._worker = threading.Thread(target=self._work, name="collector-worker", daemon=True)
         self._worker.start()
         self._purger = threading.Thread(target=self._purge_loop, name="collector-purge", daemon=True)

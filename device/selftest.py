@@ -10,8 +10,11 @@
   configured decoder;
 - the outbox: opened and written in a scratch transaction that is rolled back (no event is
   made), plus the free disk space;
-- the broker: reached with the device's own certificate (MQTT 5 over TLS, a client id of its
-  own so the running daemon's session is untouched) and the device's ack topic subscribed;
+- the broker: reached with the device's own certificate (MQTT 5 over TLS, built by the one client
+  factory `chot.mqtt` as the daemon's link is) and the device's ack topic subscribed. The fleet's
+  broker makes the certificate's CN the client id, so this is the daemon's own session: the check
+  connects as the daemon does (clean start off, the same session expiry), which keeps that session;
+  a daemon still running is displaced for a moment and reconnects and subscribes again by itself;
 - the clock: synchronised (NTP), as the kernel says (device/clock.py).
 
 The config item also reads the collector's sealing public key (`privacy.seal_public_key`):
@@ -242,29 +245,28 @@ def check_outbox(cfg):
 
 
 def check_broker(cfg, timeout=5.0):
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
-
     from chot import wire
+    from chot.mqtt import MqttSettings, MqttSetupError, build_client, connect
 
     m = cfg.mqtt
     if not m.enabled:
         return Result("broker", "SKIP", "mqtt.enabled = false: events stay in the outbox")
     where = f"{m.host}:{m.port}"
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{cfg.device.id}-selftest",
-                         protocol=mqtt.MQTTv5)
-    client.connect_timeout = timeout
-    if m.tls:
-        try:
-            client.tls_set(ca_certs=m.ca, certfile=m.cert, keyfile=m.key)
-        except (OSError, ValueError, ssl.SSLError) as exc:
-            return Result("broker", "FAIL", f"the TLS files cannot be used: {exc}",
-                          "check mqtt.ca, mqtt.cert and mqtt.key (under /etc/chot/tls; the key readable by the "
-                          "service user) or install the bundle again")
-    if m.username:
-        password = Path(m.password_file).read_text().strip() if m.password_file else None
-        client.username_pw_set(m.username, password)
+    # The daemon's own identity and session settings (chot.mqtt, as the link builds its client):
+    # the fleet's broker makes the certificate's CN the client id anyway, so this connection takes
+    # the daemon's session over for a moment. Clean start off with the daemon's session expiry
+    # keeps that session (its subscriptions) instead of wiping it; a running daemon is displaced
+    # and reconnects and subscribes again by itself. No last will: the status is not touched.
+    settings = MqttSettings.from_section(
+        m, client_id=cfg.device.id, default_username=cfg.device.id, clean_start=False, keepalive_s=10,
+        reconnect_on_failure=False, connect_timeout_s=timeout,
+    )
+    try:
+        client = build_client(settings)
+    except MqttSetupError as exc:
+        return Result("broker", "FAIL", f"the MQTT settings cannot be used: {exc}",
+                      "check mqtt.ca, mqtt.cert and mqtt.key (under /etc/chot/tls; the key readable by the "
+                      "service user), mqtt.username and mqtt.password_file, or install the bundle again")
     state = {"connack": None, "suback": None, "gone": None}
     done = threading.Event()
 
@@ -284,10 +286,8 @@ def check_broker(cfg, timeout=5.0):
         done.set()
 
     client.on_connect, client.on_subscribe, client.on_disconnect = on_connect, on_subscribe, on_disconnect
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 0
     try:
-        client.connect(m.host, m.port, keepalive=10, clean_start=True, properties=props)
+        connect(client, settings)
     except ssl.SSLCertVerificationError as exc:
         return Result("broker", "FAIL", f"{where}: the broker's certificate is not trusted ({exc.verify_message})",
                       "check that mqtt.host is the name in the broker's certificate and mqtt.ca the fleet's CA; "
@@ -316,7 +316,8 @@ def check_broker(cfg, timeout=5.0):
     sub = state["suback"]
     if not sub or sub[0].is_failure:
         return Result("broker", "FAIL", f"{where}: connected, but the ack topic was refused ({sub})",
-                      "the broker's ACL does not match this device id: regenerate it (chot provision broker-config)")
+                      "the broker does not know this device id: regenerate its config (chot provision "
+                      "broker-config) and restart the broker (a terminal enrolled since its last start is refused)")
     return Result("broker", "PASS", f"{where}: connected{' over TLS' if m.tls else ''} as the device; ack topic "
                                     "subscribed")
 

@@ -279,15 +279,14 @@ class HostileBatch(Fault):
     BAD = ("feb30", "mono_2p63", "nul_checkpoint")
 
     def inject(self, ctx):
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
         from chot import wire
+        from chot.mqtt import MqttSettings, build_client, connect
 
         _moment(ctx, 0.2, 1.0)
-        cl = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"faults-hostile-{os.getpid()}",
-                         protocol=mqtt.MQTTv5)
-        cl.connect("127.0.0.1", ctx.cluster.broker.port)
+        settings = MqttSettings(host="127.0.0.1", port=ctx.cluster.broker.port,
+                                client_id=f"faults-hostile-{os.getpid()}", keepalive_s=60)
+        cl = build_client(settings)
+        connect(cl, settings)
         cl.loop_start()
         expect = {}
         try:

@@ -1,21 +1,33 @@
-"""The broker's configuration: mosquitto.conf for TLS with client certificates, and its ACL.
+"""The broker's configuration: mosquitto.conf for TLS with client certificates, and its access rules.
 
 `write_broker_config(fleet, out_dir, port=8883)` writes into `out_dir`:
 
-    mosquitto.conf   a TLS listener that requires a certificate from the fleet CA and takes the
-                     certificate's CN as the MQTT user (use_identity_as_username), checks the
-                     CRL, refuses anonymous clients, and raises the queue and in-flight limits
-                     whose defaults drop QoS 1 messages silently (DESIGN.md, "Traps")
-    acl              per-topic rights (see `acl_text`)
+    mosquitto.conf          a TLS listener that requires a certificate from the fleet CA, takes the
+                            certificate's CN as the MQTT user (use_identity_as_username) and the user as
+                            the client id (use_username_as_clientid), checks the CRL, refuses anonymous
+                            clients, loads the dynamic-security plugin, and raises the queue and
+                            in-flight limits whose defaults drop QoS 1 messages silently (DESIGN.md)
+    dynamic-security.json   every client's rights (see `dynsec_config`): publish, receive, subscribe
     ca.crt, server.crt, server.key (0600), crl.pem   copies from the fleet directory
 
 Written for Mosquitto 2.0 (Debian 12 ships 2.0.11). The paths inside mosquitto.conf are those of
 `conf_dir` (default: `out_dir` itself), so the files can be copied to /etc/mosquitto/chot on
-the broker host. `chot provision revoke` rewrites acl and crl.pem in every directory written
-before; the broker applies them when restarted (`systemctl restart mosquitto`).
+the broker host. `chot provision device`, `collector` and `revoke` rewrite dynamic-security.json
+and crl.pem in every directory written before; the broker applies the rights when RESTARTED
+(`systemctl restart mosquitto`: the plugin reads its file only at start) and the CRL on a reload.
+
+Why the dynamic-security plugin and no acl_file: Mosquitto 2.0.11's acl_file never checks a
+subscription (security_default.c answers "allowed" to every SUBSCRIBE), so any client could join
+the collectors' `$share/...` group and take a share of every terminal's events. The plugin checks
+subscriptions against the topic filter as sent, `$share/<group>/` included. It answers for the
+users it knows and passes on the others; with no acl_file behind it, a user it does not know (a
+terminal enrolled after the broker's last start) is refused everything: it fails closed, and
+that terminal's events wait in its outbox until the broker is restarted with the new file.
 """
 
+import json
 import logging
+import platform
 from pathlib import Path
 
 from chot.wire import PREFIX
@@ -23,69 +35,169 @@ from provisioning import pki
 
 log = logging.getLogger(__name__)
 
+DYNSEC_FILE = "dynamic-security.json"
+DYNSEC_NAME = "mosquitto_dynamic_security.so"
+# Debian's multiarch folders, then other layouts: a broker on a Raspberry Pi is aarch64 (or armhf)
+DYNSEC_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib/arm-linux-gnueabihf",
+               "/usr/lib", "/usr/local/lib", "/usr/lib64", "/opt/homebrew/lib")
+_MULTIARCH = {"x86_64": "x86_64-linux-gnu", "amd64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
+              "arm64": "aarch64-linux-gnu", "armv7l": "arm-linux-gnueabihf", "armv6l": "arm-linux-gnueabihf"}
 
-def acl_rules(collector_user):
-    """The topic rights of every Chot broker: the fleet's TLS broker (`acl_text`) and the local one
-    (`provisioning.localbroker.LocalBroker(secure=True)`) write exactly these lines.
+ROLE_DENY = "chot-deny-all"
+ROLE_COLLECTOR = "chot-collector"
+DENY_PRIORITY = -1000  # the deny-all role is attached to every client below its own rights
 
-    A terminal's MQTT user is its device id; the collector's is `collector_user`. Mosquitto checks a
-    shared subscription (`$share/<group>/chot/v1/dev/+/event`) against the topic without its
-    `$share/<group>/` prefix, so the collector's read rules cover it. A publish outside these rules
-    gets PUBACK reason code 135 (MQTT 5) and is dropped: no terminal can forge an ack, a config, a
-    broadcast, or another terminal's events.
+
+def find_dynsec_plugin():
+    """The dynamic-security plugin of this machine's Mosquitto, or Debian's path for this architecture.
+
+    Give another with `broker-config --dynsec-plugin` when the broker host differs (a Pi: aarch64).
     """
+    for d in DYNSEC_DIRS:
+        cand = Path(d) / DYNSEC_NAME
+        if cand.is_file():
+            return str(cand)
+    arch = _MULTIARCH.get(platform.machine().lower(), "x86_64-linux-gnu")
+    return f"/usr/lib/{arch}/{DYNSEC_NAME}"
+
+
+def device_role(device_id):
+    return f"chot-device-{device_id}"
+
+
+def _acl(acltype, topic, allow=True, priority=0):
+    return {"acltype": acltype, "topic": topic, "allow": allow, "priority": priority}
+
+
+def device_acls(device_id):
+    """One terminal's rights (dynsec 2.0 substitutes no %u, so each device has a role of its own)."""
+    dev = f"{PREFIX}/dev/{device_id}"
     return [
-        "# Every terminal (user = device id): it writes only its own events and status, reads only",
-        "# its own ack and config and the signed broadcasts (deny list, trusted issuers). It writes",
-        "# no ack, config or broadcast, not even its own.",
-        f"pattern write {PREFIX}/dev/%u/event",
-        f"pattern write {PREFIX}/dev/%u/status",
-        f"pattern read {PREFIX}/dev/%u/ack",
-        f"pattern read {PREFIX}/dev/%u/config",
-        f"pattern read {PREFIX}/broadcast/#",
-        "",
-        "# The collector: reads every event (shared subscription $share/<group>/...) and status,",
-        "# writes acks, configs and broadcasts.",
-        f"user {collector_user}",
-        f"topic read {PREFIX}/dev/+/event",
-        f"topic read {PREFIX}/dev/+/status",
-        f"topic write {PREFIX}/dev/+/ack",
-        f"topic write {PREFIX}/dev/+/config",
-        f"topic write {PREFIX}/broadcast/#",
-        "",
+        _acl("publishClientSend", f"{dev}/event"),
+        _acl("publishClientSend", f"{dev}/status"),
+        _acl("publishClientReceive", f"{dev}/ack"),
+        _acl("publishClientReceive", f"{dev}/config"),
+        _acl("publishClientReceive", f"{PREFIX}/broadcast/#"),
+        _acl("subscribeLiteral", f"{dev}/ack"),
+        _acl("subscribeLiteral", f"{dev}/config"),
+        _acl("subscribePattern", f"{PREFIX}/broadcast/#"),
     ]
 
 
-def acl_text(fleet):
-    """The ACL: each device only its own topics, the collector everything it serves, revoked users nothing."""
-    lines = [
-        "# Chot broker ACL, made by `chot provision broker-config`; do not edit by hand.",
-        "# The MQTT user is the client certificate's CN (use_identity_as_username): a device id, or the collector.",
-        "",
-    ] + acl_rules(fleet.cfg.collector_user)
+def collector_acls():
+    """Every collector instance's rights: reads events (its shared subscription) and statuses, writes
+    acks, configs, broadcasts (signed lists, its presence) and may clear a device's retained status."""
+    dev = f"{PREFIX}/dev/+"
+    return [
+        _acl("publishClientSend", f"{dev}/ack"),
+        _acl("publishClientSend", f"{dev}/config"),
+        _acl("publishClientSend", f"{dev}/status"),
+        _acl("publishClientSend", f"{PREFIX}/broadcast/#"),
+        _acl("publishClientReceive", f"{dev}/event"),
+        _acl("publishClientReceive", f"{dev}/status"),
+        _acl("publishClientReceive", f"{PREFIX}/broadcast/#"),
+        _acl("subscribePattern", f"$share/+/{dev}/event"),
+        _acl("subscribePattern", f"$share/+/{dev}/status"),
+        _acl("subscribePattern", f"{dev}/event"),
+        _acl("subscribePattern", f"{dev}/status"),
+        _acl("subscribePattern", f"{PREFIX}/broadcast/#"),
+    ]
+
+
+def deny_acls():
+    """The last word for every client: nothing else. `#` matches every filter in the plugin's
+    subscribe check (`$share/...` and `$SYS/...` too); `$share/#` and `$SYS/#` are listed anyway.
+    For publish and receive `#` matches no `$` topic (MQTT's rule), so `$SYS/#` and `$CONTROL/#`
+    (the plugin's own administration topic) are denied by name."""
+    return [
+        _acl("subscribePattern", "#", allow=False),
+        _acl("subscribePattern", "$share/#", allow=False),
+        _acl("subscribePattern", "$SYS/#", allow=False),
+        _acl("publishClientSend", "#", allow=False),
+        _acl("publishClientSend", "$SYS/#", allow=False),
+        _acl("publishClientSend", "$CONTROL/#", allow=False),
+        _acl("publishClientReceive", "#", allow=False),
+        _acl("publishClientReceive", "$SYS/#", allow=False),
+        _acl("publishClientReceive", "$CONTROL/#", allow=False),
+    ]
+
+
+def _client(username, roles, password=None, disabled=False, text=None):
+    c = {"username": username, "textname": text or username,
+         "roles": [{"rolename": r, "priority": p} for r, p in roles] + [{"rolename": ROLE_DENY,
+                                                                          "priority": DENY_PRIORITY}]}
+    if disabled:
+        c["disabled"] = True
+    if password is not None:
+        from provisioning.localbroker import password_fields
+
+        c.update(password_fields(password))
+    return c
+
+
+def dynsec_config(devices, collectors, revoked=(), passwords=None, extra_clients=(), extra_roles=()):
+    """The dynamic-security plugin's file (a dict): every client's rights, nothing by default.
+
+    `devices`: terminal ids (each its own role); `collectors`: the collector instances' user names;
+    `revoked`: ids denied everything (kept listed so that no rule of theirs is left anywhere);
+    `passwords`: {user: password} for a broker with password logins (the local one; the fleet's
+    broker authenticates by certificate and lists no password). Every client ends with the
+    deny-all role, and `defaultACLAccess` is false throughout: what is not granted is refused.
+    """
+    passwords = passwords or {}
+    revoked = sorted(set(revoked))
+    devices = [d for d in sorted(set(devices)) if d not in revoked]
+    roles = [
+        {"rolename": ROLE_DENY, "textname": "every client, last: nothing else", "acls": deny_acls()},
+        {"rolename": ROLE_COLLECTOR, "textname": "collector instances", "acls": collector_acls()},
+    ]
+    roles += [{"rolename": device_role(d), "textname": f"terminal {d}", "acls": device_acls(d)} for d in devices]
+    roles += list(extra_roles)
+    clients = [_client(c, [(ROLE_COLLECTOR, 10)], passwords.get(c), text=f"collector {c}") for c in sorted(collectors)]
+    clients += [_client(d, [(device_role(d), 10)], passwords.get(d), text=f"terminal {d}") for d in devices]
+    clients += [_client(d, [], disabled=True, text=f"revoked terminal {d}") for d in revoked]
+    clients += list(extra_clients)
+    return {
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
+                             "unsubscribe": True},
+        "clients": clients,
+        "groups": [],
+        "roles": roles,
+    }
+
+
+def dynsec_text(config):
+    return json.dumps(config, indent=1) + "\n"
+
+
+def fleet_dynsec(fleet):
+    """The fleet broker's dynamic-security config: enrolled terminals, collector instances, revoked ids."""
     revoked = fleet.revoked_ids()
-    lines.append("# Revoked terminals: denied everything even if their certificate were still accepted.")
-    for dev in revoked:
-        lines += [f"user {dev}", "topic deny #", ""]
-    if not revoked:
-        lines.append("# (none)")
-    return "\n".join(lines) + "\n"
+    return dynsec_config(fleet.devices(), fleet.collector_users(), revoked)
 
 
 def conf_text(fleet, conf_dir, port=8883, bind=None, persistence_dir="/var/lib/mosquitto", log_dest="syslog",
-              user="mosquitto"):
+              user="mosquitto", dynsec_plugin=None):
     d = str(conf_dir).rstrip("/")
+    plugin = dynsec_plugin or find_dynsec_plugin()
     listener = f"listener {port} {bind}" if bind else f"listener {port}"
     return f"""\
 # Mosquitto 2.0 configuration for the Chot fleet, made by `chot provision broker-config`.
 # Regenerate it instead of editing: `chot provision broker-config --fleet DIR --out DIR`.
 
-# Started as root, mosquitto drops to this user BEFORE it reads the ACL and the TLS files:
-# they must be readable by it (server.key: 0600 owned by it).
+# Started as root, mosquitto drops to this user BEFORE it reads the access rules and the TLS
+# files: they must be readable by it (server.key: 0600 owned by it).
 user {user}
 per_listener_settings false
 allow_anonymous false
-acl_file {d}/acl
+
+# Every client's rights: the dynamic-security plugin (bundled with Mosquitto) and its file, read
+# at start only (restart the broker after `chot provision device` / `collector` / `revoke`).
+# Not acl_file: Mosquitto 2.0.11's acl_file never checks subscriptions, so any client could join
+# the collectors' $share group. Nothing is granted by default; a user the file does not name is
+# refused everything. The plugin's path differs per architecture (broker-config --dynsec-plugin).
+plugin {plugin}
+plugin_opt_config_file {d}/{DYNSEC_FILE}
 
 # Queues and in-flight windows. Mosquitto's defaults (max_queued_messages 1000,
 # max_inflight_messages 20) DROP QoS 1 messages silently once a client falls behind, while
@@ -130,7 +242,9 @@ log_type notice
 connection_messages true
 
 # TLS: every client must present a certificate from the fleet CA, not revoked; its CN is
-# its MQTT user name.
+# its MQTT user name, and its user name its client id: whatever client id it asks for, a
+# terminal cannot take over the collector's or another terminal's session (its own connection
+# with the same certificate takes its own session over, as any reconnect does).
 {listener}
 protocol mqtt
 cafile {d}/ca.crt
@@ -139,20 +253,24 @@ keyfile {d}/server.key
 crlfile {d}/crl.pem
 require_certificate true
 use_identity_as_username true
+use_username_as_clientid true
 tls_version tlsv1.2
 """
 
 
 def write_broker_config(fleet, out_dir, port=8883, bind=None, conf_dir=None,
-                        persistence_dir="/var/lib/mosquitto", log_dest="syslog", user="mosquitto"):
-    """Write mosquitto.conf, acl and the TLS files into `out_dir`; return the conf path.
+                        persistence_dir="/var/lib/mosquitto", log_dest="syslog", user="mosquitto",
+                        dynsec_plugin=None):
+    """Write mosquitto.conf, dynamic-security.json and the TLS files into `out_dir`; return the conf path.
 
     Run as root with `user` existing, the server key is handed to that user (mosquitto 2.0
-    loads it after dropping privileges).
+    loads it after dropping privileges). `dynsec_plugin`: the plugin's path on the broker host
+    (default: `find_dynsec_plugin()`, this machine's).
     """
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     conf_dir = conf_dir or out
+    dynsec_plugin = dynsec_plugin or find_dynsec_plugin()
     if not fleet.crl.exists():
         fleet.write_crl()
     pki.write_file(out / "ca.crt", fleet.ca_crt.read_bytes())
@@ -160,16 +278,19 @@ def write_broker_config(fleet, out_dir, port=8883, bind=None, conf_dir=None,
     key = pki.write_private(out / "server.key", fleet.server_key.read_bytes())
     _give_to(key, user)
     pki.write_file(out / "crl.pem", fleet.crl.read_bytes())
-    pki.write_file(out / "acl", acl_text(fleet))
+    pki.write_file(out / DYNSEC_FILE, dynsec_text(fleet_dynsec(fleet)))
+    old_acl = out / "acl"  # written before issue 11; no longer read (acl_file checks no subscription)
+    if old_acl.is_file() and old_acl.read_text(encoding="utf-8", errors="replace").startswith("# Chot broker ACL"):
+        old_acl.unlink()
     conf = pki.write_file(
         out / "mosquitto.conf",
         conf_text(fleet, conf_dir, port=port, bind=bind, persistence_dir=persistence_dir, log_dest=log_dest,
-                  user=user),
+                  user=user, dynsec_plugin=dynsec_plugin),
     )
     fleet.remember_broker_output(
         out,
         {"port": port, "bind": bind, "conf_dir": str(conf_dir), "persistence_dir": str(persistence_dir),
-         "log_dest": log_dest, "user": user},
+         "log_dest": log_dest, "user": user, "dynsec_plugin": dynsec_plugin},
     )
     return conf
 

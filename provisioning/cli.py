@@ -3,8 +3,9 @@
     chot provision init-fleet DIR --broker-host HOST   the fleet CA, broker and collector credentials, collector keys
     chot provision collector-keys [--fleet DIR] [--rotate]   the collector's sealing, index and data keys
     chot provision device ID --checkpoint CP --direction in|out [--fleet DIR] [--dcc-schema DIR]   enrol a terminal
-    chot provision broker-config --fleet DIR --out DIR [--port 8883]   mosquitto.conf, ACL, TLS files
-    chot provision revoke ID [--fleet DIR]              shut a terminal out (CRL and ACL)
+    chot provision collector NAME [--fleet DIR]         another collector instance's own certificate
+    chot provision broker-config --fleet DIR --out DIR [--port 8883]   mosquitto.conf, access rules, TLS files
+    chot provision revoke ID [--fleet DIR]              shut a terminal out (CRL and the broker's rules)
     chot provision bundle ID / list / crl               rebuild a bundle, list the fleet, re-sign the CRL
 
 The fleet directory defaults to $CHOT_FLEET, else ./fleet. Nothing secret is ever printed:
@@ -71,13 +72,24 @@ def register(sub):
     a.add_argument("--renew", action="store_true", help="issue a new key to an enrolled device (old one revoked)")
     a.set_defaults(func=_device)
 
+    a = ps.add_parser(
+        "collector", help="make another collector instance its own certificate (its own MQTT user and client id)",
+        description="Make collectors/NAME/client.crt and client.key (0600) with the CN <collector_user>-NAME: "
+                    "each collector instance sharing the load needs its own identity (the broker makes the CN "
+                    "the client id, so two instances with one certificate would take each other's session "
+                    "over). The broker configs written before are refreshed; restart the broker to apply.",
+    )
+    a.add_argument("name", help="the instance's name, e.g. its collector.id (b, second, hanoi-2)")
+    a.add_argument("--fleet", default=_fleet_default(), help="fleet directory (default $CHOT_FLEET or ./fleet)")
+    a.set_defaults(func=_collector)
+
     a = ps.add_parser("bundle", help="make an enrolled terminal's bundle again (e.g. with a new --wheel)")
     a.add_argument("id")
     a.add_argument("--fleet", default=_fleet_default())
     a.add_argument("--wheel")
     a.set_defaults(func=_bundle)
 
-    a = ps.add_parser("broker-config", help="write mosquitto.conf, the ACL and the TLS files for the broker")
+    a = ps.add_parser("broker-config", help="write mosquitto.conf, the access rules and the TLS files for the broker")
     a.add_argument("--fleet", default=_fleet_default())
     a.add_argument("--out", required=True, help="output directory")
     a.add_argument("--port", type=int, default=None, help="TLS port (default: the fleet's broker port)")
@@ -87,10 +99,13 @@ def register(sub):
     a.add_argument("--persistence-dir", default="/var/lib/mosquitto", help="mosquitto's persistence_location")
     a.add_argument("--log-dest", default="syslog", help="mosquitto log_dest (syslog, stderr, 'file PATH')")
     a.add_argument("--user", default="mosquitto",
-                   help="the user mosquitto drops to (it must read the ACL and server key; default mosquitto)")
+                   help="the user mosquitto drops to (it must read the access rules and server key; default mosquitto)")
+    a.add_argument("--dynsec-plugin", default=None, metavar="PATH",
+                   help="the dynamic-security plugin's path on the broker host (default: this machine's, found "
+                        "under /usr/lib; a Pi: /usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so)")
     a.set_defaults(func=_broker_config)
 
-    a = ps.add_parser("revoke", help="shut a terminal out: its certificate into the CRL, its user denied in the ACL")
+    a = ps.add_parser("revoke", help="shut a terminal out: its certificate into the CRL, its user denied by the broker")
     a.add_argument("id")
     a.add_argument("--fleet", default=_fleet_default())
     a.set_defaults(func=_revoke)
@@ -171,6 +186,8 @@ def _device(args):
           f"({fleet.cfg.etc_dir.rstrip('/')}/collector-seal.pub)")
     print("on the Pi, as root:")
     print(f"  tar xzf {bundle.name} && ./chot-{args.id}/setup-terminal.sh")
+    print("restart the broker (systemctl restart mosquitto) with its refreshed rules before the terminal")
+    print("connects: until then the broker refuses it everything (its events wait in its outbox)")
     return 0
 
 
@@ -190,9 +207,26 @@ def _broker_config(args):
     conf = write_broker_config(
         fleet, args.out, port=args.port or fleet.cfg.broker_port, bind=args.bind, conf_dir=args.conf_dir,
         persistence_dir=args.persistence_dir, log_dest=args.log_dest, user=args.user,
+        dynsec_plugin=args.dynsec_plugin,
     )
     print(f"broker config written: {conf}")
+    print(f"  rights of {len(fleet.devices())} terminal(s) and {len(fleet.collector_users())} collector(s) in "
+          f"{conf.parent / 'dynamic-security.json'}")
     print(f"  test it: mosquitto -c {conf}")
+    print("  the broker reads the rights at start: restart it after enrolling or revoking a terminal")
+    return 0
+
+
+def _collector(args):
+    from provisioning.fleet import Fleet
+
+    fleet = Fleet(args.fleet)
+    user, crt, key = fleet.provision_collector(args.name)
+    print(f"collector instance {args.name}: MQTT user and client id {user!r}")
+    print(f"  certificate {crt}, key {key} (0600): the instance's mqtt.cert and mqtt.key")
+    for out in fleet.refresh_brokers():
+        print(f"  broker config refreshed: {out}")
+    print("restart the broker (systemctl restart mosquitto) so that it knows the new collector")
     return 0
 
 
@@ -201,13 +235,15 @@ def _revoke(args):
 
     fleet = Fleet(args.fleet)
     refreshed = fleet.revoke(args.id)
-    print(f"terminal {args.id} revoked: its certificate is in {fleet.crl} and its user is denied in the ACL")
+    print(f"terminal {args.id} revoked: its certificate is in {fleet.crl} and its user is denied everything "
+          "in the broker's rules (dynamic-security.json)")
     for out in refreshed:
         print(f"  broker config refreshed: {out}")
     if not refreshed:
         print("  no broker config written yet: run `chot provision broker-config` and install it")
-    print("apply it now: reload the broker (systemctl reload mosquitto, i.e. SIGHUP) or restart it;")
-    print("until then the terminal can still connect")
+    print("apply it now: restart the broker (systemctl restart mosquitto): a reload (SIGHUP) reads the CRL")
+    print("(no new connection), only a restart ends an open session and reads the rules; until then the")
+    print("terminal can still use a connection it has open")
     return 0
 
 

@@ -263,6 +263,7 @@ def provision_device(fleet, device_id, checkpoint, direction, pins=None, sets=No
     key, cert = pki.issue_cert(ca_key, ca_cert, device_id)
     pki.write_private(ddir / "device.key", pki.key_pem(key))
     pki.write_file(ddir / "device.crt", pki.cert_pem(cert))
+    fleet.refresh_brokers()  # the broker's rights now name this terminal (in force once the broker restarts)
     pki.write_file(ddir / "terminal.toml", to_toml(data, _header(device_id)), 0o640)
     tdir = ddir / "trust"
     if tdir.exists():

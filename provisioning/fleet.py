@@ -5,8 +5,10 @@ collector's Ed25519 signing key and its MQTT client certificate, the collector's
 keys (`collector-keys/`: sealing key pair, index secret, data key; see `make_collector_keys`),
 an empty CRL and `fleet.toml`. `Fleet(dir)` opens an existing one; `fleet.provision_device(...)` (devices.py)
 enrols a terminal and `fleet.revoke(device_id)` shuts one out: its certificate goes into the
-CRL and its user into the ACL's deny list, and every broker configuration written by
-`chot provision broker-config` is refreshed so a broker restart applies it.
+CRL and its user is denied everything in the broker's rules (dynamic-security.json), and every
+broker configuration written by `chot provision broker-config` is refreshed so a broker restart
+applies it. `fleet.provision_collector(name)` gives another collector instance its own
+certificate (collectors/<name>/, CN `<collector_user>-<name>`).
 See pki.py for the layout of the directory.
 """
 
@@ -63,6 +65,8 @@ class Fleet:
     signing_pub = property(lambda self: self.dir / "collector" / "signing.pub")
     collector_key = property(lambda self: self.dir / "collector" / "client.key")
     collector_crt = property(lambda self: self.dir / "collector" / "client.crt")
+    # more collector instances, each with its own identity: collectors/<name>/client.{crt,key}
+    collectors_dir = property(lambda self: self.dir / "collectors")
     broker_outputs = property(lambda self: self.dir / "broker" / "outputs.json")
     # the collector's personal-data keys (the collector's `collector.key_dir`); never in a bundle
     collector_keys = property(lambda self: self.dir / "collector-keys")
@@ -70,6 +74,55 @@ class Fleet:
     index_key = property(lambda self: self.dir / "collector-keys" / "index.key")
     data_key = property(lambda self: self.dir / "collector-keys" / "data.key")
     rollout_dir = property(lambda self: self.dir / "rollout")
+
+    # --- collector identities ---------------------------------------------------------------
+
+    def collector_instance_user(self, name):
+        """The MQTT user (certificate CN, and so client id) of collector instance `name`."""
+        return f"{self.cfg.collector_user}-{name}"
+
+    def collector_instances(self):
+        """{name: directory} of the collector instances made by `chot provision collector NAME`."""
+        root = self.collectors_dir
+        if not root.is_dir():
+            return {}
+        return {p.name: p for p in sorted(root.iterdir()) if (p / "client.crt").is_file()}
+
+    def collector_users(self):
+        """Every collector identity's MQTT user: the fleet's first one (`collector_user`, made with the
+        fleet) and one per instance."""
+        return [self.cfg.collector_user] + [self.collector_instance_user(n) for n in self.collector_instances()]
+
+    def provision_collector(self, name):
+        """Make collector instance `name` its own key and certificate (CN `<collector_user>-<name>`):
+        two collectors never share a client id, so neither can take the other's session over.
+        Returns (user, cert path, key path); the broker configs written before are refreshed."""
+        if not DEVICE_ID_RE.fullmatch(name or ""):
+            raise ProvisioningError(
+                f"collector name {name!r} is not allowed: use 1 to 64 letters, digits, '_', '.' or '-', starting "
+                "with a letter or digit (e.g. the instance's collector.id)"
+            )
+        user = self.collector_instance_user(name)
+        if not DEVICE_ID_RE.fullmatch(user):
+            raise ProvisioningError(f"collector name {name!r} is too long: the MQTT user {user!r} has over 64 "
+                                    "characters")
+        if user in self.devices() or user in self.revoked_ids():
+            raise ProvisioningError(f"{user!r} is a terminal's id in this fleet: give the collector another name")
+        cdir = self.collectors_dir / name
+        crt, key = cdir / "client.crt", cdir / "client.key"
+        if crt.exists():
+            raise ProvisioningError(
+                f"collector {name} already has a certificate ({crt}): give the new instance another name"
+            )
+        self.collectors_dir.mkdir(mode=0o700, exist_ok=True)
+        cdir.mkdir(mode=0o700, exist_ok=True)
+        ca_key, ca_cert = self.ca()
+        k, c = pki.issue_cert(ca_key, ca_cert, user)
+        pki.write_private(key, pki.key_pem(k))
+        pki.write_file(crt, pki.cert_pem(c))
+        self.refresh_brokers()
+        log.info("collector identity made")
+        return user, crt, key
 
     def device_dir(self, device_id):
         return self.dir / "devices" / device_id
@@ -115,8 +168,9 @@ class Fleet:
         return self.crl
 
     def revoke(self, device_id):
-        """Shut a terminal out: CRL + ACL deny; refresh every broker config written. Returns the outputs refreshed."""
-        check_device_id(device_id, self)
+        """Shut a terminal out: CRL + denied everything in the broker's rules; refresh every broker config
+        written. Returns the outputs refreshed."""
+        check_device_id(device_id)  # not the naming rules of new ids: an old fleet may hold any id
         crt = self.device_dir(device_id) / "device.crt"
         if not crt.is_file():
             raise ProvisioningError(
@@ -216,7 +270,8 @@ class Fleet:
             ) from None
 
     def refresh_brokers(self):
-        """Write the ACL and CRL again into every broker config directory made from this fleet."""
+        """Write the access rules (dynamic-security.json) and the CRL again into every broker config
+        directory made from this fleet; a broker restart puts them in force."""
         from provisioning.broker import write_broker_config
 
         done = []
@@ -235,6 +290,12 @@ def check_device_id(device_id, fleet=None):
         )
     if fleet is not None and device_id == fleet.cfg.collector_user:
         raise ProvisioningError(f"{device_id!r} is the collector's MQTT user: give the terminal another id")
+    prefixes = (f"{fleet.cfg.collector_user}-", "collector-") if fleet is not None else ()
+    if device_id.startswith(prefixes):
+        raise ProvisioningError(
+            f"{device_id!r} is a collector's name (collector instances are <collector_user>-<name>, manual "
+            "events collector-<id>): give the terminal another id"
+        )
 
 
 def _toml_str(s):

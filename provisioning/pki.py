@@ -7,11 +7,12 @@ keeps and nobody else may see:
     DIR/ca/ca.key      0600        the fleet CA (EC P-256): signs every certificate and the CRL
     DIR/ca/ca.crt                  given to the broker and to every terminal
     DIR/ca/crl.pem                 certificate revocation list (the broker's crlfile)
-    DIR/ca/revoked.json            what was revoked, and why (source of the CRL and the ACL denies)
+    DIR/ca/revoked.json            what was revoked, and why (source of the CRL and the broker's denies)
     DIR/broker/server.key 0600, server.crt   the broker's TLS certificate (SAN: host, localhost, 127.0.0.1)
     DIR/collector/signing.key 0600, signing.pub   the collector's Ed25519 key: it signs config,
                                    deny lists and trust lists; terminals pin signing.pub
     DIR/collector/client.key 0600, client.crt     the collector's MQTT client certificate (CN = its user)
+    DIR/collectors/<name>/client.key 0600, client.crt   more collector instances (CN <collector_user>-<name>)
     DIR/collector-keys/ 0700       the collector's personal-data keys (its collector.key_dir):
                                    seal-<kid>.key 0600 (X25519, every one kept), seal.pub (pinned by
                                    terminals), index.key 0600, data.key 0600; never in a bundle

@@ -1,17 +1,19 @@
 """The local Mosquitto (provisioning.localbroker.LocalBroker) against the real broker.
 
-Authenticated mode (issue 10, items 4 and 5): with `secure=True` a terminal logs in as its
-device id and the fleet's ACL applies: terminal t2 can publish neither an ack nor an event
-under terminal t1's topics (MQTT 5 PUBACK 135), nor an ack of its own; an anonymous client or a
-wrong password is refused; the collector publishes acks and reads events through its shared
-subscription; users added while running (SIGHUP) leave connected clients connected; the real
-Link and Collector work with the mqtt.username / mqtt.password_file it hands out.
+Authenticated mode (issue 10, items 4 and 5; issue 11): with `secure=True` a terminal logs in as
+its device id (also its client id) and the fleet's rules apply (the dynamic-security plugin):
+terminal t2 can publish neither an ack nor an event under terminal t1's topics (MQTT 5 PUBACK
+135), nor an ack of its own; an anonymous client or a wrong password is refused; the collector
+publishes acks and reads events through its shared subscription; users added while running
+(the plugin's control topic) leave connected clients connected; the real Link and Collector work
+with the mqtt.username / mqtt.password_file it hands out.
 
 Persistence (item 8): a persistent session that reached the disk (`save()`, or the 1 s
 autosave) survives kill -9 of the broker, and QoS 1 messages published after the restart wait
 in it for the subscriber; without a snapshot the session is gone and those messages with it.
 """
 
+import json
 import stat
 import threading
 import time
@@ -25,7 +27,7 @@ from servers import MOSQUITTO, Mosquitto
 
 from chot import wire
 from chot.errors import ProvisioningError
-from provisioning.broker import acl_rules
+from provisioning.broker import ROLE_COLLECTOR, collector_acls, device_acls, device_role
 from provisioning.localbroker import password_hash, try_login
 
 NOT_AUTHORIZED = 135
@@ -142,7 +144,8 @@ def test_terminal_cannot_forge_acks_or_another_terminals_events(secure):
         assert refused(secure, "t2", wire.event_topic("t1"), wire.dumps(ev)) == NOT_AUTHORIZED
         # nor configs and broadcasts, which only the collector writes
         assert refused(secure, "t2", wire.config_topic("t2")) == NOT_AUTHORIZED
-        assert refused(secure, "t1", wire.broadcast_topic("denylist")) == NOT_AUTHORIZED
+        # (t2, not t1: a second connection of t1 would be t1, its user name being its client id)
+        assert refused(secure, "t2", wire.broadcast_topic("denylist")) == NOT_AUTHORIZED
         # the collector publishes acks, and t1 gets only the collector's
         assert col.publish(wire.ack_topic("t1"), wire.encode_ack("t1", 1)).value == 0
         assert t1.wait_messages(1) == [(wire.ack_topic("t1"), wire.encode_ack("t1", 1))]
@@ -185,13 +188,20 @@ def test_credentials_files_and_their_reuse(tmp_path):
             b.add_terminal(bad)
     b.start()
     try:
-        # the broker's files: hashed passwords only, 0600; the fleet's ACL rules verbatim
-        pw = b.password_path.read_text()
-        assert stat.S_IMODE(b.password_path.stat().st_mode) == 0o600
-        assert "gate-1-in:$7$101$" in pw and "collector:$7$101$" in pw and b.password("gate-1-in") not in pw
-        assert "\n".join(acl_rules("collector")) in b.acl_path.read_text()
+        # the broker's files: hashed passwords only, 0600; the fleet's rules verbatim (provisioning.broker)
+        text = b.dynsec_path.read_text()
+        assert stat.S_IMODE(b.dynsec_path.stat().st_mode) == 0o600
+        assert b.password("gate-1-in") not in text and b.password("collector") not in text
+        rules = json.loads(text)
+        clients = {c["username"]: c for c in rules["clients"]}
+        assert {"gate-1-in", "collector"} <= set(clients) and clients["gate-1-in"]["iterations"] == 101
+        roles = {r["rolename"]: r["acls"] for r in rules["roles"]}
+        assert roles[device_role("gate-1-in")] == device_acls("gate-1-in")
+        assert roles[ROLE_COLLECTOR] == collector_acls()
+        assert not any(rules["defaultACLAccess"][k] for k in ("publishClientSend", "publishClientReceive", "subscribe"))
         conf = b.conf_path.read_text()
         assert "\nallow_anonymous false\n" in conf and "allow_anonymous true" not in conf
+        assert "\nuse_username_as_clientid true\n" in conf and "\nplugin_opt_config_file " in conf
         assert try_login(b.port, "gate-1-in", b.password("gate-1-in")) == 0
         b.restart(kill=True)  # the users are rewritten with the config
         assert try_login(b.port, "gate-1-in", b.password("gate-1-in")) == 0

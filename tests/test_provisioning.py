@@ -2,6 +2,7 @@
 revocation, and the terminal's self-test (files source, MockFactory pins, a local broker)."""
 
 import io
+import json
 import stat
 import subprocess
 import tarfile
@@ -369,23 +370,43 @@ def test_broker_config_and_revocation(fleet_dir, tmp_path, capsys):
     conf = (out / "mosquitto.conf").read_text()
     for line in ("require_certificate true", "use_identity_as_username true", "allow_anonymous false",
                  f"cafile {out}/ca.crt", f"certfile {out}/server.crt", f"keyfile {out}/server.key",
-                 f"crlfile {out}/crl.pem", f"acl_file {out}/acl", "listener 8883", "max_queued_messages 10000000",
+                 f"crlfile {out}/crl.pem", f"plugin_opt_config_file {out}/dynamic-security.json",
+                 "use_username_as_clientid true", "listener 8883", "max_queued_messages 10000000",
                  "max_inflight_messages 0", "max_queued_bytes 0", "max_inflight_bytes 0", "persistence true",
                  # snapshots every 10 s by time, sessions capped at an hour (issue 10, item 8; see broker.py)
                  "autosave_interval 10", "autosave_on_changes false", "persistent_client_expiration 1h"):
         assert f"\n{line}\n" in conf, line
     assert mode(out / "server.key") == 0o600
-    acl = (out / "acl").read_text()
-    assert "pattern write chot/v1/dev/%u/event" in acl and "pattern read chot/v1/broadcast/#" in acl
-    assert "user collector\ntopic read chot/v1/dev/+/event" in acl
-    assert "topic deny" not in acl
+    assert "\nacl_file" not in conf and not (out / "acl").exists()  # acl_file checks no subscription (2.0.11)
+
+    def rules():
+        data = json.loads((out / "dynamic-security.json").read_text())
+        return {c["username"]: [r["rolename"] for r in c["roles"]] for c in data["clients"]}, data
+
+    clients, data = rules()
+    assert clients == {"collector": ["chot-collector", "chot-deny-all"],
+                       "gate-a": ["chot-device-gate-a", "chot-deny-all"],
+                       "gate-b": ["chot-device-gate-b", "chot-deny-all"]}
+    assert data["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False, "subscribe": False,
+                                        "unsubscribe": True}
+    # a collector instance of its own, and a terminal enrolled later: both in the refreshed rules
+    assert chot_main(["provision", "collector", "b", "--fleet", str(fleet_dir)]) == 0
+    provision_device(f, "gate-c", "cp", "in")
+    clients, _ = rules()
+    assert clients["collector-b"] == ["chot-collector", "chot-deny-all"] and "gate-c" in clients
+    key = fleet_dir / "collectors/b/client.key"
+    assert mode(key) == 0o600 and cn(x509.load_pem_x509_certificate(key.with_name("client.crt").read_bytes())) == \
+        "collector-b"
+    with pytest.raises(ProvisioningError, match="collector"):
+        provision_device(f, "collector-b", "cp", "in")
     # mosquitto itself accepts the file (-t is not in 2.0.11: start it on a free port and stop it)
     capsys.readouterr()
     assert chot_main(["provision", "revoke", "gate-b", "--fleet", str(fleet_dir)]) == 0
     said = capsys.readouterr().out
-    assert str(out) in said and "reload" in said
-    acl = (out / "acl").read_text()
-    assert "user gate-b\ntopic deny #" in acl and "user gate-a" not in acl
+    assert str(out) in said and "restart the broker" in said
+    clients, data = rules()
+    assert clients["gate-b"] == ["chot-deny-all"] and clients["gate-a"] == ["chot-device-gate-a", "chot-deny-all"]
+    assert "chot-device-gate-b" not in {r["rolename"] for r in data["roles"]}
     crl = x509.load_pem_x509_crl((out / "crl.pem").read_bytes())
     b = x509.load_pem_x509_certificate((f.device_dir("gate-b") / "device.crt").read_bytes())
     a = x509.load_pem_x509_certificate((f.device_dir("gate-a") / "device.crt").read_bytes())
@@ -393,7 +414,7 @@ def test_broker_config_and_revocation(fleet_dir, tmp_path, capsys):
     assert crl.get_revoked_certificate_by_serial_number(a.serial_number) is None
     assert crl.is_signature_valid(pki.load_cert(f.ca_crt).public_key())
     assert chot_main(["provision", "list", "--fleet", str(fleet_dir)]) == 0
-    assert capsys.readouterr().out.splitlines() == ["gate-a\tenrolled", "gate-b\trevoked"]
+    assert capsys.readouterr().out.splitlines() == ["gate-a\tenrolled", "gate-b\trevoked", "gate-c\tenrolled"]
     assert chot_main(["provision", "revoke", "nobody", "--fleet", str(fleet_dir)]) != 0
 
 
@@ -428,18 +449,21 @@ def test_fleet_acl_is_the_local_brokers_and_lets_no_terminal_write_acks(fleet_di
     import paho.mqtt.client as mqtt
     from servers import free_port, wait_port
 
-    from provisioning.broker import acl_rules, acl_text, write_broker_config
+    from provisioning.broker import fleet_dynsec, write_broker_config
     from provisioning.devices import provision_device
     from provisioning.localbroker import LocalBroker
 
     f = Fleet(fleet_dir)
     for dev, d in (("gate-a", "in"), ("gate-b", "out")):
         provision_device(f, dev, "cp", d)
-    rules = "\n".join(acl_rules(f.cfg.collector_user))
-    assert rules in acl_text(f)  # the same rules as LocalBroker(secure=True) writes
+    # the same rules as LocalBroker(secure=True) writes, role for role
     local = LocalBroker(tmp_path / "local", secure=True)
+    for dev in ("gate-a", "gate-b"):
+        local.add_terminal(dev)
     local.write_conf()
-    assert rules in local.acl_path.read_text()
+    fleet_roles = {r["rolename"]: r for r in fleet_dynsec(f)["roles"]}
+    local_roles = {r["rolename"]: r for r in json.loads(local.dynsec_path.read_text())["roles"]}
+    assert fleet_roles.items() <= local_roles.items()
 
     need(__import__("os").path.exists(MOSQUITTO), "mosquitto")
     port = free_port()

@@ -3,12 +3,15 @@
 TLS with client certificates on a free loopback port: an enrolled terminal connects and its
 events are stored by the collector; it cannot publish under another device's topic (MQTT 5
 reason code 135) nor forge a broadcast; a client whose certificate is not from the fleet CA
-(or with none) cannot connect; a revoked terminal is shut out (CRL on reload, ACL deny even
-on an open session); a deny list signed with any key but the collector's is ignored.
+(or with none) cannot connect; a revoked terminal is shut out (CRL on reload, the broker's rules
+deny it everything after the restart that reads them, even with a stale CRL); a deny list signed
+with any key but the collector's is ignored. The attacks of issue 11 on identities (client-id
+takeover, `$share` hijack, foreign subscriptions) are in test_broker_identities.py.
 """
 
 import datetime as dt
 import getpass
+import json
 import os
 import signal
 import ssl
@@ -51,6 +54,8 @@ class FleetBroker:
             log_dest=f"file {self.log}", user=getpass.getuser(),
         )
         (out / "data").mkdir(exist_ok=True)
+        with open(self.conf, "a", encoding="utf-8") as f:
+            f.write("log_type information\n")  # "Reloading config." marks a SIGHUP (see reload)
         self.proc = None
 
     def start(self):
@@ -64,15 +69,17 @@ class FleetBroker:
         return self
 
     def reload(self):
-        """SIGHUP: mosquitto reads the ACL and the CRL again (Debian's `systemctl reload mosquitto`).
-
-        Reading the ACL logs its warning about the broadcast pattern (no %u) once more: that
-        line marks the end of the reload.
-        """
-        marker = "does not contain '%c' or '%u'"
+        """SIGHUP: mosquitto reads the CRL again (Debian's `systemctl reload mosquitto`); the rules of
+        the dynamic-security plugin are read only at start (see restart)."""
+        marker = "Reloading config."
         before = self.log.read_text().count(marker)
         self.proc.send_signal(signal.SIGHUP)
         assert wait_until(lambda: self.log.read_text().count(marker) > before, 10), "mosquitto did not reload"
+
+    def restart(self):
+        """`systemctl restart mosquitto`: the only way the broker reads dynamic-security.json again."""
+        self.stop()
+        return self.start()
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -265,12 +272,12 @@ def test_terminal_cannot_publish_as_another_or_forge_broadcasts(fleet, tls_broke
             assert dev.connect().value == 0
             assert dev.publish(topic, payload, retain=retain).value == NOT_AUTHORIZED
             dev.close()
-        # another device's acks never reach it (mosquitto grants the subscription but filters delivery)
+        # another device's acks never reach it: the subscription is refused (SUBACK 0x87, issue 11)
         dev = device_client(fleet, tls_broker.port, "dev-1")
         assert dev.connect().value == 0
-        dev.subscribe(wire.ack_topic("dev-2"))
+        assert dev.subscribe(wire.ack_topic("dev-2"))[0].value == NOT_AUTHORIZED
         assert dev.subscribe(wire.ack_topic("dev-1"))[0].value == 1
-        assert spy.publish(wire.ack_topic("dev-2"), wire.encode_ack("dev-2", 7)).value == 0
+        assert spy.publish(wire.ack_topic("dev-2"), wire.encode_ack("dev-2", 7)).value in (0, 16)  # 16: no subscriber
         assert spy.publish(wire.ack_topic("dev-1"), wire.encode_ack("dev-1", 1)).value == 0
         assert dev.wait(dev.messages, 0) is not None
         # its own topic works
@@ -332,16 +339,24 @@ def test_revoked_terminal_is_shut_out(fleet, tls_broker, tmp_path, capsys):
     assert chot_main(["provision", "revoke", "dev-3", "--fleet", str(fleet.dir)]) == 0
     out = capsys.readouterr().out
     assert str(tls_broker.out) in out  # the broker config written before was refreshed
-    assert "-----BEGIN" not in out
-    assert "user dev-3\ntopic deny #" in (tls_broker.out / "acl").read_text()
+    assert "-----BEGIN" not in out and "restart the broker" in out
+    rules = json.loads((tls_broker.out / "dynamic-security.json").read_text())
+    clients = {c["username"]: c for c in rules["clients"]}
+    assert clients["dev-3"].get("disabled") is True
+    assert [r["rolename"] for r in clients["dev-3"]["roles"]] == ["chot-deny-all"]  # no right left
+    assert "chot-device-dev-3" not in {r["rolename"] for r in rules["roles"]}
     assert (tls_broker.out / "crl.pem").read_bytes() != old_crl
     tls_broker.reload()
 
-    # the session still open: every publish is now refused by the ACL
-    assert dev3.publish(wire.event_topic("dev-3"), wire.dumps(event("dev-3", 2))).value == NOT_AUTHORIZED
-    dev3.close()
-    # a new connection: the CRL refuses the certificate in the TLS handshake
+    # a new connection: the CRL (read again on SIGHUP) refuses the certificate in the TLS handshake
     again = device_client(fleet, tls_broker.port, "dev-3", client_id="dev-3b")
+    result = again.connect(timeout=5)
+    again.c.loop_stop()
+    assert isinstance(result, str) and result.startswith("refused"), result
+    # the open session ends with the restart that reads the rules again; it cannot come back
+    tls_broker.restart()
+    dev3.close()
+    again = device_client(fleet, tls_broker.port, "dev-3", client_id="dev-3c")
     result = again.connect(timeout=5)
     again.c.loop_stop()
     assert isinstance(result, str) and result.startswith("refused"), result
@@ -356,8 +371,8 @@ def test_revoked_terminal_is_shut_out(fleet, tls_broker, tmp_path, capsys):
         provision_device(fleet, "dev-3", "gate-2", "in", renew=True)
 
 
-def test_acl_alone_denies_a_revoked_terminal(fleet, tmp_path):
-    """Even where the CRL were missing or stale, the ACL's deny shuts a revoked user out."""
+def test_rules_alone_deny_a_revoked_terminal(fleet, tmp_path):
+    """Even where the CRL were missing or stale, the broker's rules shut a revoked user out."""
     if "dev-3" not in fleet.revoked_ids():
         fleet.revoke("dev-3")
     b = FleetBroker(fleet, tmp_path / "b2")
@@ -368,6 +383,7 @@ def test_acl_alone_denies_a_revoked_terminal(fleet, tmp_path):
     try:
         dev3 = device_client(fleet, b.port, "dev-3", client_id="dev-3c")
         assert dev3.connect().value == 0
+        assert dev3.subscribe(wire.ack_topic("dev-3"))[0].value == NOT_AUTHORIZED
         assert dev3.publish(wire.event_topic("dev-3"), wire.dumps(event("dev-3", 3))).value == NOT_AUTHORIZED
         dev3.close()
     finally:

@@ -46,18 +46,15 @@ longer than `mqtt.down_alarm_min`. The frame loop only ever calls `wake()`.
 import logging
 import queue
 import random
-import ssl
 import threading
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from chot import __version__, wire
-from chot.errors import OutboxError, UplinkError
+from chot.errors import OutboxError
+from chot.mqtt import MqttSettings, Will, build_client, connect_async
 from device import clock
 from device.uplink.updates import UpdateStore, load_public_key, store_path_for
 
@@ -185,59 +182,29 @@ class Link:
 
     # --- building the client --------------------------------------------------------------------
 
-    def _make_client(self):
+    def _mqtt_settings(self):
+        """The link's connection, for the one client factory (chot.mqtt): client id = device id,
+        clean start off with a session expiry, the offline status as last will."""
         m = self.m
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.device_id,
-            protocol=mqtt.MQTTv5,
-            reconnect_on_failure=True,
+        return MqttSettings.from_section(
+            m, client_id=self.device_id, default_username=self.device_id, clean_start=False,
+            will=Will(self.topic_status, wire.offline_status(self.device_id)),
+            max_inflight=self.inflight,
+            # paho's queue only ever holds what is in flight (plus status messages): the outbox is the queue.
+            max_queued=2 * self.inflight + 10,
+            logger=__name__ + ".paho",
         )
-        client.enable_logger(logging.getLogger(__name__ + ".paho"))
-        if m.tls:
-            client.tls_set_context(self._tls_context())
-        if m.username or m.password_file:
-            client.username_pw_set(m.username or self.device_id, self._password())
-        client.will_set(self.topic_status, wire.offline_status(self.device_id), qos=1, retain=True)
+
+    def _make_client(self):
+        self.mqtt_settings = self._mqtt_settings()
+        client = build_client(self.mqtt_settings)
         self._next_reconnect_delay(client)
-        client.max_inflight_messages_set(self.inflight)
-        # paho's queue only ever holds what is in flight (plus status messages): the outbox is the queue.
-        client.max_queued_messages_set(2 * self.inflight + 10)
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         return client
-
-    def _tls_context(self):
-        m = self.m
-        try:
-            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=m.ca)
-            if m.cert:
-                ctx.load_cert_chain(m.cert, m.key)
-        except FileNotFoundError as exc:
-            raise UplinkError(
-                f"TLS file not found: {exc.filename}; check mqtt.ca, mqtt.cert and mqtt.key "
-                "(`chot provision` writes them)"
-            ) from None
-        except (ssl.SSLError, OSError) as exc:
-            raise UplinkError(
-                f"cannot use the TLS files (mqtt.ca, mqtt.cert, mqtt.key): {exc}; "
-                "the certificate and key must be PEM and belong together"
-            ) from None
-        return ctx
-
-    def _password(self):
-        if not self.m.password_file:
-            return None
-        try:
-            return Path(self.m.password_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UplinkError(
-                f"cannot read mqtt.password_file {self.m.password_file}: {exc.strerror}; "
-                "write the device's broker password there (mode 0600)"
-            ) from None
 
     def _replay_updates(self):
         """Hand the updates kept from earlier runs to the daemon: it decides with what it last had."""
@@ -257,11 +224,7 @@ class Link:
         if self._started:
             return self
         self._started = True
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = int(self.m.session_expiry_s)
-        self.client.connect_async(
-            self.m.host, self.m.port, keepalive=self.m.keepalive_s, clean_start=False, properties=props
-        )
+        connect_async(self.client, self.mqtt_settings)
         self.client.loop_start()
         self._worker = threading.Thread(target=self._run, name=f"chot-link-{self.device_id}", daemon=True)
         self._worker.start()
