@@ -130,7 +130,7 @@ def _storage(cfg, keys=False):
 
         k = CollectorKeys.from_dir(cfg.collector.key_dir)
     return Storage(cfg.collector.database, synchronous=cfg.collector.sqlite_synchronous, keys=k,
-                   retention_days=cfg.collector.retention_days)
+                   retention_days=cfg.collector.retention_days, future_skew_s=cfg.collector.future_skew_s)
 
 
 def _actor():

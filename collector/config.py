@@ -53,6 +53,23 @@ SCHEMA = {
         "purge_interval_s": Field(
             "float", 3600.0, min=0.1, max=7 * 86400.0, help="how often the running collector purges old events"
         ),
+        "future_skew_s": Field(
+            "float", 600.0, min=0.0, max=7 * 86400.0,
+            help="an event dated more than this after its arrival is stored flagged `future`",
+        ),
+        "qos0_queue_max": Field(
+            "int", 1000, min=0, max=1_000_000,
+            help="QoS 0 messages queued for the worker at most; more are dropped and counted (no flow control)",
+        ),
+        "queue_max_mb": Field(
+            "float", 256.0, min=1.0, max=65536.0,
+            help="payload bytes queued for the worker at most (MiB); beyond, QoS 0 is dropped, QoS 1 acked and"
+            " dropped (its terminal sends it again)",
+        ),
+        "reject_log_interval_s": Field(
+            "float", 60.0, min=1.0, max=86400.0,
+            help="rejections are logged once per device and reason, then summed up in one line this often",
+        ),
     },
     "mqtt": {
         "host": Field("str", "localhost", help="broker host"),
