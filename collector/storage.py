@@ -163,7 +163,6 @@ class ClockFlag:
     BEHIND_FLOOR = "behind_floor"
     ALL = (OK, UNSYNCED, CORRECTED, JUMP_BACK, JUMP_FORWARD, IMPLAUSIBLE, FUTURE, BEHIND_FLOOR)
     ADJUSTED = (CORRECTED, JUMP_BACK, JUMP_FORWARD)  # time_corrected differs from time
-    DOUBTFUL = (UNSYNCED, CORRECTED, JUMP_BACK, JUMP_FORWARD, IMPLAUSIBLE, FUTURE, BEHIND_FLOOR)
     PURGED_BY_ARRIVAL = (IMPLAUSIBLE, FUTURE)  # purged retention_days after arrival whatever their time
 
 

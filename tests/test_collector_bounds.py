@@ -346,3 +346,14 @@ def test_the_database_and_its_wal_are_0600_with_secure_delete(tmp_path):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_a_version_2_database_gets_the_bindings_table(db_url):
+    with Storage(db_url) as st:
+        st.store_batch([make_event("d1", 1)])
+        st.db.execute_sql('DROP TABLE "chot_binding"')
+        st.SchemaVersion.update(version=2).execute()
+    with Storage(db_url) as st:
+        assert st.schema_version() == 3 and st.event_count() == 1
+        assert st.replace_bindings({"d1": ("cp-1", "in")}, "test")["added"] == ["d1"]
+        assert st.bindings() == {"d1": ("cp-1", "in")}
