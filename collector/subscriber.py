@@ -11,7 +11,9 @@ each event until the collector's ack and resends it. On connect the collector pu
 presence (`chot/v1/broadcast/presence/<id>`, retained, online) with a last will saying
 offline, so that terminals resend at once when a collector (re)appears.
 
-`on_message` only queues the message; one worker thread takes up to
+`on_message` only queues the message, within bounds for every QoS (QoS 1: twice the receive
+maximum; QoS 0: `qos0_queue_max`; all payloads: `queue_max_mb`; beyond, QoS 0 is dropped and QoS 1
+acked and dropped, its terminal resends; counted in `stats()["dropped"]`); one worker thread takes up to
 `batch_size` messages or waits `batch_max_wait_ms`, validates each one, stores the good events
 in ONE transaction, and only THEN acks the MQTT messages to the broker and publishes each
 device's contiguous seq to `chot/v1/dev/<id>/ack`, with the collector's UTC time (terminals
@@ -30,11 +32,14 @@ them per code), never dropped.
 
 A bad message (not JSON, too large, wrong types, another device's id) is counted per code
 (`chot.wire.WireError.code`: not_json, too_large, bad_batch, bad_topic, invalid_event,
-wrong_device; invalid_status for a status), logged without personal data and acked so it
-does not come back; it never stops the collector or the good messages around it. Gaps in a
-device's seq that stay open longer than `gap_report_s` are logged once. Old events are purged
-every `purge_interval_s` (`retention_days`) by a thread of their own, in short batches, so
-ingest goes on. `stats()` returns the counters.
+wrong_device; invalid_status, status_too_large for a status, which is also cleared at the broker
+when it came retained), logged without personal data (once per device and reason, then in a
+periodic summary: collector/rejectlog.py) and acked so it does not come back. An event claiming
+another checkpoint or direction than its device is bound to is refused and quarantined; one of a
+device not bound is refused unacked (collector/registry.py); it never stops the collector or the
+good messages around it. Gaps in a device's seq that stay open longer than `gap_report_s` are
+logged once. Old events are purged every `purge_interval_s` (`retention_days`) by a thread of
+their own, in short batches, so ingest goes on. `stats()` returns the counters.
 """
 
 import logging
@@ -95,19 +100,6 @@ def make_client(cfg, client_id_=None, manual_ack=False):
         client.username_pw_set(m.username, password)
     client.reconnect_delay_set(min_delay=m.reconnect_min_s, max_delay=m.reconnect_max_s)
     return client
-
-
-class _Oversized:
-    """A payload larger than any valid message, queued as its size only."""
-
-    __slots__ = ("size",)
-
-    def __init__(self, size):
-        self.size = size
-
-
-def _size(payload):
-    return payload.size if isinstance(payload, _Oversized) else len(payload)
 
 
 class Collector:
@@ -637,3 +629,16 @@ def run(cfg, http=True, ready=None):
         for s, h in old.items():
             signal.signal(s, h)
     return 0
+
+
+class _Oversized:
+    """A payload larger than any valid message, queued as its size only."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size):
+        self.size = size
+
+
+def _size(payload):
+    return payload.size if isinstance(payload, _Oversized) else len(payload)
