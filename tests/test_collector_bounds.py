@@ -251,6 +251,31 @@ def test_a_qos0_flood_is_bounded_in_memory_and_counted(broker, tmp_path, key_dir
         good.close()
 
 
+def test_qos1_beyond_the_byte_bound_is_acked_dropped_and_counted(broker, tmp_path, key_dir):
+    path = tmp_path / "c.db"
+    with Collector(cfg_for(f"sqlite:///{path}", broker, key_dir, queue_max_mb=1.0)) as col:
+        col.wait_subscribed()
+        dev = Device(broker, "gate-b")
+        blocker = sqlite3.connect(path, timeout=30)
+        blocker.execute("BEGIN EXCLUSIVE")
+        big = [make_event("gate-b", s) for s in range(2, 2400)]  # about 700 KB in one batch message
+        try:
+            dev.publish(wire.encode_events([make_event("gate-b", 1)]))
+            wait_for(lambda: col.stats().get("received") == 1, what="the worker held at its store")
+            payload = wire.encode_events(big)
+            assert 600_000 < len(payload) < wire.MAX_MESSAGE_BYTES
+            dev.publish(payload).wait_for_publish(10)
+            dev.publish(payload).wait_for_publish(10)  # the second does not fit in 1 MiB: acked, dropped
+            wait_for(lambda: col.stats()["dropped"].get("queue_bytes_full") == 1, what="the drop counted")
+            assert col.stats()["queued_bytes"] <= col.stats()["queue_bounds"]["bytes"] == 1024 * 1024
+        finally:
+            blocker.rollback()
+            blocker.close()
+        wait_for(lambda: dev.last_ack() == 2399, what="the first copy stored")
+        assert col.stats()["stored"] == 2399
+        dev.close()
+
+
 # --- the status -------------------------------------------------------------------------------
 
 
