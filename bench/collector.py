@@ -102,6 +102,10 @@ class NullStorage:
     def reconnect(self):
         pass
 
+    def bindings(self):
+        """No device bound: the collector checks no checkpoint (as with a registry never imported)."""
+        return {}
+
     def purge(self, older_than_days, now=None, batch=0):
         return {"rows": 0, "partitions": 0, "cutoff": None}
 

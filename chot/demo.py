@@ -144,6 +144,9 @@ def _demo(args):
         }, world=True)
         collector = Collector(ccfg).start()
         collector.wait_subscribed(10)
+        # each terminal is bound to its checkpoint and direction, as `chot collector devices import` does
+        collector.storage.replace_bindings({t: (CHECKPOINT, d) for t, d, _s in TERMINALS}, "demo")
+        collector.bindings.refresh(force=True)
         broker.save()  # the collector's subscription is on disk before any terminal publishes
         from collector.api import ApiServer
 

@@ -116,6 +116,20 @@ def register(sub):
     c.add_argument("--new-key-dir", required=True,
                    help="a folder with the new index.key and data.key (chot collector keygen --index --data --key-dir)")
 
+    d = csub.add_parser("devices", help="the devices' bindings: the checkpoint and direction each terminal may record",
+                        description="Each terminal may record events only at the checkpoint and in the direction "
+                        "it was enrolled for. `import` loads the fleet's registry (chot provision registry); `list` "
+                        "shows the bindings.")
+    d.set_defaults(group_parser=d)
+    dsub = d.add_subparsers(dest="devices_command", metavar="ACTION")
+    for name, func, help_ in (("import", _devices_import, "replace the bindings with a registry file's (JSON)"),
+                              ("list", _devices_list, "the bindings (JSON)")):
+        c = dsub.add_parser(name, help=help_, description=help_)
+        c.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"collector config (default {DEFAULT_CONFIG})")
+        c.set_defaults(func=func)
+        if name == "import":
+            c.add_argument("file", help="the fleet's registry.json (chot provision registry)")
+
     c = cmd("audit", _audit, "the audit log of personal-data reads, newest first (JSON)")
     c.add_argument("--case", help="only this case")
     c.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
@@ -137,7 +151,7 @@ def _storage(cfg, keys=False):
 
         k = CollectorKeys.from_dir(cfg.collector.key_dir)
     return Storage(cfg.collector.database, synchronous=cfg.collector.sqlite_synchronous, keys=k,
-                   retention_days=cfg.collector.retention_days)
+                   retention_days=cfg.collector.retention_days, future_skew_s=cfg.collector.future_skew_s)
 
 
 def _actor():
@@ -291,6 +305,27 @@ def _rekey(args):
     return 0
 
 
+def _devices_import(args):
+    from collector.registry import import_registry
+
+    cfg = _cfg(args)
+    with _storage(cfg) as st:
+        res = import_registry(st, args.file)
+        total = len(st.bindings())
+    print(f"{total} devices bound: {len(res['added'])} added, {len(res['changed'])} changed, "
+          f"{len(res['removed'])} removed, {res['unchanged']} unchanged (running collectors see it within 10 s)",
+          file=sys.stderr)
+    for what in ("added", "changed", "removed"):
+        for dev in res[what]:
+            print(f"  {what}: {dev}", file=sys.stderr)
+    return 0
+
+
+def _devices_list(args):
+    return _query(args, lambda st, cfg: [{"device_id": d, "checkpoint": cp, "direction": dr}
+                                         for d, (cp, dr) in sorted(st.bindings().items())])
+
+
 def _audit(args):
     return _query(args, lambda st, cfg: st.audit_log(args.case, args.limit))
 
@@ -334,7 +369,11 @@ def _export(args):
     cfg = _cfg(args)
     with _storage(cfg) as st:
         if args.out:
-            with open(args.out, "w", encoding="utf-8", newline="") as f:
+            import os
+
+            # 0600: an export holds where and when each terminal recorded whom (keyed, but still case data)
+            fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
                 n = export_csv(st, f, args.case, _actor(), args.start, args.end, args.checkpoint)
             print(f"{n} events written to {args.out}", file=sys.stderr)
         else:

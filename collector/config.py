@@ -74,6 +74,23 @@ class CollectorSettings(Settings):
     gap_report_s: float = setting(
         300.0, min=0.0, max=30 * 86400.0, help="a gap in a device's seq open this long is reported"
     )
+    future_skew_s: float = setting(
+        600.0, min=0.0, max=7 * 86400.0,
+        help="an event dated more than this after its arrival is stored flagged `future`",
+    )
+    qos0_queue_max: int = setting(
+        1000, min=0, max=1_000_000,
+        help="QoS 0 messages queued for the worker at most; more are dropped and counted (no flow control)",
+    )
+    queue_max_mb: float = setting(
+        256.0, min=1.0, max=65536.0,
+        help="payload bytes queued for the worker at most (MiB); beyond, QoS 0 is dropped, QoS 1 acked and"
+        " dropped (its terminal sends it again)",
+    )
+    reject_log_interval_s: float = setting(
+        60.0, min=1.0, max=86400.0,
+        help="rejections are logged once per device and reason, then summed up in one line this often",
+    )
     sqlite_synchronous: Literal["FULL", "NORMAL"] = setting(
         "FULL", help="SQLite synchronous mode (FULL survives power loss)"
     )

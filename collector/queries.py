@@ -17,7 +17,8 @@
   indexes; the others from range probes on the (checkpoint, time_corrected) index, one merged range per checkpoint
   and stretch of time (exact to the microsecond, the same SQL on SQLite and PostgreSQL).
 - `traffic(storage, checkpoint, start, end)`: people in and out per checkpoint per hour.
-- `fleet(storage)`: the device registry: online, outbox depth, last seen, open gaps.
+- `fleet(storage)`: the device registry: online, outbox depth, last seen, open gaps, binding,
+  stale lists and a clock behind its floor (from the last status).
 - `export_csv(storage, out, case, actor, start, end)` / `read_csv` / `import_csv`: events as CSV,
   clear columns only (EXPORT_COLUMNS, stable), and back.
 - `record_manual(storage, ...)`: a paper declaration stored as an event (source `paper`,
@@ -364,19 +365,29 @@ def traffic(storage, checkpoint=None, start=None, end=None):
 
 
 def fleet(storage, now=None):
-    """Every device: online, software version, outbox depth, last seen (and its age), open gaps."""
+    """Every device: online, software version, outbox depth, last seen (and its age), open gaps, the
+    checkpoint and direction it is bound to, and from its last status: `stale` (the signed lists it holds
+    that are too old or expired: trust, denylist, config), `lists` (version, issued, expires of each) and
+    `clock_behind` (its clock is behind its time floor)."""
     now = now or utcnow()
     devices = storage.devices()
     for d in devices:
         d["last_seen_age_s"] = (now - parse_time(d["last_seen"])).total_seconds() if d["last_seen"] else None
         d["open_gaps"] = len(d["gaps"])
         d["missing_events"] = sum(g["to"] - g["from"] + 1 for g in d["gaps"])
+        status = d["status"] if isinstance(d["status"], dict) else {}
+        d["stale"] = list(status.get("stale") or [])
+        d["lists"] = status.get("lists") or {}
+        d["clock_behind"] = bool(status.get("clock_behind"))
     return {
         "time": format_time(now),
         "total": len(devices),
         "online": sum(1 for d in devices if d["online"]),
         "with_gaps": sum(1 for d in devices if d["gaps"]),
+        "stale": sum(1 for d in devices if d["stale"]),
+        "clock_behind": sum(1 for d in devices if d["clock_behind"]),
         "outbox_depth": sum(d["outbox_depth"] or 0 for d in devices),
+        "bound": len(storage.bindings()),
         "devices": devices,
     }
 

@@ -247,6 +247,13 @@ def set_config(storage, cfg, device_id, path, publish=True, ttl_h=None):
     if not wire.DEVICE_ID_RE.fullmatch(device_id):
         raise CollectorError(f"{device_id!r} is not a device id")
     body = read_config_body(path)
+    if "device" in body:
+        raise CollectorError(
+            f"{path}: a config update cannot change a terminal's [device] part (its id, checkpoint, direction: "
+            "the terminal refuses it, and the collector binds each terminal to what it was enrolled for). To move "
+            "a terminal, enrol it again (chot provision device ID --checkpoint CP --direction D --renew), then "
+            "chot provision registry and chot collector devices import FILE"
+        )
     payload, version = signed(storage, cfg, "config", body, wire.config_topic(device_id), target=device_id,
                               ttl_h=ttl_h)
     if publish:

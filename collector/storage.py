@@ -53,7 +53,7 @@ from collector.keys import Item
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: chot_binding (issue 11)
 MAX_GAPS = 100  # gaps kept per device in the registry (the rest are summarised)
 _GAP_SCAN_ROWS = 20000  # rows scanned above the contiguous mark to list gaps
 
@@ -142,8 +142,15 @@ class ClockFlag:
                     time_corrected is the anchored time;
     - jump_back / jump_forward: the clock said it was synchronised but was earlier / later than the
                     anchored time by more than JUMP_S (a clock step): time_corrected is the anchored time;
-    - implausible:  no usable anchor and the time is more than FUTURE_S after its arrival or older than
-                    retention (or the anchored time itself is in the future): nothing to correct it by.
+    - future:       the time (as corrected) is more than the configured skew (`collector.future_skew_s`,
+                    default FUTURE_S) after its arrival: a clock far ahead, or a time made up;
+    - implausible:  no usable anchor and the time older than retention: nothing to correct it by;
+    - behind_floor: the terminal says its clock read earlier than its persisted time floor (wire
+                    `Clock.behind`: its last event's time, its newest signed update's issue time):
+                    set back, or lost after a reboot; the time is as sent (an anchor corrects it: then
+                    the flag is corrected / jump_back).
+    An event is flagged once, by the first of: future, implausible, corrected / jump_back /
+    jump_forward, behind_floor, unsynced, ok.
     """
 
     OK = "ok"
@@ -152,12 +159,15 @@ class ClockFlag:
     JUMP_BACK = "jump_back"
     JUMP_FORWARD = "jump_forward"
     IMPLAUSIBLE = "implausible"
-    ALL = (OK, UNSYNCED, CORRECTED, JUMP_BACK, JUMP_FORWARD, IMPLAUSIBLE)
+    FUTURE = "future"
+    BEHIND_FLOOR = "behind_floor"
+    ALL = (OK, UNSYNCED, CORRECTED, JUMP_BACK, JUMP_FORWARD, IMPLAUSIBLE, FUTURE, BEHIND_FLOOR)
     ADJUSTED = (CORRECTED, JUMP_BACK, JUMP_FORWARD)  # time_corrected differs from time
+    PURGED_BY_ARRIVAL = (IMPLAUSIBLE, FUTURE)  # purged retention_days after arrival whatever their time
 
 
 JUMP_S = 120.0  # a terminal's time further than this from its anchored time is a jump
-FUTURE_S = 600.0  # a time further than this after its arrival is implausible
+FUTURE_S = 600.0  # default skew: a time further than this after its arrival is flagged future
 
 
 def anchored_time(clock):
@@ -174,27 +184,32 @@ def anchored_time(clock):
         return None
 
 
-def clock_assessment(clock, time, received_at, retention_days):
+def clock_assessment(clock, time, received_at, retention_days, future_skew_s=FUTURE_S):
     """(time_corrected, flag) of an event's `clock` (wire Clock) and `time` (naive UTC) received at `received_at`.
 
     time_corrected depends on the event's own fields only (a resend gets the same: it is part of
-    PostgreSQL's unique key); the flag may depend on when it arrived.
+    PostgreSQL's unique key); the flag may depend on when it arrived. See ClockFlag.
     """
+    behind = bool(getattr(clock, "behind", False))
     anchored = anchored_time(clock)
     if anchored is not None:
         delta = (time - anchored).total_seconds()
         if abs(delta) <= JUMP_S:
-            corrected, flag = time, ClockFlag.OK
+            corrected, flag = time, (ClockFlag.BEHIND_FLOOR if behind else ClockFlag.OK)
         elif not clock.synced:
             corrected, flag = anchored, ClockFlag.CORRECTED
         else:
             corrected, flag = anchored, (ClockFlag.JUMP_BACK if delta < 0 else ClockFlag.JUMP_FORWARD)
-        if (corrected - received_at).total_seconds() > FUTURE_S:
-            flag = ClockFlag.IMPLAUSIBLE  # the anchor itself is wrong
+        if (corrected - received_at).total_seconds() > future_skew_s:
+            flag = ClockFlag.FUTURE  # even the anchored time is ahead: the anchor itself is wrong
         return corrected, flag
     age_s = (received_at - time).total_seconds()
-    if -age_s > FUTURE_S or age_s > retention_days * 86400.0:
+    if -age_s > future_skew_s:
+        return time, ClockFlag.FUTURE
+    if age_s > retention_days * 86400.0:
         return time, ClockFlag.IMPLAUSIBLE
+    if behind:
+        return time, ClockFlag.BEHIND_FLOOR
     return time, (ClockFlag.OK if clock.synced else ClockFlag.UNSYNCED)
 
 
@@ -354,7 +369,21 @@ def _make_models(db, sqlite):
             primary_key = False
             indexes = ((("device_id", "seq"), True), (("received_at",), False))
 
+    class Binding(Base):
+        """What a device was enrolled for (its fleet's registry, `chot collector devices import`): an event
+        of that device claiming another checkpoint or direction is refused (collector.registry)."""
+
+        device_id = CharField(max_length=64, primary_key=True)
+        checkpoint = CharField(max_length=128)
+        direction = CharField(max_length=3)
+        source = CharField(max_length=200)  # where it came from: the registry file's fleet and time
+        updated_at = TimeField()
+
+        class Meta:
+            table_name = "chot_binding"
+
     Event._quarantine = Quarantine
+    Event._binding = Binding
     return Event, Device, Published, SchemaVersion, Audit
 
 
@@ -484,6 +513,38 @@ _DATA_ERRORS = (DataError, IntegrityError, ValueError, OverflowError, TypeError)
 # --- the storage ------------------------------------------------------------------------------
 
 
+DB_FILE_MODE = 0o600
+_DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def _private_db_files(path):
+    """Create the SQLite file 0600 before SQLite does (it gives its -wal and -shm the same mode), and
+    take group and other rights off an existing one and its companions (made by an older collector)."""
+    import os
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, DB_FILE_MODE)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise CollectorError(f"cannot create the database {path}: {exc.strerror}; check collector.database and "
+                             "the folder's rights") from None
+    else:
+        os.close(fd)
+    for suffix in _DB_SUFFIXES:
+        f = f"{path}{suffix}"
+        try:
+            mode = stat.S_IMODE(os.stat(f).st_mode)
+            if mode & 0o077:
+                os.chmod(f, mode & 0o700)
+                log.warning("%s was readable by others (mode %o): now %o", f, mode, mode & 0o700)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.error("cannot make %s private (%s): run chmod 600 on it", f, exc.strerror)
+
+
 def open_database(url, synchronous="FULL"):
     """Return (peewee database, is_sqlite) for a `sqlite:///...` or `postgresql://...` URL."""
     if url.startswith("sqlite://"):
@@ -499,8 +560,10 @@ def open_database(url, synchronous="FULL"):
                     f"cannot create the database folder {parent}: {exc.strerror}; create it or change"
                     " collector.database"
                 ) from None
+            _private_db_files(path)
         pragmas = {
             "journal_mode": "wal",
+            "secure_delete": "on",  # deleted rows (purged events) are overwritten with zeros, not left in free pages
             "synchronous": synchronous,
             "busy_timeout": 15000,
             "cache_size": -64000,
@@ -537,13 +600,16 @@ class Storage:
     `retention_days` bounds the days for which PostgreSQL day partitions are created.
     """
 
-    def __init__(self, url, synchronous="FULL", migrate=True, keys=None, retention_days=28.0):
+    def __init__(self, url, synchronous="FULL", migrate=True, keys=None, retention_days=28.0,
+                 future_skew_s=FUTURE_S):
         self.url = url
         self.keys = keys
         self.retention_days = float(retention_days)
+        self.future_skew_s = float(future_skew_s)
         self.db, self.sqlite = open_database(url, synchronous)
         self.Event, self.Device, self.Published, self.SchemaVersion, self.Audit = _make_models(self.db, self.sqlite)
         self.Quarantine = self.Event._quarantine
+        self.Binding = self.Event._binding
         self._manual_lock = threading.Lock()
         self._partitions = set()  # days known to have a partition (PostgreSQL)
         self._partition_lock = threading.Lock()
@@ -629,18 +695,22 @@ class Storage:
                 self._create_schema()
                 self.SchemaVersion.create(version=SCHEMA_VERSION, applied_at=utcnow())
                 log.info("database schema created at version %d", SCHEMA_VERSION)
+            elif current == 2:  # version 3 adds the devices' bindings
+                self.db.create_tables([self.Binding], safe=True)
+                self.SchemaVersion.create(version=SCHEMA_VERSION, applied_at=utcnow())
+                log.warning("database schema upgraded from version 2 to %d (chot_binding)", SCHEMA_VERSION)
         return SCHEMA_VERSION
 
     def _create_schema(self):
         if self.sqlite:
             self.db.create_tables([self.Event, self.Device, self.Published, self.SchemaVersion, self.Audit,
-                                   self.Quarantine], safe=True)
+                                   self.Quarantine, self.Binding], safe=True)
             return
         self.db.execute_sql(_PG_EVENT_DDL)
         self.db.execute_sql(f'CREATE TABLE IF NOT EXISTS "{PG_DEFAULT_PARTITION}" PARTITION OF "chot_event" DEFAULT')
         self.Event._schema.create_indexes(safe=True)
-        self.db.create_tables([self.Device, self.Published, self.SchemaVersion, self.Audit, self.Quarantine],
-                              safe=True)
+        self.db.create_tables([self.Device, self.Published, self.SchemaVersion, self.Audit, self.Quarantine,
+                               self.Binding], safe=True)
 
     # --- PostgreSQL day partitions ------------------------------------------------------------
 
@@ -713,7 +783,7 @@ class Storage:
 
     def purge(self, older_than_days, now=None, batch=PURGE_BATCH):
         """Delete the events whose time_corrected is more than `older_than_days` days before `now`, and
-        those flagged implausible that arrived that long ago (a time in 2036 is not kept until 2036).
+        those flagged implausible or future that arrived that long ago (a time in 2036 is not kept until 2036).
 
         PostgreSQL: whole day partitions older than the cutoff are dropped; the rows older than
         the cutoff in the default partition and in the partition of the cutoff's own day are
@@ -727,7 +797,8 @@ class Storage:
         cutoff = now - timedelta(days=float(older_than_days))
         rows = dropped = 0
         old = f'"time_corrected" < {self.db.param}'
-        implausible = f'"clock_flag" = \'{ClockFlag.IMPLAUSIBLE}\' AND "received_at" < {self.db.param}'
+        by_arrival = ", ".join(f"'{f}'" for f in ClockFlag.PURGED_BY_ARRIVAL)
+        implausible = f'"clock_flag" IN ({by_arrival}) AND "received_at" < {self.db.param}'
         if self.sqlite:
             t = self.Event.time.db_value(cutoff)
             for cond in (old, implausible):
@@ -889,6 +960,7 @@ class Storage:
         wire_time = _wire_time_sqlite if self.sqlite else _wire_time_pg
         keys = self.keys
         retention = self.retention_days
+        skew = self.future_skew_s
 
         def convert(x):
             ev, opened, seal_error = _as_item(x)
@@ -902,7 +974,7 @@ class Storage:
             clock = ev.clock
             t = wire_time(ev.time, tv)
             when = parse_time(ev.time)
-            corrected, flag = clock_assessment(clock, when, received_at, retention)
+            corrected, flag = clock_assessment(clock, when, received_at, retention, skew)
             tc = t if corrected == when else tv(corrected)
             row = (
                 ev.device_id,
@@ -1158,7 +1230,9 @@ class Storage:
     def devices(self):
         """Every registered device as a dict (fleet status)."""
         out = []
+        bound = self.bindings()
         for d in self.Device.select().order_by(self.Device.device_id):
+            b = bound.get(d.device_id)
             out.append(
                 {
                     "device_id": d.device_id,
@@ -1172,9 +1246,42 @@ class Storage:
                     "gaps": json.loads(d.gaps or "[]"),
                     "status": json.loads(d.last_status) if d.last_status else None,
                     "status_time": format_time(d.status_time),
+                    "checkpoint": b[0] if b else None,
+                    "direction": b[1] if b else None,
                 }
             )
         return out
+
+    # --- the devices' bindings (checkpoint, direction) -----------------------------------------
+
+    def bindings(self):
+        """{device_id: (checkpoint, direction)} of every bound device."""
+        B = self.Binding
+        return {d: (cp, dr) for d, cp, dr in B.select(B.device_id, B.checkpoint, B.direction).tuples()}
+
+    def replace_bindings(self, bindings, source):
+        """Make the bindings exactly `bindings` ({device_id: (checkpoint, direction)}), in one transaction.
+
+        Returns {"added": [...], "changed": [...], "removed": [...], "unchanged": n} (device ids).
+        """
+        B = self.Binding
+        now = utcnow()
+        with self.db.atomic():
+            old = self.bindings()
+            added = sorted(set(bindings) - set(old))
+            removed = sorted(set(old) - set(bindings))
+            changed = sorted(d for d in set(bindings) & set(old) if tuple(bindings[d]) != tuple(old[d]))
+            if removed:
+                for i in range(0, len(removed), 300):
+                    B.delete().where(B.device_id.in_(removed[i : i + 300])).execute()
+            for d in added + changed:
+                cp, dr = bindings[d]
+                B.insert(device_id=d, checkpoint=cp, direction=dr, source=str(source)[:200],
+                         updated_at=now).on_conflict(conflict_target=[B.device_id],
+                                                     update={B.checkpoint: cp, B.direction: dr,
+                                                             B.source: str(source)[:200], B.updated_at: now}).execute()
+        return {"added": added, "changed": changed, "removed": removed,
+                "unchanged": len(bindings) - len(added) - len(changed)}
 
     def open_gaps(self, older_than_s=0.0, now=None):
         """[(device_id, from, to, since)] for gaps open at least `older_than_s` seconds."""

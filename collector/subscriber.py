@@ -11,7 +11,9 @@ each event until the collector's ack and resends it. On connect the collector pu
 presence (`chot/v1/broadcast/presence/<id>`, retained, online) with a last will saying
 offline, so that terminals resend at once when a collector (re)appears.
 
-`on_message` only queues the message; one worker thread takes up to
+`on_message` only queues the message, within bounds for every QoS (QoS 1: twice the receive
+maximum; QoS 0: `qos0_queue_max`; all payloads: `queue_max_mb`; beyond, QoS 0 is dropped and QoS 1
+acked and dropped, its terminal resends; counted in `stats()["dropped"]`); one worker thread takes up to
 `batch_size` messages or waits `batch_max_wait_ms`, validates each one, stores the good events
 in ONE transaction, and only THEN acks the MQTT messages to the broker and publishes each
 device's contiguous seq to `chot/v1/dev/<id>/ack`, with the collector's UTC time (terminals
@@ -30,11 +32,14 @@ them per code), never dropped.
 
 A bad message (not JSON, too large, wrong types, another device's id) is counted per code
 (`chot.wire.WireError.code`: not_json, too_large, bad_batch, bad_topic, invalid_event,
-wrong_device; invalid_status for a status), logged without personal data and acked so it
-does not come back; it never stops the collector or the good messages around it. Gaps in a
-device's seq that stay open longer than `gap_report_s` are logged once. Old events are purged
-every `purge_interval_s` (`retention_days`) by a thread of their own, in short batches, so
-ingest goes on. `stats()` returns the counters.
+wrong_device; invalid_status, status_too_large for a status, which is also cleared at the broker
+when it came retained), logged without personal data (once per device and reason, then in a
+periodic summary: collector/rejectlog.py) and acked so it does not come back. An event claiming
+another checkpoint or direction than its device is bound to is refused and quarantined; one of a
+device not bound is refused unacked (collector/registry.py); it never stops the collector or the
+good messages around it. Gaps in a device's seq that stay open longer than `gap_report_s` are
+logged once. Old events are purged every `purge_interval_s` (`retention_days`) by a thread of
+their own, in short batches, so ingest goes on. `stats()` returns the counters.
 """
 
 import logging
@@ -44,6 +49,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 
+from paho.mqtt.client import MQTT_ERR_SUCCESS
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from peewee import InterfaceError, OperationalError
 
@@ -52,6 +58,8 @@ from chot.errors import CollectorError
 from chot.mqtt import MqttSettings, Will, build_client, connect_async
 from collector.config import client_id
 from collector.keys import CollectorKeys
+from collector.registry import Bindings
+from collector.rejectlog import RejectLog
 from collector.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -85,7 +93,7 @@ class Collector:
             keys = CollectorKeys.from_dir(c.key_dir)  # fails here, saying what is missing
         self._own_storage = storage is None
         self.storage = storage or Storage(c.database, synchronous=c.sqlite_synchronous, keys=keys,
-                                          retention_days=c.retention_days)
+                                          retention_days=c.retention_days, future_skew_s=c.future_skew_s)
         if keys is not None:
             self.storage.keys = keys
         self.keys = self.storage.keys
@@ -96,11 +104,26 @@ class Collector:
         self.batch_size = cfg.collector.batch_size
         self.max_wait = cfg.collector.batch_max_wait_ms / 1000.0
         self.gap_report_s = cfg.collector.gap_report_s
-        self._q = queue.Queue()
+        # the ingest queue, bounded for every QoS (see _on_message): QoS 1 by the receive maximum (acks
+        # are manual; twice it, for what an old connection left queued), QoS 0 by qos0_queue_max, and
+        # every queued payload together by queue_max_mb
+        self.qos1_queue_max = 2 * cfg.mqtt.receive_maximum
+        self.qos0_queue_max = c.qos0_queue_max
+        self.queue_max_bytes = int(c.queue_max_mb * 1024 * 1024)
+        self._q = queue.Queue(maxsize=self.qos1_queue_max + self.qos0_queue_max)
+        self._queued = [0, 0]  # QoS 0, QoS >= 1 messages in the queue
+        self._queued_bytes = 0
+        self._queued_high = 0
         self._stop = threading.Event()
         self._counters = Counter()
         self._rejected = Counter()
+        self._dropped = Counter()
         self._lock = threading.Lock()
+        self._qlock = threading.Lock()
+        self._reject_log = RejectLog(log, c.reject_log_interval_s, "rejected")
+        self._seal_log = RejectLog(log, c.reject_log_interval_s, "stored, with its sealed part unopened,")
+        self._drop_log = RejectLog(log, c.reject_log_interval_s, "dropped (ingest queue full)")
+        self.bindings = Bindings(self.storage)
         self._gen = 0  # connection generation: message ids of an old connection are not acked
         self._reported_gaps = set()
         self._last_gap_check = 0.0
@@ -186,8 +209,16 @@ class Collector:
             out = dict(self._counters)
             out["rejected"] = dict(self._rejected)
             out["sealed_errors"] = dict(self._sealed_errors)
+            out["dropped"] = dict(self._dropped)
         out["rejected_total"] = sum(out["rejected"].values())
-        out["queued"] = self._q.qsize()
+        with self._qlock:
+            out["queued"] = self._q.qsize()
+            out["queued_qos0"], out["queued_qos1"] = self._queued
+            out["queued_bytes"] = self._queued_bytes
+            out["queued_high"] = self._queued_high
+        out["queue_bounds"] = {"qos0": self.qos0_queue_max, "qos1": self.qos1_queue_max,
+                               "bytes": self.queue_max_bytes}
+        out["bound_devices"] = len(self.bindings)
         out["connected"] = self.connected.is_set()
         return out
 
@@ -202,7 +233,9 @@ class Collector:
         self.connected.set()
         group = self.cfg.mqtt.shared_group
         opts = SubscribeOptions(qos=1)
-        client.subscribe([(f"$share/{group}/{EVENT_FILTER}", opts), (STATUS_FILTER, opts)])
+        # retain as published: a status that came retained is known as such (an invalid one is cleared)
+        client.subscribe([(f"$share/{group}/{EVENT_FILTER}", opts),
+                          (STATUS_FILTER, SubscribeOptions(qos=1, retainAsPublished=True))])
         cid = self.cfg.collector.id
         client.publish(wire.presence_topic(cid), wire.encode_presence(cid, True, _now_iso()), qos=1, retain=True)
         log.info("connected (session present: %s)", flags.session_present)
@@ -229,7 +262,43 @@ class Collector:
             log.warning("disconnected from the broker (%s); reconnecting with backoff", reason_code)
 
     def _on_message(self, client, userdata, msg):
-        self._q.put((self._gen, msg.topic, msg.payload, msg.mid, msg.qos))
+        """Queue the message, within the bounds; never blocks paho's thread.
+
+        A payload larger than any valid message is queued as its size only (`_Oversized`). Beyond a
+        bound a QoS 0 message is dropped; a QoS 1 message is acked and dropped (its terminal sends it
+        again: only the collector's own ack frees an event), so the broker's window never shrinks.
+        Each drop is counted per reason and logged aggregated.
+        """
+        topic, payload, qos = msg.topic, msg.payload, msg.qos
+        status = topic.endswith("/status")
+        limit = wire.MAX_STATUS_BYTES if status else wire.MAX_MESSAGE_BYTES
+        if len(payload) > limit:
+            payload = _Oversized(len(payload))
+        size = _size(payload)
+        lane = 1 if qos else 0
+        with self._qlock:
+            if qos == 0 and self._queued[0] >= self.qos0_queue_max:
+                why = "qos0_queue_full"
+            elif qos and self._queued[1] >= self.qos1_queue_max:
+                why = "qos1_queue_full"
+            elif self._queued_bytes + size > self.queue_max_bytes:
+                why = "queue_bytes_full"
+            else:
+                why = None
+                self._queued[lane] += 1
+                self._queued_bytes += size
+                self._q.put_nowait((self._gen, topic, payload, msg.mid, qos, bool(msg.retain)))
+                self._queued_high = max(self._queued_high, self._queued[0] + self._queued[1])
+        if why is None:
+            return
+        with self._lock:
+            self._dropped[why] += 1
+        if qos:
+            try:
+                client.ack(msg.mid, qos)
+            except Exception as exc:  # the connection is going: the broker sends it again
+                log.debug("ack of a dropped message failed: %s", exc)
+        self._drop_log.note(wire.device_from_topic(topic), why, f"QoS {qos}, {size} bytes", topic)
 
     # --- the worker ---------------------------------------------------------------------------
 
@@ -240,8 +309,9 @@ class Collector:
     def _reject(self, reason, topic, detail):
         with self._lock:
             self._rejected[reason] += 1
-        # topic names a device id (not personal data); detail names fields, never values
-        log.warning("rejected a message on %s (%s): %s", topic, reason, detail[:300])
+        # topic names a device id (not personal data); detail names fields, never values; the first
+        # of each device and reason is logged, the others counted in a periodic summary
+        self._reject_log.note(wire.device_from_topic(topic), reason, detail, topic)
 
     def _work(self):
         try:
@@ -251,6 +321,10 @@ class Collector:
                     if batch:
                         self._process(batch)
                     self._check_gaps()
+                    for rl in (self._reject_log, self._seal_log, self._drop_log):
+                        rl.flush()
+                for rl in (self._reject_log, self._seal_log, self._drop_log):
+                    rl.flush(force=True)
         except Exception:  # a bug must not leave the collector silently deaf
             log.exception("the collector worker stopped on an unexpected error")
             self._count("worker_crashes")
@@ -271,7 +345,23 @@ class Collector:
                 batch.append(self._q.get(timeout=left))
             except queue.Empty:
                 break
+        with self._qlock:
+            for _g, _t, payload, _m, qos, _r in batch:
+                self._queued[1 if qos else 0] -= 1
+                self._queued_bytes -= _size(payload)
         return batch
+
+    def _ensure_bindings(self):
+        """Read the device bindings (again every few seconds); False when stopping before they could be read:
+        no event is stored unchecked."""
+        delay = 0.5
+        while not self.bindings.refresh():
+            log.error("cannot read the device bindings (database unreachable); retrying in %.1f s", delay)
+            if self._stop.wait(delay):
+                return False
+            delay = min(delay * 2, 30.0)
+            self._reconnect_db()
+        return True
 
     def _process(self, batch):
         items = {}  # (device_id, seq) -> Item, so a batch holding a duplicate stores it once
@@ -280,14 +370,19 @@ class Collector:
         self._count("received", len(batch))
         opener = self.keys.open
         doomed = []  # (device_id, seq, code, message, raw) of events that can never be stored
-        for gen, topic, payload, mid, qos in batch:
+        if not self._ensure_bindings():
+            return
+        for gen, topic, payload, mid, qos, retained in batch:
             if topic.endswith("/status"):
-                st = self._parse_status(topic, payload)
+                st = self._parse_status(topic, payload, retained)
                 if st is not None:
                     statuses[st["device_id"]] = st
                 messages.append((gen, mid, qos, []))
                 continue
             try:
+                if isinstance(payload, _Oversized):
+                    raise wire.WireError(f"message too large: {payload.size} bytes > {wire.MAX_MESSAGE_BYTES}",
+                                         "too_large")
                 good, problems = wire.decode_event_message(topic, payload, unstorable=doomed)
             except wire.WireError as exc:
                 self._reject(exc.code, topic, str(exc))
@@ -296,6 +391,13 @@ class Collector:
                 self._reject(code, topic, message)
             opened = []
             for ev in good:
+                refused = self.bindings.check(ev)
+                if refused is not None:
+                    code, why = refused
+                    self._reject(code, topic, why)
+                    if code != "unregistered_device":  # never stored, its seq acked: the terminal stops
+                        doomed.append((ev.device_id, ev.seq, code, why, wire.dumps(ev)))
+                    continue
                 item = opener(ev)
                 if item.seal_error:
                     self._seal_failed(item.seal_error, topic)
@@ -317,8 +419,7 @@ class Collector:
     def _seal_failed(self, code, topic):
         with self._lock:
             self._sealed_errors[code] += 1
-        log.warning("an event on %s has a sealed part that does not open (%s): stored with it kept sealed",
-                    topic, code)
+        self._seal_log.note(wire.device_from_topic(topic), code, "its sealed part does not open: kept sealed", topic)
 
     def _store(self, events, messages, n_good, doomed=()):
         """Store what can be stored, retrying while the database is unreachable; returns acks or None.
@@ -366,19 +467,43 @@ class Collector:
         except Exception as exc:  # still down: the next try says so
             log.debug("database reconnect failed: %s", exc)
 
-    def _parse_status(self, topic, payload):
-        if not payload:
+    def _parse_status(self, topic, payload, retained=False):
+        """The status as a dict of its known fields (chot.wire.Status: at most MAX_STATUS_BYTES), or None.
+
+        An invalid status that the broker keeps retained (and serves to anyone who subscribes) is
+        cleared: the collector publishes an empty retained message on its topic.
+        """
+        if not isinstance(payload, _Oversized) and not payload:
             return None  # a cleared retained message
         device = wire.device_from_topic(topic)
         try:
+            if isinstance(payload, _Oversized):
+                raise wire.WireError(f"status too large: {payload.size} bytes > {wire.MAX_STATUS_BYTES}", "too_large")
             st = wire.decode_status(payload)
+            if st.device_id != device:
+                raise wire.WireError("status names another device than its topic", "wrong_device")
         except wire.WireError as exc:
-            self._reject("invalid_status" if exc.code != "too_large" else "status_too_large", topic, str(exc))
-            return None
-        if st.device_id != device:
-            self._reject("wrong_device", topic, "status names another device than its topic")
+            code = {"too_large": "status_too_large", "wrong_device": "wrong_device"}.get(exc.code, "invalid_status")
+            self._reject(code, topic, str(exc))
+            if retained:
+                self._clear_retained(topic)
             return None
         return {k: v for k, v in wire.to_dict(st).items() if v is not None}
+
+    def _clear_retained(self, topic):
+        """Publish an empty retained message on `topic`: the broker forgets what it kept there."""
+        client = self.client
+        if client is None:
+            return
+        info = client.publish(topic, b"", qos=1, retain=True)
+        if info.rc == MQTT_ERR_SUCCESS:
+            self._count("status_cleared")
+            self._reject_log.note(wire.device_from_topic(topic), "status_cleared",
+                                  "the invalid retained status was cleared at the broker", topic)
+        else:
+            log.error("cannot clear the invalid retained status on %s: rc %s (check the collector's ACL: it needs "
+                      "write access to chot/v1/dev/+/status)", topic, info.rc)
+
 
     def _store_status(self, device, st):
         try:
@@ -483,3 +608,16 @@ def run(cfg, http=True, ready=None):
         for s, h in old.items():
             signal.signal(s, h)
     return 0
+
+
+class _Oversized:
+    """A payload larger than any valid message, queued as its size only."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size):
+        self.size = size
+
+
+def _size(payload):
+    return payload.size if isinstance(payload, _Oversized) else len(payload)

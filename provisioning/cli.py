@@ -7,6 +7,7 @@
     chot provision broker-config --fleet DIR --out DIR [--port 8883]   mosquitto.conf, access rules, TLS files
     chot provision revoke ID [--fleet DIR]              shut a terminal out (CRL and the broker's rules)
     chot provision bundle ID / list / crl               rebuild a bundle, list the fleet, re-sign the CRL
+    chot provision registry [--out FILE]                the devices' checkpoints and directions, for the collector
 
 The fleet directory defaults to $CHOT_FLEET, else ./fleet. Nothing secret is ever printed:
 the commands print paths, never keys (a sealing *public* key is printed for its roll-out).
@@ -114,6 +115,18 @@ def register(sub):
     a.add_argument("--fleet", default=_fleet_default())
     a.set_defaults(func=_crl)
 
+    a = ps.add_parser(
+        "registry",
+        help="write the fleet's device registry (checkpoint and direction of each terminal) for the collector",
+        description="Write what each enrolled terminal was enrolled for (device id, checkpoint, direction; "
+                    "revoked ones apart) as JSON, for `chot collector devices import FILE`: the collector then "
+                    "refuses an event claiming another checkpoint or direction. Run it again after enrolling, "
+                    "moving (--renew) or revoking a terminal.",
+    )
+    a.add_argument("--fleet", default=_fleet_default())
+    a.add_argument("--out", "-o", help="output file (default FLEET/registry.json)")
+    a.set_defaults(func=_registry)
+
     a = ps.add_parser("list", help="list the enrolled and revoked terminals")
     a.add_argument("--fleet", default=_fleet_default())
     a.set_defaults(func=_list)
@@ -188,6 +201,8 @@ def _device(args):
     print(f"  tar xzf {bundle.name} && ./chot-{args.id}/setup-terminal.sh")
     print("restart the broker (systemctl restart mosquitto) with its refreshed rules before the terminal")
     print("connects: until then the broker refuses it everything (its events wait in its outbox)")
+    print(f"then bind it at the collector: chot provision registry --fleet {fleet.dir}, and "
+          "chot collector devices import FLEET/registry.json")
     return 0
 
 
@@ -254,6 +269,16 @@ def _crl(args):
     print(f"CRL signed again: {fleet.write_crl()}")
     for out in fleet.refresh_brokers():
         print(f"  broker config refreshed: {out}")
+    return 0
+
+
+def _registry(args):
+    from provisioning.devices import write_registry
+    from provisioning.fleet import Fleet
+
+    path, reg = write_registry(Fleet(args.fleet), args.out)
+    print(f"registry written: {path} ({len(reg['devices'])} terminals, {len(reg['revoked'])} revoked)")
+    print(f"load it into the collector: chot collector devices import {path}")
     return 0
 
 

@@ -310,3 +310,47 @@ def _pin_seal_key(fleet, device_id):
         raise ProvisioningError(f"{exc}\nfix {path} or enrol the device again with --renew") from None
     pki.write_file(path, to_toml(data, _header(device_id)), 0o640)
     log.info("privacy.seal_public_key added to the device's terminal.toml")
+
+
+REGISTRY_FORMAT = "chot-devices-v1"  # read by collector/registry.py (`chot collector devices import`)
+
+
+def device_registry(fleet):
+    """The fleet's registry: what each enrolled terminal was enrolled for, from its terminal.toml.
+
+    {"format": "chot-devices-v1", "fleet", "written", "devices": [{"device_id", "checkpoint",
+    "direction"}], "revoked": [device ids]}. The collector refuses an event claiming another
+    checkpoint or direction than its device's (docs/security.md); a revoked terminal is listed
+    apart, so its binding is removed.
+    """
+    revoked = set(fleet.revoked_ids())
+    devices, problems = [], []
+    for dev in fleet.devices():
+        if dev in revoked:
+            continue
+        path = fleet.device_dir(dev) / "terminal.toml"
+        try:
+            section = tomllib.loads(path.read_text(encoding="utf-8")).get("device", {})
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            problems.append(f"{path}: cannot be read ({exc})")
+            continue
+        cp, dr = section.get("checkpoint"), section.get("direction")
+        if not isinstance(cp, str) or dr not in ("in", "out") or section.get("id") != dev:
+            problems.append(f"{path}: [device] must give id = {dev!r}, checkpoint and direction (in or out)")
+            continue
+        devices.append({"device_id": dev, "checkpoint": cp, "direction": dr})
+    if problems:
+        raise ProvisioningError("; ".join(problems) + "\nfix those files or enrol the devices again with --renew")
+    return {"format": REGISTRY_FORMAT, "fleet": fleet.cfg.name, "written": pki.now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "devices": devices, "revoked": sorted(revoked)}
+
+
+def write_registry(fleet, out=None):
+    """Write the registry (device_registry) to `out` (default FLEET/registry.json), 0644; return (path, registry).
+
+    It holds device ids, checkpoints and directions: nothing secret, nothing personal.
+    """
+    reg = device_registry(fleet)
+    path = Path(out) if out else fleet.dir / "registry.json"
+    pki.write_file(path, json.dumps(reg, indent=1, ensure_ascii=False) + "\n", 0o644)
+    return path, reg

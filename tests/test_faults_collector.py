@@ -339,7 +339,7 @@ def test_clock_jumps_are_corrected_flagged_and_both_times_shown(db_url, tmp_path
         rows = {r.seq: r for r in E.select()}
         flags = {s: r.clock_flag for s, r in rows.items()}
         assert flags == {1: ClockFlag.JUMP_BACK, 2: ClockFlag.JUMP_FORWARD, 3: ClockFlag.CORRECTED,
-                         4: ClockFlag.OK, 5: ClockFlag.IMPLAUSIBLE, 6: ClockFlag.UNSYNCED, 7: ClockFlag.OK}
+                         4: ClockFlag.OK, 5: ClockFlag.FUTURE, 6: ClockFlag.UNSYNCED, 7: ClockFlag.OK}
         for s in (1, 2, 3):
             assert rows[s].time_corrected == now and rows[s].time.year in (1972, 2036, 1970)
         assert rows[4].time_corrected == rows[4].time and rows[5].time_corrected.year == 2036
@@ -358,7 +358,7 @@ def test_clock_jumps_are_corrected_flagged_and_both_times_shown(db_url, tmp_path
         assert {d["seq"] for d in c["details"]} >= {1, 2, 3, 4}
         d1 = next(d for d in c["details"] if d["seq"] == 1)
         assert d1["time"].startswith("1972") and d1["delta_s"] == 0.0
-        # an implausible time in the future is purged by its arrival, not kept until 2036
+        # a time in the future is purged by its arrival, not kept until 2036
         assert st.purge(28, now=now + timedelta(days=29))["rows"] == 7
 
 
