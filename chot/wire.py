@@ -89,6 +89,7 @@ class Reason(StrEnum):
     TEST_EXPIRED = "test_expired"
     TEST_POSITIVE = "test_positive"
     MANUAL = "manual"
+    BAD_VALIDITY = "bad_validity"
 
 
 # kept for the callers that list them

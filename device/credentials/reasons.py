@@ -33,6 +33,8 @@ REASONS = {
     "test_expired": "DCC: the negative test is older than policy.dcc_test_hours",
     "test_positive": "DCC: the test result is positive",
     "manual": "recorded by a guard: a person checked on paper",
+    "bad_validity": "the credential's own times are absurd: before 1970, after the year 9999, expiring before "
+                    "it was issued, or valid for longer than its format allows",
 }
 
 
