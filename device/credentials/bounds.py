@@ -301,7 +301,10 @@ def loads_json(data, what="JSON", max_depth: int = MAX_JSON_DEPTH):
     """Parse JSON (bytes, UTF-8) within the bounds above; ValueError naming `what` when it is not."""
     if isinstance(data, str):
         data = data.encode("utf-8")
-    depth = json_depth(data, max_depth)
+    try:
+        depth = json_depth(data, max_depth)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
     m = _METER.get()
     if m is not None:
         m.json_loads += 1
