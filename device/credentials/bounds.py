@@ -157,9 +157,9 @@ def check_cbor(data, tags=NO_TAGS, max_items: int = MAX_CBOR_ITEMS, max_depth: i
                 if _cbor_done(stack):
                     break
                 continue
-            items += 1
-            if items > max_items:
+            if items >= max_items:
                 raise _refuse(f"CBOR: more than {max_items} items")
+            items += 1
             major, ai = ib >> 5, ib & 31
             if ai < 24:
                 arg = ai
@@ -347,6 +347,11 @@ def time_problem(iat, exp, max_validity_s=None, iat_name="iat"):
 
 
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def is_high_s(s: int, n: int = P256_N) -> bool:
+    """True when an ECDSA `s` is in the high half (s > n/2): the twin a low-s format refuses."""
+    return s > n // 2
 
 
 def is_low_s(s: int, n: int = P256_N) -> bool:

@@ -183,7 +183,7 @@ def verify_cose_signature(public_key, alg, to_be_signed: bytes, signature: bytes
             if len(signature) != 64 or not isinstance(public_key.curve, ec.SECP256R1):
                 return False
             r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-            if low_s and not bounds.is_low_s(s):
+            if low_s and bounds.is_high_s(s):
                 return False
             public_key.verify(encode_dss_signature(r, s), to_be_signed, ec.ECDSA(hashes.SHA256()))
             return True
@@ -194,7 +194,7 @@ def verify_cose_signature(public_key, alg, to_be_signed: bytes, signature: bytes
 
 def is_high_s(alg, signature: bytes) -> bool:
     """True for a 64-byte ES256 signature whose s is in the high half (the twin a low-s format refuses)."""
-    return alg == ALG_ES256 and len(signature) == 64 and not bounds.is_low_s(int.from_bytes(signature[32:], "big"))
+    return alg == ALG_ES256 and len(signature) == 64 and bounds.is_high_s(int.from_bytes(signature[32:], "big"))
 
 
 # ---------------------------------------------------------------- fields (issuing side)
