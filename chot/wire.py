@@ -90,6 +90,7 @@ class Reason(StrEnum):
     TEST_POSITIVE = "test_positive"
     MANUAL = "manual"
     CLOCK_BEHIND = "clock_behind"
+    BAD_VALIDITY = "bad_validity"
 
 
 # kept for the callers that list them

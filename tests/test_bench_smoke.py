@@ -45,7 +45,8 @@ def test_smoke_run_writes_every_area_and_the_table(tmp_path):
     for want in ("decode.zxing.640x480.qr", "decode.pyzbar.1280x720.empty", "decode.opencv.640x480.qr",
                  "decode.photos.zxing", "pipeline.FULL.p50", "pipeline.FULL.p99", "pipeline.FULL.commit.p50",
                  "pipeline.FULL.seal.p50", "pipeline.NORMAL.seal.p50",
-                 "verify.native", "verify.dcc", "verify.shc", "privacy.argon2.default.cpu",
+                 "verify.native", "verify.dcc", "verify.shc", "parsers.native.max", "parsers.dcc.max",
+                 "parsers.shc.max", "parsers.plain.max", "parsers.dcc.p99", "privacy.argon2.default.cpu",
                  "privacy.argon2.default.wall", "privacy.argon2.default.reversal", "privacy.argon2.t1.m16",
                  "privacy.seal.sealer", "privacy.open.opener", "privacy.index.hmac", "privacy.data.encrypt",
                  "privacy.data.decrypt", "outbox.commits.FULL", "outbox.commits.NORMAL",
@@ -56,6 +57,9 @@ def test_smoke_run_writes_every_area_and_the_table(tmp_path):
     figs = {f["id"]: f for f in results["areas"]["collector"]["figures"]}
     for want in ("collector.sqlite", "collector.postgresql"):
         assert figs[want]["baseline"]["id"] == "collector.bare" and "50%" in figs[want]["goal"]["text"], figs[want]
+    # the parsers on hostile input carry issue 11's goal: under 50 ms for any input of up to 8 KiB
+    figs = {f["id"]: f for f in results["areas"]["parsers"]["figures"]}
+    assert "50 ms" in figs["parsers.dcc.max"]["goal"]["text"] and figs["parsers.dcc.max"]["inputs"] > 50
     # the tracing rows are in PostgreSQL's day partitions, none in the default one
     assert any("day partition" in n for n in results["areas"]["tracing"]["notes"])
     # the photos are read from pixels: the default decoder reads at least one of the few given

@@ -25,14 +25,16 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from chot import personal
 from chot.errors import CredentialError
+from device.credentials import bounds
 from device.credentials import keys as keymod
 from device.credentials.result import Verification
 
 log = logging.getLogger(__name__)
 
 PREFIX = "CHOT1:"
-MAX_TEXT = 8192  # characters of QR text accepted at all
-MAX_INFLATED = 65536  # bytes a compressed payload may inflate to
+MAX_TEXT = bounds.MAX_TEXT  # characters of QR text accepted at all
+MAX_INFLATED = bounds.MAX_INFLATED  # bytes a compressed payload may inflate to
+MAX_VALIDITY = timedelta(days=366)  # exp - iat of a declaration: longer ones are not issued nor accepted
 DEFAULT_SKEW_S = 300.0
 
 ALG_ES256 = keymod.COSE_ES256
@@ -89,22 +91,7 @@ def b45decode(text: str) -> bytes:
     return bytes(out)
 
 
-def inflate_bounded(data: bytes, limit: int = MAX_INFLATED, raw: bool = False) -> bytes:
-    """Inflate zlib (or, with `raw`, raw DEFLATE) data to at most `limit` bytes.
-
-    ValueError on bad or truncated data, or when it would inflate beyond `limit` (zip bombs).
-    """
-    what = "DEFLATE" if raw else "zlib"
-    d = zlib.decompressobj(-15 if raw else 15)
-    try:
-        out = d.decompress(data, limit)
-    except zlib.error as exc:
-        raise ValueError(f"{what}: bad compressed data") from exc
-    if d.unconsumed_tail:
-        raise ValueError(f"{what}: inflates beyond {limit} bytes")
-    if not d.eof:
-        raise ValueError(f"{what}: truncated compressed data")
-    return out
+inflate_bounded = bounds.inflate_bounded  # zlib / raw DEFLATE to at most a limit (zip bombs)
 
 
 def epoch_time(v):
@@ -131,89 +118,16 @@ def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -
 
 # ---------------------------------------------------------------- CBOR bounds
 
-MAX_CBOR_ITEMS = 4096  # data items in one CBOR document (a DCC has about 40, a declaration 30)
-MAX_CBOR_DEPTH = 16
-# value sharing (28, 29) and string references (25, 256) let a few hundred bytes expand into
-# gigabytes in cbor2: a 364-character HC1: code took 27.6 s and 420 MiB. No format uses them.
-FORBIDDEN_CBOR_TAGS = frozenset({25, 28, 29, 256})
-_CBOR_ARG = {24: 1, 25: 2, 26: 4, 27: 8}
+MAX_CBOR_ITEMS = bounds.MAX_CBOR_ITEMS
+MAX_CBOR_DEPTH = bounds.MAX_CBOR_DEPTH
 
 
-def check_cbor(data: bytes, max_items: int = MAX_CBOR_ITEMS, max_depth: int = MAX_CBOR_DEPTH) -> None:
-    """Walk one CBOR document without building it; ValueError when it is malformed, uses a forbidden
-    tag, holds more than `max_items` items or nests deeper than `max_depth`. Linear in its length."""
-    data = memoryview(data)
-    n, pos, items = len(data), 0, 0
-    stack = []  # remaining children of each open container (-1: indefinite, until a break)
-    expect = 1  # items still to read at the top level
-    while expect or stack:
-        if pos >= n:
-            raise ValueError("CBOR: truncated")
-        ib = data[pos]
-        pos += 1
-        major, ai = ib >> 5, ib & 31
-        if ib == 0xFF:  # break: closes an indefinite container
-            if not stack or stack[-1] != -1:
-                raise ValueError("CBOR: unexpected break")
-            stack.pop()
-            _cbor_done(stack)
-            if not stack:
-                expect -= 1
-            continue
-        items += 1
-        if items > max_items:
-            raise ValueError(f"CBOR: more than {max_items} items")
-        if ai < 24:
-            arg = ai
-        elif ai in _CBOR_ARG:
-            k = _CBOR_ARG[ai]
-            if pos + k > n:
-                raise ValueError("CBOR: truncated")
-            arg = int.from_bytes(data[pos : pos + k], "big")
-            pos += k
-        elif ai == 31 and major in (2, 3, 4, 5):
-            arg = None
-        else:
-            raise ValueError("CBOR: reserved additional information")
-        children = 0
-        if major in (2, 3):
-            if arg is None:  # indefinite string: definite chunks until a break
-                children = -1
-            else:
-                if pos + arg > n:
-                    raise ValueError("CBOR: truncated string")
-                pos += arg
-        elif major == 4:
-            children = -1 if arg is None else arg
-        elif major == 5:
-            children = -1 if arg is None else 2 * arg
-        elif major == 6:
-            if arg in FORBIDDEN_CBOR_TAGS:
-                raise ValueError(f"CBOR: tag {arg} (value sharing or string references) is refused")
-            children = 1
-        if children:
-            if len(stack) >= max_depth:
-                raise ValueError(f"CBOR: nested deeper than {max_depth}")
-            if children > max_items:
-                raise ValueError(f"CBOR: more than {max_items} items")
-            stack.append(children)
-        else:
-            _cbor_done(stack)
-            if not stack:
-                expect -= 1
-    if pos != n:
-        raise ValueError("CBOR: bytes after the document")
-
-
-def _cbor_done(stack):
-    """One item finished: count it off its containers, closing those it completes."""
-    while stack and stack[-1] > 0:
-        stack[-1] -= 1
-        if stack[-1]:
-            return
-        stack.pop()
-    # an indefinite container (or the top level) stays open
-
+def check_cbor(data: bytes, max_items: int = MAX_CBOR_ITEMS, max_depth: int = MAX_CBOR_DEPTH,
+               tags=bounds.NO_TAGS) -> None:
+    """Walk one CBOR document without building it (device.credentials.bounds.check_cbor): ValueError
+    when it is malformed, uses a tag not in `tags` (none by default: value sharing, string references
+    and bignums are never used), holds more than `max_items` items or nests deeper than `max_depth`."""
+    bounds.check_cbor(data, tags, max_items, max_depth)
 
 
 def parse_sign1(data: bytes):
@@ -221,11 +135,7 @@ def parse_sign1(data: bytes):
 
     Returns (protected_bytes, protected_map, unprotected_map, payload, signature); ValueError if malformed.
     """
-    check_cbor(data)
-    try:
-        obj = cbor2.loads(data)
-    except Exception as exc:  # cbor2 raises several types on bad input
-        raise ValueError("COSE: not CBOR") from exc
+    obj = bounds.loads_cbor(data, bounds.COSE_TAGS, "COSE")
     if isinstance(obj, cbor2.CBORTag) and obj.tag == 61:
         obj = obj.value
     if isinstance(obj, cbor2.CBORTag):
@@ -241,27 +151,30 @@ def parse_sign1(data: bytes):
         raise ValueError("COSE: payload or signature is not a byte string")
     pmap = {}
     if protected:
-        check_cbor(protected)
-        try:
-            pmap = cbor2.loads(protected)
-        except Exception as exc:
-            raise ValueError("COSE: protected header is not CBOR") from exc
+        pmap = bounds.loads_cbor(protected, bounds.NO_TAGS, "COSE: protected header")
         if not isinstance(pmap, Mapping):
             raise ValueError("COSE: protected header is not a map")
     return protected, pmap, unprotected, payload, signature
 
 
 def cose_sign(private_key, to_be_signed: bytes) -> bytes:
-    """Sign with ES256 (raw r||s) or EdDSA depending on the key."""
+    """Sign with ES256 (raw r||s, s always in the low half: see `verify_cose_signature`) or EdDSA."""
     if isinstance(private_key, ed25519.Ed25519PrivateKey):
         return private_key.sign(to_be_signed)
     der = private_key.sign(to_be_signed, ec.ECDSA(hashes.SHA256()))
     r, s = decode_dss_signature(der)
+    if not bounds.is_low_s(s):
+        s = bounds.P256_N - s  # the same signature's low-s twin: OpenSSL gives either half
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
-def verify_cose_signature(public_key, alg, to_be_signed: bytes, signature: bytes) -> bool:
-    """True when `signature` verifies for ES256 (-7) or EdDSA (-8) with a key of the matching type."""
+def verify_cose_signature(public_key, alg, to_be_signed: bytes, signature: bytes, low_s: bool = False) -> bool:
+    """True when `signature` verifies for ES256 (-7) or EdDSA (-8) with a key of the matching type.
+
+    ECDSA signatures come in twins, (r, s) and (r, n - s), that both verify: with `low_s` (the
+    native format) the high-s one is refused, so one signed content has one signature. EdDSA
+    (Ed25519, RFC 8032) has a single valid encoding of S already (cryptography refuses S >= L).
+    """
     try:
         if alg == ALG_EDDSA and isinstance(public_key, ed25519.Ed25519PublicKey):
             public_key.verify(signature, to_be_signed)
@@ -270,11 +183,18 @@ def verify_cose_signature(public_key, alg, to_be_signed: bytes, signature: bytes
             if len(signature) != 64 or not isinstance(public_key.curve, ec.SECP256R1):
                 return False
             r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+            if low_s and bounds.is_high_s(s):
+                return False
             public_key.verify(encode_dss_signature(r, s), to_be_signed, ec.ECDSA(hashes.SHA256()))
             return True
     except (InvalidSignature, ValueError):
         return False
     return False
+
+
+def is_high_s(alg, signature: bytes) -> bool:
+    """True for a 64-byte ES256 signature whose s is in the high half (the twin a low-s format refuses)."""
+    return alg == ALG_ES256 and len(signature) == 64 and bounds.is_high_s(int.from_bytes(signature[32:], "big"))
 
 
 # ---------------------------------------------------------------- fields (issuing side)
@@ -400,6 +320,9 @@ def issue(private_key, fields: dict, issued_at=None, valid_for=timedelta(hours=2
         valid_for = timedelta(hours=float(valid_for))
     if valid_for <= timedelta(0):
         raise CredentialError("valid_for: must be positive (e.g. --valid-hours 24)")
+    if valid_for > MAX_VALIDITY:
+        raise CredentialError(f"valid_for: at most {MAX_VALIDITY.days} days ({MAX_VALIDITY.days * 24} hours); "
+                              "terminals refuse a declaration valid for longer")
     iat = int(_as_utc(issued_at).timestamp())
     exp = iat + max(1, int(valid_for.total_seconds()))
     decl = {
@@ -447,19 +370,22 @@ def _int(v, what, lo=0, hi=_MAX_TIME):
     return v
 
 
+def _time_claim(v, what):
+    # any integer: its range is the `time` step's (reason bad_validity), not a decoding error
+    if type(v) is not int:
+        raise ValueError(f"claims: {what} is not an integer")
+    return v
+
+
 def parse_claims(payload: bytes) -> dict:
-    """The CWT claims of a native declaration as plain fields; ValueError when malformed."""
-    check_cbor(payload)
-    try:
-        claims = cbor2.loads(payload)
-    except Exception as exc:
-        raise ValueError("claims: not CBOR") from exc
+    """The CWT claims of a native declaration as plain fields; ValueError when malformed.
+
+    `iat` and `exp` are any integers here: `time_problem` says whether they are sane."""
+    claims = bounds.loads_cbor(payload, bounds.NO_TAGS, "claims")
     if not isinstance(claims, Mapping):
         raise ValueError("claims: not a map")
-    iat = _int(claims.get(CWT_IAT), "iat")
-    exp = _int(claims.get(CWT_EXP), "exp")
-    if exp <= iat:
-        raise ValueError("claims: exp is not after iat")
+    iat = _time_claim(claims.get(CWT_IAT), "iat")
+    exp = _time_claim(claims.get(CWT_EXP), "exp")
     cti = claims.get(CWT_CTI)
     if not isinstance(cti, bytes) or not 1 <= len(cti) <= 32:
         raise ValueError("claims: cti (declaration id) missing")
@@ -501,6 +427,16 @@ def parse_claims(payload: bytes) -> dict:
     }
 
 
+class Envelope:
+    """A native declaration's COSE_Sign1, its claims not yet decoded (they are decoded after the signature)."""
+
+    __slots__ = ("alg", "kid", "to_be_signed", "signature", "payload")
+
+    def __init__(self, alg, kid, to_be_signed, signature, payload):
+        self.alg, self.kid, self.to_be_signed, self.signature = alg, kid, to_be_signed, signature
+        self.payload = payload
+
+
 class Decoded:
     """A decoded (not yet verified) native declaration."""
 
@@ -510,12 +446,12 @@ class Decoded:
         self.alg, self.kid, self.to_be_signed, self.signature, self.fields = alg, kid, to_be_signed, signature, fields
 
 
-def decode(text: str) -> Decoded:
-    """Unprefix, base45, inflate (bounded), parse COSE_Sign1 and the claims; ValueError when malformed."""
+def decode_envelope(text: str) -> Envelope:
+    """Unprefix, base45, inflate (bounded), parse the COSE_Sign1 and its protected header (walked,
+    bounded); the claims stay bytes. ValueError when malformed."""
     if not isinstance(text, str) or not text.startswith(PREFIX):
         raise ValueError(f"not prefixed {PREFIX}")
-    if len(text) > MAX_TEXT:
-        raise ValueError(f"longer than {MAX_TEXT} characters")
+    bounds.check_text(text)
     raw = inflate_bounded(b45decode(text[len(PREFIX):]))
     protected, pmap, _unprot, payload, signature = parse_sign1(raw)
     alg, kid = pmap.get(HDR_ALG), pmap.get(HDR_KID)
@@ -523,7 +459,13 @@ def decode(text: str) -> Decoded:
         raise ValueError("COSE: alg is not ES256 (-7) or EdDSA (-8)")
     if not isinstance(kid, bytes) or len(kid) != 8:
         raise ValueError("COSE: protected kid (8 bytes) missing")
-    return Decoded(alg, kid, sig_structure(protected, payload), signature, parse_claims(payload))
+    return Envelope(alg, kid, sig_structure(protected, payload), signature, payload)
+
+
+def decode(text: str) -> Decoded:
+    """Unprefix, base45, inflate (bounded), parse COSE_Sign1 and the claims; ValueError when malformed."""
+    env = decode_envelope(text)
+    return Decoded(env.alg, env.kid, env.to_be_signed, env.signature, parse_claims(env.payload))
 
 
 def _ts(seconds):
@@ -550,34 +492,59 @@ def person_of(fields: dict, kid: bytes) -> dict:
     return person
 
 
-def verify(text: str, trust, at=None, skew_s: float = DEFAULT_SKEW_S) -> Verification:
-    """Verify a "CHOT1:" text against `trust` (a TrustStore) at instant `at`. Never raises on bad input."""
+def signature_problem(key, env) -> str | None:
+    """None when the declaration's signature verifies with `key`, else what is wrong (bad_signature)."""
+    if is_high_s(env.alg, env.signature):
+        return "the ES256 signature is not in low-s form (s > n/2): the native format refuses the high-s twin"
+    if not verify_cose_signature(key, env.alg, env.to_be_signed, env.signature, low_s=True):
+        return "the signature does not verify with the issuer's key"
+    return None
+
+
+def verify(text: str, trust, at=None, skew_s: float = DEFAULT_SKEW_S,
+           max_validity: timedelta = MAX_VALIDITY) -> Verification:
+    """Verify a "CHOT1:" text against `trust` (a TrustStore) at instant `at`. Never raises on bad input.
+
+    The signature is checked over the raw protected header and payload bytes before the claims
+    are decoded. The claims of a declaration whose issuer is unknown or whose signature fails are
+    decoded all the same (within the CBOR bounds): the terminal records them as an unverified claim.
+    """
     v = Verification(text=text, format="native", steps=dict.fromkeys(STEPS))
     try:
-        dec = decode(text)
+        env = decode_envelope(text)
     except ValueError as exc:
         return v.fail("decode", "unreadable", str(exc))
-    f = dec.fields
+    native_keys = getattr(trust, "native_keys", None) or {}
+    key = native_keys.get(env.kid)
+    bad_sig = signature_problem(key, env) if key is not None else None
+    try:
+        f = parse_claims(env.payload)
+    except ValueError as exc:
+        return v.fail("decode", "unreadable", str(exc))
     try:
         person_id = personal.person_id_for_id(f["id_number"])
     except ValueError:
         return v.fail("decode", "unreadable", "claims: the ID number is not letters and digits")
     v.steps["decode"] = True
     v.kind = KIND
-    v.person = person_of(f, dec.kid)
+    v.person = person_of(f, env.kid)
     v.person_id = person_id
     v.credential_id = f["declaration_id"]
     v.claims = {k: f[k] for k in ("symptoms", "contact", "travel", "doses", "last_dose", "purpose")}
-    v.issued_at, v.expires_at = _ts(f["iat"]), _ts(f["exp"])
-    v.issuer = dec.kid.hex()
-    native_keys = getattr(trust, "native_keys", None) or {}
-    key = native_keys.get(dec.kid)
+    v.issuer = env.kid.hex()
+    times = bounds.time_problem(f["iat"], f["exp"], max_validity.total_seconds())
+    if times is None and f["exp"] <= f["iat"]:
+        times = "exp is not after iat"
+    if times is None:
+        v.issued_at, v.expires_at = _ts(f["iat"]), _ts(f["exp"])
     if key is None:
-        return v.fail("issuer", "unknown_issuer", f"issuer key id {dec.kid.hex()} is not trusted")
+        return v.fail("issuer", "unknown_issuer", f"issuer key id {env.kid.hex()} is not trusted")
     v.steps["issuer"] = True
-    if not verify_cose_signature(key, dec.alg, dec.to_be_signed, dec.signature):
-        return v.fail("signature", "bad_signature", "the signature does not verify with the issuer's key")
+    if bad_sig:
+        return v.fail("signature", "bad_signature", bad_sig)
     v.steps["signature"] = True
+    if times:
+        return v.fail("time", "bad_validity", f"claims: {times}")
     at = _as_utc(at)
     if v.issued_at > at + timedelta(seconds=skew_s):
         return v.fail("time", "not_yet_valid", "issued after the evaluation time")

@@ -16,6 +16,7 @@ memory only.
 import re
 
 from chot import personal
+from device.credentials.bounds import MAX_TEXT
 from device.credentials.result import Verification
 
 ID_RE = re.compile(r"[0-9]{9}|[0-9]{12}")
@@ -33,7 +34,12 @@ def classify(text):
 
 
 def verify(text: str) -> Verification:
-    """A Verification of format `plain`, reason `unsigned` (decode passed; nothing else provable)."""
+    """A Verification of format `plain`, reason `unsigned` (decode passed; nothing else provable).
+
+    A text longer than bounds.MAX_TEXT characters fails `unreadable` before it is looked at."""
+    if not isinstance(text, str) or len(text) > MAX_TEXT:
+        v = Verification(text=None, format="plain", steps=dict.fromkeys(STEPS))
+        return v.fail("decode", "unreadable", f"not text, or longer than {MAX_TEXT} characters")
     kind = classify(text)
     v = Verification(text=text, format="plain", steps=dict.fromkeys(STEPS))
     v.steps["decode"] = True

@@ -34,6 +34,8 @@ REASONS = {
     "test_positive": "DCC: the test result is positive",
     "manual": "recorded by a guard: a person checked on paper",
     "clock_behind": "the terminal's clock reads before its time floor (set back, or lost): time checks fail closed",
+    "bad_validity": "the credential's own times are absurd: before 1970, after the year 9999, expiring before "
+                    "it was issued, or valid for longer than its format allows",
 }
 
 

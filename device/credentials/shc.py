@@ -45,16 +45,17 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from chot import personal
 from chot.errors import CredentialError
-from device.credentials import native
+from device.credentials import bounds, native
 from device.credentials.result import Verification
 
 log = logging.getLogger(__name__)
 
 PREFIX = "shc:/"
 MAX_TEXT = native.MAX_TEXT
-MAX_INFLATED = 65536
+MAX_INFLATED = bounds.MAX_INFLATED
+MAX_VALIDITY_S = 3660 * 86400  # exp - nbf (10 years): SHC cards seldom have an exp at all
 MAX_CRL_FILE = 8 * 1024 * 1024
-STEPS = ("decode", "inflate", "signature", "issuer", "time", "revocation")
+STEPS = ("decode", "signature", "inflate", "issuer", "time", "revocation")
 _CHUNK = re.compile(r"shc:/(\d{1,3})/(\d{1,3})/(\d*)", re.IGNORECASE)
 _DIGITS = re.compile(r"\d*")
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -135,17 +136,19 @@ def inflate_raw(data, limit=MAX_INFLATED):
 
 
 def _json(data, what):
-    try:
-        obj = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ValueError(f"{what}: not JSON") from exc
+    obj = bounds.loads_json(data, what)  # nesting and number lengths bounded before parsing
     if not isinstance(obj, dict):
         raise ValueError(f"{what}: not a JSON object")
     return obj
 
 
 def verify_es256(public_key, signing_input, signature):
-    """True when the raw r||s ES256 `signature` verifies over `signing_input` (bytes)."""
+    """True when the raw r||s ES256 `signature` verifies over `signing_input` (bytes).
+
+    Either twin, (r, s) or (r, n - s), verifies: JWS (RFC 7518) and the SMART Health Cards
+    specification do not require low-s, and issuers' libraries write both. Nothing in Chot is
+    derived from the signature bytes: a twin is the same card, with the same `rid` and person id.
+    """
     return native.verify_cose_signature(public_key, native.ALG_ES256, signing_input, signature)
 
 
@@ -262,14 +265,13 @@ def verify(text, trust=None, at=None, skew_s: float = 0.0, trace=None) -> Verifi
         return v.fail(_first_open_step(v), "unreadable", f"internal error ({type(exc).__name__})")
 
 
-def _find_key(issuers, iss, kid):
-    """(the issuer whose JWKS holds kid, key); the payload's own issuer first."""
-    if iss in issuers and kid in issuers[iss]:
-        return iss, issuers[iss][kid]
-    for other, keys in issuers.items():
-        if kid in keys:
-            return other, keys[kid]
-    return None, None
+def _keys_with_kid(issuers, kid):
+    """[(issuer, key)] of every trusted issuer whose JWKS has a key with this kid."""
+    return [(iss, keys[kid]) for iss, keys in issuers.items() if kid in keys]
+
+
+def _is_number(x):
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def _revoked(entries, rid, nbf):
@@ -305,44 +307,55 @@ def _verify(v, text, trust, at, skew_s, trace):
         return v.fail("decode", reason, str(exc))
     v.steps["decode"] = True
     trace["jws"] = jws
+
+    # The signature first: it covers the header and the payload as sent (compressed), so a card
+    # that no trusted key signed is never inflated nor parsed. Its key is found by the header's
+    # kid among every trusted issuer's keys; the payload's iss must then be one of the issuers
+    # whose key verified it (the `issuer` step).
+    issuers = getattr(trust, "shc_issuers", None) or {}
+    kid = header.get("kid") if isinstance(header.get("kid"), str) else None
+    candidates = _keys_with_kid(issuers, kid) if kid else []
+    if header.get("alg") != "ES256":
+        return v.fail("signature", "bad_signature", "JWS alg is not ES256")
+    if not candidates:
+        return v.fail("signature", "unknown_issuer", "no trusted key with this key id")
+    signing_input = (parts[0] + "." + parts[1]).encode("ascii")
+    owners = [iss for iss, key in candidates if verify_es256(key, signing_input, signature)]
+    if not owners:
+        return v.fail("signature", "bad_signature", "the signature does not verify with the issuer's key")
+    v.steps["signature"] = True
+
     try:
         payload = _json(inflate_raw(compressed), "JWS payload")
     except ValueError as exc:
         return v.fail("inflate", "unreadable", str(exc))
-    iss = payload.get("iss")
-    nbf = native.epoch_time(payload.get("nbf"))
-    if not isinstance(iss, str) or not iss or nbf is None or not isinstance(payload.get("vc"), dict):
+    iss, nbf_raw, exp_raw = payload.get("iss"), payload.get("nbf"), payload.get("exp")
+    if not isinstance(iss, str) or not iss or not _is_number(nbf_raw) or not isinstance(payload.get("vc"), dict):
         return v.fail("inflate", "unreadable", "payload: iss, nbf or vc missing")
     v.steps["inflate"] = True
     trace["payload"] = payload
-    exp = native.epoch_time(payload.get("exp")) if "exp" in payload else None
+    times = bounds.time_problem(nbf_raw, exp_raw if _is_number(exp_raw) else None, MAX_VALIDITY_S, "nbf")
+    nbf = exp = None
+    if times is None:
+        nbf = native.epoch_time(nbf_raw)
+        exp = native.epoch_time(exp_raw) if _is_number(exp_raw) else None
     v.issuer, v.not_before, v.issued_at, v.expires_at = iss[:200], nbf, nbf, exp
     v.claims = _claims(payload)
     v.kind = KINDS.get(v.claims["kind"])
 
-    issuers = getattr(trust, "shc_issuers", None) or {}
-    kid = header.get("kid") if isinstance(header.get("kid"), str) else None
-    _owner, key = _find_key(issuers, iss, kid) if kid else (None, None)
-    if header.get("alg") != "ES256":
-        v.fail("signature", "bad_signature", "JWS alg is not ES256")
-    elif key is None:
-        v.fail("signature", "unknown_issuer", "no trusted key with this key id")
-    elif not verify_es256(key, (parts[0] + "." + parts[1]).encode("ascii"), signature):
-        v.fail("signature", "bad_signature", "the signature does not verify with the issuer's key")
-    else:
-        v.steps["signature"] = True
-
     if iss not in issuers:
         v.fail("issuer", "unknown_issuer", "the card's issuer (iss) is not trusted")
-    elif kid is None or kid not in issuers[iss]:
+    elif iss not in owners:
         v.fail("issuer", "unknown_issuer", "the signing key does not belong to the card's issuer")
     else:
         v.steps["issuer"] = True
 
-    if nbf > at + timedelta(seconds=skew_s):
-        v.fail("time", "not_yet_valid", "nbf is after the evaluation time")
+    if times:
+        v.fail("time", "bad_validity", times)
     elif "exp" in payload and exp is None:
         v.fail("time", "unreadable", "exp is not a time")
+    elif nbf > at + timedelta(seconds=skew_s):
+        v.fail("time", "not_yet_valid", "nbf is after the evaluation time")
     elif exp is not None and at > exp:
         v.fail("time", "expired", "past its expiry (exp)")
     else:

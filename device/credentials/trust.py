@@ -4,8 +4,8 @@
 each one:
 
 - a public key (PEM or DER SubjectPublicKeyInfo): a native declaration issuer;
-- an X.509 certificate or bundle (PEM or DER): its key becomes a native issuer AND the
-  certificate is stored in `dcc_certs` under the DCC key id, sha256(certificate DER)[:8];
+- an X.509 certificate or bundle (PEM or DER): an EU DCC signing certificate, stored in
+  `dcc_certs` under the DCC key id, sha256(certificate DER)[:8];
 - a JSON file: handed to the hooks `device.credentials.dcc.load_trust_json(store, obj)` and
   `device.credentials.shc.load_trust_json(store, obj, path)` (a JWKS, an object with "keys",
   goes to SHC first, anything else to DCC first). A hook returns a true value when the JSON was
@@ -14,6 +14,11 @@ each one:
 - a directory: every file in it, in name order.
 
 Anything else raises CredentialError naming the formats accepted.
+
+Trust is kept apart per format: `native_keys`, `dcc_certs` and `shc_issuers` are separate stores,
+each read by one format only, and a file fills exactly one of them. A key trusted for one format
+never verifies another: a DCC signing certificate does not make its key a native issuer (give a
+native issuer's public key, issuer.pub.pem, for that), and an SHC issuer's JWKS key signs SHC only.
 """
 
 import hashlib
@@ -73,12 +78,10 @@ class TrustStore:
         return kid
 
     def add_certificate(self, cert):
-        """Trust a certificate: as a DCC signer by its DCC kid, and its key as a native issuer when usable."""
-        self.dcc_certs[dcc_kid(cert)] = cert
-        try:
-            self.add_native_key(cert.public_key())
-        except CredentialError:
-            pass  # e.g. an RSA DCC signer: no native declaration uses it
+        """Trust a certificate as an EU DCC signer, by its DCC kid (never as a native issuer); returns the kid."""
+        kid = dcc_kid(cert)
+        self.dcc_certs[kid] = cert
+        return kid
 
     def add_path(self, path):
         """Load one trust file or directory (see the module docstring)."""
