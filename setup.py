@@ -9,8 +9,11 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["chot*", "device*", "collector*", "provisioning*"]),
     include_package_data=True,
-    package_data={"collector": ["static/*", "web/templates/*.html", "web/templates/**/*.html", "web/static/*",
-                              "web/locale/*/LC_MESSAGES/*.po", "web/README.md", "web/babel.cfg"], "provisioning": ["*.sh", "requirements-terminal.txt"]},
+    package_data={
+        "collector": ["static/*", "web/templates/*.html", "web/templates/**/*.html", "web/static/*",
+                      "web/locale/*.pot", "web/locale/*/LC_MESSAGES/*.po", "web/README.md", "web/babel.cfg"],
+        "provisioning": ["*.sh", "requirements-terminal.txt"],
+    },
     install_requires=[
         "zxing-cpp==3.1.1",
         "pyzbar==0.1.9",

@@ -145,10 +145,9 @@ def _demo(args):
         collector = Collector(ccfg).start()
         collector.wait_subscribed(10)
         broker.save()  # the collector's subscription is on disk before any terminal publishes
-        from collector.web import WebServer as ApiServer
-
         import secrets
 
+        from collector.web import WebServer as ApiServer
         from collector.web.accounts import Accounts
 
         demo_password = secrets.token_urlsafe(12)

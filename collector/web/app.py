@@ -22,11 +22,12 @@ from urllib.parse import quote, urlparse
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from chot.errors import ChotError
 from collector.queries import QueryError
@@ -301,6 +302,10 @@ def create_app(cfg, storage, collector=None, accounts=None, throttle=None):
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, exc):
         return _error(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request, exc):  # the client left (or the body was over the cap: 413 was sent)
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def internal(request, exc):

@@ -5,8 +5,8 @@ In order, for every request:
    the proxy's last X-Forwarded-For entry names the client);
 2. the Host header must be a loopback name, `http.host` or one of `http.allowed_hosts` (else 400:
    a page on another site cannot reach the console through DNS rebinding);
-3. the body is capped at `http.max_body_kib` (413), counted as it arrives, not trusted from
-   Content-Length alone;
+3. headers are capped at MAX_HEADER_BYTES (431) and the body at `http.max_body_kib` (413),
+   counted as it arrives, not trusted from Content-Length alone;
 4. a request still running after `http.request_timeout_s` gets 503;
 5. every answer gets the security headers (CSP without inline script, frame-ancestors none,
    nosniff, no referrer) and `Cache-Control: no-store` except the static files.
@@ -20,6 +20,7 @@ from collector.config import is_loopback
 
 log = logging.getLogger(__name__)
 
+MAX_HEADER_BYTES = 16 * 1024  # also h11's limit while headers arrive (server.py)
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -107,7 +108,10 @@ class GuardMiddleware:
                         self.trusted_proxy)
             return await _plain(send, 403, "only the reverse proxy (http.trusted_proxy) may connect\n")
         scope.setdefault("state", {})["client"] = client_address(scope, self.trusted_proxy)
-        headers = dict(scope.get("headers", ()))
+        raw = scope.get("headers", ())
+        if sum(len(k) + len(v) + 4 for k, v in raw) > MAX_HEADER_BYTES:
+            return await _plain(send, 431, f"the request's headers are larger than {MAX_HEADER_BYTES} bytes\n")
+        headers = dict(raw)
         host = host_name(headers.get(b"host", b"").decode("latin-1"))
         if host not in self.hosts:
             log.warning("refused a request for Host %r (not in http.allowed_hosts)", host)

@@ -18,12 +18,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from chot.errors import CollectorError
 from collector.config import is_loopback
+from collector.web.security import MAX_HEADER_BYTES
 
 log = logging.getLogger(__name__)
 
 HEADER_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5
-MAX_HEADER_BYTES = 16 * 1024
 
 
 class _Protocol(H11Protocol):
