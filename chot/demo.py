@@ -30,7 +30,8 @@ def register(sub):
         help="run the whole system locally: broker, collector, two simulated terminals with mock GPIO",
         description=__doc__.split("\n\n")[1],
     )
-    p.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
+    p.add_argument("--duration", type=float, default=30.0,
+                   help="seconds to run (default 30; 0: until Ctrl-C, to look around the console)")
     p.add_argument("--fps", type=float, default=8.0, help="frames per second of each simulated camera")
     p.add_argument("--no-pins", action="store_true", help="do not print pin changes")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, configs)")
@@ -181,15 +182,20 @@ def _demo(args):
             t.start()
             threads.append(t)
 
-        deadline = time.monotonic() + args.duration
+        deadline = time.monotonic() + args.duration if args.duration > 0 else float("inf")
+        if args.duration <= 0:
+            say("demo", f"running until Ctrl-C; the console: {api.url}/")
         next_report = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            if time.monotonic() >= next_report:
-                next_report += 5
-                st = collector.stats()
-                say("collector", f"stored {st.get('stored', 0)} events, duplicates {st.get('duplicates', 0)}, "
-                                 f"rejected {sum(st.get('rejected', {}).values()) if st.get('rejected') else 0}")
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                if time.monotonic() >= next_report:
+                    next_report += 5
+                    st = collector.stats()
+                    say("collector", f"stored {st.get('stored', 0)} events, duplicates {st.get('duplicates', 0)}, "
+                                     f"rejected {sum(st.get('rejected', {}).values()) if st.get('rejected') else 0}")
+        except KeyboardInterrupt:
+            say("demo", "Ctrl-C: stopping the terminals and checking what was delivered")
         for term in terms:
             term.stop()
         for t in threads:
