@@ -31,20 +31,19 @@ setup(
         "pynacl==1.6.2",
         "argon2-cffi==25.1.0",
         "msgspec==0.23.0",
-        # the console (collector/web)
-        "fastapi==0.165.0",
-        "starlette==1.10.0",
-        "uvicorn==0.55.0",
-        "jinja2==3.1.6",
-        "babel==2.19.0",
-        "python-multipart==0.0.34",
-        "openpyxl==3.1.5",
     ],
     extras_require={
         # Only a Pi has these; picamera2 comes from Raspberry Pi OS (python3-picamera2).
         "pi": ["RPi.GPIO>=0.7.1", "lgpio==0.2.2.0"],
         "usb": ["opencv-python-headless==5.0.0.93"],
         "postgres": ["psycopg2-binary==2.9.13"],
+        # The collector's console (collector/web); a terminal never installs it (its hashed
+        # requirements cover install_requires only): pip install 'chot[console]' on the collector.
+        # (Written out, not a variable: provisioning/requirements.py reads this dict as a literal.)
+        "console": [
+            "fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.55.0", "jinja2==3.1.6", "babel==2.19.0",
+            "python-multipart==0.0.34", "openpyxl==3.1.5",
+        ],
         "test": [
             "pytest==9.2.0",
             "pytest-timeout==2.4.0",
@@ -52,6 +51,9 @@ setup(
             "ruff==0.17.6",
             "opencv-python-headless==5.0.0.93",
             "psycopg2-binary==2.9.13",
+            # the console's, as in "console" above
+            "fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.55.0", "jinja2==3.1.6", "babel==2.19.0",
+            "python-multipart==0.0.34", "openpyxl==3.1.5",
             "httpx==0.29.0",
             "playwright==1.65.3",  # drives Debian's chromium (/usr/bin/chromium); no browser download
         ],
