@@ -393,3 +393,64 @@ def test_refuses_to_listen_beyond_loopback_without_tls_or_proxy(tmp_path, host):
 
 def test_httpx_is_the_client():  # the helpers' client library is there (test extra)
     assert httpx.__version__
+
+
+def test_a_slow_request_gets_503_and_the_server_goes_on(tmp_path):
+    import asyncio
+
+    from fastapi import Depends
+
+    from collector.storage import Storage
+    from collector.testing import collector_config
+    from collector.web import WebServer, create_app
+    from collector.web.app import require
+
+    cfg = collector_config(f"sqlite:///{tmp_path}/c.db", http={"enabled": True, "port": 0, "request_timeout_s": 0.5})
+    with Storage(cfg.collector.database) as st:
+        app = create_app(cfg, st)
+        app.state.web.accounts.add_token("t", ["fleet:read"], "test")
+        secret = app.state.web.accounts.add_token("slow", ["fleet:read"], "test")
+
+        async def slow(principal=Depends(require())):
+            await asyncio.sleep(3600)
+
+        app.add_api_route("/api/slow", slow)
+        with WebServer(cfg, st, app=app) as srv:
+            c = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {secret}"}, timeout=60)
+            r = c.get("/api/slow")
+            assert r.status_code == 503 and "too long" in r.text
+            assert c.get("/api/fleet").status_code == 200
+
+
+def test_behind_the_trusted_proxy_the_forwarded_client_is_throttled_and_cookies_are_secure(tmp_path):
+    from web_helpers import make_console
+
+    con = make_console(f"sqlite:///{tmp_path}/p.db", tmp_path, trusted_proxy="127.0.0.2")
+    try:
+        proxy = httpx.Client(base_url=con.url, timeout=30, transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+
+        def via_proxy(client_addr, name, password, proto="https"):
+            tok = login_token(proxy)
+            return proxy.post("/login", data={"name": name, "password": password, "login_token": tok},
+                              headers={"Origin": con.url, "X-Forwarded-For": f"9.9.9.9, {client_addr}",
+                                       "X-Forwarded-Proto": proto})
+
+        for _ in range(3):
+            assert via_proxy("203.0.113.7", "tracer", "wrong password!").status_code == 401
+        assert via_proxy("203.0.113.7", "viewer", PASSWORD).status_code == 429  # that client is throttled
+        r = via_proxy("203.0.113.8", "viewer", PASSWORD)  # another client behind the same proxy is not
+        assert r.status_code == 303 and "; secure" in r.headers["set-cookie"].lower()
+        assert "; secure" not in via_proxy("203.0.113.9", "admin", PASSWORD, proto="http").headers[
+            "set-cookie"].lower()
+        # a direct client cannot claim another address or HTTPS: it is itself (127.0.0.1)
+        direct = con.client()
+        for _ in range(3):
+            r = direct.post("/login", data={"name": "admin", "password": "wrong password!",
+                                            "login_token": login_token(direct)},
+                            headers={"Origin": con.url, "X-Forwarded-For": "198.51.100.1",
+                                     "X-Forwarded-Proto": "https"})
+            assert r.status_code == 401 and "secure" not in r.headers.get("set-cookie", "").lower()
+        assert via_proxy("127.0.0.1", "viewer", PASSWORD).status_code == 429
+    finally:
+        con.server.stop()
+        con.storage.close()

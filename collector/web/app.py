@@ -117,6 +117,11 @@ def client(request):
     return request.scope.get("state", {}).get("client") or (request.client.host if request.client else "")
 
 
+def secure(request):
+    """True when the browser talks HTTPS to us (TLS here, or through the trusted proxy): cookies get Secure."""
+    return bool(request.scope.get("state", {}).get("https"))
+
+
 def is_api(request):
     return request.url.path.startswith("/api/") or request.url.path == "/api"
 

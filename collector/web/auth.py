@@ -23,6 +23,7 @@ from collector.web.app import (
     render,
     require,
     same_origin,
+    secure,
     web,
 )
 from collector.web.i18n import LANGUAGES
@@ -36,7 +37,7 @@ def _login_page(request, nxt, error=None, status=200, name=""):
     resp = render(request, "login.html", {"next": nxt, "error": error, "login_token": token, "name": name},
                   status=status)
     resp.set_cookie(PRELOGIN_COOKIE, token, max_age=3600, httponly=True, samesite="strict",
-                    secure=web(request).tls, path="/login")
+                    secure=secure(request), path="/login")
     return resp
 
 
@@ -82,7 +83,7 @@ async def login(request: Request):
     token, _csrf = made
     resp = RedirectResponse(nxt, status_code=303)
     resp.set_cookie(SESSION_COOKIE, token, max_age=int(w.cfg.http.session_hours * 3600), httponly=True,
-                    samesite="strict", secure=w.tls, path="/")
+                    samesite="strict", secure=secure(request), path="/")
     resp.delete_cookie(PRELOGIN_COOKIE, path="/login")
     return resp
 
@@ -94,7 +95,7 @@ async def logout(request: Request, principal=Depends(require())):
     await w.db(w.accounts.end_session, token)
     log.info("%s signed out", principal.name)
     resp = RedirectResponse("/login", status_code=303)
-    resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=w.tls)
+    resp.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=secure(request))
     return resp
 
 
@@ -102,5 +103,5 @@ async def logout(request: Request, principal=Depends(require())):
 async def set_language(request: Request, code: str, next: str = "/"):  # noqa: A002
     resp = RedirectResponse(local_path(next), status_code=303)
     if code in LANGUAGES:
-        resp.set_cookie(LANG_COOKIE, code, max_age=365 * 86400, samesite="lax", secure=web(request).tls, path="/")
+        resp.set_cookie(LANG_COOKIE, code, max_age=365 * 86400, samesite="lax", secure=secure(request), path="/")
     return resp

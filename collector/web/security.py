@@ -99,6 +99,7 @@ class GuardMiddleware:
         self.trusted_proxy = http.trusted_proxy
         self.max_body = http.max_body_kib * 1024
         self.timeout = http.request_timeout_s
+        self.tls = tls
         self.extra = [(b"strict-transport-security", b"max-age=31536000")] if tls else []
 
     async def __call__(self, scope, receive, send):
@@ -109,8 +110,12 @@ class GuardMiddleware:
             log.warning("refused a request from %s: only http.trusted_proxy (%s) may connect", peer,
                         self.trusted_proxy)
             return await _plain(send, 403, "only the reverse proxy (http.trusted_proxy) may connect\n")
-        scope.setdefault("state", {})["client"] = client_address(scope, self.trusted_proxy)
         raw = scope.get("headers", ())
+        state = scope.setdefault("state", {})
+        state["client"] = client_address(scope, self.trusted_proxy)
+        # HTTPS: served with TLS here, or the trusted proxy says its client used it (cookies get Secure)
+        state["https"] = self.tls or (bool(self.trusted_proxy) and peer == self.trusted_proxy
+                                      and dict(raw).get(b"x-forwarded-proto", b"").lower() == b"https")
         if sum(len(k) + len(v) + 4 for k, v in raw) > MAX_HEADER_BYTES:
             return await _plain(send, 431, f"the request's headers are larger than {MAX_HEADER_BYTES} bytes\n")
         headers = dict(raw)
