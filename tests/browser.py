@@ -66,3 +66,19 @@ def shot(page, name):
     path = page.output_dir / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def sign_in(page, console, name, password=None):
+    """Sign `name` in through the login form (web_helpers.PASSWORD by default); waits for the start page."""
+    from web_helpers import PASSWORD
+
+    page.goto(console.url + "/login")
+    page.fill("#name", name)
+    page.fill("#password", password or PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(console.url + "/")
+
+
+def fits_phone(page):
+    """True when the page needs no sideways scrolling at the context's width (375 px)."""
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")

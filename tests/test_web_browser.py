@@ -1,7 +1,7 @@
 """The console in a real browser (Playwright, Debian's chromium): sign in, the nav of the role, the
 language switch, sign out; screenshots under tests/output/<test>/."""
 
-from browser import shot
+from browser import fits_phone, shot
 from web_helpers import PASSWORD
 
 
@@ -23,7 +23,7 @@ def test_sign_in_nav_language_and_sign_out(console_sqlite, page):
     assert "người xem" in page.content()  # the role, translated
     # the nav shows what the role may see; the layout fits a 375 px screen (no sideways scrolling)
     assert page.locator("nav a").all_inner_texts()[0] == "Trang chủ"
-    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    assert fits_phone(page)
     shot(page, "home-vi")
     page.click("text=English")
     page.wait_for_url(console.url + "/")
