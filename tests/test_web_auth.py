@@ -403,6 +403,7 @@ def test_a_slow_request_gets_503_and_the_server_goes_on(tmp_path):
     from collector.storage import Storage
     from collector.testing import collector_config
     from collector.web import WebServer, create_app
+    from collector.web.accounts import Role
     from collector.web.app import require
 
     cfg = collector_config(f"sqlite:///{tmp_path}/c.db", http={"enabled": True, "port": 0, "request_timeout_s": 0.5})
@@ -415,11 +416,26 @@ def test_a_slow_request_gets_503_and_the_server_goes_on(tmp_path):
             await asyncio.sleep(3600)
 
         app.add_api_route("/api/slow", slow)
+
+        async def admins_only(principal=Depends(require(Role.ADMIN))):
+            return {"ok": principal.actor}
+
+        app.add_api_route("/api/admins-only", admins_only)
         with WebServer(cfg, st, app=app) as srv:
             c = httpx.Client(base_url=srv.url, headers={"Authorization": f"Bearer {secret}"}, timeout=60)
             r = c.get("/api/slow")
             assert r.status_code == 503 and "too long" in r.text
             assert c.get("/api/fleet").status_code == 200
+            # require(Role.X): the role itself, which no token has
+            assert c.get("/api/admins-only").status_code == 403
+            from web_helpers import Console
+
+            acc = app.state.web.accounts
+            acc.add_user("boss", PASSWORD, "admin")
+            acc.add_user("lan", PASSWORD, "tracer")
+            con = Console(srv.url, cfg, st, acc, srv)
+            assert login(con, "boss").get("/api/admins-only").json() == {"ok": "boss"}
+            assert login(con, "lan").get("/api/admins-only").status_code == 403
 
 
 def test_behind_the_trusted_proxy_the_forwarded_client_is_throttled_and_cookies_are_secure(tmp_path):

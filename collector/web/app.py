@@ -31,7 +31,7 @@ from starlette.requests import ClientDisconnect
 
 from chot.errors import ChotError
 from collector.queries import QueryError
-from collector.web.accounts import Accounts, LoginThrottle, Permission
+from collector.web.accounts import Accounts, LoginThrottle, Permission, Role
 from collector.web.i18n import LANGUAGE_NAMES, LANGUAGES, Lang, load_catalogues, pick_language
 from collector.web.security import GuardMiddleware, allowed_hosts
 
@@ -185,7 +185,11 @@ async def check_write(w, request, by_token, csrf):
 
 
 def require(*permissions):
-    """The dependency of a route: who asks, and may they (every permission given). Returns the Principal."""
+    """The dependency of a route: who asks, and may they. Returns the Principal.
+
+    Each argument is a `Permission` the principal must have, or a `Role` it must be
+    (`require(Role.ADMIN)`); prefer permissions, so that API tokens can be given them as scopes.
+    """
     async def dependency(request: Request):
         w = web(request)
         principal, csrf, by_token = await run_in_threadpool(_identify, w, request)
@@ -193,7 +197,8 @@ def require(*permissions):
             raise NotSignedIn()
         request.state.principal = principal
         request.state.csrf = csrf
-        missing = [p for p in permissions if not principal.may(p)]
+        missing = [p for p in permissions
+                   if not (principal.role == p if isinstance(p, Role) else principal.may(p))]
         if missing:
             raise Forbidden(f"{principal.actor} may not: {', '.join(str(p) for p in missing)}")
         if request.method not in SAFE_METHODS:
