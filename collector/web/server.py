@@ -70,6 +70,9 @@ class WebServer:
                 f"cannot listen on {self.host}:{h.port if port is None else port}: {exc.strerror}; change [http] "
                 "port or stop what uses it"
             ) from None
+        # accepted sockets inherit it: without, a keep-alive answer (headers, then body) waited 40 ms for
+        # the client's delayed ACK (Nagle); measured 44 ms -> 1 ms per request on one connection
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.listen(512)
         self.port = self.sock.getsockname()[1]
         kwargs = {}
