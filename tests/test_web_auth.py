@@ -470,3 +470,23 @@ def test_behind_the_trusted_proxy_the_forwarded_client_is_throttled_and_cookies_
     finally:
         con.server.stop()
         con.storage.close()
+
+
+def test_users_page_admin_only_and_its_form_needs_the_csrf_token(console_sqlite):
+    console = console_sqlite
+    viewer = login(console, "viewer")
+    assert 'href="/users"' not in viewer.get("/").text  # not in a viewer's nav
+    r = viewer.get("/users")
+    assert r.status_code == 403 and "Bạn không được xem nội dung này" in r.text
+    admin = login(console, "admin")
+    page = admin.get("/")
+    assert 'href="/users"' in page.text
+    r = admin.get("/users")
+    assert r.status_code == 200 and "ward_officer" in r.text and "cán bộ phường" in r.text
+    assert admin.post("/users/viewer/disable", data={}, headers={"Origin": console.url}).status_code == 403
+    r = admin.post("/users/viewer/disable", data={"csrf_token": csrf_of(admin)}, headers={"Origin": console.url})
+    assert r.status_code == 303 and r.headers["location"] == "/users"
+    assert viewer.get("/api/fleet").status_code == 401  # disabling ended the viewer's session
+    login(console, "viewer", expect=401)
+    assert admin.post("/users/admin/disable", data={"csrf_token": csrf_of(admin)},
+                      headers={"Origin": console.url}).status_code == 403

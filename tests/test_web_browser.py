@@ -38,3 +38,17 @@ def test_sign_in_nav_language_and_sign_out(console_sqlite, page):
     assert page.url.startswith(console.url + "/login")  # the session is gone
     shot(page, "signed-out")
     assert (page.output_dir / "home-en.png").stat().st_size > 1000
+
+
+def test_admin_users_page_on_a_phone(console_sqlite, page):
+    from browser import sign_in
+
+    sign_in(page, console_sqlite, "admin")
+    page.click("nav >> text=Người dùng")
+    page.wait_for_url(console_sqlite.url + "/users")
+    assert page.locator("h1").inner_text() == "Người dùng"
+    assert fits_phone(page)  # the wide table scrolls inside its own box
+    shot(page, "users")
+    page.locator("tr", has_text="viewer").locator("button").click()
+    page.wait_for_url(console_sqlite.url + "/users")
+    assert page.locator("tr", has_text="viewer").locator("button").inner_text() == "Bật"  # now disabled
