@@ -51,22 +51,30 @@ def N_(message):
 
 @dataclass(frozen=True)
 class NavItem:
-    """A link of the navigation bar, shown only to those with `permission`."""
+    """A link of the navigation bar, shown only to those with `permission`; sorted by `order`."""
 
     path: str
     label: str  # an N_() string
     permission: Permission | None = None
+    order: int = 50
 
 
 # Role names as shown (translated in templates with _(user.role)).
 ROLE_NAMES = (N_("admin"), N_("tracer"), N_("ward_officer"), N_("checkpoint_staff"), N_("viewer"), N_("API token"))
 
-# The navigation bar, in order. A page adds its own entry with `nav_item(...)` in its module.
+# The navigation bar. A page adds its own entry with `nav_item(...)` in its module.
 NAV: list[NavItem] = []
 
 
-def nav_item(path, label, permission=None):
-    NAV.append(NavItem(path, label, permission))
+def nav_item(path, label, permission=None, order=50):
+    """Add a link to the navigation bar (once per path; the module of the page calls it when imported).
+
+    `order`: where it goes (home 0, personal pages 10-39, fleet and traffic 40-59, paper 60-69, admin 90+).
+    """
+    if any(n.path == path for n in NAV):
+        return
+    NAV.append(NavItem(path, label, permission, order))
+    NAV.sort(key=lambda n: (n.order, n.path))
 
 
 class NotSignedIn(Exception):
@@ -277,7 +285,7 @@ def create_app(cfg, storage, collector=None, accounts=None, throttle=None):
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(auth.router)
     app.include_router(api.router)
-    for router in pages.ROUTERS:
+    for router in pages.routers():
         app.include_router(router)
 
     @app.exception_handler(NotSignedIn)

@@ -5,7 +5,7 @@ from fastapi import APIRouter, Depends, Request
 from collector.web.app import N_, nav_item, render, require
 
 router = APIRouter()
-nav_item("/", N_("Home"))
+nav_item("/", N_("Home"), order=0)
 
 
 @router.get("/")

@@ -14,7 +14,7 @@ from collector.web.app import N_, Forbidden, nav_item, render, require, web
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-nav_item("/users", N_("Users"), Permission.USERS_ADMIN)
+nav_item("/users", N_("Users"), Permission.USERS_ADMIN, order=90)
 
 
 @router.get("/users")
