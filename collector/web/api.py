@@ -47,8 +47,7 @@ def _need_checkpoint_scope(principal, checkpoint):
 
 @router.get("/")
 async def endpoints(request: Request, principal=Depends(require())):
-    paths = [r.path for r in router.routes if "GET" in getattr(r, "methods", ()) and r.path != "/api/"]
-    return {"endpoints": sorted(paths) + ["POST /api/manual"]}
+    return {"endpoints": web(request).api_endpoints}
 
 
 @router.get("/visits")

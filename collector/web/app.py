@@ -102,6 +102,7 @@ class Web:
     catalogues: dict = field(default_factory=dict)
     env: Environment | None = None
     hosts: frozenset = frozenset()
+    api_endpoints: list = field(default_factory=list)  # GET /api/ lists them
 
     async def db(self, fn, *args, **kwargs):
         """Run `fn(*args, **kwargs)` in the bounded thread pool inside a database connection."""
@@ -285,8 +286,16 @@ def create_app(cfg, storage, collector=None, accounts=None, throttle=None):
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(auth.router)
     app.include_router(api.router)
-    for router in pages.routers():
+    routers = pages.routers()
+    for router in routers:
         app.include_router(router)
+    for router in [api.router, *routers]:
+        for r in router.routes:
+            path = getattr(r, "path", "")
+            if path.startswith("/api/") and path != "/api/":
+                w.api_endpoints += [path if m == "GET" else f"{m} {path}" for m in sorted(getattr(r, "methods", ()))
+                                    if m != "HEAD"]
+    w.api_endpoints.sort(key=lambda e: (" " in e, e))
 
     @app.exception_handler(NotSignedIn)
     async def not_signed_in(request, exc):
