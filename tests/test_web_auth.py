@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from web_helpers import PASSWORD, SESSION, csrf_of, login, login_token
+from web_helpers import PASSWORD, SESSION, csrf_of, login, login_token, try_login
 
 from collector.storage import utcnow
 from collector.web.accounts import LoginThrottle
@@ -45,18 +45,25 @@ def test_no_session_gets_nothing(console):
 
 def test_wrong_password_is_throttled_per_user_and_address(console_sqlite):
     console = console_sqlite
-    c = console.client()
+
+    def client_from(addr):  # loopback has many addresses: each is another client
+        return console.client(transport=httpx.HTTPTransport(local_address=addr))
+
+    c = client_from("127.0.0.1")
+    # an unknown user name fails like a wrong password (same answer, same cost)
+    r = try_login(console, c, "nobody", "whatever!!")
+    assert r.status_code == 401 and "Sai tên đăng nhập hoặc mật khẩu" in r.text
+    for _ in range(2):
+        r = try_login(console, c, "tracer", "wrong password!")
+        assert r.status_code == 401 and "Sai tên đăng nhập hoặc mật khẩu" in r.text
+    # 3 failures from 127.0.0.1: even the right password is refused there for a while (429)
+    r = try_login(console, c, "tracer")
+    assert r.status_code == 429 and "Thử lại sau" in r.text and SESSION not in c.cookies
+    login(console, "viewer", client=c, expect=429)  # per address: another user from there too
     for _ in range(3):
-        login(console, "tracer", "wrong password!", client=c, expect=401)
-    # now even the right password is refused for a while (429), and so is another user from this address
-    r = c.post("/login", data={"name": "tracer", "password": PASSWORD, "login_token": login_token(c)},
-               headers={"Origin": console.url})
-    assert r.status_code == 429 and "tracer" not in c.cookies.get(SESSION, "")
-    assert SESSION not in c.cookies
-    login(console, "viewer", client=console.client(), expect=429)
-    # an unknown user name fails the same way as a wrong password
-    assert "Sai tên đăng nhập hoặc mật khẩu" in login(console, "nobody", "whatever!!", client=console.client(),
-                                                       expect=429).cookies.get("x", "Sai tên đăng nhập hoặc mật khẩu")
+        login(console, "admin", "wrong password!", client=client_from("127.0.0.2"), expect=401)
+    login(console, "admin", client=client_from("127.0.0.3"), expect=429)  # per user: from anywhere
+    login(console, "viewer", client=client_from("127.0.0.4"), expect=303)  # others are not held up
 
 
 def test_login_throttle_is_exponential_and_bounded():

@@ -56,11 +56,16 @@ def login_token(client):
     return re.search(r'name="login_token" value="([^"]+)"', r.text).group(1)
 
 
+def try_login(console, client, name, password=PASSWORD):
+    """The answer of the login form posted by `client` (303 signed in, 401 wrong, 429 throttled)."""
+    return client.post("/login", data={"name": name, "password": password, "login_token": login_token(client),
+                                       "next": "/"}, headers={"Origin": console.url})
+
+
 def login(console, name, password=PASSWORD, client=None, expect=303):
     """An httpx client signed in as `name` (asserts the login answered `expect`)."""
     c = client or console.client()
-    r = c.post("/login", data={"name": name, "password": password, "login_token": login_token(c), "next": "/"},
-               headers={"Origin": console.url})
+    r = try_login(console, c, name, password)
     assert r.status_code == expect, r.text
     return c
 
