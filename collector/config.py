@@ -154,7 +154,7 @@ def is_loopback(host):
 
 @dataclass(frozen=True, kw_only=True)
 class HttpSettings(Settings):
-    enabled: bool = setting(True, help="serve the JSON API and the dashboard")
+    enabled: bool = setting(True, help="serve the console and its JSON API (docs/console.md)")
     host: str = setting("127.0.0.1", help="listen address (keep 127.0.0.1 behind a reverse proxy)")
     port: int = setting(8080, min=0, max=65535, help="listen port (0: any free port)")
     tls_cert: FilePath | None = setting(

@@ -497,3 +497,17 @@ def test_users_page_admin_only_and_its_form_needs_the_csrf_token(console_sqlite)
     login(console, "viewer", expect=401)
     assert admin.post("/users/admin/disable", data={"csrf_token": csrf_of(admin)},
                       headers={"Origin": console.url}).status_code == 403
+
+
+def test_console_settings_are_checked():
+    from chot.errors import ChotError
+    from collector.config import config_from_dict
+
+    for http, keys in (({"language": "fr", "max_body_kib": 0}, ("http.language", "http.max_body_kib")),
+                       ({"timezone": "Mars/Olympus", "allowed_hosts": ["https://x.vn/"]},
+                        ("http.timezone", "http.allowed_hosts"))):
+        with pytest.raises(ChotError) as e:
+            config_from_dict({"http": http})
+        for key in keys:
+            assert key in str(e.value), key
+    assert config_from_dict({"http": {"timezone": "UTC", "allowed_hosts": ["chot.example.vn"]}}).http.timezone == "UTC"
