@@ -72,6 +72,10 @@ def register(sub):
     c.add_argument("--now", action="store_true", help="publish it from here even when a collector is running "
                    "(by default the running collector publishes it through its own connection)")
 
+    c = cmd("signed", _signed, "the signed messages the running collector keeps fresh (JSON), or forget one")
+    c.add_argument("--forget", metavar="TOPIC", help="stop re-signing the message of TOPIC (e.g. the config of a "
+                   "terminal taken out of service); what the broker keeps expires at its time")
+
     person_help = "an ID number, or nd:NAME|YYYY-MM-DD for a certificate without one"
     case_help = "the case this look-up is for (required; written to the audit log with your user name)"
     c = cmd("visits", _visits, "the visits of a person in a time range, verified and unverified apart (JSON)")
@@ -235,6 +239,24 @@ def _publish(args, what, fn, topic):
         sys.stdout.write(out[0].decode("utf-8") + "\n")
     else:
         print(f"{what} version {out[1]} published ({by})", file=sys.stderr)
+    return 0
+
+
+def _signed(args):
+    import json
+
+    from chot.errors import CollectorError
+    from collector.refresh import SignedStore
+
+    with _storage(_cfg(args)) as st:
+        store = SignedStore(st)
+        if args.forget:
+            if not store.forget(args.forget):
+                raise CollectorError(f"no signed message is kept for {args.forget!r}: see `chot collector signed`")
+            print(f"{args.forget}: no longer re-signed", file=sys.stderr)
+            return 0
+        out = {"messages": list(store.summary().values()), "running": store.live_publishers()}
+    print(json.dumps(out, indent=1, ensure_ascii=False))
     return 0
 
 

@@ -117,6 +117,10 @@ class SignedStore:
                 continue
         return False
 
+    def forget(self, topic):
+        """Stop keeping (and re-signing) the message of `topic`; False when none is kept."""
+        return self.Signed.delete().where(self.Signed.topic == topic).execute() == 1
+
     def get(self, topic):
         """{"kind", "version", "issued", "expires", "payload", "published_version", ...} of `topic`, or None."""
         row = self.Signed.get_or_none(self.Signed.topic == topic)
@@ -194,7 +198,6 @@ class ListRefresher:
         self._stop = threading.Event()
         self._thread = None
         self._last_beat = (0.0, None)
-        self._republished_gen = None
         self.counters = {"refreshed": 0, "published": 0, "publish_failures": 0, "errors": 0}
 
     def start(self):
@@ -235,8 +238,6 @@ class ListRefresher:
         if not connected:
             return
         now = now or datetime.now(UTC)
-        gen = self.col._gen
-        republish_all = gen != self._republished_gen  # a new connection: the broker may have lost them
         for topic, row in self.store.summary().items():
             if self._stop.is_set():
                 return
@@ -245,11 +246,10 @@ class ListRefresher:
                 row["kind"], row["ttl_s"], self.refresh_lists_h)
             if due:
                 self._resign(topic, row)
-            elif republish_all or row["published_version"] != row["version"]:
+            elif row["published_version"] != row["version"]:  # handed over by a command, or not confirmed yet
                 payload = self.store.payload(topic, row["version"])
                 if payload is not None:
                     self._publish(topic, row["version"], payload)
-        self._republished_gen = gen
 
     def _resign(self, topic, row):
         payload = self.store.payload(topic, row["version"])

@@ -39,7 +39,9 @@ another checkpoint or direction than its device is bound to is refused and quara
 device not bound is refused unacked (collector/registry.py); it never stops the collector or the
 good messages around it. Gaps in a device's seq that stay open longer than `gap_report_s` are
 logged once. Old events are purged every `purge_interval_s` (`retention_days`) by a thread of
-their own, in short batches, so ingest goes on. `stats()` returns the counters.
+their own, in short batches, so ingest goes on. With `collector.signing_key` another thread keeps
+the signed config and lists fresh and publishes what the commands hand over (collector/refresh.py).
+`stats()` returns the counters.
 """
 
 import logging

@@ -233,11 +233,12 @@ def test_the_publish_commands_hand_the_list_to_the_running_collector(tmp_path, b
     (tmp_path / "deny.txt").write_text("revoked:decl-9\n")
     cfg = load_collector_config(conf)
 
-    def chot(*args):
+    def chot(*args, check=True, out=False):
         r = subprocess.run([sys.executable, "-m", "chot.cli", "collector", *args, "--config", str(conf)],
                            capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr
-        return r.stderr
+        if check:
+            assert r.returncode == 0, r.stderr
+        return r if not check else r.stdout if out else r.stderr
 
     with Collector(cfg) as col:
         col.wait_subscribed()
@@ -256,9 +257,18 @@ def test_the_publish_commands_hand_the_list_to_the_running_collector(tmp_path, b
         assert "(directly)" in out and row["published_by"] == "directly"
         assert retained_on(broker.port, [TRUST])[TRUST].decode() == row["payload"]
         assert col.stats()["lists"]["published"] >= 2
+        listed = json.loads(chot("signed", out=True))
+        assert listed["running"] == ["main"] and [m["topic"] for m in listed["messages"]] == [DENY, TRUST]
+        assert "payload" not in listed["messages"][0]
     # no collector running: the command publishes directly, at once
     out = chot("publish-trust", str(keys / "sign" / "collector.pub"))
     assert "(directly)" in out
+    # a message no longer wanted is forgotten: never re-signed again
+    chot("signed", "--forget", TRUST)
+    listed = json.loads(chot("signed", out=True))
+    assert listed["running"] == [] and [m["topic"] for m in listed["messages"]] == [DENY]
+    r = chot("signed", "--forget", TRUST, check=False)
+    assert r.returncode != 0 and "no signed message is kept" in r.stderr
 
 
 def test_a_new_list_is_not_lost_to_a_concurrent_refresh(tmp_path, broker, keys):
@@ -278,3 +288,42 @@ def test_a_new_list_is_not_lost_to_a_concurrent_refresh(tmp_path, broker, keys):
         assert version > old["version"] and json.loads(out)["body"] == body and by == "directly"
         assert store.get(TRUST)["version"] == version
         assert json.loads(retained_on(broker.port, [TRUST])[TRUST])["version"] == version
+
+
+# --- on the fleet's broker: handing over displaces nobody -------------------------------------------
+
+
+def test_on_the_fleet_broker_the_handover_keeps_the_collector_connected_and_now_displaces_it(tmp_path):
+    """The fleet's Mosquitto forces the client id to the certificate's CN: a command connecting with the
+    collector's certificate takes the running collector's connection over. Handed over, the list goes
+    out through the collector's own connection instead."""
+    import os
+
+    from conftest import need
+    from servers import MOSQUITTO
+    from test_tls_fleet import FleetBroker, collector_cfg
+
+    from provisioning.fleet import init_fleet
+
+    need(os.path.exists(MOSQUITTO), "mosquitto")
+    fleet = init_fleet(tmp_path / "fleet", "broker.test")
+    broker = FleetBroker(fleet, tmp_path / "broker").start()
+    try:
+        cfg = collector_cfg(fleet, broker.port, tmp_path / "c.db")
+        with Collector(cfg) as col:
+            col.wait_subscribed()
+            store = SignedStore(col.storage)
+            assert wait_until(lambda: store.live_publishers() == [cfg.collector.id], timeout=30)
+            with Storage(cfg.collector.database) as st:
+                publish_trust(st, cfg, [fleet.signing_pub])
+            row = store.get(TRUST)
+            assert row["published_by"] == f"collector {cfg.collector.id}"
+            assert row["published_version"] == row["version"]
+            assert col.stats().get("disconnects", 0) == 0  # nobody was displaced
+            with Storage(cfg.collector.database) as st:
+                publish_trust(st, cfg, [fleet.signing_pub], now=True)  # the old way: its own connection
+            assert store.get(TRUST)["published_by"] == "directly"
+            assert wait_until(lambda: col.stats().get("disconnects", 0) >= 1, timeout=30)  # displaced
+            assert wait_until(col.connected.is_set, timeout=30)  # and back by itself
+    finally:
+        broker.stop()
