@@ -33,7 +33,16 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from peewee import BigIntegerField, BooleanField, CharField, DoubleField, IntegrityError, Model, TextField
+from peewee import (
+    BigIntegerField,
+    BooleanField,
+    CharField,
+    DoubleField,
+    IntegrityError,
+    Model,
+    ProgrammingError,
+    TextField,
+)
 
 from chot import wire
 
@@ -44,10 +53,6 @@ HEARTBEAT_S = 10.0  # a running collector writes its heartbeat this often
 LIVE_S = 35.0  # a heartbeat older than this is a collector that is not running
 POLL_S = 1.0  # the running collector looks for messages to publish this often
 HANDOFF_WAIT_S = 30.0  # a command waits this long for the running collector to publish
-
-
-def _now_iso():
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class SignedStore:
@@ -90,7 +95,13 @@ class SignedStore:
                 table_name = "chot_list_publisher"
 
         self.Signed, self.Publisher = Signed, Publisher
-        storage.db.create_tables([Signed, Publisher], safe=True)
+        try:
+            storage.db.create_tables([Signed, Publisher], safe=True)
+        except (IntegrityError, ProgrammingError):  # PostgreSQL: another process created them at the same time
+            if storage.db.in_transaction():
+                storage.db.rollback()
+            if not (Signed.table_exists() and Publisher.table_exists()):
+                raise
 
     # --- the signed messages ------------------------------------------------------------------
 
