@@ -209,6 +209,8 @@ class ListRefresher:
         self._stop = threading.Event()
         self._thread = None
         self._last_beat = (0.0, None)
+        self._inflight = {}  # topic -> (version, connection generation, MQTTMessageInfo) not confirmed yet
+        self._failing_since = None
         self.counters = {"refreshed": 0, "published": 0, "publish_failures": 0, "errors": 0}
 
     def start(self):
@@ -227,15 +229,24 @@ class ListRefresher:
             log.debug("last heartbeat failed: %s", exc)
 
     def _loop(self):
+        delay = POLL_S
         with self.col.storage.connection():
             while not self._stop.is_set():
                 try:
                     self.tick()
-                except Exception as exc:  # the database is down: the next pass tries again
+                    if self._failing_since is not None:
+                        log.warning("signed lists: working again")
+                    self._failing_since, delay = None, POLL_S
+                except Exception as exc:  # the database is down: the next pass tries again, backing off
                     self.counters["errors"] += 1
-                    log.error("signed lists: %s: %s; trying again", exc.__class__.__name__, exc)
+                    if self._failing_since is None:
+                        self._failing_since = time.monotonic()
+                        log.error("signed lists: %s: %s; trying again with backoff", exc.__class__.__name__, exc)
+                    else:
+                        log.debug("signed lists still failing: %s", exc)
                     self.col._reconnect_db()
-                if self._stop.wait(POLL_S):
+                    delay = min(delay * 2, 30.0)
+                if self._stop.wait(delay):
                     return
 
     def tick(self, now=None):
@@ -277,20 +288,26 @@ class ListRefresher:
         self._publish(topic, version, new)
 
     def _publish(self, topic, version, payload):
-        client = self.col.client
+        client, gen = self.col.client, self.col._gen
         if client is None:
             return
-        data = payload.encode("utf-8") if isinstance(payload, str) else payload
-        info = client.publish(topic, data, qos=1, retain=True)
-        try:
-            info.wait_for_publish(10.0)
-        except (RuntimeError, ValueError) as exc:
-            log.debug("publishing on %s: %s", topic, exc)
-        if not info.is_published():
-            self.counters["publish_failures"] += 1
-            log.warning("version %d on %s not confirmed by the broker yet (rc %s); trying again", version, topic,
-                        info.rc)
-            return
+        sent = self._inflight.get(topic)
+        if sent is not None and sent[0] == version and sent[1] == gen and not sent[2].is_published():
+            return  # sent on this connection, not confirmed yet: not again
+        if sent is None or sent[0] != version or sent[1] != gen:
+            data = payload.encode("utf-8") if isinstance(payload, str) else payload
+            info = client.publish(topic, data, qos=1, retain=True)
+            self._inflight[topic] = (version, gen, info)
+            try:
+                info.wait_for_publish(10.0)
+            except (RuntimeError, ValueError) as exc:
+                log.debug("publishing on %s: %s", topic, exc)
+            if not info.is_published():
+                self.counters["publish_failures"] += 1
+                log.warning("version %d on %s not confirmed by the broker within 10 s (rc %s); waiting for it",
+                            version, topic, info.rc)
+                return
+        self._inflight.pop(topic, None)
         self.store.mark_published(topic, version, f"collector {self.cid}")
         self.counters["published"] += 1
-        log.info("published version %d on %s (%d bytes, retained)", version, topic, len(data))
+        log.info("published version %d on %s (retained)", version, topic)
