@@ -147,7 +147,7 @@ def test_a_running_collector_keeps_a_terminal_fresh_across_its_age_limit_and_a_r
         # published by the commands while no collector runs: directly
         publish_denylist(st, cfg, tmp_path / "deny.txt", params=FAST)
         publish_trust(st, cfg, [keys / "sign" / "collector.pub"])
-        set_config(st, cfg, "term-1", tmp_path / "gate.toml", ttl_h=0.003)  # 10.8 s: re-signed at 5.4 s
+        set_config(st, cfg, "term-1", tmp_path / "gate.toml", ttl_h=0.005)  # 18 s: re-signed at 9 s
         kept = SignedStore(st).summary()
     assert {r["published_by"] for r in kept.values()} == {"directly"}
     with Outbox.from_config(tcfg) as outbox, Link(tcfg, outbox, on_update=lambda *a: applied.append(a)) as link:
@@ -327,3 +327,40 @@ def test_on_the_fleet_broker_the_handover_keeps_the_collector_connected_and_now_
             assert wait_until(col.connected.is_set, timeout=30)  # and back by itself
     finally:
         broker.stop()
+
+
+# --- the terminal: a re-signed list is applied without redoing its work ---------------------------
+
+
+def test_a_re_signed_deny_list_keeps_the_terminals_cached_answers(tmp_path):
+    from datetime import UTC, datetime
+
+    from chot.config import validate
+    from chot.personal import make_denylist_body
+    from collector.signing import trust_body
+    from device.config import SCHEMA
+    from device.credentials import keys as issuer_keys
+    from device.credentials.issue_cli import issue_declaration, make_test_identities
+    from device.credentials.policy import Checker
+    from device.update_apply import apply_update
+
+    key = issuer_keys.generate("ed25519")
+    _, pub = issuer_keys.save_keypair(key, tmp_path / "issuer")
+    cfg = validate({"device": {"id": "t", "checkpoint": "c", "direction": "in"}}, SCHEMA)
+    person = make_test_identities(1, seed=11)[0]
+    text = issue_declaration(key, person, issued_at=datetime.now(UTC) - timedelta(minutes=2))
+    checker = apply_update(cfg, Checker.from_config(cfg.policy), "trust", trust_body([pub]), 1)
+    body = make_denylist_body(7, person_ids=[person_id_for_id(person["id_number"])], params=FAST)
+    checker = apply_update(cfg, checker, "denylist", body, 7)
+    assert checker.check(text)[1].reason == "denylisted"  # one Argon2id, cached
+    dl = checker.policy.denylist
+    cache = dl._state.cache
+    assert len(cache) == 1
+    # the collector re-signs the same body as envelope version 8, 9 (its inner version stays 7)
+    for envelope_version in (8, 9):
+        checker = apply_update(cfg, checker, "denylist", json.loads(json.dumps(body)), envelope_version)
+        checker = apply_update(cfg, checker, "trust", trust_body([pub]), envelope_version)
+        assert checker.policy.denylist is dl and dl.version == 7
+        assert dl._state.cache is cache and len(cache) == 1  # no Argon2id again
+        assert checker.check(text)[1].reason == "denylisted"
+    assert len(cache) == 1
