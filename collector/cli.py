@@ -50,12 +50,16 @@ def register(sub):
     c.add_argument("file", help="config overrides (TOML, or .json)")
     c.add_argument("--dry-run", action="store_true", help="print the signed message instead of publishing it")
     c.add_argument("--ttl-h", type=float, help="hours until it expires (default collector.config_ttl_h)")
+    c.add_argument("--now", action="store_true", help="publish it from here even when a collector is running "
+                   "(by default the running collector publishes it through its own connection)")
 
     c = cmd("publish-denylist", _publish_denylist, "publish the signed deny list to every terminal, retained")
     c.add_argument("file", help="one a line (# comments): an ID number, nd:NAME|YYYY-MM-DD, or revoked:<credential id>")
     c.add_argument("--dry-run", action="store_true", help="print the signed message instead of publishing it")
     c.add_argument("--ttl-h", type=float, help="hours until it expires (default collector.denylist_ttl_h); "
-                   "terminals call a list older than their policy.max_list_age_h stale: publish it again daily")
+                   "the running collector re-signs it before (collector.refresh_lists_h)")
+    c.add_argument("--now", action="store_true", help="publish it from here even when a collector is running "
+                   "(by default the running collector publishes it through its own connection)")
     c.add_argument("--argon2-t", type=int, help="Argon2id passes (default chot.personal.ARGON2_DEFAULT)")
     c.add_argument("--argon2-m-kib", type=int, help="Argon2id memory, KiB")
     c.add_argument("--argon2-p", type=int, help="Argon2id lanes")
@@ -64,7 +68,13 @@ def register(sub):
     c.add_argument("files", nargs="+", help="issuer public keys / certificates (PEM), JSON trust lists, folders")
     c.add_argument("--dry-run", action="store_true", help="print the signed message instead of publishing it")
     c.add_argument("--ttl-h", type=float, help="hours until it expires (default collector.trust_ttl_h); "
-                   "terminals call a list older than their policy.max_list_age_h stale: publish it again daily")
+                   "the running collector re-signs it before (collector.refresh_lists_h)")
+    c.add_argument("--now", action="store_true", help="publish it from here even when a collector is running "
+                   "(by default the running collector publishes it through its own connection)")
+
+    c = cmd("signed", _signed, "the signed messages the running collector keeps fresh (JSON), or forget one")
+    c.add_argument("--forget", metavar="TOPIC", help="stop re-signing the message of TOPIC (e.g. the config of a "
+                   "terminal taken out of service); what the broker keeps expires at its time")
 
     person_help = "an ID number, or nd:NAME|YYYY-MM-DD for a certificate without one"
     case_help = "the case this look-up is for (required; written to the audit log with your user name)"
@@ -266,28 +276,54 @@ def _keygen(args):
     return 0
 
 
-def _publish(args, what, fn):
+def _publish(args, what, fn, topic):
     cfg = _cfg(args)
     with _storage(cfg) as st:
         out = fn(st, cfg, publish=not args.dry_run)
+        if not args.dry_run:
+            from collector.refresh import SignedStore
+
+            by = (SignedStore(st).get(topic) or {}).get("published_by") or "directly"
     if args.dry_run:
         sys.stdout.write(out[0].decode("utf-8") + "\n")
     else:
-        print(f"{what} version {out[1]} published", file=sys.stderr)
+        print(f"{what} version {out[1]} published ({by})", file=sys.stderr)
+    return 0
+
+
+def _signed(args):
+    import json
+
+    from chot.errors import CollectorError
+    from collector.refresh import SignedStore
+
+    with _storage(_cfg(args)) as st:
+        store = SignedStore(st)
+        if args.forget:
+            if not store.forget(args.forget):
+                raise CollectorError(f"no signed message is kept for {args.forget!r}: see `chot collector signed`")
+            print(f"{args.forget}: no longer re-signed", file=sys.stderr)
+            return 0
+        out = {"messages": list(store.summary().values()), "running": store.live_publishers()}
+    print(json.dumps(out, indent=1, ensure_ascii=False))
     return 0
 
 
 def _set_config(args):
+    from chot import wire
     from collector.signing import set_config
 
     return _publish(
         args,
         f"config for {args.device}",
-        lambda st, cfg, publish: set_config(st, cfg, args.device, args.file, publish=publish, ttl_h=args.ttl_h),
+        lambda st, cfg, publish: set_config(st, cfg, args.device, args.file, publish=publish, ttl_h=args.ttl_h,
+                                            now=args.now),
+        wire.config_topic(args.device),
     )
 
 
 def _publish_denylist(args):
+    from chot import wire
     from collector.signing import publish_denylist
 
     params = None
@@ -300,14 +336,17 @@ def _publish_denylist(args):
                 params[k] = v
     return _publish(args, "deny list",
                     lambda st, cfg, publish: publish_denylist(st, cfg, args.file, publish=publish, params=params,
-                                                              ttl_h=args.ttl_h))
+                                                              ttl_h=args.ttl_h, now=args.now),
+                    wire.broadcast_topic("denylist"))
 
 
 def _publish_trust(args):
+    from chot import wire
     from collector.signing import publish_trust
 
     return _publish(args, "trust list", lambda st, cfg, publish: publish_trust(st, cfg, args.files, publish=publish,
-                                                                               ttl_h=args.ttl_h))
+                                                                               ttl_h=args.ttl_h, now=args.now),
+                    wire.broadcast_topic("trust"))
 
 
 def _query(args, fn, keys=False):

@@ -72,6 +72,11 @@ class CollectorSettings(Settings):
         168.0, min=0.1, max=24.0 * 3650,
         help="signed trusted issuers expire this many hours after they are issued: publish them again before",
     )
+    refresh_lists_h: float = setting(
+        24.0, min=0.0, max=24.0 * 3650,
+        help="the running collector re-signs and republishes the deny list and trust this long after their issue"
+        " (at most half their life; a config at half its life); 0: lists at half their life too",
+    )
     gap_report_s: float = setting(
         300.0, min=0.0, max=30 * 86400.0, help="a gap in a device's seq open this long is reported"
     )

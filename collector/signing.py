@@ -17,8 +17,12 @@
 Each message's version grows per topic and is kept in the database (`chot_published`). Each
 carries a signed expiry (`expires`): `collector.config_ttl_h`, `denylist_ttl_h`, `trust_ttl_h`
 hours after it is issued (or `--ttl-h`). A terminal refuses an expired message and reports a
-list older than its `policy.max_list_age_h` as `stale`: publish the lists again regularly (a
-timer running `chot collector publish-denylist` / `publish-trust` daily), even unchanged.
+list older than its `policy.max_list_age_h` as `stale`: the running collector re-signs and
+republishes each message it keeps (collector/refresh.py) before that, so nobody has to.
+
+`deliver()` keeps each signed message in the database (`chot_signed`) and hands it to the running
+collector, which publishes it through its own connection within a second or so; with no
+collector running and connected (or `now=True`, the commands' `--now`) it publishes it itself.
 """
 
 import json
@@ -27,6 +31,7 @@ import os
 import secrets
 import stat
 import threading
+import time
 import tomllib
 from pathlib import Path
 
@@ -243,7 +248,49 @@ def signed(storage, cfg, kind, body, topic, target="*", key=None, ttl_h=None):
     return wire.sign_envelope(key, kind, version, body, target=target, ttl_s=ttl), version
 
 
-def set_config(storage, cfg, device_id, path, publish=True, ttl_h=None):
+def deliver(storage, cfg, kind, topic, target, payload, version, ttl_h=None, now=False, wait_s=None, key=None):
+    """Keep a signed message (the running collector re-signs it before it ages) and get it published.
+
+    With a collector running and connected (its heartbeat in the database), it is handed over: the
+    collector publishes it through its own connection, and this waits (`wait_s`, default
+    collector.refresh.HANDOFF_WAIT_S) until it has. Otherwise, or with `now`, or when the collector
+    did not in time, it is published here (a connection of its own: on the fleet's broker that
+    briefly displaces a running collector using the same certificate). When a newer version of the
+    topic is kept already (a refresh got there first), the body is signed again with a new version.
+
+    Returns (payload, version, by): what was published and by whom ("collector <id>" or "directly").
+    """
+    from collector import refresh
+
+    store = refresh.SignedStore(storage)
+    ttl = ttl_s(cfg, kind, ttl_h)
+    for _ in range(5):
+        if store.save(kind, topic, target, version, payload, ttl):
+            break
+        key = key or load_signing_key(cfg.collector.signing_key)
+        version = storage.next_publish_version(topic)
+        payload = wire.sign_envelope(key, kind, version, json.loads(payload)["body"], target=target, ttl_s=ttl)
+    else:
+        raise CollectorError(f"{topic}: newer versions keep arriving while publishing; try again")
+    live = [] if now else store.live_publishers()
+    if live:
+        wait_s = refresh.HANDOFF_WAIT_S if wait_s is None else wait_s
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            done = store.published_version(topic)
+            if done is not None and done >= version:
+                by = (store.get(topic) or {}).get("published_by") or f"collector {live[0]}"
+                log.info("%s version %d on %s published by %s", kind, version, topic, by)
+                return payload, version, by
+            time.sleep(0.1)
+        log.warning("the running collector (%s) did not publish %s version %d within %.0f s: publishing it "
+                    "directly", ", ".join(live), kind, version, wait_s)
+    publish_retained(cfg, topic, payload)
+    store.mark_published(topic, version, "directly")
+    return payload, version, "directly"
+
+
+def set_config(storage, cfg, device_id, path, publish=True, ttl_h=None, now=False):
     if not wire.DEVICE_ID_RE.fullmatch(device_id):
         raise CollectorError(f"{device_id!r} is not a device id")
     body = read_config_body(path)
@@ -254,16 +301,17 @@ def set_config(storage, cfg, device_id, path, publish=True, ttl_h=None):
             "a terminal, enrol it again (chot provision device ID --checkpoint CP --direction D --renew), then "
             "chot provision registry and chot collector devices import FILE"
         )
-    payload, version = signed(storage, cfg, "config", body, wire.config_topic(device_id), target=device_id,
-                              ttl_h=ttl_h)
+    topic = wire.config_topic(device_id)
+    payload, version = signed(storage, cfg, "config", body, topic, target=device_id, ttl_h=ttl_h)
     if publish:
-        publish_retained(cfg, wire.config_topic(device_id), payload)
+        payload, version, _by = deliver(storage, cfg, "config", topic, device_id, payload, version, ttl_h, now=now)
     return payload, version
 
 
-def publish_denylist(storage, cfg, path, publish=True, params=None, ttl_h=None):
+def publish_denylist(storage, cfg, path, publish=True, params=None, ttl_h=None, now=False):
     """Sign and publish the deny list of `path` (see read_denylist_input); `params` the Argon2 ones,
-    `ttl_h` its life in hours (default `collector.denylist_ttl_h`).
+    `ttl_h` its life in hours (default `collector.denylist_ttl_h`), `now`: publish it here even when a
+    collector is running (see deliver).
 
     Returns (payload, version, number of entries).
     """
@@ -278,18 +326,20 @@ def publish_denylist(storage, cfg, path, publish=True, params=None, ttl_h=None):
     topic = wire.broadcast_topic("denylist")
     key = load_signing_key(cfg.collector.signing_key)
     ttl = ttl_s(cfg, "denylist", ttl_h)
+    body = denylist_body(0, persons, creds, params)  # the Argon2 hashes first: they take a while
     version = storage.next_publish_version(topic)
-    body = denylist_body(version, persons, creds, params)
+    body["version"] = version
     payload = wire.sign_envelope(key, "denylist", version, body, target="*", ttl_s=ttl)
     if publish:
-        publish_retained(cfg, topic, payload)
+        payload, version, _by = deliver(storage, cfg, "denylist", topic, "*", payload, version, ttl_h, now=now,
+                                        key=key)
     return payload, version, len(persons) + len(creds)
 
 
-def publish_trust(storage, cfg, paths, publish=True, ttl_h=None):
+def publish_trust(storage, cfg, paths, publish=True, ttl_h=None, now=False):
     body = trust_body(paths)
     topic = wire.broadcast_topic("trust")
     payload, version = signed(storage, cfg, "trust", body, topic, ttl_h=ttl_h)
     if publish:
-        publish_retained(cfg, topic, payload)
+        payload, version, _by = deliver(storage, cfg, "trust", topic, "*", payload, version, ttl_h, now=now)
     return payload, version, len(body["files"])

@@ -39,7 +39,9 @@ another checkpoint or direction than its device is bound to is refused and quara
 device not bound is refused unacked (collector/registry.py); it never stops the collector or the
 good messages around it. Gaps in a device's seq that stay open longer than `gap_report_s` are
 logged once. Old events are purged every `purge_interval_s` (`retention_days`) by a thread of
-their own, in short batches, so ingest goes on. `stats()` returns the counters.
+their own, in short batches, so ingest goes on. With `collector.signing_key` another thread keeps
+the signed config and lists fresh and publishes what the commands hand over (collector/refresh.py).
+`stats()` returns the counters.
 """
 
 import logging
@@ -132,6 +134,7 @@ class Collector:
         self.client = None
         self._worker = None
         self._ack_key = None
+        self.lists = None  # the ListRefresher, when there is a signing key
         if c.signing_key:
             from collector.signing import load_signing_key
 
@@ -159,6 +162,10 @@ class Collector:
         self._worker.start()
         self._purger = threading.Thread(target=self._purge_loop, name="collector-purge", daemon=True)
         self._purger.start()
+        if self._ack_key is not None:  # signed lists kept fresh (collector/refresh.py)
+            from collector.refresh import ListRefresher
+
+            self.lists = ListRefresher(self, self._ack_key).start()
         self.client.loop_start()
         log.info("collector %s connecting to %s:%d", self.cfg.collector.id, m.host, m.port)
         return self
@@ -172,6 +179,8 @@ class Collector:
         if self._purger:
             self._purger.join(timeout)
             self._purger = None
+        if self.lists:
+            self.lists.stop(timeout)
         if self.client:
             try:
                 if self.connected.is_set():
@@ -220,6 +229,8 @@ class Collector:
                                "bytes": self.queue_max_bytes}
         out["bound_devices"] = len(self.bindings)
         out["connected"] = self.connected.is_set()
+        if self.lists is not None:
+            out["lists"] = dict(self.lists.counters)
         return out
 
     # --- paho callbacks (network thread) ------------------------------------------------------

@@ -214,13 +214,21 @@ class DenyList:
     # ------------------------------------------------------------------ updates
 
     def replace(self, new: "DenyList"):
-        """Take over `new`'s list at once; True if replaced, False for an older version (a stale broadcast)."""
+        """Take over `new`'s list at once; True if replaced, False for an older version (a stale broadcast).
+
+        The same list again (the collector re-signs it unchanged to keep it fresh: same salt, parameters
+        and entries) keeps the answers cached for it, so no Argon2id is computed again.
+        """
         st = new._state
         fresh = _State(st.version, st.salt, st.params, st.persons, st.revoked)  # with an empty cache
         with self._lock:
-            if fresh.version < self._state.version:
-                log.warning("deny list version %d is older than %d: ignored", fresh.version, self._state.version)
+            old = self._state
+            if fresh.version < old.version:
+                log.warning("deny list version %d is older than %d: ignored", fresh.version, old.version)
                 return False
+            if (fresh.salt, fresh.params, fresh.persons, fresh.revoked) == (old.salt, old.params, old.persons,
+                                                                            old.revoked):
+                fresh.cache = old.cache  # the same list: the same answers
             self._state = fresh
         log.info("deny list replaced: version %d, %d persons, %d revoked credentials", fresh.version,
                  len(fresh.persons), len(fresh.revoked))
