@@ -9,7 +9,11 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["chot*", "device*", "collector*", "provisioning*"]),
     include_package_data=True,
-    package_data={"collector": ["static/*"], "provisioning": ["*.sh", "requirements-terminal.txt"]},
+    package_data={
+        "collector": ["static/*", "web/templates/*.html", "web/templates/**/*.html", "web/static/*",
+                      "web/locale/*.pot", "web/locale/*/LC_MESSAGES/*.po", "web/README.md", "web/babel.cfg"],
+        "provisioning": ["*.sh", "requirements-terminal.txt"],
+    },
     install_requires=[
         "zxing-cpp==3.1.1",
         "pyzbar==0.1.9",
@@ -33,6 +37,13 @@ setup(
         "pi": ["RPi.GPIO>=0.7.1", "lgpio==0.2.2.0"],
         "usb": ["opencv-python-headless==5.0.0.93"],
         "postgres": ["psycopg2-binary==2.9.13"],
+        # The collector's console (collector/web); a terminal never installs it (its hashed
+        # requirements cover install_requires only): pip install 'chot[console]' on the collector.
+        # (Written out, not a variable: provisioning/requirements.py reads this dict as a literal.)
+        "console": [
+            "fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.55.0", "jinja2==3.1.6", "babel==2.19.0",
+            "python-multipart==0.0.34", "openpyxl==3.1.5",
+        ],
         "test": [
             "pytest==9.2.0",
             "pytest-timeout==2.4.0",
@@ -40,6 +51,11 @@ setup(
             "ruff==0.17.6",
             "opencv-python-headless==5.0.0.93",
             "psycopg2-binary==2.9.13",
+            # the console's, as in "console" above
+            "fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.55.0", "jinja2==3.1.6", "babel==2.19.0",
+            "python-multipart==0.0.34", "openpyxl==3.1.5",
+            "httpx==0.29.0",
+            "playwright==1.65.3",  # drives Debian's chromium (/usr/bin/chromium); no browser download
         ],
     },
     entry_points={"console_scripts": ["chot=chot.cli:main"]},

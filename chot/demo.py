@@ -30,7 +30,8 @@ def register(sub):
         help="run the whole system locally: broker, collector, two simulated terminals with mock GPIO",
         description=__doc__.split("\n\n")[1],
     )
-    p.add_argument("--duration", type=float, default=30.0, help="seconds to run (default 30)")
+    p.add_argument("--duration", type=float, default=30.0,
+                   help="seconds to run (default 30; 0: until Ctrl-C, to look around the console)")
     p.add_argument("--fps", type=float, default=8.0, help="frames per second of each simulated camera")
     p.add_argument("--no-pins", action="store_true", help="do not print pin changes")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, configs)")
@@ -148,10 +149,16 @@ def _demo(args):
         collector.storage.replace_bindings({t: (CHECKPOINT, d) for t, d, _s in TERMINALS}, "demo")
         collector.bindings.refresh(force=True)
         broker.save()  # the collector's subscription is on disk before any terminal publishes
-        from collector.api import ApiServer
+        import secrets
 
+        from collector.web import WebServer as ApiServer
+        from collector.web.accounts import Accounts
+
+        demo_password = secrets.token_urlsafe(12)
+        Accounts(collector.storage).add_user("demo", demo_password, "admin")
         api = ApiServer(ccfg, collector.storage, collector=collector).start()
-        say("collector", f"storing into {tmp / 'collector.db'}; dashboard http://127.0.0.1:{api.port}/")
+        say("collector", f"storing into {tmp / 'collector.db'}")
+        say("console", f"{api.url}/  user: demo  password: {demo_password} (made for this run only)")
 
         for term_id, direction, seed in TERMINALS:
             cfg = _terminal_cfg(tmp, term_id, direction, seed, broker.port, issuer_pub, issuer_priv, collector_pub,
@@ -178,15 +185,20 @@ def _demo(args):
             t.start()
             threads.append(t)
 
-        deadline = time.monotonic() + args.duration
+        deadline = time.monotonic() + args.duration if args.duration > 0 else float("inf")
+        if args.duration <= 0:
+            say("demo", f"running until Ctrl-C; the console: {api.url}/")
         next_report = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            time.sleep(0.2)
-            if time.monotonic() >= next_report:
-                next_report += 5
-                st = collector.stats()
-                say("collector", f"stored {st.get('stored', 0)} events, duplicates {st.get('duplicates', 0)}, "
-                                 f"rejected {sum(st.get('rejected', {}).values()) if st.get('rejected') else 0}")
+        try:
+            while time.monotonic() < deadline:
+                time.sleep(0.2)
+                if time.monotonic() >= next_report:
+                    next_report += 5
+                    st = collector.stats()
+                    say("collector", f"stored {st.get('stored', 0)} events, duplicates {st.get('duplicates', 0)}, "
+                                     f"rejected {sum(st.get('rejected', {}).values()) if st.get('rejected') else 0}")
+        except KeyboardInterrupt:
+            say("demo", "Ctrl-C: stopping the terminals and checking what was delivered")
         for term in terms:
             term.stop()
         for t in threads:
