@@ -1,5 +1,5 @@
 """The console's pages: one module each, its `router` listed in ROUTERS (see ../README.md)."""
 
-from collector.web.pages import home
+from collector.web.pages import fleet, home, paper, traffic
 
-ROUTERS = [home.router]
+ROUTERS = [home.router, traffic.router, fleet.router, paper.router]
