@@ -20,6 +20,7 @@ nav_item("/fleet", N_("Fleet"), Permission.FLEET_READ)
 MAX_PAGE = 500
 DEFAULT_PAGE = 100
 LISTS = ("trust", "denylist", "config")
+LIST_NAMES = (N_("trust"), N_("denylist"), N_("config"))  # shown translated: _(name)
 
 
 def problems(d):
