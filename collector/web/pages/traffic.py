@@ -26,7 +26,7 @@ DEFAULT_PAGE = 10
 SERIES = (("in", N_("in")), ("out", N_("out")), ("refused", N_("refused")))
 
 # the chart's geometry (SVG user units; the SVG scales to the page's width)
-W, H, LEFT, RIGHT, TOP, BOTTOM = 720, 220, 40, 8, 10, 26
+W, H, LEFT, RIGHT, TOP, BOTTOM = 480, 200, 34, 6, 10, 24
 
 
 def _nice_max(v):
@@ -59,7 +59,7 @@ def chart(hours, lang):
             labels.append({"x": round(LEFT + i * gw + gw / 2, 1), "text": h["label"]})
     grid = [{"y": round(TOP + plot_h - plot_h * f, 1), "value": int(top * f)} for f in (0, 0.25, 0.5, 0.75, 1)]
     return {"w": W, "h": H, "left": LEFT, "right": W - RIGHT, "bars": bars, "labels": labels, "grid": grid,
-            "label_y": H - 8}
+            "label_y": H - 6}
 
 
 def _hours(start, end, lang):
