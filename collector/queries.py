@@ -446,6 +446,10 @@ def fleet(storage, now=None):
                     st["age_s"] = (now - parse_time(st["issued"])).total_seconds()
                 except ValueError:
                     st["age_s"] = None
+    return _fleet_summary(now, devices, paper, never_seen, len(storage.bindings()))
+
+
+def _fleet_summary(now, devices, paper, never_seen, bound):
     return {
         "time": format_time(now),
         "total": len(devices),
@@ -454,11 +458,19 @@ def fleet(storage, now=None):
         "stale": sum(1 for d in devices if d["stale"]),
         "clock_behind": sum(1 for d in devices if d["clock_behind"]),
         "outbox_depth": sum(d["outbox_depth"] or 0 for d in devices),
-        "bound": len(storage.bindings()),
+        "bound": bound,
         "never_seen": never_seen,
         "devices": devices,
         "paper_series": paper,
     }
+
+
+def fleet_within(f, sees_checkpoint):
+    """A fleet answer cut to the terminals bound to checkpoints `sees_checkpoint(cp)` accepts (ward officers),
+    its counts recomputed; unbound terminals and the paper series are left out."""
+    devices = [d for d in f["devices"] if d["checkpoint"] and sees_checkpoint(d["checkpoint"])]
+    never = [d for d in f["never_seen"] if sees_checkpoint(d["checkpoint"])]
+    return _fleet_summary(parse_time(f["time"]), devices, [], never, len(devices) + len(never))
 
 
 # --- CSV export and import --------------------------------------------------------------------
@@ -771,7 +783,10 @@ def record_manual(
     try:
         item = storage.store_manual(make, device_id)
     except BaseException:
-        P.delete().where(P.id == claim.id).execute()  # nothing stored: the same form may be sent again
+        try:  # nothing stored: the same form may be sent again
+            P.delete().where(P.id == claim.id).execute()
+        except Exception as exc:  # the database went away: the token stays used, a new form is needed
+            log.warning("could not release the form token of a paper declaration that failed: %s", exc)
         raise
     ev = item.event
     P.update(device_id=ev.device_id, seq=ev.seq).where(P.id == claim.id).execute()

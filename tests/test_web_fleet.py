@@ -76,6 +76,7 @@ def test_fleet_shows_stale_behind_gaps_never_seen_and_health_not_the_paper_serie
                                       name=NAME, dob="1990-01-02", recorded_by="staff")
                 Accounts(col.storage).add_user("viewer", PASSWORD, Role.VIEWER)
                 Accounts(col.storage).add_user("staff", PASSWORD, Role.CHECKPOINT_STAFF, ["cp-gate-1"])
+                Accounts(col.storage).add_user("officer", PASSWORD, Role.WARD_OFFICER, ["cp-gate-1"])
             server = WebServer(cfg, col.storage, collector=col).start()
             try:
                 console = Console(server.url, cfg, col.storage, server.app.state.web.accounts, server)
@@ -86,6 +87,9 @@ def test_fleet_shows_stale_behind_gaps_never_seen_and_health_not_the_paper_serie
                 api = viewer.get("/api/fleet").json()
                 stats = viewer.get("/api/stats").json()
                 problems = viewer.get("/fleet?show=problems").text
+                officer = login(console, "officer")
+                officer_html = officer.get("/fleet").text
+                officer_api = officer.get("/api/fleet").json()
                 staff = login(console, "staff")
                 assert staff.get("/fleet").status_code == 403 and staff.get("/api/fleet").status_code == 403
             finally:
@@ -117,6 +121,9 @@ def test_fleet_shows_stale_behind_gaps_never_seen_and_health_not_the_paper_serie
     assert stats["connected"] is True and stats["ingest_per_s"] > 0 and stats["quarantined"] >= 1
     # only the terminals with a problem
     assert _row(problems, "term-1") and _row(problems, "gate-g")
+    # a ward officer: only the terminals of their checkpoints
+    assert _row(officer_html, "term-1") and _row(officer_html, "gate-g") is None and "gate-never" not in officer_html
+    assert officer_api["total"] == 1 and officer_api["never_seen"] == [] and officer_api["paper_series"] == []
     # a viewer's page holds nobody's personal data
     for page in (html, json.dumps(api)):
         assert NAME not in page and "079190054321" not in page

@@ -103,7 +103,10 @@ async def traffic(request: Request, checkpoint: str | None = None,
 @router.get("/fleet")
 async def fleet(request: Request, principal=Depends(require(Permission.FLEET_READ))):
     w = web(request)
-    return _json(await w.db(queries.fleet, w.storage))
+    f = await w.db(queries.fleet, w.storage)
+    if principal.checkpoints is not None:  # a ward officer (or a scoped token): their checkpoints' terminals
+        f = queries.fleet_within(f, principal.sees_checkpoint)
+    return _json(f)
 
 
 @router.get("/stats")

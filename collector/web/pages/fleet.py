@@ -49,6 +49,8 @@ async def fleet_page(request: Request, page: str = "", size: str = "", show: str
     page_n = bounded_int(page, "page", 1, 1, 100000)
     size_n = bounded_int(size, "size", DEFAULT_PAGE, 1, MAX_PAGE)
     f = await w.db(queries.fleet, w.storage)
+    if principal.checkpoints is not None:  # a ward officer: the terminals of their checkpoints
+        f = queries.fleet_within(f, principal.sees_checkpoint)
     rows = []
     for d in f["devices"]:
         lists = []
