@@ -97,6 +97,7 @@ def test_traffic_numbers_match_the_stored_events_in_local_hours(console):
     assert from_api == want
     # no personal data on a viewer's page
     assert NAME not in html and "001090000777" not in html
+    assert viewer.get("/api/visits?person=001090000777&case=C1").status_code == 403  # and no way to ask
     # one checkpoint
     r = viewer.get(f"/traffic?day={day.isoformat()}&checkpoint=station")
     assert _page_numbers(r.text) == _expected(console, day, {"station"})
