@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=["chot*", "device*", "collector*", "provisioning*"]),
     include_package_data=True,
     package_data={
-        "collector": ["static/*", "web/templates/*.html", "web/templates/**/*.html", "web/static/*",
+        "collector": ["web/templates/*.html", "web/templates/**/*.html", "web/static/*",
                       "web/locale/*.pot", "web/locale/*/LC_MESSAGES/*.po", "web/README.md", "web/babel.cfg"],
         "provisioning": ["*.sh", "requirements-terminal.txt"],
     },

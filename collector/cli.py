@@ -446,6 +446,7 @@ def _record_manual(args):
             phone=args.phone,
             dob=args.dob,
             decision="FAIL" if args.refused else "PASS",
+            recorded_by=f"cli:{_actor()}",
         ),
         True,
     )

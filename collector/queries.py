@@ -16,13 +16,17 @@
   The person's visits come from the (person_key, time_corrected) and (claim_key, time_corrected)
   indexes; the others from range probes on the (checkpoint, time_corrected) index, one merged range per checkpoint
   and stretch of time (exact to the microsecond, the same SQL on SQLite and PostgreSQL).
-- `traffic(storage, checkpoint, start, end)`: people in and out per checkpoint per hour.
-- `fleet(storage)`: the device registry: online, outbox depth, last seen, open gaps, binding,
-  stale lists and a clock behind its floor (from the last status).
+- `traffic(storage, checkpoint, start, end)`: people in and out per checkpoint per hour (at most
+  MAX_TRAFFIC_DAYS); `day_range(day, zone, retention_days)`: the UTC bounds of a local day.
+- `fleet(storage)`: the terminals: online, outbox depth, last seen, open gaps, binding, stale
+  lists and a clock behind its floor (from the last status); bound terminals never seen; the
+  collectors' own paper series apart (`is_paper_series`), never as terminals.
 - `export_csv(storage, out, case, actor, start, end)` / `read_csv` / `import_csv`: events as CSV,
   clear columns only (EXPORT_COLUMNS, stable), and back.
 - `record_manual(storage, ...)`: a paper declaration stored as an event (source `paper`,
-  unverified): the ID number, name and phone encrypted, indexed as a claim.
+  unverified): the ID number, name and phone encrypted, indexed as a claim; who entered it in
+  the `chot_paper` table (`recorded_by`, clear), with the form's one-time token (a double
+  submit stores once). `check_paper_person(...)`: the form's validation.
 
 A person is what a tracer types: an ID number (`id:` optional) or `nd:NAME|YYYY-MM-DD` for a
 certificate without one (chot.personal.parse_person_query); it is looked up by its HMAC under
@@ -33,9 +37,14 @@ Time ranges are [start, end): start included, end excluded; times are ISO 8601, 
 
 import bisect
 import csv
+import hashlib
 import json
+import logging
+import re
+import unicodedata
 import uuid as _uuid
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from chot import personal, wire
 from chot.errors import CollectorError
@@ -43,10 +52,14 @@ from chot.personal import Opened, SealError
 from collector.keys import Item
 from collector.storage import CLEAR_COLUMNS, format_time, parse_time, row_to_event, utcnow
 
+log = logging.getLogger(__name__)
+
 EXPORT_COLUMNS = CLEAR_COLUMNS  # the CSV: one column per clear field (no personal data)
 
 _PROBE_RANGES = 40  # checkpoint ranges OR-ed in one probe query
 _CSV_DANGER = ("=", "+", "-", "@", "\t", "\r")
+MAX_TRAFFIC_DAYS = 31  # one traffic query spans at most this many days
+PAPER_FUTURE_S = 120.0  # a paper declaration's time may be this far ahead of the collector's clock
 
 
 class QueryError(CollectorError):
@@ -329,6 +342,9 @@ def traffic(storage, checkpoint=None, start=None, end=None):
     start = _time_arg(start, "from", None) or end - timedelta(hours=24)
     if start >= end:
         raise QueryError("from: must be before to")
+    if end - start > timedelta(days=MAX_TRAFFIC_DAYS):
+        raise QueryError(f"from/to: {format_time(start)} to {format_time(end)} spans more than the limit of "
+                         f"{MAX_TRAFFIC_DAYS} days; ask for a shorter range")
     E = storage.Event
     from peewee import SQL, fn
 
@@ -364,13 +380,53 @@ def traffic(storage, checkpoint=None, start=None, end=None):
     }
 
 
+def day_range(day, zone, retention_days, today=None):
+    """(date, start, end) of a local calendar day `day` (YYYY-MM-DD; default today) in `zone`: its UTC bounds.
+
+    QueryError naming the limit when `day` is not a date, is after today or is older than the
+    retention (collector.retention_days): nothing is kept from before it.
+    """
+    zone = zone if isinstance(zone, ZoneInfo) else ZoneInfo(str(zone))
+    today = today or datetime.now(UTC).astimezone(zone).date()
+    oldest = today - timedelta(days=int(retention_days))
+    limit = f"allowed: a date YYYY-MM-DD from {oldest.isoformat()} to {today.isoformat()} " \
+            f"(today, and collector.retention_days = {retention_days:g} days back)"
+    if day is None or str(day).strip() == "":
+        d = today
+    else:
+        text = str(day).strip()
+        try:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+                raise ValueError(text)
+            d = date.fromisoformat(text)
+        except ValueError:
+            raise QueryError(f"day: found {text[:40]!r}; {limit}") from None
+        if not oldest <= d <= today:
+            raise QueryError(f"day: found {text!r}; {limit}")
+    start = datetime(d.year, d.month, d.day, tzinfo=zone).astimezone(UTC).replace(tzinfo=None)
+    nxt = d + timedelta(days=1)
+    end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=zone).astimezone(UTC).replace(tzinfo=None)
+    return d, start, end
+
+
+def is_paper_series(device_id):
+    """True for a collector's own series of paper declarations (manual_device_id): not a terminal."""
+    return device_id == "manual" or str(device_id).startswith("collector-")
+
+
 def fleet(storage, now=None):
     """Every device: online, software version, outbox depth, last seen (and its age), open gaps, the
     checkpoint and direction it is bound to, and from its last status: `stale` (the signed lists it holds
     that are too old or expired: trust, denylist, config), `lists` (version, issued, expires of each) and
     `clock_behind` (its clock is behind its time floor)."""
     now = now or utcnow()
-    devices = storage.devices()
+    everything = storage.devices()
+    devices = [d for d in everything if not is_paper_series(d["device_id"])]
+    paper = [{"device_id": d["device_id"], "events": d["max_seq"], "last": d["last_seen"]}
+             for d in everything if is_paper_series(d["device_id"])]
+    known = {d["device_id"] for d in everything}
+    never_seen = [{"device_id": dev, "checkpoint": cp, "direction": dr}
+                  for dev, (cp, dr) in sorted(storage.bindings().items()) if dev not in known]
     for d in devices:
         d["last_seen_age_s"] = (now - parse_time(d["last_seen"])).total_seconds() if d["last_seen"] else None
         d["open_gaps"] = len(d["gaps"])
@@ -379,6 +435,21 @@ def fleet(storage, now=None):
         d["stale"] = list(status.get("stale") or [])
         d["lists"] = status.get("lists") or {}
         d["clock_behind"] = bool(status.get("clock_behind"))
+        age = status.get("oldest_undelivered_age_s")
+        d["oldest_undelivered"] = None  # when the oldest event still in its outbox was recorded (from its status)
+        if isinstance(age, int | float) and not isinstance(age, bool) and d["status_time"] and d["outbox_depth"]:
+            d["oldest_undelivered"] = format_time(parse_time(d["status_time"]) - timedelta(seconds=float(age)))
+        d["clock_synced"] = status.get("clock_synced") if isinstance(status.get("clock_synced"), bool) else None
+        for st in d["lists"].values() if isinstance(d["lists"], dict) else ():
+            if isinstance(st, dict) and isinstance(st.get("issued"), str):
+                try:
+                    st["age_s"] = (now - parse_time(st["issued"])).total_seconds()
+                except ValueError:
+                    st["age_s"] = None
+    return _fleet_summary(now, devices, paper, never_seen, len(storage.bindings()))
+
+
+def _fleet_summary(now, devices, paper, never_seen, bound):
     return {
         "time": format_time(now),
         "total": len(devices),
@@ -387,9 +458,19 @@ def fleet(storage, now=None):
         "stale": sum(1 for d in devices if d["stale"]),
         "clock_behind": sum(1 for d in devices if d["clock_behind"]),
         "outbox_depth": sum(d["outbox_depth"] or 0 for d in devices),
-        "bound": len(storage.bindings()),
+        "bound": bound,
+        "never_seen": never_seen,
         "devices": devices,
+        "paper_series": paper,
     }
+
+
+def fleet_within(f, sees_checkpoint):
+    """A fleet answer cut to the terminals bound to checkpoints `sees_checkpoint(cp)` accepts (ward officers),
+    its counts recomputed; unbound terminals and the paper series are left out."""
+    devices = [d for d in f["devices"] if d["checkpoint"] and sees_checkpoint(d["checkpoint"])]
+    never = [d for d in f["never_seen"] if sees_checkpoint(d["checkpoint"])]
+    return _fleet_summary(parse_time(f["time"]), devices, [], never, len(devices) + len(never))
 
 
 # --- CSV export and import --------------------------------------------------------------------
@@ -480,6 +561,133 @@ def manual_device_id(collector_id):
     return dev if wire.DEVICE_ID_RE.fullmatch(dev) else "manual"
 
 
+_ID_DIGITS_RE = re.compile(r"[0-9]+")
+_PASSPORT_RE = re.compile(r"[A-Z0-9]{5,20}")
+_PHONE_RE = re.compile(r"\+?[0-9][0-9 ().-]{4,19}")
+_DOB_RE = re.compile(r"(19|20)[0-9]{2}(-[0-9]{2}-[0-9]{2})?")
+
+
+def check_id_number(id_number):
+    """The ID number as stored (separators removed, upper case): a CCCD (12 digits), a CMND (9 digits) or a
+    passport number (5 to 20 letters and digits, at least one letter); QueryError otherwise (never echoing it)."""
+    norm = re.sub(r"[\s.\-_/]+", "", str(id_number or "")).upper()
+    if _ID_DIGITS_RE.fullmatch(norm):
+        if len(norm) in (9, 12):
+            return norm
+        raise QueryError(f"id_number: {len(norm)} digits; allowed: 12 digits (CCCD) or 9 digits (CMND), or a "
+                         "passport number with letters")
+    if _PASSPORT_RE.fullmatch(norm):
+        return norm
+    raise QueryError("id_number: malformed; allowed: 12 digits (CCCD), 9 digits (CMND) or a passport number "
+                     "(5 to 20 letters and digits)")
+
+
+def check_paper_person(id_number=None, name=None, dob=None, phone=None, require_all=False, today=None):
+    """The person fields of a paper declaration, checked as a native declaration's (docs/native-declaration.md).
+
+    Returns {"id_number", "name", "dob", "phone"} (normalised; None when not given). `require_all`
+    (the console's form): the ID number, name and birth date are required. Otherwise (API, CLI)
+    an ID number, or a name and birth date. QueryError listing every problem (values never echoed).
+    """
+    problems = []
+    out = {"id_number": None, "name": None, "dob": None, "phone": None}
+    if id_number not in (None, ""):
+        try:
+            out["id_number"] = check_id_number(id_number)
+        except QueryError as exc:
+            problems.append(str(exc))
+    elif require_all:
+        problems.append("id_number: missing; allowed: 12 digits (CCCD) or 9 digits (CMND)")
+    if name not in (None, ""):
+        n = unicodedata.normalize("NFC", " ".join(str(name).split()))
+        if not n or len(n) > 100:
+            problems.append("name: longer than 100 characters; allowed: the person's full name")
+        out["name"] = n or None
+    if dob not in (None, ""):
+        d = str(dob).strip()
+        ok = bool(_DOB_RE.fullmatch(d))
+        if ok and len(d) == 10:
+            try:
+                ok = date.fromisoformat(d) <= (today or datetime.now(UTC).date())
+            except ValueError:
+                ok = False
+        elif ok:
+            ok = int(d) <= (today or datetime.now(UTC).date()).year
+        if not ok:
+            problems.append("dob: not a past date; allowed: YYYY-MM-DD, or YYYY when only the year is known")
+        out["dob"] = d
+    if phone not in (None, ""):
+        ph = str(phone).strip()
+        if not _PHONE_RE.fullmatch(ph):
+            problems.append("phone: malformed; allowed: digits, spaces, +, -, ( ) (6 to 20 characters)")
+        out["phone"] = ph
+    if require_all:
+        if not out["name"] and not any(x.startswith("name") for x in problems):
+            problems.append("name: missing; allowed: the person's full name")
+        if not out["dob"] and not any(x.startswith("dob") for x in problems):
+            problems.append("dob: missing; allowed: YYYY-MM-DD, or YYYY when only the year is known")
+    elif not out["id_number"] and not (out["name"] and out["dob"]) and not problems:
+        problems.append("id_number: missing; give the person's ID number (or their name and birth date)")
+    if problems:
+        raise QueryError("; ".join(problems))
+    return out
+
+
+def _paper_table(storage):
+    """The `chot_paper` model of this storage (made on first use): who entered each paper declaration.
+
+    One row per declaration entered through record_manual: the series and seq of its event, the
+    checkpoint, `recorded_by` (the user, `token:NAME`, or the CLI's system user: in clear, it is
+    the staff member, not the declarant), when, and the SHA-256 of the console form's one-time
+    token (unique: a second submit of the same form finds the first row and stores nothing).
+    Rows older than the retention are deleted as new ones come (the events are gone by then).
+    """
+    model = getattr(storage, "_paper_model", None)
+    if model is not None:
+        return model
+    from peewee import BigAutoField, BigIntegerField, CharField, Model
+
+    from collector.storage import _PgTime, _SqliteTime
+
+    TimeField = _SqliteTime if storage.sqlite else _PgTime
+
+    class Paper(Model):
+        id = BigAutoField()
+        form_token = CharField(max_length=64, unique=True, null=True)  # SHA-256 of the form's token
+        recorded_by = CharField(max_length=200)
+        recorded_at = TimeField(index=True)
+        device_id = CharField(max_length=64, null=True)  # null while the event is being stored
+        seq = BigIntegerField(null=True)
+        checkpoint = CharField(max_length=128)
+
+        class Meta:
+            database = storage.db
+            table_name = "chot_paper"
+
+    with storage.connection():
+        storage.db.create_tables([Paper], safe=True)
+    storage._paper_model = Paper
+    return Paper
+
+
+def paper_log(storage, recorded_by=None, limit=100):
+    """The newest rows of the paper log (newest first): who entered which paper declaration, no person."""
+    P = _paper_table(storage)
+    q = P.select().order_by(P.recorded_at.desc(), P.id.desc()).limit(max(1, min(int(limit), 1000)))
+    if recorded_by:
+        q = q.where(P.recorded_by == recorded_by)
+    return [{"recorded_by": r.recorded_by, "recorded_at": format_time(r.recorded_at), "device_id": r.device_id,
+             "seq": r.seq, "checkpoint": r.checkpoint} for r in q]
+
+
+class AlreadyRecorded(QueryError):
+    """The form's token was used already: the declaration is stored once (`.event` says which, or None)."""
+
+    def __init__(self, event):
+        super().__init__("this form was submitted already; the declaration is stored once")
+        self.event = event
+
+
 def record_manual(
     storage,
     collector_id,
@@ -491,6 +699,10 @@ def record_manual(
     phone=None,
     dob=None,
     decision="PASS",
+    recorded_by=None,
+    form_token=None,
+    require_all=False,
+    now=None,
 ):
     """Store a person checked on paper, entered by staff, as an event of the collector's own series.
 
@@ -498,29 +710,54 @@ def record_manual(
     the ID number, name, phone and birth date are encrypted as the event's personal fields and
     the person id (from the ID number, else from name and birth date) indexed as a claim_key.
     Nothing personal is stored in clear, and the answer holds none of it.
+
+    Checked as a native declaration (check_paper_person; `require_all`: ID number, name and birth
+    date all required), the time not in the future (PAPER_FUTURE_S of slack), and, once the
+    device registry is imported (any device bound), the checkpoint one of the registry's.
+    `recorded_by` (who entered it) goes into the `chot_paper` log with the event's seq;
+    `form_token` (the console form's one-time token) makes a second submit of the same form
+    raise AlreadyRecorded instead of storing again.
     """
     keys = _need_keys(storage)
     if direction not in wire.DIRECTIONS:
         raise QueryError(f"direction: found {direction!r}; allowed: 'in' or 'out'")
     if not checkpoint or not wire.CHECKPOINT_RE.fullmatch(str(checkpoint)):
-        raise QueryError(f"checkpoint: found {checkpoint!r}; allowed: {wire.CHECKPOINT_PATTERN}")
+        raise QueryError(f"checkpoint: found {str(checkpoint)[:140]!r}; allowed: {wire.CHECKPOINT_PATTERN}")
     if decision not in wire.DECISIONS:
         raise QueryError(f"decision: found {decision!r}; allowed: 'PASS' or 'FAIL'")
+    registry = {cp for cp, _dr in storage.bindings().values()}
+    if registry and checkpoint not in registry:
+        raise QueryError(f"checkpoint: found {checkpoint!r}; allowed: a checkpoint of the device registry "
+                         f"({', '.join(sorted(registry)[:20])}{' ...' if len(registry) > 20 else ''})")
+    fields = check_paper_person(id_number, name, dob, phone, require_all=require_all)
     try:
-        if id_number:
-            pid = personal.person_id_for_id(id_number)
-        elif name and dob:
-            pid = personal.person_id_for_name_dob(name, dob)
+        if fields["id_number"]:
+            pid = personal.person_id_for_id(fields["id_number"])
         else:
-            raise ValueError("give the person's ID number (or their name and birth date)")
+            pid = personal.person_id_for_name_dob(fields["name"], fields["dob"])
     except ValueError as exc:
         raise QueryError(f"id_number: {exc}") from None
     person = {"paper": True, "kind": "declaration"}
-    for k, v in (("id_number", id_number), ("name", name), ("phone", phone), ("dob", dob)):
-        if v:
-            person[k] = str(v)
-    t = _time_arg(time, "time", None) or utcnow()
+    for k in ("id_number", "name", "phone", "dob"):
+        if fields[k]:
+            person[k] = fields[k]
+    now = now or utcnow()
+    t = _time_arg(time, "time", None) or now
+    if (t - now).total_seconds() > PAPER_FUTURE_S:
+        raise QueryError(f"time: {format_time(t)} is in the future (the collector's clock says {format_time(now)}); "
+                         "allowed: now or earlier")
     device_id = manual_device_id(collector_id)
+    P = _paper_table(storage)
+    token_hash = hashlib.sha256(str(form_token).encode()).hexdigest() if form_token else None
+    from peewee import IntegrityError
+
+    try:
+        with storage.db.atomic():
+            claim = P.create(form_token=token_hash, recorded_by=str(recorded_by or "unknown")[:200],
+                             recorded_at=utcnow(), checkpoint=str(checkpoint))
+    except IntegrityError:
+        first = P.get_or_none(P.form_token == token_hash)
+        raise AlreadyRecorded({"device_id": first.device_id, "seq": first.seq} if first else None) from None
 
     def make(seq):
         try:
@@ -543,12 +780,22 @@ def record_manual(
             raise QueryError(str(exc)) from None
         return Item(ev, Opened(person, pid, None), None)
 
-    item = storage.store_manual(make, device_id)
+    try:
+        item = storage.store_manual(make, device_id)
+    except BaseException:
+        try:  # nothing stored: the same form may be sent again
+            P.delete().where(P.id == claim.id).execute()
+        except Exception as exc:  # the database went away: the token stays used, a new form is needed
+            log.warning("could not release the form token of a paper declaration that failed: %s", exc)
+        raise
     ev = item.event
+    P.update(device_id=ev.device_id, seq=ev.seq).where(P.id == claim.id).execute()
+    P.delete().where(P.recorded_at < now - timedelta(days=storage.retention_days)).execute()
+    log.info("paper declaration %s/%d at %s entered by %s", ev.device_id, ev.seq, ev.checkpoint, claim.recorded_by)
     return {
         "device_id": ev.device_id, "seq": ev.seq, "uuid": ev.uuid, "checkpoint": ev.checkpoint,
         "direction": str(ev.direction), "time": ev.time, "decision": str(ev.decision), "source": "paper",
-        "verified": False, "claim_key": keys.person_key(pid),
+        "verified": False, "claim_key": keys.person_key(pid), "recorded_by": claim.recorded_by,
     }
 
 

@@ -48,7 +48,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from datetime import UTC, datetime
 
 from paho.mqtt.client import MQTT_ERR_SUCCESS
@@ -65,6 +65,7 @@ from collector.rejectlog import RejectLog
 from collector.storage import Storage
 
 log = logging.getLogger(__name__)
+INGEST_WINDOW_S = 60.0  # stats()["ingest_per_s"] is over this long
 
 EVENT_FILTER = "chot/v1/dev/+/event"
 STATUS_FILTER = "chot/v1/dev/+/status"
@@ -118,6 +119,8 @@ class Collector:
         self._queued_high = 0
         self._stop = threading.Event()
         self._counters = Counter()
+        self._started = time.monotonic()
+        self._ingest = deque(maxlen=4096)  # (monotonic, events stored) per batch: the ingest rate
         self._rejected = Counter()
         self._dropped = Counter()
         self._lock = threading.Lock()
@@ -219,6 +222,11 @@ class Collector:
             out["rejected"] = dict(self._rejected)
             out["sealed_errors"] = dict(self._sealed_errors)
             out["dropped"] = dict(self._dropped)
+            now = time.monotonic()
+            recent = sum(n for t, n in self._ingest if now - t <= INGEST_WINDOW_S)
+        # events stored per second over the last minute (or since the start, when shorter)
+        out["ingest_per_s"] = round(recent / max(1.0, min(INGEST_WINDOW_S, now - self._started)), 2)
+        out["uptime_s"] = round(now - self._started, 1)
         out["rejected_total"] = sum(out["rejected"].values())
         with self._qlock:
             out["queued"] = self._q.qsize()
@@ -468,6 +476,9 @@ class Collector:
                 res = res._replace(acks={**res.acks, **{d: max(c, res.acks.get(d, 0)) for d, c in qacks.items()}})
             n_bad = sum(1 for m in messages for it in m[3] if (it.event.device_id, it.event.seq) in bad)
             self._count("stored", res.inserted)
+            if res.inserted:
+                with self._lock:
+                    self._ingest.append((time.monotonic(), res.inserted))
             self._count("duplicates", n_good - n_bad - res.inserted)
             return res.acks
 

@@ -7,6 +7,7 @@ secure_delete), and the registry from provisioning to the collector."""
 import json
 import logging
 import os
+import re
 import sqlite3
 import stat
 import threading
@@ -340,17 +341,24 @@ def test_an_oversized_or_invalid_retained_status_is_refused_counted_and_cleared(
                 assert first == (good, True)
             else:
                 assert first == (b'{"marker": true}', False), dev_id  # nothing retained any more
+        from web_helpers import PASSWORD, Console, login
+
         from collector.web import WebServer
-        from collector.web.accounts import Accounts
+        from collector.web.accounts import Accounts, Role
 
         with col.storage.connection():
-            secret = Accounts(col.storage).add_token("fleet-watch", ["fleet:read"], "test")
+            token = Accounts(col.storage).add_token("dashboard", ["fleet:read"], "test")
+            Accounts(col.storage).add_user("viewer", PASSWORD, Role.VIEWER)
         with WebServer(col.cfg, col.storage, collector=col, port=0) as api:
-            req = Request(f"{api.url}/api/fleet", headers={"Authorization": f"Bearer {secret}"})
-            fleet = json.loads(urlopen(req, timeout=10).read())
+            auth = {"Authorization": f"Bearer {token}"}
+            fleet = json.loads(urlopen(Request(f"{api.url}/api/fleet", headers=auth), timeout=10).read())
+            viewer = login(Console(api.url, col.cfg, col.storage, api.app.state.web.accounts, api), "viewer")
+            page = viewer.get("/fleet?lang=en").text
     d = {x["device_id"]: x for x in fleet["devices"]}["gate-s"]
     assert d["stale"] == ["denylist"] and d["clock_behind"] is True and d["lists"]["denylist"]["version"] == 7
     assert fleet["stale"] == 1 and fleet["clock_behind"] == 1
+    row = re.search(r'<tr id="dev-gate-s".*?</tr>', page, re.S).group(0)  # the stale terminal, highlighted
+    assert 'class="problem"' in row and "STALE" in row and "behind its time floor" in row
 
 
 # --- the database files -----------------------------------------------------------------------

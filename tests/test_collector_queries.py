@@ -169,7 +169,10 @@ def test_traffic_per_checkpoint_per_hour(loaded):
         hour = e.time[:13] + ":00:00Z"
         col = e.direction if e.decision == "PASS" else "refused_" + e.direction
         expected[(e.checkpoint, hour, col)] += 1
-    res = queries.traffic(st, start="2021-07-01T00:00:00Z", end="2021-09-01T00:00:00Z")
+    assert all(e.time.startswith("2021-08") for e in events)
+    res = queries.traffic(st, start="2021-08-01T00:00:00Z", end="2021-09-01T00:00:00Z")  # 31 days: the limit
+    with pytest.raises(queries.QueryError, match="limit of 31 days"):
+        queries.traffic(st, start="2021-07-01T00:00:00Z", end="2021-09-01T00:00:00Z")
     got = Counter()
     for r in res["hours"]:
         for col in ("in", "out", "refused_in", "refused_out"):
@@ -326,7 +329,9 @@ def test_cli_queries_and_record_manual(tmp_path):
     out = chot("export", "--case", CASE, "--from", "2021-08-18T00:00:00Z", "--to", "2021-08-19T00:00:00Z")
     assert len(out.splitlines()) == 1 + sum(1 for p in PLAN if p[3].day == 18) + 1  # and the paper one
     fleet = json.loads(chot("fleet"))
-    assert fleet["total"] == 5  # four terminals and the collector's paper series
+    assert fleet["total"] == 4  # four terminals; the collector's paper series is not one of them
+    assert [p["device_id"] for p in fleet["paper_series"]] == ["collector-hq"]
+    assert "collector-hq" not in {d["device_id"] for d in fleet["devices"]}
     import getpass
 
     audit = json.loads(chot("audit", "--case", CASE))

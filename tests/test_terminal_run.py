@@ -95,3 +95,48 @@ def test_demo_runs_the_whole_system_and_loses_nothing():
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "every event reached the collector exactly once" in res.stdout
     assert "[gate-1-in ] seq    1" in res.stdout and "[gate-1-out] seq    1" in res.stdout
+
+
+def test_demo_with_duration_0_prints_a_login_serves_the_console_and_stops_on_ctrl_c():
+    import re
+    import threading
+
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "chot.cli", "demo", "--duration", "0", "--no-pins"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, found, ready = [], {}, threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.search(r"\[console\s*\] (http://127\.0\.0\.1:\d+)/\s+user: (\S+)\s+password: (\S+)", line)
+            if m:
+                found.update(url=m.group(1), user=m.group(2), password=m.group(3))
+            if "running until Ctrl-C" in line:
+                ready.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert ready.wait(90), "".join(lines)[-3000:]
+        assert found["user"] == "demo" and len(found["password"]) >= 12
+        assert sum(found["password"] in line for line in lines) == 1  # printed once
+        with httpx.Client(base_url=found["url"], timeout=30) as c:
+            token = re.search(r'name="login_token" value="([^"]+)"', c.get("/login").text).group(1)
+            r = c.post("/login", data={"name": "demo", "password": found["password"], "login_token": token},
+                       headers={"Origin": found["url"]})
+            assert r.status_code == 303, r.text
+            fleet = c.get("/fleet")
+            assert fleet.status_code == 200 and "gate-1-in" in fleet.text and "gate-1-out" in fleet.text
+            assert c.get("/traffic").status_code == 200 and c.get("/paper").status_code == 200
+        assert proc.poll() is None  # still running: DURATION=0 has no end of its own
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 0, "".join(lines)[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(10)
+    out = "".join(lines)
+    assert "Ctrl-C: stopping" in out and "every event reached the collector exactly once" in out

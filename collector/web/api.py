@@ -3,7 +3,7 @@
     GET  /api/                                                   the list of endpoints (signed in)
     GET  /api/visits?person=..&case=..&from=..&to=..             personal:read (case required, audited)
     GET  /api/contacts?person=..&case=..&days=..&window=..&at=.. personal:read (case required, audited)
-    GET  /api/traffic?checkpoint=..&from=..&to=..                traffic:read
+    GET  /api/traffic?checkpoint=..&from=..&to=.. | &day=..      traffic:read (at most 31 days; day: local)
     GET  /api/fleet                                              fleet:read
     GET  /api/stats                                              fleet:read (the subscriber's counters)
     GET  /api/export.csv?case=..&from=..&to=..&checkpoint=..     personal:read (case required, audited)
@@ -87,7 +87,12 @@ async def traffic(request: Request, checkpoint: str | None = None,
     w = web(request)
     if checkpoint and not principal.sees_checkpoint(checkpoint):
         _need_checkpoint_scope(principal, checkpoint)
-    res = await w.db(queries.traffic, w.storage, checkpoint or None, q.get("from"), q.get("to"))
+    start, end = q.get("from"), q.get("to")
+    if q.get("day") is not None:  # a local calendar day (http.timezone), within the retention
+        if start or end:
+            raise QueryError("day: give either day or from/to, not both")
+        _d, start, end = queries.day_range(q.get("day"), w.cfg.http.timezone, w.cfg.collector.retention_days)
+    res = await w.db(queries.traffic, w.storage, checkpoint or None, start, end)
     if principal.checkpoints is not None:
         res["hours"] = _scoped_events(principal, res["hours"])
         res["totals"] = {k: sum(r[k] for r in res["hours"]) for k in res["totals"]}
@@ -97,7 +102,10 @@ async def traffic(request: Request, checkpoint: str | None = None,
 @router.get("/fleet")
 async def fleet(request: Request, principal=Depends(require(Permission.FLEET_READ))):
     w = web(request)
-    return _json(await w.db(queries.fleet, w.storage))
+    f = await w.db(queries.fleet, w.storage)
+    if principal.checkpoints is not None:  # a ward officer (or a scoped token): their checkpoints' terminals
+        f = queries.fleet_within(f, principal.sees_checkpoint)
+    return _json(f)
 
 
 @router.get("/stats")
@@ -137,6 +145,6 @@ async def manual(request: Request, principal=Depends(require(Permission.PAPER_WR
     ev = await w.db(
         queries.record_manual, w.storage, w.cfg.collector.id, body.get("checkpoint"), body.get("direction"),
         id_number=body.get("id_number"), time=body.get("time"), name=body.get("name"), phone=body.get("phone"),
-        dob=body.get("dob"), decision=body.get("decision") or "PASS",
+        dob=body.get("dob"), decision=body.get("decision") or "PASS", recorded_by=principal.actor,
     )
     return JSONResponse(json.loads(queries.dumps(ev)), status_code=201)
