@@ -7,7 +7,7 @@ PY      ?= python3
 VENV    := .venv
 STAMPS  := .make-stamps
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS := mosquitto mosquitto-clients libzbar0 python3-venv openssl sqlite3 systemd
+APT_PKGS := mosquitto mosquitto-clients libzbar0 python3-venv openssl sqlite3 systemd chromium
 DURATION ?= 30
 
 .PHONY: demo test lint bench clean deps faults

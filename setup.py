@@ -9,7 +9,11 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["chot*", "device*", "collector*", "provisioning*"]),
     include_package_data=True,
-    package_data={"collector": ["static/*"], "provisioning": ["*.sh", "requirements-terminal.txt"]},
+    package_data={
+        "collector": ["static/*", "web/templates/*.html", "web/templates/**/*.html", "web/static/*",
+                      "web/locale/*.pot", "web/locale/*/LC_MESSAGES/*.po", "web/README.md", "web/babel.cfg"],
+        "provisioning": ["*.sh", "requirements-terminal.txt"],
+    },
     install_requires=[
         "zxing-cpp==3.1.1",
         "pyzbar==0.1.9",
@@ -27,6 +31,14 @@ setup(
         "pynacl==1.6.2",
         "argon2-cffi==25.1.0",
         "msgspec==0.23.0",
+        # the console (collector/web)
+        "fastapi==0.165.0",
+        "starlette==1.10.0",
+        "uvicorn==0.55.0",
+        "jinja2==3.1.6",
+        "babel==2.19.0",
+        "python-multipart==0.0.34",
+        "openpyxl==3.1.5",
     ],
     extras_require={
         # Only a Pi has these; picamera2 comes from Raspberry Pi OS (python3-picamera2).
@@ -40,6 +52,8 @@ setup(
             "ruff==0.17.6",
             "opencv-python-headless==5.0.0.93",
             "psycopg2-binary==2.9.13",
+            "httpx==0.29.0",
+            "playwright==1.65.3",  # drives Debian's chromium (/usr/bin/chromium); no browser download
         ],
     },
     entry_points={"console_scripts": ["chot=chot.cli:main"]},

@@ -145,10 +145,16 @@ def _demo(args):
         collector = Collector(ccfg).start()
         collector.wait_subscribed(10)
         broker.save()  # the collector's subscription is on disk before any terminal publishes
-        from collector.api import ApiServer
+        import secrets
 
+        from collector.web import WebServer as ApiServer
+        from collector.web.accounts import Accounts
+
+        demo_password = secrets.token_urlsafe(12)
+        Accounts(collector.storage).add_user("demo", demo_password, "admin")
         api = ApiServer(ccfg, collector.storage, collector=collector).start()
-        say("collector", f"storing into {tmp / 'collector.db'}; dashboard http://127.0.0.1:{api.port}/")
+        say("collector", f"storing into {tmp / 'collector.db'}")
+        say("console", f"{api.url}/  user: demo  password: {demo_password} (made for this run only)")
 
         for term_id, direction, seed in TERMINALS:
             cfg = _terminal_cfg(tmp, term_id, direction, seed, broker.port, issuer_pub, issuer_priv, collector_pub,

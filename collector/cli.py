@@ -116,6 +116,55 @@ def register(sub):
     c.add_argument("--new-key-dir", required=True,
                    help="a folder with the new index.key and data.key (chot collector keygen --index --data --key-dir)")
 
+    # the console's users and API tokens (collector/web/accounts.py)
+    roles = ("admin", "tracer", "ward_officer", "checkpoint_staff", "viewer")
+    u = csub.add_parser("user", help="the console's users: add, list, disable, enable, passwd, role",
+                        description="the console's users (stored in the collector database)")
+    usub = u.add_subparsers(dest="user_command", metavar="ACTION")
+    u.set_defaults(group_parser=u)
+
+    def ucmd(sub, name, func, help_):
+        c = sub.add_parser(name, help=help_, description=help_)
+        c.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"collector config (default {DEFAULT_CONFIG})")
+        c.set_defaults(func=func)
+        return c
+
+    scope_help = ("a checkpoint id, or a prefix ending in * (ward7-*), that a ward officer or checkpoint staff "
+                  "may see (repeat it)")
+    pw_help = "read the password from this file's first line ('-': standard input) instead of asking for it"
+    c = ucmd(usub, "add", _user_add, "add a user (asks for the password twice)")
+    c.add_argument("name", help="user name (1-64 letters, digits, _ . @ -)")
+    c.add_argument("--role", required=True, choices=roles, help="what the user may do (docs/console.md)")
+    c.add_argument("--checkpoint", action="append", default=[], help=scope_help)
+    c.add_argument("--password-file", help=pw_help)
+    ucmd(usub, "list", _user_list, "list the users (JSON)")
+    c = ucmd(usub, "disable", _user_disable, "disable a user and end their sessions")
+    c.add_argument("name")
+    c = ucmd(usub, "enable", _user_enable, "enable a disabled user again")
+    c.add_argument("name")
+    c = ucmd(usub, "passwd", _user_passwd, "set a user's password (ends their sessions)")
+    c.add_argument("name")
+    c.add_argument("--password-file", help=pw_help)
+    c = ucmd(usub, "role", _user_role, "change a user's role (and checkpoints)")
+    c.add_argument("name")
+    c.add_argument("role", choices=roles)
+    c.add_argument("--checkpoint", action="append", default=None, help=scope_help + "; replaces the list")
+
+    t = csub.add_parser("token", help="API tokens for machine clients: add, list, revoke",
+                        description="API tokens for machine clients (Authorization: Bearer TOKEN)")
+    tsub = t.add_subparsers(dest="token_command", metavar="ACTION")
+    t.set_defaults(group_parser=t)
+    c = ucmd(tsub, "add", _token_add, "make an API token; prints it once (only its hash is stored)")
+    c.add_argument("name", help="token name (shown in the audit log as token:NAME)")
+    c.add_argument("--scope", action="append", required=True,
+                   choices=("fleet:read", "traffic:read", "personal:read", "case:write", "paper:write", "audit:read",
+                            "users:admin"), help="what it may do (repeat it)")
+    c.add_argument("--checkpoint", action="append", default=None, help="only these checkpoints (ids or prefix*)")
+    c.add_argument("--days", type=float, help="it expires after this many days (default never)")
+    ucmd(tsub, "list", _token_list, "list the API tokens (JSON; never their secrets)")
+    c = ucmd(tsub, "revoke", _token_revoke, "revoke an API token")
+    c.add_argument("name")
+
     c = cmd("audit", _audit, "the audit log of personal-data reads, newest first (JSON)")
     c.add_argument("--case", help="only this case")
     c.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
@@ -354,4 +403,117 @@ def _import(args):
     with f, _storage(cfg) as st:
         n, new = import_csv(st, f)
     print(f"{n} events read, {new} new", file=sys.stderr)
+    return 0
+
+
+# --- the console's users and tokens -----------------------------------------------------------
+
+
+def _accounts(args):
+    from collector.web.accounts import Accounts
+
+    st = _storage(_cfg(args))
+    return st, Accounts(st)
+
+
+def _read_password(args, confirm=True):
+    """The new password: from --password-file (first line; '-' stdin) or asked twice without echo."""
+    from chot.errors import CollectorError
+
+    if args.password_file:
+        try:
+            if args.password_file == "-":
+                line = sys.stdin.readline()
+            else:
+                with open(args.password_file, encoding="utf-8") as f:
+                    line = f.readline()
+        except OSError as exc:
+            raise CollectorError(f"cannot read {args.password_file}: {exc.strerror}") from None
+        return line.rstrip("\r\n")
+    import getpass
+
+    if not sys.stdin.isatty():
+        raise CollectorError("no terminal to ask the password on: give --password-file FILE (or - for stdin)")
+    pw = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Password again: ") != pw:
+        raise CollectorError("the two passwords differ; nothing changed")
+    return pw
+
+
+def _user_add(args):
+    from collector.web.accounts import check_password
+
+    password = check_password(_read_password(args))
+    st, acc = _accounts(args)
+    with st:
+        acc.add_user(args.name, password, args.role, args.checkpoint)
+    scope = f" (checkpoints: {', '.join(args.checkpoint)})" if args.checkpoint else ""
+    print(f"user {args.name} added as {args.role}{scope}")
+    return 0
+
+
+def _user_list(args):
+    st, acc = _accounts(args)
+    with st:
+        _print_json(acc.users())
+    return 0
+
+
+def _user_disable(args):
+    st, acc = _accounts(args)
+    with st:
+        acc.set_disabled(args.name, True)
+    print(f"user {args.name} disabled; their sessions ended")
+    return 0
+
+
+def _user_enable(args):
+    st, acc = _accounts(args)
+    with st:
+        acc.set_disabled(args.name, False)
+    print(f"user {args.name} enabled")
+    return 0
+
+
+def _user_passwd(args):
+    from collector.web.accounts import check_password
+
+    password = check_password(_read_password(args))
+    st, acc = _accounts(args)
+    with st:
+        acc.set_password(args.name, password)
+    print(f"password of {args.name} changed; their sessions ended")
+    return 0
+
+
+def _user_role(args):
+    st, acc = _accounts(args)
+    with st:
+        acc.set_role(args.name, args.role, args.checkpoint)
+    print(f"user {args.name} is now {args.role}")
+    return 0
+
+
+def _token_add(args):
+    st, acc = _accounts(args)
+    with st:
+        secret = acc.add_token(args.name, args.scope, _actor(), args.checkpoint, args.days)
+    print(secret)
+    print(f"token {args.name} made ({', '.join(args.scope)}); it is shown only now: keep it in a 0600 file and send "
+          "it as 'Authorization: Bearer TOKEN'", file=sys.stderr)
+    return 0
+
+
+def _token_list(args):
+    st, acc = _accounts(args)
+    with st:
+        _print_json(acc.tokens())
+    return 0
+
+
+def _token_revoke(args):
+    st, acc = _accounts(args)
+    with st:
+        acc.revoke_token(args.name)
+    print(f"token {args.name} revoked")
     return 0

@@ -17,6 +17,7 @@ and `chot collector check-config --defaults` prints every key.
 """
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -177,6 +178,24 @@ class HttpSettings(Settings):
         None, help="the address of the reverse proxy (TLS, login) in front of the console: only it (and "
         "loopback) may connect, and its X-Forwarded-For names the client in the audit log"
     )
+    allowed_hosts: list[str] = setting(
+        [], help="Host names the console answers to besides loopback names and http.host (others get 400: "
+        "defeats DNS rebinding); the public name behind a proxy, e.g. ['chot.example.vn']"
+    )
+    timezone: str = setting("Asia/Ho_Chi_Minh", help="the time zone the console shows times in (IANA name)")
+    language: Literal["vi", "en"] = setting("vi", help="the console's language when the browser asks for none")
+    session_hours: float = setting(12.0, min=0.01, max=24 * 30, help="a login lasts at most this long")
+    session_idle_minutes: float = setting(
+        30.0, min=0.1, max=24 * 60, help="a login unused this long ends (sign in again)"
+    )
+    max_body_kib: int = setting(256, min=1, max=64 * 1024, help="request bodies larger than this get 413")
+    request_timeout_s: float = setting(
+        60.0, min=0.1, max=3600.0, help="a request still running after this long gets 503 (its query is bounded too)"
+    )
+    threads: int = setting(16, min=1, max=256, help="threads that run the console's queries (a bounded pool)")
+    max_connections: int = setting(
+        1000, min=10, max=100000, help="open connections at most (more get 503); idle ones close after 5 s"
+    )
 
     def problems(self, name):
         out = []
@@ -195,6 +214,17 @@ class HttpSettings(Settings):
             out.append(f"{name}.host: found {self.host!r}; allowed: a loopback address (127.0.0.1, ::1) unless "
                        f"{name}.tls_cert and {name}.tls_key or {name}.trusted_proxy are set: the console answers "
                        "tracing questions about people and must not be served in clear to a network")
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(self.timezone)
+        except (ValueError, KeyError, OSError):
+            out.append(f"{name}.timezone: found {self.timezone!r}; allowed: an IANA time zone such as "
+                       "'Asia/Ho_Chi_Minh' or 'UTC'")
+        for h in self.allowed_hosts:
+            if not re.fullmatch(r"[A-Za-z0-9.:\[\]-]{1,253}", h):
+                out.append(f"{name}.allowed_hosts: found {h!r}; allowed: a host name or address without port or "
+                           "scheme, e.g. 'chot.example.vn'")
         return out
 
     def world_problems(self, name):

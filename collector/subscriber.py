@@ -467,10 +467,10 @@ def run(cfg, http=True, ready=None):
     try:
         with Collector(cfg) as col:
             if http and cfg.http.enabled:
-                from collector.api import ApiServer
+                from collector.web import WebServer as ApiServer
 
                 api = ApiServer(cfg, col.storage, collector=col).start()
-                log.warning("HTTP API on http://%s:%d/", api.host, api.port)
+                log.warning("console and JSON API on %s/ (users: chot collector user add)", api.url)
             log.warning("collector %s running (database %s)", cfg.collector.id, col.storage.safe_url)
             if ready:
                 ready(col)

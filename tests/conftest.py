@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from servers import PG_DSN, Mosquitto, pg_available  # noqa: E402
+from web_helpers import console, console_sqlite  # noqa: E402, F401  (the console's fixtures: tests/web_helpers.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTDATA = (ROOT.parent / "shared" / "testdata").resolve()

@@ -12,7 +12,6 @@ from datetime import datetime
 import pytest
 
 from collector import queries
-from collector.api import ApiServer
 from collector.storage import Storage, format_time
 from collector.testing import collector_config, make_item, make_keys
 
@@ -226,12 +225,18 @@ def test_csv_cells_never_start_a_formula(tmp_path):
 
 def test_http_api_same_answers_case_required_and_audited(loaded):
     st, _ = loaded
+    from collector.web import WebServer
+    from collector.web.accounts import Accounts, Permission
+
     cfg = collector_config("sqlite:///unused.db", http={"port": 0})
-    with ApiServer(cfg, st) as api:
+    with st.connection():
+        token = Accounts(st).add_token("tracing-app", list(Permission), "test")
+    auth = {"Authorization": f"Bearer {token}"}
+    with WebServer(cfg, st) as api:
 
         def get(path):
             try:
-                with urllib.request.urlopen(api.url + path, timeout=10) as r:
+                with urllib.request.urlopen(urllib.request.Request(api.url + path, headers=auth), timeout=10) as r:
                     return r.status, r.headers.get("Content-Type"), r.read().decode()
             except urllib.error.HTTPError as exc:
                 return exc.code, exc.headers.get("Content-Type"), exc.read().decode()
@@ -241,7 +246,7 @@ def test_http_api_same_answers_case_required_and_audited(loaded):
         status, ctype, body = get(f"/api/contacts?person={person}&case={CASE}&days=14&window=15&at={at}")
         assert status == 200 and ctype.startswith("application/json")
         assert json.loads(body) == json.loads(queries.dumps(queries.contacts(st, person, CASE, "x", 14, 15, AT)))
-        assert st.audit_log()[1]["actor"] == "api:127.0.0.1"
+        assert st.audit_log()[1]["actor"] == "token:tracing-app"  # who asked, not from where
         status, _, body = get(f"/api/visits?person={person}&case={CASE}")
         assert status == 200 and len(json.loads(body)["verified"]) == 4
         for no_case in (f"/api/visits?person={person}", f"/api/contacts?person={person}&case=", "/api/export.csv"):
@@ -261,12 +266,12 @@ def test_http_api_same_answers_case_required_and_audited(loaded):
             status, ctype, body = get(bad)
             assert status == 400 and ctype.startswith("application/json") and json.loads(body)["error"]
         assert get("/api/nothing")[0] == 404
-        status, ctype, body = get("/")
+        status, ctype, body = get("/api/")
         assert status == 200 and "/api/fleet" in body and "/api/traffic" in body
 
         def post(obj):
             req = urllib.request.Request(api.url + "/api/manual", data=json.dumps(obj).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+                                         headers={"Content-Type": "application/json", **auth})
             try:
                 with urllib.request.urlopen(req, timeout=10) as r:
                     return r.status, json.loads(r.read())

@@ -322,14 +322,13 @@ def test_collector_console_open_beyond_loopback_needs_tls_or_a_proxy(tmp_path):
 
 
 def test_collector_console_serves_https_with_its_keys_and_refuses_clear_beyond_loopback(tmp_path):
-    import json
     import ssl
     import urllib.request
 
     from chot.errors import CollectorError
-    from collector.api import ApiServer
     from collector.config import config_from_dict
     from collector.storage import Storage
+    from collector.web import ApiServer
     from provisioning.pki import cert_pem, issue_cert, key_pem, make_ca
 
     ca_key, ca = make_ca("test CA")
@@ -344,14 +343,17 @@ def test_collector_console_serves_https_with_its_keys_and_refuses_clear_beyond_l
     with Storage(cfg.collector.database) as st, ApiServer(cfg, st) as api:
         assert api.url.startswith("https://127.0.0.1:")
         ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
-        with urllib.request.urlopen(api.url + "/api/", context=ctx, timeout=10) as resp:
-            assert "/api/fleet" in json.loads(resp.read())["endpoints"]
+        with urllib.request.urlopen(api.url + "/login", context=ctx, timeout=10) as resp:
+            assert resp.status == 200 and resp.headers["Strict-Transport-Security"]
+            assert "; secure" in resp.headers["Set-Cookie"].lower()  # cookies only over TLS
     # behind a reverse proxy: only the proxy and this machine may connect
     proxied = config_from_dict({"collector": {"database": f"sqlite:///{tmp_path / 'c.db'}"},
                                 "http": {"port": 0, "trusted_proxy": "10.0.0.5"}})
     with Storage(proxied.collector.database) as st, ApiServer(proxied, st) as api:
-        assert [api.httpd.verify_request(None, (a, 40000)) for a in ("10.0.0.5", "127.0.0.1", "10.0.0.6")] == [
-            True, True, False]
+        from collector.web.security import may_connect
+
+        assert [may_connect(a, api.config.app.state.web.cfg.http.trusted_proxy)
+                for a in ("10.0.0.5", "127.0.0.1", "10.0.0.6")] == [True, True, False]
     # the API server itself refuses a clear listener beyond loopback, whatever called it
     clear = config_from_dict({"collector": {"database": f"sqlite:///{tmp_path / 'c.db'}"}, "http": {"port": 0}})
     with Storage(clear.collector.database) as st, pytest.raises(CollectorError, match="refusing to serve"):
