@@ -98,6 +98,24 @@ class CollectorKeys:
     def person_key(self, person_id):
         return self.index.key(person_id)
 
+    def lookup_key(self, kind, value):
+        """The keyed index of a declaration id (kind "cred") or a phone number (kind "phone"), or None."""
+        norm = personal.normalise_phone(value) if kind == "phone" else str(value or "").strip()
+        return self.index.key(f"{kind}:{norm}") if norm else None
+
+    def lookup_keys(self, opened):
+        """[(lookup_key, person_key)] of an opened part: its credential id and phone, each to the person."""
+        pk = self.index.key(opened.person_id) if opened.person_id else None
+        if pk is None:
+            return []
+        person = opened.person if isinstance(opened.person, dict) else {}
+        out = []
+        for kind, value in (("cred", opened.credential_id), ("phone", person.get("phone"))):
+            lk = self.lookup_key(kind, value) if isinstance(value, str) else None
+            if lk:
+                out.append((lk, pk))
+        return out
+
 
 def make_key_dir(key_dir, seal=True, index=True, data=True, force=False):
     """Create the collector's keys in `key_dir` (0700); return the paths written.

@@ -358,6 +358,29 @@ def _make_models(db, sqlite):
     return Event, Device, Published, SchemaVersion, Audit
 
 
+def _make_lookup_model(db, sqlite):
+    """chot_lookup: keyed indexes to find a person by declaration id or phone (issue 12).
+
+    lookup_key = HMAC(index key, "cred:<credential id>" or "phone:<normalised phone>")
+    (CollectorKeys.lookup_keys), person_key = the person's index key (the same HMAC as an event's
+    person_key or claim_key). Nothing in clear; unusable without the index key.
+    """
+    TimeField = _SqliteTime if sqlite else _PgTime
+
+    class Lookup(Model):
+        lookup_key = CharField(max_length=64)
+        person_key = CharField(max_length=64)
+        seen_at = TimeField()
+
+        class Meta:
+            database = db
+            table_name = "chot_lookup"
+            primary_key = False
+            indexes = ((("lookup_key", "person_key"), True),)
+
+    return Lookup
+
+
 # --- event conversion -------------------------------------------------------------------------
 
 EVENT_COLUMNS = (
@@ -544,6 +567,7 @@ class Storage:
         self.db, self.sqlite = open_database(url, synchronous)
         self.Event, self.Device, self.Published, self.SchemaVersion, self.Audit = _make_models(self.db, self.sqlite)
         self.Quarantine = self.Event._quarantine
+        self.Lookup = _make_lookup_model(self.db, self.sqlite)
         self._manual_lock = threading.Lock()
         self._partitions = set()  # days known to have a partition (PostgreSQL)
         self._partition_lock = threading.Lock()
@@ -629,6 +653,7 @@ class Storage:
                 self._create_schema()
                 self.SchemaVersion.create(version=SCHEMA_VERSION, applied_at=utcnow())
                 log.info("database schema created at version %d", SCHEMA_VERSION)
+            self.db.create_tables([self.Lookup], safe=True)  # added within version 2 (issue 12)
         return SCHEMA_VERSION
 
     def _create_schema(self):
@@ -798,7 +823,7 @@ class Storage:
         On PostgreSQL the day partitions the batch needs are created first (own transaction).
         """
         now = utcnow()
-        return self._store_rows(self._event_tuples(items, now), now)
+        return self._store_rows(self._event_tuples(items, now), now, self._lookup_rows(items))
 
     def store_events(self, items):
         """Store what can be stored of `items`; returns StoreResult(acks, inserted, unstorable).
@@ -820,7 +845,7 @@ class Storage:
             except _DATA_ERRORS as exc:
                 unstorable.append((x, exc.__class__.__name__))
         try:
-            acks, inserted = self._store_rows([r for r, _x in rows], now)
+            acks, inserted = self._store_rows([r for r, _x in rows], now, self._lookup_rows([x for _r, x in rows]))
             return StoreResult(acks, inserted, unstorable)
         except _DATA_ERRORS as exc:
             log.error("a batch of %d events was refused (%s); storing them one by one", len(rows),
@@ -828,7 +853,7 @@ class Storage:
         acks, inserted = {}, 0
         for row, x in rows:
             try:
-                got, n = self._store_rows([row], now)
+                got, n = self._store_rows([row], now, self._lookup_rows([x]))
             except _DATA_ERRORS as exc:
                 unstorable.append((x, exc.__class__.__name__))
                 continue
@@ -837,8 +862,11 @@ class Storage:
             inserted += n
         return StoreResult(acks, inserted, unstorable)
 
-    def _store_rows(self, rows, now):
-        """Store event tuples (EVENT_COLUMNS order) in one transaction; ({device: contiguous}, new rows)."""
+    def _store_rows(self, rows, now, lookups=()):
+        """Store event tuples (EVENT_COLUMNS order) in one transaction; ({device: contiguous}, new rows).
+
+        `lookups`: (lookup_key, person_key) rows of chot_lookup (see _lookup_rows), in the same transaction.
+        """
         # (device_id, seq) order: collectors sharing a database take the index locks alike
         rows = sorted(rows, key=_device_seq)
         if not rows:
@@ -856,6 +884,7 @@ class Storage:
             with __exception_wrapper__:
                 cur = self.db.cursor()
                 inserted = self._insert_rows(cur, rows)
+                self._insert_lookups(cur, lookups, now)
                 acks = self._advance_devices(cur, by_device, now)
         return acks, inserted
 
@@ -937,6 +966,38 @@ class Storage:
             return row
 
         return convert
+
+    def _lookup_rows(self, items):
+        """The chot_lookup rows [(lookup_key, person_key)] of items whose sealed part was opened."""
+        keys = self.keys
+        if keys is None:
+            return []
+        out = set()
+        for x in items:
+            opened = _as_item(x).opened
+            if opened is not None:
+                out.update(keys.lookup_keys(opened))
+        return sorted(out)
+
+    def _insert_lookups(self, cur, lookups, now):
+        """INSERT the lookup rows (ON CONFLICT DO NOTHING), inside the caller's transaction."""
+        if not lookups:
+            return
+        p = self.db.param
+        t = self.Lookup.seen_at.db_value(now)
+        for i in range(0, len(lookups), 300):
+            chunk = lookups[i : i + 300]
+            cur.execute(
+                'INSERT INTO "chot_lookup" ("lookup_key", "person_key", "seen_at") VALUES '
+                + ", ".join([f"({p}, {p}, {p})"] * len(chunk)) + " ON CONFLICT DO NOTHING",
+                [v for lk, pk in chunk for v in (lk, pk, t)],
+            )
+
+    def find_lookup(self, lookup_key, limit=20):
+        """The person keys found under a lookup key (chot_lookup), at most `limit`."""
+        L = self.Lookup
+        q = L.select(L.person_key).where(L.lookup_key == lookup_key).order_by(L.person_key).limit(limit)
+        return [pk for (pk,) in q.tuples()]
 
     def _insert_rows(self, cur, rows):
         """INSERT ... ON CONFLICT DO NOTHING (both backends); return how many rows were new.

@@ -118,8 +118,8 @@ def test_contacts_are_exactly_the_planted_ones(loaded):
     assert [c["closest_s"] for c in res["contacts"]] == sorted(c["closest_s"] for c in res["contacts"])
     res5 = queries.contacts(st, "id:" + IDS["A"], CASE, "tracer-1", days=14, window_min=5, at=AT)
     assert {_who(c) for c in res5["contacts"]} == {"B", "Y"}
-    # looking back 30 days reaches the 1 August visit and H
-    res30 = queries.contacts(st, CASE_ID, CASE, "tracer-1", days=30, window_min=15, at=AT)
+    # looking back 28 days (the limit) reaches the 1 August visit and H
+    res30 = queries.contacts(st, CASE_ID, CASE, "tracer-1", days=28, window_min=15, at=AT)
     assert "H" in {_who(c) for c in res30["contacts"]}
     # someone never recorded has no visits and no contacts
     empty = queries.contacts(st, "999999999999", CASE, "tracer-1", at=AT)
@@ -233,6 +233,8 @@ def test_http_api_same_answers_case_required_and_audited(loaded):
         token = Accounts(st).add_token("tracing-app", list(Permission), "test")
     auth = {"Authorization": f"Bearer {token}"}
     with WebServer(cfg, st) as api:
+        with st.connection():  # the console refuses personal reads outside an open case (collector/cases.py)
+            st.case_book.open(CASE, IDS["A"], "positive test", "tracer-1")
 
         def get(path):
             try:
