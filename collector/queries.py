@@ -299,6 +299,7 @@ def contacts(storage, person, case, actor, days=14, window_min=15, at=None, *, o
     order of closeness; only those are decrypted and revealed; "total" counts every contact.
     `scope`: a function checkpoint -> bool: only encounters at those checkpoints count.
     """
+    note = shown
     case = _need_case(case, actor, storage)
     _pid, key = person_key_for(storage, person)
     keys = storage.keys
@@ -407,7 +408,7 @@ def contacts(storage, person, case, actor, days=14, window_min=15, at=None, *, o
     storage.audit(actor, "contacts", case, key,
                   {"days": days, "window_min": window_min, "at": result["at"], "offset": offset, "limit": limit,
                    "visits": len(vis), "revealed": revealed,
-                   "shown": shown or f"contacts: {len(revealed)} of "
+                   "shown": note or f"contacts: {len(revealed)} of "
                                      f"{sum(result['total'].values())} with their fields"},
                   len(vis) + len(revealed))
     return result

@@ -1,5 +1,5 @@
 """The console's pages: one module each, its `router` listed in ROUTERS (see ../README.md)."""
 
-from collector.web.pages import home
+from collector.web.pages import audit, cases, home
 
-ROUTERS = [home.router]
+ROUTERS = [home.router, cases.router, audit.router]
