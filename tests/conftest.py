@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from browser import browser, output_dir, page  # noqa: E402, F401  (Playwright on Debian's chromium: tests/browser.py)
 from servers import PG_DSN, Mosquitto, pg_available  # noqa: E402
 from web_helpers import console, console_sqlite  # noqa: E402, F401  (the console's fixtures: tests/web_helpers.py)
 

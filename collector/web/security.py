@@ -9,7 +9,7 @@ In order, for every request:
    counted as it arrives, not trusted from Content-Length alone;
 4. a request still running after `http.request_timeout_s` gets 503;
 5. every answer gets the security headers (CSP without inline script, frame-ancestors none,
-   nosniff, no referrer) and `Cache-Control: no-store` except the static files.
+   nosniff, no referrer to other sites) and `Cache-Control: no-store` except the static files.
 """
 
 import asyncio
@@ -28,7 +28,9 @@ SECURITY_HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # same-origin, not no-referrer: under no-referrer a browser sends `Origin: null` on its own form
+    # posts and fetches, and the Origin check could not tell the console's own pages from another site
+    (b"referrer-policy", b"same-origin"),
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
 ]
