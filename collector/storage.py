@@ -781,6 +781,7 @@ class Storage:
                     cutoff, batch)
         with self.db.atomic():  # quarantined seqs are kept as long as events
             rows += self.Quarantine.delete().where(self.Quarantine.received_at < cutoff).execute()
+            self.Lookup.delete().where(self.Lookup.seen_at < cutoff).execute()  # keyed look-ups (issue 12) too
         if rows or dropped:
             log.warning("retention: purged %d events older than %s (%d day partitions dropped)", rows,
                         format_time(cutoff), dropped)
@@ -980,7 +981,7 @@ class Storage:
         return sorted(out)
 
     def _insert_lookups(self, cur, lookups, now):
-        """INSERT the lookup rows (ON CONFLICT DO NOTHING), inside the caller's transaction."""
+        """INSERT the lookup rows (or renew their seen_at, which retention purges by), in the caller's transaction."""
         if not lookups:
             return
         p = self.db.param
@@ -989,7 +990,8 @@ class Storage:
             chunk = lookups[i : i + 300]
             cur.execute(
                 'INSERT INTO "chot_lookup" ("lookup_key", "person_key", "seen_at") VALUES '
-                + ", ".join([f"({p}, {p}, {p})"] * len(chunk)) + " ON CONFLICT DO NOTHING",
+                + ", ".join([f"({p}, {p}, {p})"] * len(chunk))
+                + ' ON CONFLICT ("lookup_key", "person_key") DO UPDATE SET "seen_at" = excluded."seen_at"',
                 [v for lk, pk in chunk for v in (lk, pk, t)],
             )
 

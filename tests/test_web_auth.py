@@ -264,7 +264,7 @@ def test_security_headers_and_no_store(console_sqlite):
         assert "script-src 'self'" in h["content-security-policy"] and "unsafe-inline" not in h[
             "content-security-policy"], path
         assert h["x-frame-options"] == "DENY" and h["x-content-type-options"] == "nosniff"
-        assert h["referrer-policy"] == "no-referrer" and h["cache-control"] == "no-store", path
+        assert h["referrer-policy"] == "same-origin" and h["cache-control"] == "no-store", path
     assert c.get("/static/console.css").status_code == 200
 
 
