@@ -47,3 +47,31 @@ def test_purge_drops_old_lookups(st):
     assert st.Lookup.select().count() == 6
     st.purge(1, now=utcnow() + timedelta(days=3))
     assert st.Lookup.select().count() == 0
+
+
+def test_rekey_rebuilds_lookups_and_moves_cases_to_the_new_index_key(st, tmp_path):
+    from collector.cases import CaseBook
+    from collector.keys import CollectorKeys, make_key_dir
+    from collector.rekey import load_new_keys, rekey
+
+    book = CaseBook(st)
+    book.open("HCM-1", "079190012345", "positive test", "tracer")
+    book.mark_notified("HCM-1", st.keys.person_key("id:079190012346"), "tracer")
+    new_dir = tmp_path / "new-keys"
+    make_key_dir(new_dir, seal=False)
+    index, cipher = load_new_keys(new_dir)
+    assert rekey(st, index, cipher) == 3
+    new = CollectorKeys(st.keys.opener, index, cipher)
+    st.keys = new
+    both = sorted([new.person_key("id:079190012345"), new.person_key("id:079190012346")])
+    assert st.find_lookup(new.lookup_key("phone", PHONE)) == both
+    assert st.find_lookup(new.lookup_key("cred", "decl-3")) == [new.person_key("id:079190012347")]
+    assert st.Lookup.select().count() == 6  # the old keys are gone
+    assert book.get("HCM-1")["person_key"] == new.person_key("id:079190012345")
+    assert set(book.notified("HCM-1")) == {new.person_key("id:079190012346")}
+    # run again (as after an interruption): the same
+    from collector.rekey import rekey_lookups
+
+    rekey_lookups(st, index, index, cipher)
+    assert book.get("HCM-1")["person_key"] == new.person_key("id:079190012345")
+    assert st.find_lookup(new.lookup_key("phone", PHONE)) == both
