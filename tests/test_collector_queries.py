@@ -320,6 +320,9 @@ def test_cli_queries_and_record_manual(tmp_path):
                           "0010900000 77", "--time", "2021-08-18T14:10:00Z", "--name", "Trên Giấy",
                           "--phone", "0900000077"))
     assert rec["device_id"] == "collector-hq" and rec["seq"] == 1 and rec["source"] == "paper"
+    assert "no case" in chot("contacts", CASE_ID, "--case", CASE, ok=False)  # not opened yet
+    assert json.loads(chot("case", "open", CASE, "--person", CASE_ID, "--reason", "positive test"))["status"] == "open"
+    assert [c["number"] for c in json.loads(chot("case", "list"))] == [CASE]
     res = json.loads(chot("contacts", CASE_ID, "--case", CASE, "--days", "14", "--window", "15",
                           "--at", "2021-08-20T12:00:00Z"))
     assert {_who(c) for c in res["contacts"]} == set(EXPECTED)
@@ -332,5 +335,8 @@ def test_cli_queries_and_record_manual(tmp_path):
     import getpass
 
     audit = json.loads(chot("audit", "--case", CASE))
-    assert [a["action"] for a in audit] == ["export", "contacts"] and {a["actor"] for a in audit} == {getpass.getuser()}
+    assert [a["action"] for a in audit] == ["export", "contacts", "case_open"]
+    assert {a["actor"] for a in audit} == {getpass.getuser()}
+    chot("case", "close", CASE)
+    assert "closed" in chot("export", "--case", CASE, ok=False)
     assert json.loads(chot("purge", "--days", "1"))["rows"] == len(PLAN) + 1  # everything is from 2021
