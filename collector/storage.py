@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 MAX_GAPS = 100  # gaps kept per device in the registry (the rest are summarised)
 _GAP_SCAN_ROWS = 20000  # rows scanned above the contiguous mark to list gaps
+_LOOKUP_MEMORY = 200_000  # chot_lookup rows remembered as written today (about 30 MB at most)
 
 
 # --- time helpers -----------------------------------------------------------------------------
@@ -568,6 +569,7 @@ class Storage:
         self.Event, self.Device, self.Published, self.SchemaVersion, self.Audit = _make_models(self.db, self.sqlite)
         self.Quarantine = self.Event._quarantine
         self.Lookup = _make_lookup_model(self.db, self.sqlite)
+        self._lookups_written = {}  # (lookup_key, person_key) prefixes -> the day this process last wrote it
         self._manual_lock = threading.Lock()
         self._partitions = set()  # days known to have a partition (PostgreSQL)
         self._partition_lock = threading.Lock()
@@ -887,6 +889,7 @@ class Storage:
                 inserted = self._insert_rows(cur, rows)
                 self._insert_lookups(cur, lookups, now)
                 acks = self._advance_devices(cur, by_device, now)
+        self._lookups_done(lookups, now)
         return acks, inserted
 
     def _advance_devices(self, cur, by_device, now):
@@ -969,7 +972,9 @@ class Storage:
         return convert
 
     def _lookup_rows(self, items):
-        """The chot_lookup rows [(lookup_key, person_key)] of items whose sealed part was opened."""
+        """The chot_lookup rows [(lookup_key, person_key)] of items whose sealed part was opened, less
+        those this process wrote today already (a person passing again costs no write; seen_at, which
+        retention purges by, is renewed once a day)."""
         keys = self.keys
         if keys is None:
             return []
@@ -978,7 +983,20 @@ class Storage:
             opened = _as_item(x).opened
             if opened is not None:
                 out.update(keys.lookup_keys(opened))
-        return sorted(out)
+        today = utcnow().date()
+        written = self._lookups_written
+        return sorted(pair for pair in out if written.get(pair[0][:16] + pair[1][:16]) != today)
+
+    def _lookups_done(self, lookups, now):
+        """After the commit: remember the look-ups written today (bounded: forgotten all at once when full)."""
+        if not lookups:
+            return
+        written = self._lookups_written
+        if len(written) > _LOOKUP_MEMORY:
+            written.clear()
+        day = now.date()
+        for lk, pk in lookups:
+            written[lk[:16] + pk[:16]] = day  # 128 bits of the pair: enough to tell them apart
 
     def _insert_lookups(self, cur, lookups, now):
         """INSERT the lookup rows (or renew their seen_at, which retention purges by), in the caller's transaction."""
