@@ -110,6 +110,8 @@ class CaseBook:
         self.Case, self.Notified = _make_models(storage.db, storage.sqlite)
         with storage.connection():
             with storage.db.atomic():
+                if not storage.sqlite:  # collectors sharing the database start one at a time here
+                    storage.db.execute_sql("SELECT pg_advisory_xact_lock(hashtext('chot cases schema'))")
                 storage.db.create_tables([self.Case, self.Notified], safe=True)
                 for sql in _SQLITE_AUDIT_GUARD if storage.sqlite else _PG_AUDIT_GUARD:
                     storage.db.execute_sql(sql)
