@@ -229,6 +229,9 @@ def _tracing_example(terms, collector, say):
                   if ev and d.passed and v is not None and (v.person_id or "").startswith("id:")), None)
     if first is None:
         return
+    book = getattr(collector.storage, "case_book", None)  # with the console: reads need an open case
+    if book is not None and book.get("demo-case-1") is None:
+        book.open("demo-case-1", first.person_id, "demo: the first person who passed", "demo")
     answer = contacts(collector.storage, first.person_id, case="demo-case-1", actor="demo", days=14, window_min=15)
     n_visits = sum(len(answer["visits"].get(k, [])) for k in ("verified", "unverified"))
     people = answer["contacts"]

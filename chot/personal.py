@@ -72,6 +72,16 @@ def normalise_id_number(id_number):
     return norm
 
 
+def normalise_phone(phone):
+    """A phone number as compared: digits only, +84 / 84 written as the leading 0 ('+84 912-345 601' ->
+    '0912345601'); '' when no digit is left."""
+    s = str(phone or "").strip()
+    digits = re.sub(r"\D", "", s)
+    if digits.startswith("84") and (s.startswith("+") or len(digits) == 11):
+        digits = "0" + digits[2:]
+    return digits
+
+
 def fold_name(name):
     """Upper-case ASCII letters of a name, one space between words: 'Nguyễn Văn Ân' -> 'NGUYEN VAN AN'."""
     text = unicodedata.normalize("NFKD", str(name).replace("đ", "d").replace("Đ", "D"))

@@ -193,6 +193,20 @@ def register(sub):
     c.add_argument("--case", help="only this case")
     c.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
 
+    # cases (collector/cases.py): personal reads (visits, contacts, export) need an open one
+    k = csub.add_parser("case", help="cases: open, close, list (personal reads need an open case)",
+                        description="cases: every personal read (visits, contacts, export) names an open case")
+    ksub = k.add_subparsers(dest="case_command", metavar="ACTION")
+    k.set_defaults(group_parser=k)
+    c = ucmd(ksub, "open", _case_open, "open a case for an index person (written to the audit log)")
+    c.add_argument("number", help="the case number, e.g. HCM-2021-0815-07")
+    c.add_argument("--person", required=True, help="the index person: " + person_help)
+    c.add_argument("--reason", required=True, help="why the case is opened")
+    c = ucmd(ksub, "close", _case_close, "close a case: no more personal reads in it")
+    c.add_argument("number")
+    c = ucmd(ksub, "list", _case_list, "list the cases, newest first (JSON)")
+    c.add_argument("--status", choices=("open", "closed", "all"), default="all")
+
 
 def _cfg(args, world=False):
     from collector.config import load_collector_config
@@ -359,14 +373,16 @@ def _query(args, fn, keys=False):
 def _visits(args):
     from collector.queries import visits
 
-    return _query(args, lambda st, cfg: visits(st, args.person, args.case, _actor(), args.start, args.end), True)
+    return _query(args, lambda st, cfg: visits(_cases(st), args.person, args.case, _actor(), args.start, args.end),
+                  True)
 
 
 def _contacts(args):
     from collector.queries import contacts
 
     return _query(
-        args, lambda st, cfg: contacts(st, args.person, args.case, _actor(), args.days, args.window, args.at), True
+        args, lambda st, cfg: contacts(_cases(st), args.person, args.case, _actor(), args.days, args.window, args.at),
+        True,
     )
 
 
@@ -457,6 +473,7 @@ def _export(args):
 
     cfg = _cfg(args)
     with _storage(cfg) as st:
+        _cases(st)
         if args.out:
             import os
 
@@ -595,4 +612,34 @@ def _token_revoke(args):
     with st:
         acc.revoke_token(args.name)
     print(f"token {args.name} revoked")
+    return 0
+
+
+def _cases(st):
+    """Attach the case book to `st` (personal queries then need an open case); returns `st`."""
+    from collector.cases import CaseBook
+
+    CaseBook(st)
+    return st
+
+
+def _case_open(args):
+    cfg = _cfg(args)
+    with _storage(cfg, keys=True) as st:
+        _print_json(_cases(st).case_book.open(args.number, args.person, args.reason, _actor()))
+    return 0
+
+
+def _case_close(args):
+    cfg = _cfg(args)
+    with _storage(cfg) as st:
+        _print_json(_cases(st).case_book.close(args.number, _actor()))
+    return 0
+
+
+def _case_list(args):
+    cfg = _cfg(args)
+    with _storage(cfg) as st:
+        cases, _total = _cases(st).case_book.list(args.status, 0, 10**6)
+        _print_json(cases)
     return 0

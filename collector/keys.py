@@ -98,6 +98,34 @@ class CollectorKeys:
     def person_key(self, person_id):
         return self.index.key(person_id)
 
+    def lookup_key(self, kind, value):
+        """The keyed index of a declaration id (kind "cred") or a phone number (kind "phone"), or None."""
+        return lookup_key(self.index, kind, value)
+
+    def lookup_keys(self, opened):
+        """[(lookup_key, person_key)] of an opened part: its credential id and phone, each to the person."""
+        return lookup_keys(self.index, opened.person_id, opened.person, opened.credential_id)
+
+
+def lookup_key(index, kind, value):
+    """HMAC(index, "cred:<declaration id>" / "phone:<normalised phone>") (chot_lookup), or None."""
+    norm = personal.normalise_phone(value) if kind == "phone" else str(value or "").strip()
+    return index.key(f"{kind}:{norm}") if norm else None
+
+
+def lookup_keys(index, person_id, person, credential_id):
+    """[(lookup_key, person_key)] of a person's stored fields: their declaration id and phone."""
+    pk = index.key(person_id) if person_id else None
+    if pk is None:
+        return []
+    person = person if isinstance(person, dict) else {}
+    out = []
+    for kind, value in (("cred", credential_id), ("phone", person.get("phone"))):
+        lk = lookup_key(index, kind, value) if isinstance(value, str) else None
+        if lk:
+            out.append((lk, pk))
+    return out
+
 
 def make_key_dir(key_dir, seal=True, index=True, data=True, force=False):
     """Create the collector's keys in `key_dir` (0700); return the paths written.

@@ -57,6 +57,12 @@ log = logging.getLogger(__name__)
 EXPORT_COLUMNS = CLEAR_COLUMNS  # the CSV: one column per clear field (no personal data)
 
 _PROBE_RANGES = 40  # checkpoint ranges OR-ed in one probe query
+# Bounds of every personal query (a contacts query over ten years took 116 s and 2.3 GB: refused)
+MAX_DAYS = 28  # the look-back of contacts: the default retention
+MAX_WINDOW_MIN = 120  # plus or minus this many minutes around each visit
+MAX_PAGE = 200  # rows of a page of contacts
+MAX_MATCHES = 20  # persons found under one declaration id or phone
+_KEY_RE = re.compile(r"[0-9a-f]{64}")
 _CSV_DANGER = ("=", "+", "-", "@", "\t", "\r")
 MAX_TRAFFIC_DAYS = 31  # one traffic query spans at most this many days
 PAPER_FUTURE_S = 120.0  # a paper declaration's time may be this far ahead of the collector's clock
@@ -73,18 +79,30 @@ def _need_keys(storage):
     return storage.keys
 
 
-def _need_case(case, actor):
+def _need_case(case, actor, storage=None):
     if case is None or not str(case).strip():
         raise QueryError("case: missing; give the case id this look-up is for (it is written to the audit log)")
     if len(str(case)) > 200:
         raise QueryError("case: at most 200 characters")
     if not actor:
         raise QueryError("actor: missing (who asks)")
-    return str(case).strip()
+    case = str(case).strip()
+    book = getattr(storage, "case_book", None)  # collector.cases.CaseBook: the case must be open in it
+    if book is not None:
+        book.require_open(case)
+    return case
 
 
 def person_key_for(storage, person):
-    """(person id, index key) of what a tracer typed; QueryError saying what to write."""
+    """(person id, index key) of what a tracer typed; QueryError saying what to write.
+
+    `key:<64 hex>` names a person by index key (a person found by declaration id or phone): (None, key).
+    """
+    text = str(person or "").strip()
+    if text.startswith("key:"):
+        if not _KEY_RE.fullmatch(text[4:]):
+            raise QueryError("person: key: must be followed by 64 lower-case hex digits (an index key)")
+        return None, text[4:]
     try:
         pid = personal.parse_person_query(person)
     except ValueError as exc:
@@ -99,6 +117,14 @@ def _time_arg(value, name, default=None):
         return parse_time(value)
     except ValueError:
         raise QueryError(f"{name}: found {value!r}; allowed: an ISO 8601 time such as 2021-08-09T10:00:00Z") from None
+
+
+def _bounded_arg(value, name, default, hi, unit, kind=float):
+    """A number from 0 to `hi`; over it: QueryError naming the limit (HTTP 400)."""
+    v = _number_arg(value, name, default, 0, float("inf"), kind)
+    if v > hi:
+        raise QueryError(f"{name}: found {value!r}; the limit is {hi} {unit}: narrow the query")
+    return v
 
 
 def _number_arg(value, name, default, lo, hi, kind=float):
@@ -174,18 +200,22 @@ def _person_rows(storage, key, start, end):
     return out
 
 
-def visits(storage, person, case, actor, start=None, end=None):
+def visits(storage, person, case, actor, start=None, end=None, *, scope=None, shown=None):
     """The events of a person in [start, end), oldest first: {"verified": [...], "unverified": [...]}.
 
     `verified` rows are the person's record (their credential verified on the terminal);
     `unverified` rows are claims naming them (never merged). Each row has its clock quality,
     verification and the decrypted `person` fields. Writes an audit row.
+    `scope`: a function checkpoint -> bool (a ward officer's checkpoints): only those rows are read.
+    `shown`: what the caller shows of it, for the audit row (e.g. "timeline: names, phones").
     """
-    case = _need_case(case, actor)
+    case = _need_case(case, actor, storage)
     _pid, key = person_key_for(storage, person)
     keys = storage.keys
     start, end = _time_arg(start, "from"), _time_arg(end, "to")
     rows = _person_rows(storage, key, start, end)
+    if scope is not None:
+        rows = {k: [e for e in rs if scope(e.checkpoint)] for k, rs in rows.items()}
     res = {name: [_brief(e, keys) for e in rs] for name, rs in rows.items()}
     result = {
         "person_key": key,
@@ -199,8 +229,55 @@ def visits(storage, person, case, actor, start=None, end=None):
     }
     storage.audit(actor, "visits", case, key,
                   {"from": result["from"], "to": result["to"], "verified": len(res["verified"]),
-                   "unverified": len(res["unverified"])}, result["count"])
+                   "unverified": len(res["unverified"]),
+                   "shown": shown or f"visits: {result['count']} rows with the person's fields"}, result["count"])
     return result
+
+
+FIND_KINDS = ("auto", "id", "declaration", "phone")
+
+
+def guess_kind(text):
+    """What a tracer typed: "id" (ID number, id:/nd:), "phone" (+84..., or 10 digits from 0) or "declaration"."""
+    s = str(text or "").strip()
+    if s.startswith(("id:", "nd:")):
+        return "id"
+    digits = re.sub(r"[\s.\-]", "", s)
+    if s.startswith("+") or (digits.isdigit() and len(digits) in (10, 11) and digits[0] in "08"):
+        return "phone"
+    if digits.isdigit() and len(digits) in (9, 12):
+        return "id"
+    return "declaration"
+
+
+def find_person(storage, text, kind, case, actor):
+    """The index keys of the persons that `text` names, within an open case; writes an audit row.
+
+    kind "id": an ID number (or nd:NAME|DOB), one key; "declaration": a declaration (credential)
+    id; "phone": a phone number (+84 or 0...); "auto": guessed (guess_kind). Declaration ids and
+    phones are found through chot_lookup (keyed: HMAC under the index key), at most MAX_MATCHES.
+    Returns {"kind", "keys"}.
+    """
+    case = _need_case(case, actor, storage)
+    kind = kind or "auto"
+    if kind not in FIND_KINDS:
+        raise QueryError(f"kind: found {kind!r}; allowed: {', '.join(FIND_KINDS)}")
+    if not str(text or "").strip():
+        raise QueryError("person: missing; give an ID number, a declaration id or a phone number")
+    if len(str(text)) > 200:
+        raise QueryError("person: at most 200 characters")
+    if kind == "auto":
+        kind = guess_kind(text)
+    if kind == "id":
+        keys = [person_key_for(storage, text)[1]]
+    else:
+        lk = _need_keys(storage).lookup_key("cred" if kind == "declaration" else "phone", str(text).strip())
+        if lk is None:
+            raise QueryError("person: a phone number needs digits")
+        keys = storage.find_lookup(lk, MAX_MATCHES)
+    storage.audit(actor, "find", case, keys[0] if len(keys) == 1 else None,
+                  {"kind": kind, "matches": keys, "shown": f"find by {kind}: {len(keys)} person(s)"}, len(keys))
+    return {"kind": kind, "keys": keys}
 
 
 def _merge_ranges(items, w):
@@ -216,7 +293,8 @@ def _merge_ranges(items, w):
     return by_cp
 
 
-def contacts(storage, person, case, actor, days=14, window_min=15, at=None):
+def contacts(storage, person, case, actor, days=14, window_min=15, at=None, *, offset=0, limit=None, scope=None,
+             shown=None):
     """The others at the same checkpoints within +-window_min minutes of the person's visits.
 
     Returns {"person_key", "case", "at", "since", "days", "window_min", "person",
@@ -228,19 +306,28 @@ def contacts(storage, person, case, actor, days=14, window_min=15, at=None):
     (the person's visit, the other's event) with `delta_s` = other time - visit time (signed
     seconds), the checkpoint, both clocks' quality and whether the visit itself was verified.
     Visits of the person as an unverified claim are probed too, and flagged so (`visit_verified`).
-    Writes an audit row naming the person and how many contacts were revealed.
+    Writes an audit row naming the person and the contacts revealed.
+    Bounds: days <= MAX_DAYS, window_min <= MAX_WINDOW_MIN (QueryError naming the limit).
+    Paging: `limit` (at most MAX_PAGE) contacts from `offset`, verified first then unverified, in
+    order of closeness; only those are decrypted and revealed; "total" counts every contact.
+    `scope`: a function checkpoint -> bool: only encounters at those checkpoints count.
     """
-    case = _need_case(case, actor)
+    note = shown
+    case = _need_case(case, actor, storage)
     _pid, key = person_key_for(storage, person)
     keys = storage.keys
-    days = _number_arg(days, "days", 14.0, 0.0, 3650.0)
-    window_min = _number_arg(window_min, "window", 15.0, 0.0, 24 * 60.0)
+    days = _bounded_arg(days, "days", 14.0, MAX_DAYS, "days")
+    window_min = _bounded_arg(window_min, "window", 15.0, MAX_WINDOW_MIN, "minutes")
+    offset = int(_number_arg(offset, "page", 0, 0, 10**9, int))
+    if limit is not None:
+        limit = int(_bounded_arg(limit, "size", MAX_PAGE, MAX_PAGE, "rows per page", int))
     at = _time_arg(at, "at", None) or utcnow()
     since = at - timedelta(days=days)
     w = timedelta(minutes=window_min)
     E = storage.Event
     mine = _person_rows(storage, key, since, None)
-    mine = {k: [e for e in rs if e.time_corrected <= at] for k, rs in mine.items()}
+    mine = {k: [e for e in rs if e.time_corrected <= at and (scope is None or scope(e.checkpoint))]
+            for k, rs in mine.items()}
     shown = {k: [_brief(e, keys) for e in rs] for k, rs in mine.items()}
     result = {
         "person_key": key,
@@ -254,6 +341,9 @@ def contacts(storage, person, case, actor, days=14, window_min=15, at=None):
         "contacts": [],
         "unverified_contacts": [],
         "untraceable": 0,
+        "total": {"contacts": 0, "unverified_contacts": 0},
+        "offset": offset,
+        "limit": limit,
     }
     vis = [(e, True) for e in mine["verified"]] + [(e, False) for e in mine["unverified"]]
     own = {(e.device_id, e.seq) for e, _ in vis}
@@ -299,7 +389,12 @@ def contacts(storage, person, case, actor, days=14, window_min=15, at=None):
                     people.setdefault((bool(o.person_key), okey), []).append((detail, o))
                 j += 1
         result["untraceable"] = len(untraceable)
-        for (verified, okey), pairs in people.items():
+        order = sorted(people, key=lambda vk: (not vk[0], min(abs(d["delta_s"]) for d, _o in people[vk]), vk[1]))
+        result["total"] = {"contacts": sum(1 for v, _k in order if v),
+                           "unverified_contacts": sum(1 for v, _k in order if not v)}
+        page = order[offset:] if limit is None else order[offset : offset + limit]
+        for verified, okey in page:
+            pairs = people[(verified, okey)]
             pairs.sort(key=lambda p: (p[0]["visit_time"], p[0]["time_corrected"], p[0]["device_id"], p[0]["seq"]))
             details = [d for d, _ in pairs]
             rows, seen = [], set()
@@ -324,8 +419,11 @@ def contacts(storage, person, case, actor, days=14, window_min=15, at=None):
             result[name].sort(key=lambda c: (c["closest_s"], c.get("person_key") or c.get("claim_key")))
     revealed = [c["person_key"] for c in result["contacts"]] + [c["claim_key"] for c in result["unverified_contacts"]]
     storage.audit(actor, "contacts", case, key,
-                  {"days": days, "window_min": window_min, "at": result["at"],
-                   "visits": len(vis), "revealed": revealed}, len(vis) + len(revealed))
+                  {"days": days, "window_min": window_min, "at": result["at"], "offset": offset, "limit": limit,
+                   "visits": len(vis), "revealed": revealed,
+                   "shown": note or f"contacts: {len(revealed)} of "
+                                     f"{sum(result['total'].values())} with their fields"},
+                  len(vis) + len(revealed))
     return result
 
 
@@ -476,14 +574,20 @@ def fleet_within(f, sees_checkpoint):
 # --- CSV export and import --------------------------------------------------------------------
 
 
+def formula_like(s):
+    """True when a spreadsheet could read text `s` as a formula: it starts with = + - @ TAB or CR,
+    also after leading spaces (and a LF, which some spreadsheets drop)."""
+    return isinstance(s, str) and s.lstrip(" \n").startswith(_CSV_DANGER)
+
+
 def csv_cell(value):
-    """A CSV cell that a spreadsheet never runs as a formula: one starting with = + - @ gets a quote."""
+    """A CSV cell that a spreadsheet never runs as a formula: one that could be (formula_like) gets a quote."""
     s = "" if value is None else str(value)
-    return "'" + s if s.startswith(_CSV_DANGER) else s
+    return "'" + s if formula_like(s) else s
 
 
 def _uncell(s):
-    return s[1:] if s.startswith("'") and s[1:].startswith(_CSV_DANGER) else s
+    return s[1:] if s.startswith("'") and formula_like(s[1:]) else s
 
 
 def export_csv(storage, out, case, actor, start=None, end=None, checkpoint=None):
@@ -492,7 +596,7 @@ def export_csv(storage, out, case, actor, start=None, end=None, checkpoint=None)
     Clear columns only, plus `verified`: no personal data, no keyed hash. Times are ISO 8601
     UTC with Z; clock_synced and verified are true/false. Writes an audit row.
     """
-    case = _need_case(case, actor)
+    case = _need_case(case, actor, storage)
     start, end = _time_arg(start, "from"), _time_arg(end, "to")
     E = storage.Event
     cond = E.seq.is_null(False)

@@ -7,6 +7,9 @@ NEW/data.key (bound to the same device_id|seq), in one transaction per batch. Th
 names its data key, so a run that stops half-way is simply run again: rows already under the
 new data key are skipped. Afterwards copy NEW/index.key and NEW/data.key over the ones in
 `collector.key_dir` and start the collector. docs/security.md gives the whole procedure.
+The keyed look-ups (chot_lookup) are rebuilt under the new index key, and the index keys held by
+cases and notified marks (chot_case, chot_notified) are translated (rekey_lookups); audit rows
+keep the keys of their time.
 """
 
 import logging
@@ -14,6 +17,8 @@ from pathlib import Path
 
 from chot.errors import CollectorError
 from chot.personal import DataCipher, PersonIndex, SealError
+from collector.keys import lookup_keys
+from collector.storage import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +73,54 @@ def rekey(storage, new_index, new_cipher, batch=BATCH, progress=None, actor="rek
         done += len(rows)
         if progress is not None:
             progress(done, todo)
+    rekey_lookups(storage, old.index, new_index, new_cipher, batch)
     storage.audit(actor, "rekey", "rekey", detail={"data_key": new_cipher.kid}, rows=done)
     log.warning("rekey: %d events re-indexed and re-encrypted under data key %s", done, new_cipher.kid)
     return done
+
+
+def rekey_lookups(storage, old_index, new_index, new_cipher, batch=BATCH):
+    """After the events: rebuild chot_lookup under `new_index` from every event's personal fields
+    (under `new_cipher`), and translate the person keys of chot_case / chot_notified old -> new.
+
+    Run again after an interruption it gives the same result (keys already new are left alone).
+    A case whose index person has no stored event keeps its key (nothing of them can be read anyway).
+    """
+    E = storage.Event
+    db = storage.db
+    cases = [t for t in ("chot_case", "chot_notified") if db.table_exists(t)]
+    wanted = set()
+    for t in cases:
+        wanted.update(k for (k,) in db.execute_sql(f'SELECT DISTINCT "person_key" FROM "{t}"').fetchall())
+    mapping, seen_new = {}, set()
+    rows = set()
+    last = None
+    while True:  # keyset pages over (device_id, seq): every stored personal part once
+        q = E.select(E.device_id, E.seq, E.personal).where(E.personal.is_null(False))
+        if last is not None:
+            q = q.where((E.device_id > last[0]) | ((E.device_id == last[0]) & (E.seq > last[1])))
+        page = list(q.order_by(E.device_id, E.seq).limit(batch).tuples())
+        if not page:
+            break
+        for dev, seq, text in page:
+            fields = new_cipher.decrypt(text, dev, seq)
+            pid = fields.get("person_id")
+            rows.update(lookup_keys(new_index, pid, fields.get("person"), fields.get("credential_id")))
+            if pid and wanted:
+                seen_new.add(new_index.key(pid))
+                old_key = old_index.key(pid)
+                if old_key in wanted:
+                    mapping[old_key] = new_index.key(pid)
+        last = page[-1][:2]
+    with db.atomic():
+        storage.Lookup.delete().execute()
+        cur = db.cursor()
+        storage._insert_lookups(cur, sorted(rows), utcnow())
+        for t in cases:
+            for old_key, new_key in mapping.items():
+                db.execute_sql(f'UPDATE "{t}" SET "person_key" = {db.param} WHERE "person_key" = {db.param}',
+                               (new_key, old_key))
+    left = len(wanted - set(mapping) - seen_new)
+    if left:
+        log.warning("rekey: %d case/notified person keys have no stored event and keep their old key", left)
+    return len(rows)

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3  # 3: chot_binding (issue 11)
 MAX_GAPS = 100  # gaps kept per device in the registry (the rest are summarised)
 _GAP_SCAN_ROWS = 20000  # rows scanned above the contiguous mark to list gaps
+_LOOKUP_MEMORY = 200_000  # chot_lookup rows remembered as written today (about 30 MB at most)
 
 
 # --- time helpers -----------------------------------------------------------------------------
@@ -387,6 +388,29 @@ def _make_models(db, sqlite):
     return Event, Device, Published, SchemaVersion, Audit
 
 
+def _make_lookup_model(db, sqlite):
+    """chot_lookup: keyed indexes to find a person by declaration id or phone (issue 12).
+
+    lookup_key = HMAC(index key, "cred:<credential id>" or "phone:<normalised phone>")
+    (CollectorKeys.lookup_keys), person_key = the person's index key (the same HMAC as an event's
+    person_key or claim_key). Nothing in clear; unusable without the index key.
+    """
+    TimeField = _SqliteTime if sqlite else _PgTime
+
+    class Lookup(Model):
+        lookup_key = CharField(max_length=64)
+        person_key = CharField(max_length=64)
+        seen_at = TimeField()
+
+        class Meta:
+            database = db
+            table_name = "chot_lookup"
+            primary_key = False
+            indexes = ((("lookup_key", "person_key"), True),)
+
+    return Lookup
+
+
 # --- event conversion -------------------------------------------------------------------------
 
 EVENT_COLUMNS = (
@@ -610,6 +634,8 @@ class Storage:
         self.Event, self.Device, self.Published, self.SchemaVersion, self.Audit = _make_models(self.db, self.sqlite)
         self.Quarantine = self.Event._quarantine
         self.Binding = self.Event._binding
+        self.Lookup = _make_lookup_model(self.db, self.sqlite)
+        self._lookups_written = {}  # (lookup_key, person_key) prefixes -> the day this process last wrote it
         self._manual_lock = threading.Lock()
         self._partitions = set()  # days known to have a partition (PostgreSQL)
         self._partition_lock = threading.Lock()
@@ -699,6 +725,7 @@ class Storage:
                 self.db.create_tables([self.Binding], safe=True)
                 self.SchemaVersion.create(version=SCHEMA_VERSION, applied_at=utcnow())
                 log.warning("database schema upgraded from version 2 to %d (chot_binding)", SCHEMA_VERSION)
+            self.db.create_tables([self.Lookup], safe=True)  # added within version 3 (issue 12)
         return SCHEMA_VERSION
 
     def _create_schema(self):
@@ -827,6 +854,7 @@ class Storage:
                     cutoff, batch)
         with self.db.atomic():  # quarantined seqs are kept as long as events
             rows += self.Quarantine.delete().where(self.Quarantine.received_at < cutoff).execute()
+            self.Lookup.delete().where(self.Lookup.seen_at < cutoff).execute()  # keyed look-ups (issue 12) too
         if rows or dropped:
             log.warning("retention: purged %d events older than %s (%d day partitions dropped)", rows,
                         format_time(cutoff), dropped)
@@ -869,7 +897,7 @@ class Storage:
         On PostgreSQL the day partitions the batch needs are created first (own transaction).
         """
         now = utcnow()
-        return self._store_rows(self._event_tuples(items, now), now)
+        return self._store_rows(self._event_tuples(items, now), now, self._lookup_rows(items))
 
     def store_events(self, items):
         """Store what can be stored of `items`; returns StoreResult(acks, inserted, unstorable).
@@ -891,7 +919,7 @@ class Storage:
             except _DATA_ERRORS as exc:
                 unstorable.append((x, exc.__class__.__name__))
         try:
-            acks, inserted = self._store_rows([r for r, _x in rows], now)
+            acks, inserted = self._store_rows([r for r, _x in rows], now, self._lookup_rows([x for _r, x in rows]))
             return StoreResult(acks, inserted, unstorable)
         except _DATA_ERRORS as exc:
             log.error("a batch of %d events was refused (%s); storing them one by one", len(rows),
@@ -899,7 +927,7 @@ class Storage:
         acks, inserted = {}, 0
         for row, x in rows:
             try:
-                got, n = self._store_rows([row], now)
+                got, n = self._store_rows([row], now, self._lookup_rows([x]))
             except _DATA_ERRORS as exc:
                 unstorable.append((x, exc.__class__.__name__))
                 continue
@@ -908,8 +936,11 @@ class Storage:
             inserted += n
         return StoreResult(acks, inserted, unstorable)
 
-    def _store_rows(self, rows, now):
-        """Store event tuples (EVENT_COLUMNS order) in one transaction; ({device: contiguous}, new rows)."""
+    def _store_rows(self, rows, now, lookups=()):
+        """Store event tuples (EVENT_COLUMNS order) in one transaction; ({device: contiguous}, new rows).
+
+        `lookups`: (lookup_key, person_key) rows of chot_lookup (see _lookup_rows), in the same transaction.
+        """
         # (device_id, seq) order: collectors sharing a database take the index locks alike
         rows = sorted(rows, key=_device_seq)
         if not rows:
@@ -927,7 +958,9 @@ class Storage:
             with __exception_wrapper__:
                 cur = self.db.cursor()
                 inserted = self._insert_rows(cur, rows)
+                self._insert_lookups(cur, lookups, now)
                 acks = self._advance_devices(cur, by_device, now)
+        self._lookups_done(lookups, now)
         return acks, inserted
 
     def _advance_devices(self, cur, by_device, now):
@@ -1009,6 +1042,54 @@ class Storage:
             return row
 
         return convert
+
+    def _lookup_rows(self, items):
+        """The chot_lookup rows [(lookup_key, person_key)] of items whose sealed part was opened, less
+        those this process wrote today already (a person passing again costs no write; seen_at, which
+        retention purges by, is renewed once a day)."""
+        keys = self.keys
+        if keys is None:
+            return []
+        out = set()
+        for x in items:
+            opened = _as_item(x).opened
+            if opened is not None:
+                out.update(keys.lookup_keys(opened))
+        today = utcnow().date()
+        written = self._lookups_written
+        return sorted(pair for pair in out if written.get(pair[0][:16] + pair[1][:16]) != today)
+
+    def _lookups_done(self, lookups, now):
+        """After the commit: remember the look-ups written today (bounded: forgotten all at once when full)."""
+        if not lookups:
+            return
+        written = self._lookups_written
+        if len(written) > _LOOKUP_MEMORY:
+            written.clear()
+        day = now.date()
+        for lk, pk in lookups:
+            written[lk[:16] + pk[:16]] = day  # 128 bits of the pair: enough to tell them apart
+
+    def _insert_lookups(self, cur, lookups, now):
+        """INSERT the lookup rows (or renew their seen_at, which retention purges by), in the caller's transaction."""
+        if not lookups:
+            return
+        p = self.db.param
+        t = self.Lookup.seen_at.db_value(now)
+        for i in range(0, len(lookups), 300):
+            chunk = lookups[i : i + 300]
+            cur.execute(
+                'INSERT INTO "chot_lookup" ("lookup_key", "person_key", "seen_at") VALUES '
+                + ", ".join([f"({p}, {p}, {p})"] * len(chunk))
+                + ' ON CONFLICT ("lookup_key", "person_key") DO UPDATE SET "seen_at" = excluded."seen_at"',
+                [v for lk, pk in chunk for v in (lk, pk, t)],
+            )
+
+    def find_lookup(self, lookup_key, limit=20):
+        """The person keys found under a lookup key (chot_lookup), at most `limit`."""
+        L = self.Lookup
+        q = L.select(L.person_key).where(L.lookup_key == lookup_key).order_by(L.person_key).limit(limit)
+        return [pk for (pk,) in q.tuples()]
 
     def _insert_rows(self, cur, rows):
         """INSERT ... ON CONFLICT DO NOTHING (both backends); return how many rows were new.

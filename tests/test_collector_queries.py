@@ -118,8 +118,8 @@ def test_contacts_are_exactly_the_planted_ones(loaded):
     assert [c["closest_s"] for c in res["contacts"]] == sorted(c["closest_s"] for c in res["contacts"])
     res5 = queries.contacts(st, "id:" + IDS["A"], CASE, "tracer-1", days=14, window_min=5, at=AT)
     assert {_who(c) for c in res5["contacts"]} == {"B", "Y"}
-    # looking back 30 days reaches the 1 August visit and H
-    res30 = queries.contacts(st, CASE_ID, CASE, "tracer-1", days=30, window_min=15, at=AT)
+    # looking back 28 days (the limit) reaches the 1 August visit and H
+    res30 = queries.contacts(st, CASE_ID, CASE, "tracer-1", days=28, window_min=15, at=AT)
     assert "H" in {_who(c) for c in res30["contacts"]}
     # someone never recorded has no visits and no contacts
     empty = queries.contacts(st, "999999999999", CASE, "tracer-1", at=AT)
@@ -236,6 +236,8 @@ def test_http_api_same_answers_case_required_and_audited(loaded):
         token = Accounts(st).add_token("tracing-app", list(Permission), "test")
     auth = {"Authorization": f"Bearer {token}"}
     with WebServer(cfg, st) as api:
+        with st.connection():  # the console refuses personal reads outside an open case (collector/cases.py)
+            st.case_book.open(CASE, IDS["A"], "positive test", "tracer-1")
 
         def get(path):
             try:
@@ -321,6 +323,9 @@ def test_cli_queries_and_record_manual(tmp_path):
                           "0010900000 77", "--time", "2021-08-18T14:10:00Z", "--name", "Trên Giấy",
                           "--phone", "0900000077"))
     assert rec["device_id"] == "collector-hq" and rec["seq"] == 1 and rec["source"] == "paper"
+    assert "no case" in chot("contacts", CASE_ID, "--case", CASE, ok=False)  # not opened yet
+    assert json.loads(chot("case", "open", CASE, "--person", CASE_ID, "--reason", "positive test"))["status"] == "open"
+    assert [c["number"] for c in json.loads(chot("case", "list"))] == [CASE]
     res = json.loads(chot("contacts", CASE_ID, "--case", CASE, "--days", "14", "--window", "15",
                           "--at", "2021-08-20T12:00:00Z"))
     assert {_who(c) for c in res["contacts"]} == set(EXPECTED)
@@ -335,5 +340,8 @@ def test_cli_queries_and_record_manual(tmp_path):
     import getpass
 
     audit = json.loads(chot("audit", "--case", CASE))
-    assert [a["action"] for a in audit] == ["export", "contacts"] and {a["actor"] for a in audit} == {getpass.getuser()}
+    assert [a["action"] for a in audit] == ["export", "contacts", "case_open"]
+    assert {a["actor"] for a in audit} == {getpass.getuser()}
+    chot("case", "close", CASE)
+    assert "closed" in chot("export", "--case", CASE, ok=False)
     assert json.loads(chot("purge", "--days", "1"))["rows"] == len(PLAN) + 1  # everything is from 2021

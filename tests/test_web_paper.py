@@ -66,7 +66,8 @@ def test_staff_record_a_paper_declaration_at_their_checkpoint_once(console):
     with console.storage.connection():
         log = queries.paper_log(console.storage)
         assert [(x["recorded_by"], x["seq"], x["checkpoint"]) for x in log] == [("checkpoint_staff", 1, "market")]
-        # a tracer finds the person, with what the form held, as an unverified claim
+        # a tracer finds the person, with what the form held, as an unverified claim (within an open case)
+        console.storage.case_book.open("C-1", PERSON["id_number"], "paper declaration check", "tracer")
         v = queries.visits(console.storage, PERSON["id_number"], "C-1", "tracer")
     assert [x["source"] for x in v["unverified"]] == ["paper"] and v["verified"] == []
     person = v["unverified"][0]["person"]

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from chot.errors import ChotError
+from collector.cases import CaseBook
 from collector.queries import QueryError
 from collector.web.accounts import Accounts, LoginThrottle, Permission, Role
 from collector.web.i18n import LANGUAGE_NAMES, LANGUAGES, Lang, load_catalogues, pick_language
@@ -283,6 +284,7 @@ def create_app(cfg, storage, collector=None, accounts=None, throttle=None):
             hosts=allowed_hosts(cfg.http))
     app = ConsoleApp(title="Chot console", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.web = w
+    CaseBook(storage)  # storage.case_book: personal reads (pages and API) need an open case (collector/cases.py)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(auth.router)
     app.include_router(api.router)
