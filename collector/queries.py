@@ -22,7 +22,9 @@
 - `export_csv(storage, out, case, actor, start, end)` / `read_csv` / `import_csv`: events as CSV,
   clear columns only (EXPORT_COLUMNS, stable), and back.
 - `record_manual(storage, ...)`: a paper declaration stored as an event (source `paper`,
-  unverified): the ID number, name and phone encrypted, indexed as a claim.
+  unverified): the ID number, name and phone encrypted, indexed as a claim. A terminal's own
+  paper declarations (a staff card's window, device/paper.py) arrive as its events, source
+  `paper`; their rows show the staff member apart as `staff` {"card", "name"}.
 
 A person is what a tracer types: an ID number (`id:` optional) or `nd:NAME|YYYY-MM-DD` for a
 certificate without one (chot.personal.parse_person_query); it is looked up by its HMAC under
@@ -129,6 +131,11 @@ def _brief(e, keys=None):
     if keys is not None:
         obj, err = _decrypt(keys, e)
         out["person"] = obj["person"] if obj else None
+        if out["person"] and e.source == "paper" and "staff_card" in out["person"]:
+            # a paper declaration taken at a terminal with a staff card: who took it, apart from the person
+            person = dict(out["person"])
+            out["staff"] = {"card": person.pop("staff_card"), "name": person.pop("staff_name", None)}
+            out["person"] = person
         out["credential_id"] = obj.get("credential_id") if obj else None
         if err:
             out["personal_error"] = err
