@@ -128,6 +128,11 @@ def test_the_cli_card_png_decodes_to_the_signed_text_and_prints_nothing_personal
     card = read_card(text, public, datetime.now(UTC), CP)
     assert card.name == STAFF_NAME and card.checkpoints == [CP, "phuc-tan-gate-2"]
     assert card.id_hex in out and f"revoked:staff:{card.id_hex}" in out
+    # the line it prints is what the deny list input takes to revoke the card
+    from collector.signing import read_denylist_input
+
+    (tmp_path / "deny.txt").write_text(f"revoked:staff:{card.id_hex}\n")
+    assert read_denylist_input(tmp_path / "deny.txt") == ([], [card.revocation_id])
     assert card.expires - card.issued == 7 * 86400
     assert STAFF_NAME not in repr(card) and STAFF_NAME not in str(card)
     # a different key, or one byte changed, does not verify
