@@ -34,10 +34,12 @@ from collector.testing import make_keys
 from device.config import SCHEMA
 from device.credentials.denylist import DenyList
 from device.daemon import Terminal
+from device.io.feedback import Feedback
 from device.io.patterns import pin_states, signal_steps
 from device.scanner.decode import make_decoder
 from device.scanner.frames import Frame, load_gray
 from device.scanner.settings import ScannerSettings
+from device.uplink.outbox import Outbox
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV = "gate-1-in"
@@ -236,14 +238,11 @@ def test_offline_paper_declaration_reaches_the_collector_exactly_once(tmp_path, 
 
 
 def _term(tmp_path, fleet, mock_pins, **sections):
-    from device.uplink.outbox import Outbox
-
+    """A terminal with mock pins and its outbox, no uplink; frames are given to process_frame."""
+    tmp_path.mkdir(exist_ok=True)
     cfg = terminal_cfg(tmp_path, fleet, **sections)
-    outbox = Outbox.from_config(cfg)
-    from device.io.feedback import Feedback
-
-    term = Terminal(cfg, feedback=Feedback(cfg.pins, cfg.feedback, pin_factory=mock_pins), outbox=outbox)
-    return term
+    return Terminal(cfg, feedback=Feedback(cfg.pins, cfg.feedback, pin_factory=mock_pins),
+                    outbox=Outbox.from_config(cfg))
 
 
 def _after_card(term, card_text, id_text):
@@ -332,6 +331,13 @@ def test_a_terminal_with_paper_disabled_or_without_a_sealing_key_refuses_cards(t
         term.cooldown._last.clear()
         scan, kind, event = _after_card(term, text, "001090000006")
         assert (scan.reason, kind, event["source"]) == ("no_seal_key", "fault", "camera")
+    finally:
+        term.close()
+    # a collector key that cannot be read: no card can be checked
+    term = _term(tmp_path / "nokey", fleet, mock_pins, mqtt={"collector_public_key": str(tmp_path / "missing.pem")})
+    try:
+        scan, kind, event = _after_card(term, text, "001090000007")
+        assert (scan.reason, kind, event["source"]) == ("no_collector_key", "fault", "camera")
     finally:
         term.close()
 
