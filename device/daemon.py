@@ -21,6 +21,10 @@ says so (`clock.behind`), time-dependent checks fail closed with `clock_behind` 
 the terminal, not the person, is at fault) and the status LED shows `clock_behind`. Signed lists
 past their expiry or older than `policy.max_list_age_h` make the terminal `stale` (status LED and
 the retained status: `stale`, `lists`, `clock_behind`).
+
+Paper at the gate (device/paper.py): a staff card (`CHOTSTAFF:`) makes no event; when valid it opens
+a window in which the next unsigned identity claim is recorded with source `paper`, the staff
+member sealed with the person.
 """
 
 import logging
