@@ -118,6 +118,16 @@ def register(sub):
     c.add_argument("--dob", help="birth date YYYY-MM-DD (with --name, when there is no ID number)")
     c.add_argument("--refused", action="store_true", help="the person was turned away (decision FAIL)")
 
+    c = cmd("staff-card", _staff_card, "make a staff card: a signed QR (PNG) with which a staff member records "
+            "paper declarations at their checkpoints' terminals, offline (docs/terminal.md)")
+    c.add_argument("name", help="the staff member's name (on the card, signed; never printed here or logged)")
+    c.add_argument("--checkpoint", action="append", required=True, metavar="CP",
+                   help="a checkpoint where the card opens a paper window (repeat for several)")
+    c.add_argument("--days", type=float, default=30.0, help="days until it expires (default 30, at most 366)")
+    c.add_argument("--out", "-o", required=True, help="the PNG to write (the QR code)")
+    c.add_argument("--key", help="the collector's signing key (default collector.signing_key of --config)")
+    c.add_argument("--scale", type=int, default=8, help="pixels per QR module (default 8)")
+
     c = cmd("purge", _purge, "delete events older than collector.retention_days now (run does it periodically)")
     c.add_argument("--days", type=float, help="older than this many days (default collector.retention_days)")
 
@@ -466,6 +476,30 @@ def _record_manual(args):
         ),
         True,
     )
+
+
+def _staff_card(args):
+    import segno
+
+    from chot.errors import CollectorError
+    from chot.staffcard import StaffCardError, make_card
+    from collector.signing import load_signing_key
+
+    key = load_signing_key(args.key or _cfg(args).collector.signing_key)
+    try:
+        text, card = make_card(key, args.name, args.checkpoint, days=args.days)
+    except StaffCardError as exc:
+        raise CollectorError(str(exc)) from None
+    qr = segno.make_qr(text, error="m")
+    qr.save(args.out, scale=max(1, args.scale), border=4)
+    from datetime import UTC, datetime
+
+    expires = datetime.fromtimestamp(card.expires, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"staff card {card.id_hex} written to {args.out} (QR version {qr.version}, {len(text)} characters)")
+    print(f"checkpoints: {', '.join(card.checkpoints)}; expires {expires}")
+    print(f"to revoke it: add the line `revoked:staff:{card.id_hex}` to the deny list input and publish it "
+          "(chot collector publish-denylist)")
+    return 0
 
 
 def _export(args):

@@ -26,7 +26,9 @@
 - `record_manual(storage, ...)`: a paper declaration stored as an event (source `paper`,
   unverified): the ID number, name and phone encrypted, indexed as a claim; who entered it in
   the `chot_paper` table (`recorded_by`, clear), with the form's one-time token (a double
-  submit stores once). `check_paper_person(...)`: the form's validation.
+  submit stores once). `check_paper_person(...)`: the form's validation. A terminal's own
+  paper declarations (a staff card's window, device/paper.py) arrive as its events, source
+  `paper`; their rows show the staff member apart as `staff` {"card", "name"}.
 
 A person is what a tracer types: an ID number (`id:` optional) or `nd:NAME|YYYY-MM-DD` for a
 certificate without one (chot.personal.parse_person_query); it is looked up by its HMAC under
@@ -168,6 +170,11 @@ def _brief(e, keys=None):
     if keys is not None:
         obj, err = _decrypt(keys, e)
         out["person"] = obj["person"] if obj else None
+        if out["person"] and e.source == "paper" and "staff_card" in out["person"]:
+            # a paper declaration taken at a terminal with a staff card: who took it, apart from the person
+            person = dict(out["person"])
+            out["staff"] = {"card": person.pop("staff_card"), "name": person.pop("staff_name", None)}
+            out["person"] = person
         out["credential_id"] = obj.get("credential_id") if obj else None
         if err:
             out["personal_error"] = err

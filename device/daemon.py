@@ -21,6 +21,10 @@ says so (`clock.behind`), time-dependent checks fail closed with `clock_behind` 
 the terminal, not the person, is at fault) and the status LED shows `clock_behind`. Signed lists
 past their expiry or older than `policy.max_list_age_h` make the terminal `stale` (status LED and
 the retained status: `stale`, `lists`, `clock_behind`).
+
+Paper at the gate (device/paper.py): a staff card (`CHOTSTAFF:`) makes no event; when valid it opens
+a window in which the next unsigned identity claim is recorded with source `paper`, the staff
+member sealed with the person.
 """
 
 import logging
@@ -33,11 +37,13 @@ from datetime import UTC, datetime
 from chot import __version__
 from chot.errors import ChotError, OutboxError
 from chot.personal import Sealer
+from chot.staffcard import is_staff_text
 from chot.wire import Format
 from device.clock import clock_quality, utc_now_iso
 from device.cooldown import Cooldown
 from device.credentials.policy import Checker, Policy
 from device.credentials.result import Decision, Verification
+from device.paper import PaperGate, is_identity_claim
 from device.scanner.assemble import ChunkAssembler
 from device.scanner.decode import make_decoder
 from device.systemd import Notifier
@@ -143,6 +149,7 @@ class Terminal:
         # no personal data in clear; the Verification holds it in memory only (never print it).
         self.decisions = []
         self.on_decision = None  # optional callable(event, decision, verification)
+        self.paper = PaperGate(cfg)  # staff cards and the paper window (device/paper.py)
         if self.feedback is not None and hasattr(self.feedback, "on_manual"):
             self.feedback.on_manual(self.record_manual)
 
@@ -197,7 +204,15 @@ class Terminal:
             if self.cooldown.seen("t:" + text, mono):
                 continue
             at, clock = self._clock_reading()
+            if is_staff_text(text):  # a staff card: opens a paper window or is refused; no event
+                self._signal_kind(self.paper.signal_of(self.paper.scan(text, at, clock, self.checker, self.sealer)))
+                continue
             verification, decision = self.checker.check(text, at, clock_behind=bool(clock.get("behind")))
+            card = self.paper.window.current()
+            if card is not None and is_identity_claim(verification, is_verified(verification)):
+                event = self._record_paper(card, verification, at, clock)
+                events += [event] if event is not None else []
+                continue
             pid = verification.person_id
             # The same person with another code within the cooldown. A verified credential and an
             # unverified claim of the same person are kept apart: a claim never hides a credential.
@@ -253,21 +268,26 @@ class Terminal:
             self._show_status()
         return behind, stale
 
-    def _seal(self, uuid, verification):
-        """The sealed personal part of an event, or None (no person, or no sealing key)."""
+    def _seal(self, uuid, verification, person_extra=None):
+        """The sealed personal part of an event, or None (no person, or no sealing key).
+
+        `person_extra`: fields added to the person's (a paper declaration's staff member)."""
         if verification is None or not (verification.person or verification.person_id):
             return None
         sealer = self.sealer
         if sealer is None:
             return None
+        person = dict(verification.person, **person_extra) if person_extra else verification.person
         try:
-            return sealer.seal(uuid, verification.person, verification.person_id, verification.credential_id)
+            return sealer.seal(uuid, person, verification.person_id, verification.credential_id)
         except ValueError as exc:  # too large: the event is still recorded, without it (says no more)
             log.warning("personal part not sealed (%s): the event is recorded without it", exc)
             return None
 
-    def _record(self, decision, verification, source, at=None, clock=None):
-        """Commit the event, then give feedback. Fails closed when the outbox cannot take it."""
+    def _record(self, decision, verification, source, at=None, clock=None, person_extra=None, signal=None):
+        """Commit the event, then give feedback. Fails closed when the outbox cannot take it.
+
+        `signal`: the feedback pattern when it is recorded (default: from the decision)."""
         if at is None:
             at, clock = self._clock_reading()
         uuid = str(uuidlib.uuid4())
@@ -282,7 +302,7 @@ class Terminal:
             "decision": decision.decision,
             "reason": decision.reason,
             "verified": is_verified(verification),
-            "sealed": self._seal(uuid, verification),
+            "sealed": self._seal(uuid, verification, person_extra),
         }
         try:
             with self._lock:
@@ -302,7 +322,10 @@ class Terminal:
         if self._faulted:  # the outbox takes events again
             self._faulted = False
             self.set_health(self._uplink_state)
-        self._signal(decision)
+        if signal is not None:
+            self._signal_kind(signal)
+        else:
+            self._signal(decision)
         log.info("seq %d %s %s (%s)", event["seq"], decision.decision, decision.reason, fields["format"])
         if self.link is not None:
             self.link.wake()
@@ -310,8 +333,11 @@ class Terminal:
         return event
 
     def _signal(self, decision):
+        self._signal_kind(feedback_kind(decision))
+
+    def _signal_kind(self, kind):
         if self.feedback is not None:
-            self.feedback.signal(feedback_kind(decision))
+            self.feedback.signal(kind)
 
     def _report(self, event, decision, verification):
         self.decisions.append((event, decision, verification))
@@ -319,6 +345,16 @@ class Terminal:
             del self.decisions[0]
         if self.on_decision is not None:
             self.on_decision(event, decision, verification)
+
+    def _record_paper(self, card, verification, at, clock):
+        """A paper declaration in the open window of staff card `card`: source `paper`, the staff sealed."""
+        self.paper.window.close()  # one card scan, one declaration (even when the outbox refuses it)
+        fmt = verification.format
+        event = self._record(Policy.manual(), verification, source="paper", at=at, clock=clock,
+                             person_extra=self.paper.staff_fields(card), signal="paper")
+        if event is not None:
+            log.warning("paper declaration seq %d (%s) taken with staff card %s", event["seq"], fmt, card.id_hex)
+        return event
 
     def record_manual(self):
         """The guard's button: a person checked on paper passes, recorded with source `manual`."""

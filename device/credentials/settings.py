@@ -31,6 +31,11 @@ class PolicySettings(Settings):
     fail_on_contact: bool = setting(True, help="a declaration with contact with a case fails")
     fail_on_travel: bool = setting(False, help="a declaration with travel from an outbreak area fails")
     accept_plain: bool = setting(False, help="unsigned QR texts (an ID, a link) pass")
+    paper_window_s: float = setting(
+        60.0, min=0.0, max=600.0,
+        help="a valid staff card opens a window this long for one paper declaration (source paper); 0: staff "
+        "cards are refused",
+    )
     accept_formats: list[Literal["native", "dcc", "shc", "plain"]] = setting(
         ["native", "dcc", "shc"], help="signed formats accepted"
     )

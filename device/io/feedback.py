@@ -168,7 +168,7 @@ class Feedback:
                 dev.off()
 
     def signal(self, kind):
-        """Start pattern `kind` ("pass", "fail", "unreadable", "unsigned", "fault") and return at once.
+        """Start pattern `kind` (one of patterns.SIGNALS, e.g. "pass", "fail", "staff", "paper") and return at once.
 
         The pattern's first states are switched on before this returns; the worker thread
         plays the rest.

@@ -11,6 +11,10 @@ is what tests compare with the mock pins' `states`. `timeline(steps)` flattens a
 - unreadable:  red blinks `unreadable_blinks` times (`unreadable_blink_s`); one long beep
   `unreadable_beep_s` (also used for unsigned codes)
 - fault:       fail closed: red fast blink (`fault_blink_s`) and one beep, both for `fault_s`
+- staff:       a staff card opened a paper window: green blinks 3 times (`unreadable_blink_s`),
+  two short beeps (`pass_beep_s`); no relay (the card lets nobody through)
+- paper:       a paper declaration recorded: green `pass_led_s` once and the relay pulse `relay_s`
+  like a pass, with two long beeps (4 x `pass_beep_s`) so the guard hears it was paper
 
 The status LED repeats a list of (on_s, off_s) cycles until the state changes:
 ok = one short flash per `heartbeat_s`, fault = fast even blink (`fault_blink_s`),
@@ -27,7 +31,7 @@ from chot.config import rules, validate
 Step = namedtuple("Step", "device on_s off_s n")
 Step.__doc__ = "One device of a signal: on `on_s`, off `off_s`, `n` times."
 
-SIGNALS = ("pass", "fail", "unreadable", "unsigned", "fault")
+SIGNALS = ("pass", "fail", "unreadable", "unsigned", "fault", "staff", "paper")
 STATUSES = ("ok", "fault", "uplink_down", "stale", "clock_behind", "off")
 SIGNAL_DEVICES = ("pass_led", "fail_led", "buzzer", "relay")
 
@@ -65,6 +69,12 @@ def signal_steps(kind, fb):
     elif kind == "fault":
         blinks = max(1, round(fb.fault_s / (2 * fb.fault_blink_s)))
         steps = [Step("fail_led", fb.fault_blink_s, fb.fault_blink_s, blinks), Step("buzzer", fb.fault_s, 0.0, 1)]
+    elif kind == "staff":
+        steps = [Step("pass_led", fb.unreadable_blink_s, fb.unreadable_blink_s, 3),
+                 Step("buzzer", fb.pass_beep_s, fb.pass_beep_s, 2)]
+    elif kind == "paper":
+        steps = [Step("pass_led", fb.pass_led_s, 0.0, 1), Step("relay", fb.relay_s, 0.0, 1),
+                 Step("buzzer", 4 * fb.pass_beep_s, 2 * fb.pass_beep_s, 2)]
     else:
         raise ValueError(f"unknown signal {kind!r}; allowed: {', '.join(SIGNALS)}")
     return steps
