@@ -254,7 +254,7 @@ def _tracer(page, console, tmp_path):
     shot(page, "tracer-contacts-notified")
     _sign_out(page, console)
     shot(page, "signed-out")
-    r = page.goto(f"{url}/cases/{CASE}/contacts")  # signed out: back to the login form
+    page.goto(f"{url}/cases/{CASE}/contacts")  # signed out: back to the login form
     assert "/login" in page.url and B["name"] not in page.content()
 
 
