@@ -294,6 +294,24 @@ def _officer(page, console):
     assert page.locator("#dev-gate-2-in").count() == 1
     assert page.locator("#dev-gate-1-in").count() == 0 and page.locator("#dev-gate-1-out").count() == 0
     shot(page, "officer-fleet")
+    # the tracer's case at the market: none of its people's visits or contacts (not the officer's checkpoint)
+    for path in (f"/person?case={CASE}&q={A['id_number']}", f"/cases/{CASE}/contacts?days=1&window=15"):
+        page.goto(console.url + path)
+        body = _texts(page)
+        assert not [n for n in (A["name"], B["name"], B["phone"], MARKET) if n in body], path
+    shot(page, "officer-market-case")
+    # their own case, at the station: D's timeline
+    page.goto(console.url + "/cases")
+    page.fill("#number", CASE + "-GA")
+    page.fill("#person", D["id_number"])
+    page.fill("#reason", "Tiếp xúc tại ga")
+    page.click("form[action='/cases'] button[type=submit]")
+    page.wait_for_url(f"{console.url}/cases/{CASE}-GA")
+    page.click("text=Các lượt qua chốt của ca nguồn")
+    page.wait_for_selector("section.person h2")
+    assert D["name"] in page.locator("section.person h2").inner_text()
+    assert page.locator("section.person table tbody tr").count() == 1
+    shot(page, "officer-person")
     _sign_out(page, console)
 
 
