@@ -22,12 +22,15 @@ import io
 import json
 import threading
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import openpyxl
 from browser import fits_phone, shot, sign_in
 from uplink_helpers import terminal_cfg, wait_until
 from web_helpers import PASSWORD, Console
 
+from collector.signing import keygen
+from collector.storage import parse_time
 from collector.subscriber import Collector
 from collector.testing import collector_config, make_keys
 from collector.web import WebServer
@@ -36,6 +39,7 @@ from device.credentials import keys as issuer_keys
 from device.credentials.issue_cli import issue_declaration, render
 from device.daemon import Terminal
 
+ZONE = ZoneInfo("Asia/Ho_Chi_Minh")  # the console's default zone
 MARKET, STATION = "cho-ben-thanh", "ga-sai-gon"
 CASE = "HCM-2026-1206-01"
 FAST_FEEDBACK = {
@@ -88,13 +92,14 @@ def _frames(folder, texts, tmp):
     return n
 
 
-def _terminal(tmp_path, port, device_id, issuer_pub, seal_pub, issuer):
+def _terminal(tmp_path, port, device_id, issuer_pub, seal_pub, issuer, collector_pub):
     checkpoint, direction, seen = TERMINALS[device_id]
     now = datetime.now(UTC)
     texts = [s if isinstance(s, str) else issue_declaration(issuer, s, issued_at=now - timedelta(minutes=5))
              for s in seen]
     n = _frames(tmp_path / f"frames-{device_id}", texts, tmp_path / "qr")
-    cfg = terminal_cfg(tmp_path, port, device_id=device_id, status_interval_s=2.0, sections={
+    cfg = terminal_cfg(tmp_path, port, device_id=device_id, status_interval_s=2.0,
+                       collector_public_key=str(collector_pub), sections={
         "device": {"checkpoint": checkpoint, "direction": direction},
         "scanner": {"source": "files", "path": str(tmp_path / f"frames-{device_id}"), "cooldown_s": 60.0},
         "pins": {"factory": "mock", "relay": "GPIO23", "button": "GPIO24"},
@@ -112,8 +117,9 @@ def _texts(page):
 
 def test_console_end_to_end_on_a_collector_fed_by_terminals(tmp_path, broker, page):
     make_keys(tmp_path / "keys")
+    signing_key, signing_pub = keygen(tmp_path / "signing")  # acks and lists signed, the key pinned on terminals
     cfg = collector_config(f"sqlite:///{tmp_path}/collector.db", port=broker.port, key_dir=tmp_path / "keys",
-                           http={"enabled": True, "port": 0})
+                           collector={"signing_key": str(signing_key)}, http={"enabled": True, "port": 0})
     issuer = issuer_keys.generate("ed25519")
     _priv, issuer_pub = issuer_keys.save_keypair(issuer, tmp_path / "issuer")
     terms, threads = [], []
@@ -132,7 +138,7 @@ def test_console_end_to_end_on_a_collector_fed_by_terminals(tmp_path, broker, pa
         try:
             for device_id in TERMINALS:
                 term, frames = _terminal(tmp_path, broker.port, device_id, issuer_pub,
-                                         tmp_path / "keys" / "seal.pub", issuer)
+                                         tmp_path / "keys" / "seal.pub", issuer, signing_pub)
                 terms.append(term)
                 threads.append(threading.Thread(target=term.run, kwargs={"max_frames": frames}, daemon=True))
             for t in threads:
@@ -156,7 +162,10 @@ def test_console_end_to_end_on_a_collector_fed_by_terminals(tmp_path, broker, pa
             _tracer(page, console, tmp_path)
             _staff(page, console)
             _officer(page, console)
-            _viewer(page, console)
+            with col.storage.connection():  # the local day of the scans (the traffic page's day)
+                first = E.select(E.time).where(E.source == "camera").order_by(E.time).first().time
+            day = parse_time(first).replace(tzinfo=UTC).astimezone(ZONE).date()
+            _viewer(page, console, day)
             _admin(page, console)
         finally:
             if server is not None:
@@ -315,7 +324,7 @@ def _officer(page, console):
     _sign_out(page, console)
 
 
-def _viewer(page, console):
+def _viewer(page, console, day):
     url = console.url
     sign_in(page, console, "viewer")
     seen = [_texts(page)]
@@ -331,6 +340,9 @@ def _viewer(page, console):
     shot(page, "viewer-fleet")
     page.click("nav >> text=Lưu lượng")
     page.wait_for_url(url + "/traffic*")
+    page.fill("#day", day.isoformat())
+    page.click("button:has-text('Xem')")
+    page.wait_for_url(f"{url}/traffic?day={day.isoformat()}*")
     # today's counts: three in at the market (and the paper declaration), two out; one in and one refused
     # at the station
     market = page.locator(f'section.checkpoint[data-checkpoint="{MARKET}"] tfoot th').all_text_contents()
@@ -342,7 +354,7 @@ def _viewer(page, console):
     seen.append(_texts(page))
     assert fits_phone(page)
     shot(page, "viewer-traffic")
-    for path in ("/api/fleet", "/api/stats", "/api/traffic"):
+    for path in ("/api/fleet", "/api/stats", f"/api/traffic?day={day.isoformat()}"):
         r = page.goto(url + path)
         assert r.status == 200, f"{path}: {r.status}"
         seen.append(json.dumps(r.json(), ensure_ascii=False))
