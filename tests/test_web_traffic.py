@@ -145,3 +145,21 @@ def test_traffic_bounds_answer_400_naming_the_limit(console_sqlite):
         r = viewer.get(path)
         assert r.status_code == 400 and limit in r.json()["error"], (path, r.text)
     assert viewer.get(f"/traffic?day={today.isoformat()}").status_code == 200
+
+
+def test_chart_gridlines_are_labelled_with_the_value_at_their_height():
+    """A day whose busiest hour had 4 people: the gridline labelled 3 is where a bar of 3 ends (it was at 3.75)."""
+    from types import SimpleNamespace
+
+    from collector.web.pages.traffic import chart
+
+    lang = SimpleNamespace(gettext=lambda s: s)
+    for most, values in ((4, [0, 1, 2, 3, 4, 5]), (9, [0, 2, 4, 6, 8, 10]), (17, [0, 5, 10, 15, 20]),
+                         (33, [0, 10, 20, 30, 40, 50]), (99, [0, 20, 40, 60, 80, 100])):
+        hours = [{"label": f"{h:02d}:00", "in": most if h == 7 else 0, "out": 0, "refused": 0} for h in range(24)]
+        c = chart(hours, lang)
+        assert [g["value"] for g in c["grid"]] == values
+        bar = next(b for b in c["bars"] if b["cls"] == "in" and b["title"].startswith("07:00"))
+        bottom, unit = bar["y"] + bar["h"], bar["h"] / most
+        for g in c["grid"]:  # a bar of a gridline's value would end on that gridline
+            assert abs((bottom - g["y"]) - unit * g["value"]) < 0.3, (most, g)

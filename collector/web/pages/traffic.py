@@ -57,7 +57,9 @@ def chart(hours, lang):
                          "title": f"{h['label']} · {lang.gettext(label)}: {n}"})
         if i % 3 == 0:
             labels.append({"x": round(LEFT + i * gw + gw / 2, 1), "text": h["label"]})
-    grid = [{"y": round(TOP + plot_h - plot_h * f, 1), "value": int(top * f)} for f in (0, 0.25, 0.5, 0.75, 1)]
+    # gridlines at whole values (top is 1, 2 or 5 x 10^n, at least 5): fifths of 5 and 10, quarters of 20
+    parts = 4 if str(top)[0] == "2" else 5
+    grid = [{"y": round(TOP + plot_h - plot_h * k / parts, 1), "value": top * k // parts} for k in range(parts + 1)]
     return {"w": W, "h": H, "left": LEFT, "right": W - RIGHT, "bars": bars, "labels": labels, "grid": grid,
             "label_y": H - 6}
 
