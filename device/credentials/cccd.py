@@ -3,7 +3,8 @@
 The QR code on a chip ID card holds `|`-separated text, no signature (the chip's signed data
 is read over NFC, not from the QR):
 
-    <12-digit ID>|<old 9-digit CMND, may be empty>|<full name>|<birth date DDMMYYYY>|<sex>|<permanent address>|<issue date DDMMYYYY>
+    <12-digit ID>|<old 9-digit CMND, may be empty>|<full name>|<birth date DDMMYYYY>|<sex>
+        |<permanent address>|<issue date DDMMYYYY>          (one line)
 
 Variants tolerated (docs/credentials.md):
 

@@ -19,6 +19,8 @@ A format (`CredentialFormat`) says:
 - `accept(cfg) -> "pass" | "see_guard" | "fail"`: what the policy section allows for it;
 - `rules(v, cfg, at) -> reason | None`: the format's own rules for a credential that verified;
 - `trust_sources(cfg) -> [paths]` and `configure(cfg)`: trust material and settings to load at start-up;
+  `load_trust_json(store, obj, path) -> count`: read a JSON trust file that is the format's own
+  (a DCC trust list, an SHC jwks.json or CRL) into a TrustStore, 0 when it is not;
 - `chunk(text) -> Chunk | None` and `join(bodies) -> text`: codes split over several QR symbols.
 
 No lookup by string or import by name: the list is static. `ChunkAssembler` (pure logic, the
@@ -76,6 +78,8 @@ class CredentialFormat(Protocol):
 
     def configure(self, cfg) -> None: ...
 
+    def load_trust_json(self, store, obj, path) -> int: ...
+
     def chunk(self, text) -> Chunk | None: ...
 
     def join(self, bodies) -> str: ...
@@ -109,6 +113,9 @@ class BaseFormat:
 
     def configure(self, cfg):
         return None
+
+    def load_trust_json(self, store, obj, path):
+        return 0
 
     def chunk(self, text):
         return None
@@ -176,6 +183,9 @@ class DccFormat(BaseFormat):
         if getattr(cfg, "dcc_schema_dir", None):
             use_dcc_schemas(cfg.dcc_schema_dir)
 
+    def load_trust_json(self, store, obj, path):
+        return dcc.load_trust_json(store, obj)
+
 
 class ShcFormat(BaseFormat):
     name, prefix = "shc", shc.PREFIX
@@ -191,6 +201,9 @@ class ShcFormat(BaseFormat):
 
     def trust_sources(self, cfg):
         return list(getattr(cfg, "shc_crl", None) or [])
+
+    def load_trust_json(self, store, obj, path):
+        return shc.load_trust_json(store, obj, path)
 
     def chunk(self, text):
         c = shc.parse_chunk(text)
