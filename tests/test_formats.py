@@ -494,6 +494,9 @@ def test_the_same_person_by_id_card_and_by_declaration_is_one_person_for_tracing
         assert [(v["format"], v["reason"], v["verified"]) for v in res["unverified"]] == [
             ("cccd", "see_guard", False)]
         assert res["unverified"][0]["person"]["name"] == person["name"]
+        assert res["unverified"][0]["guard_confirmed"] is False  # the guard confirmed the other person only
+        other_visits = queries.visits(st, other["id_number"], "case-13", "tracer-1")
+        assert [(v["reason"], v["guard_confirmed"]) for v in other_visits["unverified"]] == [("see_guard", True)]
         assert res["person"]["name"] == person["name"]  # the record is the verified declaration's
         E = st.Event
         rows = list(E.select().where(E.device_id == "gate-1-in").order_by(E.seq))
