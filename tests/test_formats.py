@@ -504,3 +504,29 @@ def test_the_same_person_by_id_card_and_by_declaration_is_one_person_for_tracing
             (1, "ok", None), (2, "see_guard", None), (3, "see_guard", None), (4, "guard_confirmed", 3)]
         assert rows[3].refers_uuid == rows[2].uuid and rows[3].personal is None
     assert col.stats()["rejected_total"] == 0
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+def test_a_version_3_database_gets_the_refers_to_columns(tmp_path, db, request):
+    from collector.storage import SCHEMA_VERSION, Storage
+    from collector.testing import make_event
+
+    url = f"sqlite:///{tmp_path / 'collector.db'}" if db == "sqlite" else request.getfixturevalue("pg_dsn")
+    with Storage(url) as st:
+        st.store_batch([make_event("d1", 1, fmt="cccd", decision="FAIL", reason="see_guard")])
+        first_uuid = st.Event.get(st.Event.seq == 1).uuid
+        for col in ("refers_seq", "refers_uuid"):  # the layout of schema version 3
+            st.db.execute_sql(f'ALTER TABLE "chot_event" DROP COLUMN "{col}"')
+        st.SchemaVersion.delete().execute()
+        st.SchemaVersion.create(version=3, applied_at=datetime(2021, 8, 1))
+    with Storage(url) as st:
+        assert SCHEMA_VERSION == 4 and st.schema_version() == 4 and st.event_count() == 1
+        confirm = make_event("d1", 2, fmt="cccd", source="manual", reason="manual")
+        confirm = wire.event_from_dict({**wire.to_dict(confirm), "reason": "guard_confirmed",
+                                        "refers_to": {"seq": 1, "uuid": first_uuid}})
+        st.store_batch([confirm])
+        row = st.Event.get(st.Event.seq == 2)
+        assert (row.refers_seq, row.refers_uuid, row.reason) == (1, first_uuid, "guard_confirmed")
+        assert st.Event.get(st.Event.seq == 1).refers_seq is None
+    with Storage(url) as st:  # opening again changes nothing
+        assert st.migrate() == 4 and st.event_count() == 2
