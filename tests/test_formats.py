@@ -19,15 +19,18 @@ import cv2
 import numpy as np
 import pytest
 import segno
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from uplink_helpers import wait_until
 
 from chot import wire
 from chot.config import validate
-from chot.personal import Opener, generate_seal_keys, person_id_for_id
+from chot.personal import PERSON_FIELDS, Opener, generate_seal_keys, person_id_for_id
 from device.config import SCHEMA
 from device.credentials import bounds, cccd, formats, keys, pccovid
 from device.credentials.issue_cli import issue_declaration, make_test_identities
 from device.credentials.policy import Checker
+from device.credentials.reasons import REASONS
 from device.credentials.verify import format_of, verify_text
 from device.daemon import Terminal
 from device.io.patterns import pin_states, signal_steps
@@ -530,3 +533,27 @@ def test_a_version_3_database_gets_the_refers_to_columns(tmp_path, db, request):
         assert st.Event.get(st.Event.seq == 1).refers_seq is None
     with Storage(url) as st:  # opening again changes nothing
         assert st.migrate() == 4 and st.event_count() == 2
+
+
+# ---------------------------------------------------------------- fuzzing the two readers
+
+_FIELD = st.one_of(st.text(max_size=40), st.from_regex(r"[0-9* ./-]{0,14}", fullmatch=True),
+                   st.sampled_from(["Nam", "Nữ", "0", "1", "", " ", "001090012345", "02011990", "****-**-02"]))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_FIELD, min_size=4, max_size=14), st.sampled_from(["", "001090012345", "********2345"]))
+def test_fuzzed_card_shaped_texts_never_raise_and_name_nobody_unless_valid(fields, first):
+    text = "|".join([first, *fields]) if first else "|".join(fields)
+    v, d = Checker().check(text, AT)
+    assert not (v.detail or "").startswith("internal error"), v.detail
+    assert v.format in ("cccd", "pccovid", "plain", "unknown")
+    assert d.reason in REASONS and (v.reason is None or v.reason in REASONS)
+    assert set(v.person) <= set(PERSON_FIELDS)
+    if v.format in ("cccd", "pccovid"):
+        assert d.decision == "FAIL" and v.steps["signature"] is not True  # a claim never passes by default
+        if v.steps["fields"] is not True:
+            assert v.person == {} and v.person_id is None and d.reason in ("bad_id_number", "bad_date", "malformed")
+        else:
+            assert d.reason == "see_guard"
+            assert v.person_id.startswith("id:" if v.format == "cccd" else "pcq:")
