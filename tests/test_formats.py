@@ -557,3 +557,17 @@ def test_fuzzed_card_shaped_texts_never_raise_and_name_nobody_unless_valid(field
         else:
             assert d.reason == "see_guard"
             assert v.person_id.startswith("id:" if v.format == "cccd" else "pcq:")
+
+
+def test_see_the_guard_is_amber_on_an_rgb_led(mock_pins):
+    from device.io.feedback import Feedback
+
+    red, green, blue = (mock_pins.pin(n) for n in ("GPIO12", "GPIO13", "GPIO19"))
+    with Feedback({"rgb_led": ["GPIO12", "GPIO13", "GPIO19"], "buzzer": "GPIO22"}, FAST_FEEDBACK) as f:
+        f.signal("guard")
+        assert f.rgb_led.value == (1, 1, 0)  # red and green together, switched before signal() returns
+        assert f.wait_idle(10)
+        assert [bool(s.state) for s in red.states] == [False, True, False]
+        assert [bool(s.state) for s in green.states] == [False, True, False]
+        assert [bool(s.state) for s in blue.states] == [False]
+        assert [bool(s.state) for s in f.buzzer.pin.states] == [False] + [True, False] * FAST_FEEDBACK["guard_beeps"]
