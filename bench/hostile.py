@@ -356,6 +356,19 @@ def bombs(iss: Issuers):
     out.append(("plain", "8 KiB of one digit", "1" * MAX_TEXT))
     for fmt, prefix in (("dcc", "HC1:"), ("native", native.PREFIX), ("shc", "shc:/"), ("plain", "")):
         out.append((fmt, "oversized", prefix + "0" * (MAX_TEXT * 4)))
+    # identity claims (issue 13): the shapes a card or PC-Covid code is recognised by, at their worst
+    card = "001090012345|123456789|Nguyễn Văn An|02011990|Nam|Số 12 Phố Huế, Hà Nội|15042021"
+    out.append(("cccd", "a card", card))
+    out.append(("cccd", "8 KiB of fields", ("001090012345" + "|" * MAX_TEXT)[:MAX_TEXT]))
+    out.append(("cccd", "8 KiB address", (card.replace("Hà Nội", "Hà Nội" * MAX_TEXT))[:MAX_TEXT]))
+    out.append(("cccd", "8 KiB spaces in fields", "001090012345|" + "|".join([" " * 1300] * 6)))
+    out.append(("cccd", "8 KiB digits ID", ("1" * (MAX_TEXT - 100)) + "|1|a|02011990|Nam|x|15042021"))
+    out.append(("cccd", "oversized", card + "|" + "9" * (MAX_TEXT * 4)))
+    pc = "********2345|NGUYEN VAN AN|****-**-02|0|A1b2C3d4E5|"
+    out.append(("pccovid", "a code", pc))
+    out.append(("pccovid", "8 KiB name", "****2345|" + "A" * (MAX_TEXT - 40) + "|****-**-02|0|A1b2C3d4E5|"))
+    out.append(("pccovid", "8 KiB extra", (pc + "x" * MAX_TEXT)[:MAX_TEXT]))
+    out.append(("pccovid", "oversized", pc + "x" * (MAX_TEXT * 4)))
     return out
 
 
@@ -379,6 +392,10 @@ def random_inputs(iss: Issuers, rng: random.Random, n: int):
         out.append(("shc", "random payload (signed)", iss.shc_text(rng.randbytes(rng.choice((16, 512, 2048))), True,
                                                                      raw=True)))
         out.append(("plain", "random text", "".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(size()))))
+        fields = ["".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(size() // 8)) for _ in range(7)]
+        out.append(("cccd", "random fields", "|".join(["001090012345", *fields])[:MAX_TEXT]))
+        out.append(("pccovid", "random fields", "|".join([f"****{rng.randrange(10**4):04d}", fields[0], "****-**-02",
+                                                          "0", fields[1], fields[2]])[:MAX_TEXT]))
     return out
 
 

@@ -23,7 +23,7 @@ from bench.common import PI4_ASSUMPTION, Area, percentile, pi4_time, progress
 log = logging.getLogger(__name__)
 
 GOAL_MS = 50.0
-FORMATS = ("native", "dcc", "shc", "plain")
+FORMATS = ("native", "dcc", "shc", "cccd", "pccovid", "plain")
 SIZES = {"smoke": (3, 1), "quick": (100, 3), "full": (400, 5)}  # random inputs per format, rounds
 
 

@@ -183,7 +183,7 @@ def _column_values(ch, sqlite):
         "boot_id": r("boot"), "mono_ns": seqs, "source": r("camera"), "format": r("native"), "decision": r("PASS"),
         "reason": r("ok"), "verified": r(true), "person_key": ch["key"], "claim_key": r(null),
         "personal": ch["personal"], "sealed": r(null), "seal_error": r(null), "received_at": t,
-        "time_corrected": t, "clock_flag": r("ok"),
+        "time_corrected": t, "clock_flag": r("ok"), "refers_seq": r(null), "refers_uuid": r(null),
     }
 
 

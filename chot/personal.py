@@ -106,6 +106,17 @@ def person_id_for_name_dob(name, dob):
     return f"nd:{folded}|{dob}"
 
 
+_QID_RE = re.compile(r"[A-Za-z0-9_-]{4,64}")
+
+
+def person_id_for_qid(qid):
+    """The person id of a PC-Covid personal QR's QID: 'pcq:<QID>' (its masked ID cannot name anybody)."""
+    qid = str(qid).strip()
+    if not _QID_RE.fullmatch(qid):
+        raise ValueError("a PC-Covid QID is 4 to 64 letters, digits, '-' or '_'")
+    return "pcq:" + qid
+
+
 def parse_person_query(text):
     """A person id from what a tracer types: an ID number ('id:' optional) or 'nd:NAME|YYYY-MM-DD'.
 
@@ -113,10 +124,13 @@ def parse_person_query(text):
     """
     s = str(text or "").strip()
     if not s:
-        raise ValueError("give an ID number, or nd:NAME|YYYY-MM-DD for a certificate without one")
+        raise ValueError("give an ID number, nd:NAME|YYYY-MM-DD for a certificate without one, "
+                         "or pcq:<QID> for a PC-Covid code")
     if s.startswith("nd:"):
         name, _, dob = s[3:].partition("|")
         return person_id_for_name_dob(name, dob)
+    if s.startswith("pcq:"):
+        return person_id_for_qid(s[4:])
     if s.startswith("id:"):
         s = s[3:]
     return person_id_for_id(s)
@@ -510,6 +524,9 @@ PERSON_FIELDS = {
     "last_dose": "date of the last dose",
     "issuer": "who signed the credential (key id, DCC issuer, SHC iss)",
     "paper": "true for a paper declaration entered by staff",
+    "old_id_number": "the old CMND number printed in a chip ID card's QR (9 or 12 digits)",
+    "id_issued": "issue date of an ID card, YYYY-MM-DD",
+    "qid": "the PC-Covid personal QR's id (its person id is pcq:<QID>)",
 }
 
 

@@ -55,6 +55,8 @@ class Format(StrEnum):
     PLAIN = "plain"
     UNKNOWN = "unknown"
     NONE = "none"
+    CCCD = "cccd"  # the chip ID card's QR (căn cước công dân): an identity claim, unsigned
+    PCCOVID = "pccovid"  # the PC-Covid app's personal QR: an identity claim, unsigned
 
 
 class DecisionCode(StrEnum):
@@ -91,6 +93,11 @@ class Reason(StrEnum):
     MANUAL = "manual"
     CLOCK_BEHIND = "clock_behind"
     BAD_VALIDITY = "bad_validity"
+    SEE_GUARD = "see_guard"
+    GUARD_CONFIRMED = "guard_confirmed"
+    BAD_ID_NUMBER = "bad_id_number"
+    BAD_DATE = "bad_date"
+    MALFORMED = "malformed"
 
 
 # kept for the callers that list them
@@ -176,6 +183,13 @@ class Sealed(Struct, forbid_unknown_fields=True):
     ct: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+$", min_length=16, max_length=MAX_SEALED_CHARS)]
 
 
+class EventRef(Struct, forbid_unknown_fields=True):
+    """Another event of the same device, by its seq and uuid (both must match at the collector)."""
+
+    seq: Seq
+    uuid: Annotated[str, Meta(pattern=UUID_PATTERN)]
+
+
 class Event(Struct, forbid_unknown_fields=True):
     """One decision. Clear fields are routing, counting and fleet health; the person is `sealed`.
 
@@ -197,6 +211,10 @@ class Event(Struct, forbid_unknown_fields=True):
     reason: Reason
     verified: bool
     sealed: Sealed | None = None
+    # The event this one is about (events are immutable): the guard's confirmation of a
+    # "see the guard" event (reason guard_confirmed) refers to that event. Left out of the JSON
+    # when unset, so that events without it are byte for byte what they were.
+    refers_to: EventRef | msgspec.UnsetType = msgspec.UNSET
 
 
 class Ack(Struct, forbid_unknown_fields=True):
@@ -282,6 +300,13 @@ def check_event(ev):
         problems.append(f"time: {ev.time!r} is not a real date and time")
     if ev.sealed is not None and ev.format in (Format.NONE,) and ev.source is Source.CAMERA:
         problems.append("sealed: an event with no credential carries no personal part")
+    if ev.refers_to:
+        if ev.refers_to.seq >= ev.seq:
+            problems.append(f"refers_to: seq {ev.refers_to.seq} is not before this event's seq {ev.seq}")
+        if ev.refers_to.uuid == ev.uuid:
+            problems.append("refers_to: an event cannot refer to itself")
+    if ev.reason is Reason.GUARD_CONFIRMED and not ev.refers_to:
+        problems.append("refers_to: a guard's confirmation must name the event it confirms")
     return problems
 
 

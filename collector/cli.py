@@ -76,7 +76,7 @@ def register(sub):
     c.add_argument("--forget", metavar="TOPIC", help="stop re-signing the message of TOPIC (e.g. the config of a "
                    "terminal taken out of service); what the broker keeps expires at its time")
 
-    person_help = "an ID number, or nd:NAME|YYYY-MM-DD for a certificate without one"
+    person_help = "an ID number, nd:NAME|YYYY-MM-DD for a certificate without one, or pcq:QID for a PC-Covid code"
     case_help = "the case this look-up is for (required; written to the audit log with your user name)"
     c = cmd("visits", _visits, "the visits of a person in a time range, verified and unverified apart (JSON)")
     c.add_argument("person", help=person_help)

@@ -2,7 +2,9 @@
 
 - `visits(storage, person, case, actor, start, end)`: where and when a person was recorded,
   `verified` (their verified credentials: the person's record) and `unverified` (claims: an
-  unsigned, forged or unreadable credential naming them) apart.
+  unsigned, forged or unreadable credential naming them, such as a chip ID card's QR) apart. A
+  `see_guard` claim says whether the guard confirmed it (`guard_confirmed`: a later event of the
+  device whose `refers_to` names it); a row that refers to another shows `refers_to`.
 - `contacts(storage, person, case, actor, days, window_min, at)`: for each of the person's
   visits in the last `days` days, everyone else recorded at the same checkpoint within plus or
   minus `window_min` minutes, with the time difference and their decrypted fields (name,
@@ -167,6 +169,8 @@ def _brief(e, keys=None):
         "source": e.source,
         "format": e.format,
     }
+    if getattr(e, "refers_seq", None) is not None:
+        out["refers_to"] = {"seq": e.refers_seq, "uuid": e.refers_uuid}
     if keys is not None:
         obj, err = _decrypt(keys, e)
         out["person"] = obj["person"] if obj else None
@@ -207,6 +211,22 @@ def _person_rows(storage, key, start, end):
     return out
 
 
+CONFIRM_SEQS = 1000  # a guard's confirmation is looked for among the device's next events, at most this many
+
+
+def _mark_confirmed(storage, rows, briefs):
+    """Set `guard_confirmed` on each `see_guard` row: did the guard's button confirm it (an event of the
+    same device, within its next CONFIRM_SEQS, whose refers_to names it)? Probes the (device_id, seq) index."""
+    E = storage.Event
+    for e, b in zip(rows, briefs, strict=True):
+        if e.reason != "see_guard":
+            continue
+        q = E.select(E.seq).where((E.device_id == e.device_id) & (E.seq > e.seq) & (E.seq <= e.seq + CONFIRM_SEQS)
+                                  & (E.refers_seq == e.seq) & (E.refers_uuid == e.uuid)
+                                  & (E.reason == "guard_confirmed"))
+        b["guard_confirmed"] = q.exists()
+
+
 def visits(storage, person, case, actor, start=None, end=None, *, scope=None, shown=None):
     """The events of a person in [start, end), oldest first: {"verified": [...], "unverified": [...]}.
 
@@ -224,6 +244,7 @@ def visits(storage, person, case, actor, start=None, end=None, *, scope=None, sh
     if scope is not None:
         rows = {k: [e for e in rs if scope(e.checkpoint)] for k, rs in rows.items()}
     res = {name: [_brief(e, keys) for e in rs] for name, rs in rows.items()}
+    _mark_confirmed(storage, rows["unverified"], res["unverified"])
     result = {
         "person_key": key,
         "case": case,

@@ -53,7 +53,7 @@ from collector.keys import Item
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3  # 3: chot_binding (issue 11)
+SCHEMA_VERSION = 4  # 3: chot_binding (issue 11); 4: chot_event.refers_seq/refers_uuid (issue 13)
 MAX_GAPS = 100  # gaps kept per device in the registry (the rest are summarised)
 _GAP_SCAN_ROWS = 20000  # rows scanned above the contiguous mark to list gaps
 _LOOKUP_MEMORY = 200_000  # chot_lookup rows remembered as written today (about 30 MB at most)
@@ -290,6 +290,8 @@ def _make_models(db, sqlite):
         received_at = TimeField()
         time_corrected = TimeField()  # the time tracing uses: `time`, or re-anchored on the collector's ack
         clock_flag = CharField(max_length=16)  # ClockFlag: ok, unsynced, corrected, jump_back, ...
+        refers_seq = BigIntegerField(null=True)  # the event's refers_to (the guard's confirmation of an event)
+        refers_uuid = CharField(max_length=36, null=True)
 
         class Meta:
             table_name = "chot_event"
@@ -436,6 +438,8 @@ EVENT_COLUMNS = (
     "received_at",
     "time_corrected",
     "clock_flag",
+    "refers_seq",
+    "refers_uuid",
 )
 CLEAR_COLUMNS = EVENT_COLUMNS[:14] + ("time_corrected", "clock_flag", "received_at")  # no personal data
 _TC = EVENT_COLUMNS.index("time_corrected")
@@ -443,7 +447,7 @@ _TC = EVENT_COLUMNS.index("time_corrected")
 _PG_EVENT_TYPES = (  # the PostgreSQL type of each of EVENT_COLUMNS, for the batch INSERT
     "text", "bigint", "text", "text", "text", "timestamp", "boolean", "text",
     "bigint", "text", "text", "text", "text", "boolean", "text", "text", "text", "text", "text", "timestamp",
-    "timestamp", "text",
+    "timestamp", "text", "bigint", "text",
 )  # fmt: skip
 _PG_EVENT_DDL = """CREATE TABLE IF NOT EXISTS "chot_event" (
     "device_id" VARCHAR(64) NOT NULL, "seq" BIGINT NOT NULL, "uuid" VARCHAR(36) NOT NULL,
@@ -452,7 +456,8 @@ _PG_EVENT_DDL = """CREATE TABLE IF NOT EXISTS "chot_event" (
     "source" VARCHAR(16) NOT NULL, "format" VARCHAR(16) NOT NULL, "decision" VARCHAR(8) NOT NULL,
     "reason" VARCHAR(64) NOT NULL, "verified" BOOLEAN NOT NULL, "person_key" VARCHAR(64),
     "claim_key" VARCHAR(64), "personal" TEXT, "sealed" TEXT, "seal_error" VARCHAR(32),
-    "received_at" TIMESTAMP NOT NULL, "time_corrected" TIMESTAMP NOT NULL, "clock_flag" VARCHAR(16) NOT NULL
+    "received_at" TIMESTAMP NOT NULL, "time_corrected" TIMESTAMP NOT NULL, "clock_flag" VARCHAR(16) NOT NULL,
+    "refers_seq" BIGINT, "refers_uuid" VARCHAR(36)
 ) PARTITION BY RANGE ("time_corrected")"""
 PG_DEFAULT_PARTITION = "chot_event_default"
 _PARTITION_RE = re.compile(r"chot_event_p(\d{8})")
@@ -486,6 +491,8 @@ def row_to_event(row):
         "decision": row["decision"],
         "reason": row["reason"],
         "verified": bool(row["verified"]),
+        **({"refers_to": {"seq": int(row["refers_seq"]), "uuid": row["refers_uuid"]}}
+           if row.get("refers_seq") is not None and row.get("refers_uuid") else {}),
     })
 
 
@@ -721,10 +728,17 @@ class Storage:
                 self._create_schema()
                 self.SchemaVersion.create(version=SCHEMA_VERSION, applied_at=utcnow())
                 log.info("database schema created at version %d", SCHEMA_VERSION)
-            elif current == 2:  # version 3 adds the devices' bindings
-                self.db.create_tables([self.Binding], safe=True)
-                self.SchemaVersion.create(version=SCHEMA_VERSION, applied_at=utcnow())
-                log.warning("database schema upgraded from version 2 to %d (chot_binding)", SCHEMA_VERSION)
+            else:
+                if current == 2:  # version 3 adds the devices' bindings
+                    self.db.create_tables([self.Binding], safe=True)
+                if current <= 3:  # version 4: an event may refer to another (the guard's confirmation)
+                    have = {c.name for c in self.db.get_columns("chot_event")}
+                    for col, kind in (("refers_seq", "BIGINT"), ("refers_uuid", "VARCHAR(36)")):
+                        if col not in have:
+                            self.db.execute_sql(f'ALTER TABLE "chot_event" ADD COLUMN "{col}" {kind}')
+                if current < SCHEMA_VERSION:
+                    self.SchemaVersion.create(version=SCHEMA_VERSION, applied_at=utcnow())
+                    log.warning("database schema upgraded from version %d to %d", current, SCHEMA_VERSION)
             self.db.create_tables([self.Lookup], safe=True)  # added within version 3 (issue 12)
         return SCHEMA_VERSION
 
@@ -1032,6 +1046,8 @@ class Storage:
                 rec,
                 tc,
                 flag,
+                ev.refers_to.seq if ev.refers_to else None,
+                ev.refers_to.uuid if ev.refers_to else None,
             )
             for v in row:
                 if isinstance(v, str):

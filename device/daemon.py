@@ -41,10 +41,10 @@ from chot.staffcard import is_staff_text
 from chot.wire import Format
 from device.clock import clock_quality, utc_now_iso
 from device.cooldown import Cooldown
+from device.credentials.formats import ChunkAssembler
 from device.credentials.policy import Checker, Policy
 from device.credentials.result import Decision, Verification
 from device.paper import PaperGate, is_identity_claim
-from device.scanner.assemble import ChunkAssembler
 from device.scanner.decode import make_decoder
 from device.systemd import Notifier
 from device.timefloor import TimeFloor
@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 UNREADABLE_REASONS = {"unreadable", "unsigned", "unknown_format", "incomplete", "format_not_accepted"}
 # Reasons that are the terminal's own failure, not the person's: the fault signal.
 FAULT_REASONS = {"outbox_full", "clock_behind"}
+# Reasons that call the guard (an identity claim: a chip ID card, a PC-Covid code): the guard signal.
+GUARD_REASONS = {"see_guard"}
 TIME_CHECK_S = 30.0  # the run loop looks at the time floor and the lists' age this often
 # Formats whose signature and issuer the terminal verifies: only these make a person's record.
 SIGNED_FORMATS = frozenset({Format.NATIVE.value, Format.DCC.value, Format.SHC.value})
@@ -63,9 +65,11 @@ NO_SEAL_WARNING = ("privacy.seal_public_key is not set: events carry no personal
 
 
 def feedback_kind(decision):
-    """Which feedback pattern a decision gets: pass, fail, unreadable or fault."""
+    """Which feedback pattern a decision gets: pass, fail, unreadable, guard or fault."""
     if decision.passed:
         return "pass"
+    if decision.reason in GUARD_REASONS:
+        return "guard"
     if decision.reason in FAULT_REASONS:
         return "fault"
     if decision.reason in UNREADABLE_REASONS:
@@ -150,8 +154,10 @@ class Terminal:
         self.decisions = []
         self.on_decision = None  # optional callable(event, decision, verification)
         self.paper = PaperGate(cfg)  # staff cards and the paper window (device/paper.py)
+        # The last "see the guard" event: (seq, uuid, format, monotonic time), confirmed by the button.
+        self._awaiting_guard = None
         if self.feedback is not None and hasattr(self.feedback, "on_manual"):
-            self.feedback.on_manual(self.record_manual)
+            self.feedback.on_manual(self.press_button)
 
     # --- building from config -------------------------------------------------------------
 
@@ -284,13 +290,16 @@ class Terminal:
             log.warning("personal part not sealed (%s): the event is recorded without it", exc)
             return None
 
-    def _record(self, decision, verification, source, at=None, clock=None, person_extra=None, signal=None):
+    def _record(self, decision, verification, source, at=None, clock=None, person_extra=None, signal=None,
+                fmt=None, refers_to=None):
         """Commit the event, then give feedback. Fails closed when the outbox cannot take it.
 
         `signal`: the feedback pattern when it is recorded (default: from the decision)."""
         if at is None:
             at, clock = self._clock_reading()
         uuid = str(uuidlib.uuid4())
+        if fmt is None:
+            fmt = verification.format if verification is not None else "none"
         fields = {
             "uuid": uuid,
             "checkpoint": self.cfg.device.checkpoint,
@@ -298,12 +307,14 @@ class Terminal:
             "time": utc_now_iso(at),
             "clock": clock,
             "source": source,
-            "format": verification.format if verification is not None else "none",
+            "format": fmt,
             "decision": decision.decision,
             "reason": decision.reason,
             "verified": is_verified(verification),
             "sealed": self._seal(uuid, verification, person_extra),
         }
+        if refers_to is not None:
+            fields["refers_to"] = refers_to
         try:
             with self._lock:
                 event = self.outbox.append(fields)
@@ -319,6 +330,10 @@ class Terminal:
             return None
         self.counts[decision.decision] += 1
         self.last_scan = fields["time"]
+        if decision.reason in GUARD_REASONS:
+            self._awaiting_guard = (event["seq"], event["uuid"], fmt, time.monotonic())
+        elif decision.reason == "guard_confirmed" or source == "camera":
+            self._awaiting_guard = None  # confirmed, or the next person is at the terminal
         if self._faulted:  # the outbox takes events again
             self._faulted = False
             self.set_health(self._uplink_state)
@@ -359,6 +374,21 @@ class Terminal:
     def record_manual(self):
         """The guard's button: a person checked on paper passes, recorded with source `manual`."""
         return self._record(Policy.manual(), None, source="manual")
+
+    def press_button(self):
+        """The guard's button. Within `policy.guard_window_s` of a "see the guard" event (an ID card,
+        a PC-Covid code) it records the guard's confirmation: its own event (source `manual`, the
+        first event's format, PASS `guard_confirmed`, no personal part) whose `refers_to` names the
+        first by seq and uuid; events stay immutable. Otherwise a manual pass (`record_manual`)."""
+        with self._lock:
+            waiting, self._awaiting_guard = self._awaiting_guard, None
+        window = float(getattr(self.checker.policy.cfg, "guard_window_s", 120.0))
+        if waiting is None or time.monotonic() - waiting[3] > window:
+            return self.record_manual()
+        seq, uuid, fmt, _ = waiting
+        log.info("the guard confirmed event seq %d", seq)
+        return self._record(Policy.guard_confirmed(), None, source="manual", fmt=fmt,
+                            refers_to={"seq": seq, "uuid": uuid})
 
     # --- updates from the collector -------------------------------------------------------
 

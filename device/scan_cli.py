@@ -1,7 +1,7 @@
 """`chot scan`: run image files or QR texts through the terminal's decoder, verification and policy.
 
 Prints one JSON object per line, one per credential found, with the stable keys documented
-in docs/scan-output.md: source, text, format, steps, decision, reason, kind, person. An image
+in docs/scan-output.md: source, text, format, steps, decision, reason, kind, person, detail. An image
 with no code gives one line with `text` null and reason `no_code`. Exit status 0 when it
 ran, whatever the decisions; 2 on a usage error (unreadable file, bad --at).
 
@@ -19,7 +19,7 @@ from chot.config import validate
 from chot.errors import ChotError
 from device.config import SCHEMA, load_terminal_config
 
-SCAN_KEYS = ("source", "text", "format", "steps", "decision", "reason", "kind", "person")
+SCAN_KEYS = ("source", "text", "format", "steps", "decision", "reason", "kind", "person", "detail")
 NO_PERSON = {"present": False, "verified": False}
 
 
@@ -80,8 +80,8 @@ class Scanner:
     """The terminal's decoding, verification and policy without pins, outbox or camera."""
 
     def __init__(self, cfg, extra_trust=(), at=None):
+        from device.credentials.formats import ChunkAssembler
         from device.credentials.policy import Checker
-        from device.scanner.assemble import ChunkAssembler
         from device.scanner.decode import make_decoder
 
         self.decoder = make_decoder(cfg.scanner)
@@ -102,6 +102,7 @@ class Scanner:
             "reason": d.reason,
             "kind": v.kind,
             "person": {"present": bool(v.person or v.person_id), "verified": is_verified(v)},
+            "detail": v.detail,
         }
 
     def check_image(self, path):
@@ -118,18 +119,18 @@ class Scanner:
 
     def leftovers(self, source):
         """Parts of multi-QR codes that never completed: one `incomplete` line."""
-        if self.assembler.pending():
-            return [{
-                "source": source, "text": None, "format": "shc", "steps": {"decode": False},
-                "decision": "FAIL", "reason": "incomplete", "kind": None, "person": dict(NO_PERSON),
-            }]
-        return []
+        return [{
+            "source": source, "text": None, "format": name, "steps": {"decode": False},
+            "decision": "FAIL", "reason": "incomplete", "kind": None, "person": dict(NO_PERSON),
+            "detail": "parts of a code split over several QR symbols are missing",
+        } for name in self.assembler.pending_formats()]
 
     @staticmethod
     def no_code(source):
         return {
             "source": source, "text": None, "format": "unknown", "steps": {"decode": False},
             "decision": "FAIL", "reason": "no_code", "kind": None, "person": dict(NO_PERSON),
+            "detail": None,
         }
 
 

@@ -27,7 +27,7 @@ from chot.personal import Sealer
 from collector import queries
 from collector.keys import CollectorKeys
 from collector.registry import import_registry
-from collector.storage import ClockFlag, Storage, format_time, utcnow
+from collector.storage import SCHEMA_VERSION, ClockFlag, Storage, format_time, utcnow
 from collector.subscriber import Collector
 from collector.testing import collector_config, make_event, make_keys
 
@@ -389,6 +389,6 @@ def test_a_version_2_database_gets_the_bindings_table(db_url):
         st.db.execute_sql('DROP TABLE "chot_binding"')
         st.SchemaVersion.update(version=2).execute()
     with Storage(db_url) as st:
-        assert st.schema_version() == 3 and st.event_count() == 1
+        assert st.schema_version() == SCHEMA_VERSION and st.event_count() == 1
         assert st.replace_bindings({"d1": ("cp-1", "in")}, "test")["added"] == ["d1"]
         assert st.bindings() == {"d1": ("cp-1", "in")}

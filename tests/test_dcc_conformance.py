@@ -230,7 +230,7 @@ def test_shc_spec_example_from_numeric_text(shc_dir, shc_trust, example):
     files = sorted(shc_dir.glob(f"example-{example}-f-qr-code-numeric-value-*.txt"))
     texts = [f.read_text().strip() for f in files]
     if len(texts) > 1:
-        from device.scanner.assemble import ChunkAssembler
+        from device.credentials.formats import ChunkAssembler
 
         for t in texts:  # each part alone is incomplete
             assert shc.verify(t, shc_trust, SHC_AT).reason == "incomplete"
@@ -252,7 +252,7 @@ def test_shc_spec_example_from_numeric_text(shc_dir, shc_trust, example):
 
 
 def test_shc_example_02_from_its_three_pngs(shc_dir, shc_trust):
-    from device.scanner.assemble import ChunkAssembler
+    from device.credentials.formats import ChunkAssembler
 
     decoder = _decoder()
     asm = ChunkAssembler()

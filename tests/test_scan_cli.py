@@ -57,7 +57,7 @@ def test_expired_untrusted_and_no_code(card, tmp_path):
     assert (expired["decision"], expired["reason"], expired["steps"]["time"]) == ("FAIL", "expired", False)
     assert none == {"source": str(blank), "text": None, "format": "unknown", "steps": {"decode": False},
                     "decision": "FAIL", "reason": "no_code", "kind": None,
-                    "person": {"present": False, "verified": False}}
+                    "person": {"present": False, "verified": False}, "detail": None}
     untrusted = lines(chot("scan", str(card["png"]), "--at", "2021-08-20T10:00:00Z"))[0]
     assert (untrusted["decision"], untrusted["reason"]) == ("FAIL", "unknown_issuer")
     assert untrusted["steps"]["issuer"] is False

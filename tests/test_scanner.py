@@ -22,8 +22,8 @@ from PIL import Image
 from chot.config import validate
 from chot.errors import ChotError, HardwareError
 from device.config import SCHEMA
+from device.credentials.formats import ChunkAssembler, parse_chunk
 from device.scanner import frames as frames_mod
-from device.scanner.assemble import ChunkAssembler, parse_chunk
 from device.scanner.decode import PyzbarDecoder, Scan, ZxingDecoder, make_decoder
 from device.scanner.frames import (
     CAMERA_NOT_FOUND,

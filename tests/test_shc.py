@@ -184,7 +184,7 @@ def test_numeric_decoding_and_chunks(issuers):
     half = len(digits) // 2 // 2 * 2
     v = shc.verify("shc:/1/2/" + digits[:half], trust, NOW)
     assert v.reason == "incomplete" and v.steps["decode"] is False
-    from device.scanner.assemble import ChunkAssembler
+    from device.credentials.formats import ChunkAssembler
 
     asm = ChunkAssembler()
     assert asm.feed("shc:/2/2/" + digits[half:], now=0.0) is None

@@ -36,6 +36,15 @@ REASONS = {
     "clock_behind": "the terminal's clock reads before its time floor (set back, or lost): time checks fail closed",
     "bad_validity": "the credential's own times are absurd: before 1970, after the year 9999, expiring before "
                     "it was issued, or valid for longer than its format allows",
+    "see_guard": "an identity claim (a chip ID card's QR, a PC-Covid code: no signature): the guard checks the "
+                 "person and confirms with the button (policy.accept_cccd / accept_pccovid)",
+    "guard_confirmed": "the guard confirmed a see_guard event with the button: its own event, refers_to the first",
+    "bad_id_number": "an ID card or PC-Covid code whose ID number is wrong: length, province code, century/sex "
+                     "digit or birth-year digits that do not match the card (the detail says which)",
+    "bad_date": "an ID card or PC-Covid code with a date that is not a real date, a birth in the future, or an "
+                "issue date before the birth or in the future",
+    "malformed": "an ID card or PC-Covid code with the wrong number of '|' fields or a field of the wrong shape "
+                 "(the detail says which)",
 }
 
 

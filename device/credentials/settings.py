@@ -39,6 +39,19 @@ class PolicySettings(Settings):
     accept_formats: list[Literal["native", "dcc", "shc", "plain"]] = setting(
         ["native", "dcc", "shc"], help="signed formats accepted"
     )
+    accept_cccd: Literal["see_guard", "pass", "fail"] = setting(
+        "see_guard",
+        help="a chip ID card's QR (CCCD, unsigned: an identity claim): see_guard = FAIL see_guard with the "
+        "\"see the guard\" signal, the guard's button then records a confirmation; pass; fail",
+    )
+    accept_pccovid: Literal["see_guard", "pass", "fail"] = setting(
+        "see_guard", help="a PC-Covid personal QR (unsigned: an identity claim): see_guard, pass or fail"
+    )
+    guard_window_s: float = setting(
+        120.0, min=1.0, max=3600.0,
+        help="after a see_guard event, the guard's button confirms it (its own event, referring to the first) "
+        "for this long; later, or with none waiting, the button records a manual pass",
+    )
     denylist: FilePath | None = setting(
         None, help="deny list file (chot-denylist-v2: hashes of revoked credential ids and of denied persons)"
     )

@@ -5,8 +5,8 @@ A text is checked in these steps, each recorded in `Verification.steps` (None: n
 - `decode`:     "shc:/" + digits, two per character (value + 45), into a compact JWS
                 (header.payload.signature, base64url) whose header says zip "DEF" and alg
                 "ES256"; a lone chunk "shc:/N/M/..." with M > 1 fails with reason
-                "incomplete" (device.scanner.assemble.ChunkAssembler joins the chunks of a
-                card first; "shc:/1/1/..." is a whole card);
+                "incomplete" (the registry's ChunkAssembler, device/credentials/formats.py,
+                joins the chunks of a card first with `parse_chunk` and `join_chunks`; "shc:/1/1/..." is a whole card);
 - `inflate`:    the payload is raw DEFLATE, inflated to at most MAX_INFLATED bytes, and JSON
                 with iss, nbf and vc;
 - `signature`:  a trusted key with the header's kid verifies the ES256 signature;
@@ -71,6 +71,35 @@ COVID_TEST_LOINC = {
     "96120-1", "96121-9", "96122-7", "96123-5", "96448-6", "96986-5", "97097-0", "97099-6",
 }
 NEGATIVE_SNOMED = {"260385009", "260415000"}  # Negative, Not detected
+
+
+# ---------------------------------------------------------------- chunks (several QR symbols)
+
+# A SMART Health Card too large for one QR code was split (the spec's "chunking", deprecated
+# since VCI 1.3.0 but in the wild and in the spec's example 02) into M symbols
+# `shc:/<N>/<M>/<digits>`, N = 1..M. The JWS was cut into M consecutive pieces and each piece
+# numeric-encoded, so the whole card is `shc:/` followed by the digits of parts 1..M in order.
+# The parts carry no card id: a set is identified by M.
+CHUNK = re.compile(r"shc:/(\d{1,3})/(\d{1,3})/(\d+)", re.IGNORECASE)
+MAX_PARTS = 32  # more parts than this is no card anyone can show: passed on as it is
+
+
+def parse_chunk(text):
+    """(N, M, digits) for a chunk `shc:/N/M/digits` with 1 <= N <= M <= MAX_PARTS, else None."""
+    if not isinstance(text, str) or len(text) > MAX_TEXT:
+        return None
+    m = CHUNK.fullmatch(text.strip())
+    if not m:
+        return None
+    n, total, digits = int(m.group(1)), int(m.group(2)), m.group(3)
+    if not 1 <= n <= total <= MAX_PARTS:
+        return None
+    return n, total, digits
+
+
+def join_chunks(parts):
+    """The whole card `shc:/<digits>` from the digits of parts 1..M in order."""
+    return PREFIX + "".join(parts)
 
 
 # ---------------------------------------------------------------- helpers

@@ -22,7 +22,6 @@ native issuer's public key, issuer.pub.pem, for that), and an SHC issuer's JWKS 
 """
 
 import hashlib
-import importlib
 import json
 import logging
 from pathlib import Path
@@ -157,16 +156,11 @@ class TrustStore:
             raise CredentialError(f"trust file {path}: PEM without a public key or certificate; accepted: {ACCEPTED}")
 
     def _add_json(self, obj, path):
-        order = ("shc", "dcc") if isinstance(obj, dict) and isinstance(obj.get("keys"), list) else ("dcc", "shc")
-        for name in order:
-            try:
-                mod = importlib.import_module(f"device.credentials.{name}")
-            except ImportError:
-                continue
-            hook = getattr(mod, "load_trust_json", None)
-            if hook is None:
-                continue
-            handled = hook(self, obj) if name == "dcc" else hook(self, obj, path)
+        from device.credentials import formats  # the registry (it imports the formats, which import this)
+
+        jwks = isinstance(obj, dict) and isinstance(obj.get("keys"), list)
+        for fmt in sorted(formats.FORMATS, key=lambda f: f.name != "shc") if jwks else formats.FORMATS:
+            handled = fmt.load_trust_json(self, obj, path)  # each format's trust loading hook
             if handled:
                 return handled
         raise CredentialError(f"unsupported trust file {path}: a JSON file that no credential format reads; "

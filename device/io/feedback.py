@@ -25,7 +25,7 @@ from device.io import patterns
 
 log = logging.getLogger(__name__)
 
-RED, GREEN = (1, 0, 0), (0, 1, 0)
+RED, GREEN, AMBER = (1, 0, 0), (0, 1, 0), (1, 1, 0)  # amber: red and green together (no PWM)
 
 
 def _pin(value):
@@ -135,10 +135,11 @@ class Feedback:
 
     # -- signals -----------------------------------------------------------------------------
 
-    def _switch(self, name, on):
+    def _switch(self, name, on, kind=None):
         """The callable that switches a step's device on or off (None when the device is absent)."""
         if name in ("pass_led", "fail_led") and self.rgb_led is not None:
-            color = (GREEN if name == "pass_led" else RED) if on else (0, 0, 0)
+            lit = AMBER if kind == "guard" else GREEN if name == "pass_led" else RED
+            color = lit if on else (0, 0, 0)
             return functools.partial(setattr, self.rgb_led, "value", color)
         dev = getattr(self, name)
         if dev is None:
@@ -152,7 +153,7 @@ class Feedback:
             steps = patterns.signal_steps(kind, self.cfg)  # ValueError for an unknown kind
             first, later = [], []
             for at, name, on in patterns.timeline(steps):
-                fn = self._switch(name, on)
+                fn = self._switch(name, on, kind)
                 if fn is None:
                     continue
                 if at <= 0.0 and on:
@@ -168,7 +169,7 @@ class Feedback:
                 dev.off()
 
     def signal(self, kind):
-        """Start pattern `kind` (one of patterns.SIGNALS, e.g. "pass", "fail", "staff", "paper") and return at once.
+        """Start pattern `kind` (one of patterns.SIGNALS: "pass", "fail", "guard", "staff" ...); return at once.
 
         The pattern's first states are switched on before this returns; the worker thread
         plays the rest.

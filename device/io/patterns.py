@@ -10,6 +10,8 @@ is what tests compare with the mock pins' `states`. `timeline(steps)` flattens a
 - fail:        red `fail_led_s` once (steady); `fail_beeps` beeps of `fail_beep_s`
 - unreadable:  red blinks `unreadable_blinks` times (`unreadable_blink_s`); one long beep
   `unreadable_beep_s` (also used for unsigned codes)
+- guard:       "see the guard" (an ID card or PC-Covid code: an identity claim): both LEDs (amber on
+  an RGB LED) for `guard_led_s`; `guard_beeps` short beeps of `guard_beep_s`
 - fault:       fail closed: red fast blink (`fault_blink_s`) and one beep, both for `fault_s`
 - staff:       a staff card opened a paper window: green blinks 3 times (`unreadable_blink_s`),
   two short beeps (`pass_beep_s`); no relay (the card lets nobody through)
@@ -31,7 +33,7 @@ from chot.config import rules, validate
 Step = namedtuple("Step", "device on_s off_s n")
 Step.__doc__ = "One device of a signal: on `on_s`, off `off_s`, `n` times."
 
-SIGNALS = ("pass", "fail", "unreadable", "unsigned", "fault", "staff", "paper")
+SIGNALS = ("pass", "fail", "unreadable", "unsigned", "guard", "fault", "staff", "paper")
 STATUSES = ("ok", "fault", "uplink_down", "stale", "clock_behind", "off")
 SIGNAL_DEVICES = ("pass_led", "fail_led", "buzzer", "relay")
 
@@ -66,6 +68,10 @@ def signal_steps(kind, fb):
         steps = [Step("buzzer", fb.unreadable_beep_s, 0.0, 1)]
         if fb.unreadable_blinks:
             steps.append(Step("fail_led", fb.unreadable_blink_s, fb.unreadable_blink_s, fb.unreadable_blinks))
+    elif kind == "guard":
+        steps = [Step("pass_led", fb.guard_led_s, 0.0, 1), Step("fail_led", fb.guard_led_s, 0.0, 1)]
+        if fb.guard_beeps:
+            steps.append(Step("buzzer", fb.guard_beep_s, fb.guard_beep_s, fb.guard_beeps))
     elif kind == "fault":
         blinks = max(1, round(fb.fault_s / (2 * fb.fault_blink_s)))
         steps = [Step("fail_led", fb.fault_blink_s, fb.fault_blink_s, blinks), Step("buzzer", fb.fault_s, 0.0, 1)]
