@@ -54,7 +54,6 @@ from collector.storage import format_time, parse_time, utcnow
 log = logging.getLogger(__name__)
 
 ACTOR = "forwarder"
-LEASE_S = 60.0
 # 4xx that say the endpoint or our credentials are wrong, not the event: retried (with backoff), never parked
 ENDPOINT_ERRORS = (401, 403, 404, 405, 407)
 TRANSIENT = (408, 429)
@@ -371,6 +370,7 @@ class Forwarder:
         self.bucket = TokenBucket(settings.rate_per_s)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{_uuid.uuid4().hex[:8]}"
         self.lease_until = 0.0
+        self.lease_s = max(settings.lease_s, 3 * settings.timeout_s)
         self._client = client
         self._own_client = client is None
         self.counters = {"sent": 0, "accepted": 0, "failed_attempts": 0, "parked": 0}
@@ -426,10 +426,10 @@ class Forwarder:
     def _lease(self):
         """Take or renew the lease; True when this forwarder holds it."""
         now = _time.time()
-        if now < self.lease_until - LEASE_S / 2:
+        if now < self.lease_until - self.lease_s / 2:
             return True
         S = self.t.State
-        lease_s = max(LEASE_S, 3 * self.s.timeout_s)
+        lease_s = self.lease_s
         with self.storage.db.atomic():
             S.insert(name="lease", num=0, text="", at=utcnow()).on_conflict_ignore().execute()
             q = S.select().where(S.name == "lease")
@@ -613,7 +613,7 @@ class Forwarder:
             left = end - _time.monotonic()
             if left <= 0:
                 return False
-            if self.stop.wait(min(left, LEASE_S / 4)):
+            if self.stop.wait(min(left, self.lease_s / 4)):
                 return True
             self._lease()
 
