@@ -357,6 +357,10 @@ class Forwarder:
     def __init__(self, storage, settings, stop=None, client=None):
         if not settings.url:
             raise ForwardError("forward.url: missing; give the national system's endpoint")
+        try:
+            import httpx  # noqa: F401
+        except ImportError:
+            raise ForwardError("forwarding needs httpx: pip install 'chot[console]' on the collector") from None
         if storage.keys is None:
             raise ForwardError("forwarding needs the collector's keys (collector.key_dir) to decrypt the personal"
                                " fields it sends")
