@@ -149,12 +149,16 @@ def register(sub):
     fsub = f.add_subparsers(dest="forward_command", metavar="ACTION")
     for name, func, help_ in (("status", _forward_status, "backlog, dead letter, counters, last success, error (JSON)"),
                               ("run", _forward_run, "forward until SIGTERM (without ingesting)"),
-                              ("retry", _forward_retry, "queue parked (dead-letter) events again")):
+                              ("retry", _forward_retry, "queue parked (dead-letter) events again"),
+                              ("uninstall", _forward_uninstall, "stop queueing events for forwarding and drop the "
+                               "forwarder's tables (the backlog is not sent)")):
         c = fsub.add_parser(name, help=help_, description=help_)
         c.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"collector config (default {DEFAULT_CONFIG})")
         c.set_defaults(func=func)
         if name == "status":
             c.add_argument("--limit", type=int, default=100, help="dead-letter rows shown at most (default 100)")
+        if name == "uninstall":
+            c.add_argument("--yes", action="store_true", required=True, help="yes, drop the backlog unsent")
         if name == "retry":
             c.add_argument("keys", nargs="*", metavar="DEVICE:SEQ", help="the parked events to retry (default all)")
 
@@ -410,6 +414,13 @@ def _forward_retry(args):
 
     with _storage(_cfg(args)) as st:
         _print_json({"queued_again": forward.retry(st, args.keys or None)})
+
+
+def _forward_uninstall(args):
+    from collector import forward
+
+    with _storage(_cfg(args)) as st:
+        _print_json({"dropped_backlog": forward.uninstall(st)})
 
 
 def _forward_run(args):

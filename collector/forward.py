@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 ACTOR = "forwarder"
 # 4xx that say the endpoint or our credentials are wrong, not the event: retried (with backoff), never parked
 ENDPOINT_ERRORS = (401, 403, 404, 405, 407)
-TRANSIENT = (408, 429)
+# 409: the same key is still being processed (draft-ietf-httpapi-idempotency-key-header): retried
+TRANSIENT = (408, 409, 429)
 _TRIGGER = "chot_forward_enqueue"
 
 
@@ -261,6 +262,25 @@ def retry(storage, keys=None):
             n += 1
     if n:
         log.warning("forwarding: %d parked events queued again", n)
+    return n
+
+
+def uninstall(storage):
+    """Stop queueing: drop the trigger and the forwarder's tables (queue, dead letter, state); returns the backlog
+    that was dropped. Forwarding set up again later starts afresh (with forward.backfill, from what is stored)."""
+    if not installed(storage):
+        return 0
+    t = tables(storage)
+    db = storage.db
+    with db.atomic():
+        n = t.Queue.select().count()
+        if storage.sqlite:
+            db.execute_sql(f'DROP TRIGGER IF EXISTS "{_TRIGGER}"')
+        else:
+            db.execute_sql(f'DROP TRIGGER IF EXISTS "{_TRIGGER}" ON "chot_event"')
+            db.execute_sql(f'DROP FUNCTION IF EXISTS "{_TRIGGER}"()')
+        db.drop_tables([t.Queue, t.Dead, t.State], safe=True)
+    log.warning("forwarding removed: %d queued events were not forwarded; new events are no longer queued", n)
     return n
 
 
@@ -596,6 +616,8 @@ class Forwarder:
             if status in ENDPOINT_ERRORS:
                 what = (f"HTTP {status} {reason}: the endpoint refuses this collector (check forward.url,"
                         " forward.auth and forward.token_file)")
+            elif status is not None and 300 <= status < 400:
+                what = f"HTTP {status} {reason}: redirects are not followed (check forward.url)"
             elif status is not None:
                 what = f"HTTP {status} {reason}"
             else:

@@ -351,3 +351,93 @@ def test_token_file_readable_by_others_is_refused(tmp_path):
     with pytest.raises(ConfigError) as e:
         config_from_dict(data, world=True)
     assert "forward.token_file" in str(e.value) and "chmod 600" in str(e.value)
+
+
+def test_token_bucket_bounds_the_rate():
+    """A fake clock: no timing in the test."""
+    now = [100.0]
+    b = forward.TokenBucket(5.0, clock=lambda: now[0])
+    stop = threading.Event()
+    for _ in range(5):
+        assert b.delay() == 0.0 and b.take(stop)
+    assert b.delay() == pytest.approx(0.2)  # the sixth waits for a token
+    now[0] += 0.2
+    assert b.take(stop)
+    assert b.delay() > 0
+    now[0] += 100.0  # idle a long time: the burst is still at most the capacity
+    for _ in range(5):
+        assert b.take(stop)
+    assert b.delay() > 0
+
+
+def test_backoff_is_exponential_jittered_bounded_and_honours_retry_after():
+    class Rng:
+        def __init__(self, x):
+            self.x = x
+
+        def random(self):
+            return self.x
+
+    assert forward.backoff_delay(1, 1.0, 60.0, rng=Rng(1.0)) == 1.0
+    assert forward.backoff_delay(4, 1.0, 60.0, rng=Rng(1.0)) == 8.0
+    assert forward.backoff_delay(30, 1.0, 60.0, rng=Rng(1.0)) == 60.0
+    assert forward.backoff_delay(30, 1.0, 60.0, rng=Rng(0.0)) == 1.0  # full jitter: down to the minimum
+    assert forward.backoff_delay(1, 1.0, 60.0, retry_after=30.0, rng=Rng(0.0)) == 30.0
+    assert forward.backoff_delay(1, 1.0, 60.0, retry_after=3600.0, rng=Rng(0.0)) == 60.0  # capped
+
+
+def test_a_huge_answer_is_read_bounded(tmp_path):
+    """The receiver answers 200 with an endless body: the forwarder reads max_response_kib and moves on."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    written = []
+
+    class Huge(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 30))
+            self.end_headers()
+            chunk = b"x" * 65536
+            try:
+                for _ in range(1 << 14):
+                    self.wfile.write(chunk)
+                    written.append(len(chunk))
+            except OSError:
+                pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Huge)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        keys = make_keys(tmp_path / "keys")
+        db = f"sqlite:///{tmp_path / 'c.db'}"
+        st = Storage(db, keys=keys, retention_days=3650)
+        cfg = collector_config(db, key_dir=tmp_path / "keys", forward=_forward(
+            f"http://127.0.0.1:{srv.server_address[1]}/", _token_file(tmp_path), max_response_kib=16))
+        forward.install(st)
+        st.store_batch(_items("term-a", [1, 2]))
+        f = forward.Forwarder(st, cfg.forward)
+        assert f.step() == 2
+        assert forward.state(st)["forwarded"] == 2
+        f.close()
+        st.close()
+    finally:
+        srv.shutdown()
+    assert sum(written) < (1 << 30)  # the rest was never read
+
+
+def test_uninstall_stops_queueing(tmp_path):
+    keys = make_keys(tmp_path / "keys")
+    st = Storage(f"sqlite:///{tmp_path / 'c.db'}", keys=keys, retention_days=3650)
+    st.store_batch(_items("term-a", [1]))
+    assert forward.install(st, backfill=False) == 0
+    st.store_batch(_items("term-a", [2]))
+    assert forward.state(st)["backlog"] == 1
+    assert forward.uninstall(st) == 1
+    st.store_batch(_items("term-a", [3]))
+    assert forward.state(st) == {"installed": False, "backlog": None, "dead": None}
+    assert forward.install(st) == 3  # set up again: what is stored is queued (backfill)
+    st.close()
