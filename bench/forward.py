@@ -4,8 +4,8 @@
 
 A standalone measurement (not an area of bench/run.py). (1) stores 20,000 events in batches of 500
 into a fresh database with and without forwarding set up (the trigger queues each new event in the
-same transaction); (2) forwards 2,000 events to tests/forward_receiver.py (a local http.server that
-fsyncs every key it accepts, no failures), one POST per event, no rate limit.
+same transaction); (2) forwards 2,000 events (concurrency 1 and 4) to tests/forward_receiver.py (a
+local http.server that fsyncs every key it accepts, no failures), one POST per event, no rate limit.
 """
 
 import argparse
@@ -61,7 +61,7 @@ def ingest(url, keys, with_trigger, n=20000, batch=500):
     return n / dt
 
 
-def forwarding(url, keys, key_dir, tmp, n=2000):
+def forwarding(url, keys, key_dir, tmp, concurrency, n=2000):
     port = free_port()
     token = tmp / "token"
     token.write_text("bench-token\n")
@@ -75,7 +75,7 @@ def forwarding(url, keys, key_dir, tmp, n=2000):
         st.store_batch(items("bench-f", range(1, n + 1)))
         cfg = collector_config(url, key_dir=key_dir, forward={
             "enabled": True, "url": f"http://127.0.0.1:{port}/", "token_file": str(token), "rate_per_s": 10000.0,
-            "batch_size": 100})
+            "batch_size": 100, "concurrency": concurrency})
         f = forward.Forwarder(st, cfg.forward)
         t0 = time.perf_counter()
         while f.step():
@@ -102,10 +102,10 @@ def main():
     for label, url in backends:
         plain = ingest(url("plain"), keys, False)
         queued = ingest(url("queued"), keys, True)
-        rate = forwarding(url("fwd"), keys, tmp / "keys", tmp)
-        print(f"{label}: ingest {plain:,.0f} events/s without forwarding, {queued:,.0f} with the queueing trigger"
-              f" ({(1 - queued / plain) * 100:+.0f}% cost); forwarding {rate:,.0f} events/s (one POST each, local"
-              " receiver fsyncing each key)")
+        rates = {c: forwarding(url(f"fwd{c}"), keys, tmp / "keys", tmp, c) for c in (1, 4)}
+        print(f"{label}: ingest {plain:,.0f} events/s without forwarding, {queued:,.0f} with the queueing trigger;"
+              f" forwarding {rates[1]:,.0f} events/s with concurrency 1, {rates[4]:,.0f} with 4 (one POST each, a"
+              " local receiver fsyncing each key)")
 
 
 if __name__ == "__main__":

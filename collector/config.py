@@ -289,6 +289,8 @@ class ForwardSettings(Settings):
                                  help="forward the events of these sources only (paper: staff-entered declarations)")
     backfill: bool = setting(True, help="when forwarding is first set up, queue the events stored before too")
     batch_size: int = setting(100, min=1, max=5000, help="events read, decrypted and audited together at most")
+    concurrency: int = setting(4, min=1, max=64, help="requests in flight at once (each event is one POST; more"
+                               " lanes hide the round trip to a distant endpoint)")
     rate_per_s: float = setting(10.0, min=0.01, max=10000.0, help="requests per second at most (a token bucket)")
     timeout_s: float = setting(10.0, min=0.1, max=300.0, help="one request's time limit (connect, send, answer)")
     max_response_kib: int = setting(64, min=1, max=65536, help="answer bytes read at most (the rest is dropped)")

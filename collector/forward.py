@@ -296,6 +296,7 @@ class TokenBucket:
         self.tokens = self.capacity
         self.clock = clock
         self.last = clock()
+        self._lock = threading.Lock()
 
     def delay(self):
         """Seconds to wait before the next take (0 when a token is there)."""
@@ -307,10 +308,11 @@ class TokenBucket:
     def take(self, stop):
         """Take a token, waiting for it; False when `stop` was set meanwhile."""
         while True:
-            d = self.delay()
-            if d <= 0:
-                self.tokens -= 1.0
-                return True
+            with self._lock:
+                d = self.delay()
+                if d <= 0:
+                    self.tokens -= 1.0
+                    return True
             if stop.wait(d):
                 return False
 
@@ -395,6 +397,7 @@ class Forwarder:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{_uuid.uuid4().hex[:8]}"
         self.lease_until = 0.0
         self.lease_s = max(settings.lease_s, 3 * settings.timeout_s)
+        self._lease_lock = threading.Lock()
         self._client = client
         self._own_client = client is None
         self.counters = {"sent": 0, "accepted": 0, "failed_attempts": 0, "parked": 0}
@@ -403,12 +406,17 @@ class Forwarder:
     # --- lifecycle
 
     def client(self):
+        with self._lock:
+            return self._make_client()
+
+    def _make_client(self):
         if self._client is None:
             import httpx
 
             t = self.s.timeout_s
             self._client = httpx.Client(timeout=httpx.Timeout(t, connect=t), follow_redirects=False, trust_env=False,
-                                        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+                                        limits=httpx.Limits(max_connections=self.s.concurrency,
+                                                            max_keepalive_connections=self.s.concurrency))
         return self._client
 
     def close(self):
@@ -449,6 +457,10 @@ class Forwarder:
 
     def _lease(self):
         """Take or renew the lease; True when this forwarder holds it."""
+        with self._lease_lock:
+            return self._lease_locked()
+
+    def _lease_locked(self):
         now = _time.time()
         if now < self.lease_until - self.lease_s / 2:
             return True
@@ -506,6 +518,22 @@ class Forwarder:
                            {"events": len(send), "first": f"{send[0][0].device_id}:{send[0][0].seq}",
                             "last": f"{send[-1][0].device_id}:{send[-1][0].seq}", "to": self.endpoint},
                            len(send))
+        lanes = min(self.s.concurrency, len(send))
+        if lanes <= 1:
+            return done + self._lane(send)
+        # `concurrency` lanes, each a share of the batch in order, on its own database connection
+        from concurrent.futures import ThreadPoolExecutor
+
+        def lane(part):
+            with self.storage.connection():
+                return self._lane(part)
+
+        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="collector-forward") as ex:
+            return done + sum(ex.map(lane, [send[i::lanes] for i in range(lanes)]))
+
+    def _lane(self, send):
+        """Send events one after the other; how many left the queue (stops early when stopped or the lease is lost)."""
+        done = 0
         for r, e in send:
             key = f"{r.device_id}:{r.seq}"
             body = self.body(e, key)

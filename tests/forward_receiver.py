@@ -30,15 +30,23 @@ LOCK = threading.Lock()
 RNG = random.Random(SEED * 1000 + os.getpid())
 KEYS = set()
 if ACCEPTED.exists():
+    if not ACCEPTED.read_bytes().endswith(b"\n"):
+        with open(ACCEPTED, "a") as f:
+            f.write("\n")  # end a line torn by a kill: the next acceptance starts on its own line
     for line in ACCEPTED.read_text().splitlines():
-        if line.strip():
+        try:
             KEYS.add(json.loads(line)["key"])
+        except ValueError:  # a line torn by a kill: that acceptance was never answered, the client sends it again
+            continue
 
 
 def _bump(name):
+    """Count in a file, replaced whole (a kill never leaves it half written)."""
     p = STATE / name
     n = int(p.read_text()) if p.exists() else 0
-    p.write_text(str(n + 1))
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(str(n + 1))
+    os.replace(tmp, p)
 
 
 class Handler(BaseHTTPRequestHandler):
