@@ -285,8 +285,8 @@ class ForwardSettings(Settings):
     case: str = setting("national-forwarding", pattern=r"\S.{0,199}",
                         help="the standing case id of the forwarder's personal reads in the audit log")
     decisions: list[str] = setting(["PASS", "FAIL"], help="forward the events of these decisions only")
-    sources: list[str] = setting(["camera", "manual", "paper"],
-                                 help="forward the events of these sources only (paper: staff-entered declarations)")
+    sources: list[str] = setting([], help="forward the events of these sources only (camera, manual, paper:"
+                                 " staff-entered declarations ...); empty: every source")
     backfill: bool = setting(True, help="when forwarding is first set up, queue the events stored before too")
     batch_size: int = setting(100, min=1, max=5000, help="events read, decrypted and audited together at most")
     concurrency: int = setting(4, min=1, max=64, help="requests in flight at once (each event is one POST; more"

@@ -505,7 +505,7 @@ class Forwarder:
                 self._park(r, 0, "purged: the event was deleted before it was forwarded", 0)
                 _bump(self.t, "purged")
                 done += 1
-            elif e.decision not in self.s.decisions or e.source not in self.s.sources:
+            elif e.decision not in self.s.decisions or (self.s.sources and e.source not in self.s.sources):
                 with self.storage.db.atomic():
                     Q.delete().where(Q.id == r.id).execute()
                     _bump(self.t, "filtered")
