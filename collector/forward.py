@@ -426,12 +426,15 @@ class Forwarder:
 
     def run(self):
         """Forward until `self.stop` is set (its own database connection); errors are logged and retried."""
-        install(self.storage, self.s.backfill)
         failures = 0
+        ready = False
         with self.storage.connection():
             log.warning("forwarding to %s (%.3g requests/s at most)", self.endpoint, self.s.rate_per_s)
             while not self.stop.is_set():
                 try:
+                    if not ready:
+                        install(self.storage, self.s.backfill)
+                        ready = True
                     n = self.step()
                     failures = 0
                 except Exception as exc:  # the database is down: try again after a while
