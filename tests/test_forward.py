@@ -448,3 +448,32 @@ def test_uninstall_stops_queueing(tmp_path):
     assert forward.state(st) == {"installed": False, "backlog": None, "dead": None}
     assert forward.install(st) == 3  # set up again: what is stored is queued (backfill)
     st.close()
+
+
+def test_api_stats_shows_the_forwarder(tmp_path, receiver):
+    """The fleet page's JSON (`GET /api/stats`, fleet:read) carries the forwarder's state: backlog, dead, last error."""
+    import httpx
+
+    from collector.web import WebServer
+    from collector.web.accounts import Accounts
+
+    keys = make_keys(tmp_path / "keys")
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    st = Storage(db, keys=keys, retention_days=3650)
+    st.store_batch(_items("term-a", [1, 2, 3]))
+    cfg = collector_config(db, key_dir=tmp_path / "keys", http={"enabled": True, "port": 0},
+                           forward=_forward(receiver.url, _token_file(tmp_path)))
+    col = Collector(cfg, storage=st)  # not started: no broker needed for its stats
+    with st.connection():
+        secret = Accounts(st).add_token("fleet-page", ["fleet:read"], "test")
+    server = WebServer(cfg, st, collector=col).start()
+    try:
+        r = httpx.get(f"{server.url}/api/stats", headers={"Authorization": f"Bearer {secret}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        fw = r.json()["forward"]
+        assert fw["installed"] and fw["backlog"] == 3 and fw["dead"] == 0 and fw["last_error"] is None
+        assert fw["oldest_queued"]["key"] == "term-a:1"
+        assert TOKEN not in r.text
+    finally:
+        server.stop()
+        st.close()
