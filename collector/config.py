@@ -298,6 +298,9 @@ class ForwardSettings(Settings):
                                    " with jitter)")
     backoff_max_s: float = setting(300.0, min=0.01, max=86400.0, help="longest wait after failures (and Retry-After"
                                    " honoured up to it)")
+    park_after: int = setting(0, min=0, max=1_000_000, help="park an event in the dead letter after this many 5xx"
+                              " answers to it (one event the receiver always fails on stops the queue otherwise);"
+                              " 0: never, retried until accepted")
     idle_s: float = setting(2.0, min=0.01, max=3600.0, help="how often an empty queue is looked at again")
     lease_s: float = setting(60.0, min=1.0, max=3600.0, help="one collector sends at a time: a sender that stopped"
                              " without letting go is replaced after this long (at least 3 x timeout_s)")

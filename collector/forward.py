@@ -620,7 +620,7 @@ class Forwarder:
                    "User-Agent": "chot-collector"}
         if self.auth:
             headers["Authorization"] = self.auth
-        attempt = 0
+        attempt = fails_5xx = 0
         while True:
             if not self.bucket.take(self.stop):
                 return _Outcome.STOPPED
@@ -655,6 +655,13 @@ class Forwarder:
                 what = reason
             with self._lock:
                 self.counters["failed_attempts"] += 1
+            if status is not None and status >= 500:
+                fails_5xx += 1
+                if self.s.park_after and fails_5xx >= self.s.park_after:
+                    log.error("forwarding: %s failed on event %s %d times (HTTP %d %s): parked in the dead letter"
+                              " (forward.park_after)", self.endpoint, key, fails_5xx, status, reason)
+                    self._park(r, status, f"{reason} ({fails_5xx} times)", attempt)
+                    return _Outcome.PARKED
             self._error(f"{what} (event {key}, attempt {attempt})")
             delay = backoff_delay(attempt, self.s.backoff_min_s, self.s.backoff_max_s, retry_after)
             level = logging.ERROR if attempt in (1, 5) or attempt % 50 == 0 else logging.DEBUG

@@ -9,7 +9,8 @@ reset before recording, and a reset after recording (the client never learns it 
 What it accepts it deduplicates by key: the first acceptance of a key is appended (and fsynced)
 to STATE_DIR/accepted.jsonl as {"key", "body"}, so it survives a kill; a repeat is answered 200
 and counted in STATE_DIR/duplicates. A body whose `refuse_field` value (STATE_DIR/refuse.json:
-{"field": ..., "values": [...]}) is listed gets 400 (the refusal a dead letter is for).
+{"field": ..., "values": [...], "status": 400}) is listed gets that status (400: the refusal a dead
+letter is for; 500: an event the receiver always fails on).
 """
 
 import json
@@ -96,7 +97,7 @@ class Handler(BaseHTTPRequestHandler):
         if refuse.exists():
             rule = json.loads(refuse.read_text())
             if body.get(rule["field"]) in rule["values"]:
-                return self._answer(400, {"error": "invalid field"})
+                return self._answer(rule.get("status", 400), {"error": "invalid field"})
         with LOCK:
             if key in KEYS:
                 _bump("duplicates")

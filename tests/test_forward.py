@@ -75,8 +75,8 @@ class Receiver:
         p = self.state / name
         return int(p.read_text()) if p.exists() else 0
 
-    def refuse(self, field, values):
-        (self.state / "refuse.json").write_text(json.dumps({"field": field, "values": values}))
+    def refuse(self, field, values, status=400):
+        (self.state / "refuse.json").write_text(json.dumps({"field": field, "values": values, "status": status}))
 
     def accept_all(self):
         (self.state / "refuse.json").unlink(missing_ok=True)
@@ -477,3 +477,25 @@ def test_api_stats_shows_the_forwarder(tmp_path, receiver):
     finally:
         server.stop()
         st.close()
+
+
+def test_an_event_the_receiver_always_fails_on_is_parked_after_park_after(tmp_path, receiver):
+    """One event answered 500 forever would stop the queue: with forward.park_after it is parked, the rest goes."""
+    keys = make_keys(tmp_path / "keys")
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    st = Storage(db, keys=keys, retention_days=3650)
+    receiver.fail_rate = 0.0
+    receiver.start()
+    receiver.refuse("diem_chot", ["cp-poison"], status=500)
+    cfg = collector_config(db, key_dir=tmp_path / "keys",
+                           forward=_forward(receiver.url, _token_file(tmp_path), park_after=3, concurrency=1))
+    forward.install(st)
+    st.store_batch(_items("term-a", [1]) + _items("term-a", [2], checkpoint="cp-poison") + _items("term-a", [3]))
+    f = forward.Forwarder(st, cfg.forward)
+    while f.step():
+        pass
+    assert {k for k, _b in receiver.accepted()} == {"term-a:1", "term-a:3"}
+    dead = forward.dead_letters(st)
+    assert [(d["key"], d["status"], d["attempts"]) for d in dead] == [("term-a:2", 500, 3)]
+    f.close()
+    st.close()
