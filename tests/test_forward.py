@@ -499,3 +499,19 @@ def test_an_event_the_receiver_always_fails_on_is_parked_after_park_after(tmp_pa
     assert [(d["key"], d["status"], d["attempts"]) for d in dead] == [("term-a:2", 500, 3)]
     f.close()
     st.close()
+
+
+def test_postgres_partition_made_later_queues_too_and_moved_rows_are_not_queued_twice(tmp_path, pg_dsn):
+    """A day partition made after forwarding was set up (rows moved out of the default partition, then attached)
+    gets the queueing trigger; the moved rows are not queued again."""
+    keys = make_keys(tmp_path / "keys")
+    st = Storage(pg_dsn, keys=keys, retention_days=1)  # the 2021 test events fall in the default partition
+    forward.install(st)
+    st.store_batch(_items("term-a", [1]))
+    st.close()
+    st = Storage(pg_dsn, keys=keys, retention_days=3650)
+    assert st.ensure_partition(BASE_TIME)  # moves term-a:1 out of the default partition and attaches
+    st.store_batch(_items("term-a", [2]))
+    Q = forward.tables(st).Queue
+    assert sorted(Q.select(Q.seq).tuples()) == [(1,), (2,)]
+    st.close()
