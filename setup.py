@@ -40,9 +40,10 @@ setup(
         # The collector's console (collector/web); a terminal never installs it (its hashed
         # requirements cover install_requires only): pip install 'chot[console]' on the collector.
         # (Written out, not a variable: provisioning/requirements.py reads this dict as a literal.)
+        # httpx: the national system's forwarder (collector/forward.py), a collector-only client too
         "console": [
             "fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.55.0", "jinja2==3.1.6", "babel==2.19.0",
-            "python-multipart==0.0.34", "openpyxl==3.1.5",
+            "python-multipart==0.0.34", "openpyxl==3.1.5", "httpx==0.29.0",
         ],
         "test": [
             "pytest==9.2.0",

@@ -130,6 +130,8 @@ def setting(default=REQUIRED, *, min=None, max=None, pattern=None, help=""):  # 
         return dataclasses.field(metadata=meta)
     if isinstance(default, list | tuple):
         return dataclasses.field(default_factory=lambda: list(default), metadata=meta)
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=lambda: dict(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -246,7 +248,8 @@ def _section_values(name, fields, raw, problems):
             ok = False
         else:
             default = field.default
-            values[key] = list(default) if isinstance(default, list | tuple) else default
+            values[key] = list(default) if isinstance(default, list | tuple) else \
+                dict(default) if isinstance(default, dict) else default
     return values if ok else None
 
 
@@ -357,6 +360,8 @@ def _toml_value(v):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{_toml_value(str(k))} = {_toml_value(x)}" for k, x in v.items()) + " }"
     return repr(v)
 
 

@@ -150,6 +150,28 @@ def register(sub):
         if name == "import":
             c.add_argument("file", help="the fleet's registry.json (chot provision registry)")
 
+    f = csub.add_parser("forward", help="forwarding to the national declaration system: status, run, retry",
+                        description="The collector forwards stored events to the national system ([forward] in the "
+                        "config; `chot collector run` does it in a thread when forward.enabled). `status` shows the "
+                        "backlog, the dead letter and the last error; `retry` queues parked events again; `run` "
+                        "forwards without ingesting (one sender at a time per database).")
+    f.set_defaults(group_parser=f)
+    fsub = f.add_subparsers(dest="forward_command", metavar="ACTION")
+    for name, func, help_ in (("status", _forward_status, "backlog, dead letter, counters, last success, error (JSON)"),
+                              ("run", _forward_run, "forward until SIGTERM (without ingesting)"),
+                              ("retry", _forward_retry, "queue parked (dead-letter) events again"),
+                              ("uninstall", _forward_uninstall, "stop queueing events for forwarding and drop the "
+                               "forwarder's tables (the backlog is not sent)")):
+        c = fsub.add_parser(name, help=help_, description=help_)
+        c.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"collector config (default {DEFAULT_CONFIG})")
+        c.set_defaults(func=func)
+        if name == "status":
+            c.add_argument("--limit", type=int, default=100, help="dead-letter rows shown at most (default 100)")
+        if name == "uninstall":
+            c.add_argument("--yes", action="store_true", required=True, help="yes, drop the backlog unsent")
+        if name == "retry":
+            c.add_argument("keys", nargs="*", metavar="DEVICE:SEQ", help="the parked events to retry (default all)")
+
     # the console's users and API tokens (collector/web/accounts.py)
     roles = ("admin", "tracer", "ward_officer", "checkpoint_staff", "viewer")
     u = csub.add_parser("user", help="the console's users: add, list, disable, enable, passwd, role",
@@ -400,6 +422,48 @@ def _purge(args):
     cfg = _cfg(args)
     with _storage(cfg) as st:
         _print_json(st.purge(args.days if args.days is not None else cfg.collector.retention_days))
+    return 0
+
+
+def _forward_status(args):
+    from collector import forward
+
+    cfg = _cfg(args)
+    with _storage(cfg) as st:
+        out = {"enabled": cfg.forward.enabled, "endpoint": forward.endpoint_label(cfg.forward.url)
+               if cfg.forward.url else None, **forward.state(st), "dead_letter": forward.dead_letters(st, args.limit)}
+    _print_json(out)
+
+
+def _forward_retry(args):
+    from collector import forward
+
+    with _storage(_cfg(args)) as st:
+        _print_json({"queued_again": forward.retry(st, args.keys or None)})
+
+
+def _forward_uninstall(args):
+    from collector import forward
+
+    with _storage(_cfg(args)) as st:
+        _print_json({"dropped_backlog": forward.uninstall(st)})
+
+
+def _forward_run(args):
+    import signal
+    import threading
+
+    from collector import forward
+
+    cfg = _cfg(args, world=True)
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with _storage(cfg, keys=True) as st:
+            forward.run(cfg, st, stop)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
     return 0
 
 

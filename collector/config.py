@@ -5,6 +5,7 @@ On a server it lives at /etc/chot/collector.toml. Its parts (chot/config.py expl
     [collector]  CollectorSettings   database, batches, keys, retention
     [mqtt]       BrokerSettings      the broker connection
     [http]       HttpSettings        the tracers' console and JSON API
+    [forward]    ForwardSettings     forwarding to the national declaration system (collector/forward.py)
 
 A new key goes into its part's class (one line: type, default, rule, help).
 
@@ -256,6 +257,97 @@ class HttpSettings(Settings):
                                (f"{name}.tls_key", self.tls_key, True, False)])
 
 
+# what a forward.mapping value may name: the event's clear fields (FORWARD_CLEAR_FIELDS) or a field of the
+# person's decrypted part (id_number, name, phone, dob, address, ward ...: what the credential carried)
+FORWARD_CLEAR_FIELDS = ("key", "device_id", "seq", "uuid", "checkpoint", "direction", "time", "time_utc", "decision",
+                        "reason", "verified", "source", "format", "clock_flag")
+DEFAULT_FORWARD_MAPPING = {
+    "id_number": "id_number", "name": "name", "phone": "phone", "checkpoint": "checkpoint",
+    "direction": "direction", "time": "time", "decision": "decision", "verified": "verified", "source": "source",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForwardSettings(Settings):
+    enabled: bool = setting(False, help="forward stored events to the national declaration system (docs/collector.md)")
+    url: str | None = setting(None, pattern=r"https?://[^\s]+", help="the national system's endpoint: one POST per"
+                              " event (https, or http to a loopback address)")
+    auth: Literal["bearer", "basic", "none"] = setting(
+        "bearer", help="bearer: token_file holds the token; basic: token_file holds user:password")
+    token_file: FilePath | None = setting(None, help="the credentials' file (0600, first line); never logged")
+    mapping: dict = setting(DEFAULT_FORWARD_MAPPING, help="the body's fields: national field name = our field"
+                            f" ({', '.join(FORWARD_CLEAR_FIELDS)}, or a personal field: id_number, name, phone, dob,"
+                            " address, ward ...)")
+    key_field: str = setting("idempotency_key", pattern=r"[A-Za-z_][A-Za-z0-9_.-]{0,63}",
+                             help="the body field holding the event's idempotency key (also the Idempotency-Key"
+                             " header): <device_id>:<seq>")
+    timezone: str = setting("UTC", help="the zone of `time` (IANA name; ISO 8601 with offset); time_utc is UTC")
+    case: str = setting("national-forwarding", pattern=r"\S.{0,199}",
+                        help="the standing case id of the forwarder's personal reads in the audit log")
+    decisions: list[str] = setting(["PASS", "FAIL"], help="forward the events of these decisions only")
+    sources: list[str] = setting([], help="forward the events of these sources only (camera, manual, paper:"
+                                 " staff-entered declarations ...); empty: every source")
+    backfill: bool = setting(True, help="when forwarding is first set up, queue the events stored before too")
+    batch_size: int = setting(100, min=1, max=5000, help="events read, decrypted and audited together at most")
+    concurrency: int = setting(4, min=1, max=64, help="requests in flight at once (each event is one POST; more"
+                               " lanes hide the round trip to a distant endpoint)")
+    rate_per_s: float = setting(10.0, min=0.01, max=10000.0, help="requests per second at most (a token bucket)")
+    timeout_s: float = setting(10.0, min=0.1, max=300.0, help="one request's time limit (connect, send, answer)")
+    max_response_kib: int = setting(64, min=1, max=65536, help="answer bytes read at most (the rest is dropped)")
+    backoff_min_s: float = setting(1.0, min=0.01, max=3600.0, help="first wait after a failure (doubled each time,"
+                                   " with jitter)")
+    backoff_max_s: float = setting(300.0, min=0.01, max=86400.0, help="longest wait after failures (and Retry-After"
+                                   " honoured up to it)")
+    park_after: int = setting(0, min=0, max=1_000_000, help="park an event in the dead letter after this many 5xx"
+                              " answers to it (one event the receiver always fails on stops the queue otherwise);"
+                              " 0: never, retried until accepted")
+    idle_s: float = setting(2.0, min=0.01, max=3600.0, help="how often an empty queue is looked at again")
+    lease_s: float = setting(60.0, min=1.0, max=3600.0, help="one collector sends at a time: a sender that stopped"
+                             " without letting go is replaced after this long (at least 3 x timeout_s)")
+
+    def problems(self, name):
+        out = []
+        if self.enabled and not self.url:
+            out.append(f"{name}.url: missing; allowed: the national system's https:// URL, required when"
+                       f" {name}.enabled")
+        if self.url:
+            from urllib.parse import urlparse
+
+            u = urlparse(self.url)
+            if u.username or u.password:
+                out.append(f"{name}.url: found a URL with credentials; allowed: a URL without user:password@ (put"
+                           f" them in {name}.token_file)")
+            elif u.scheme == "http" and not is_loopback(u.hostname or ""):
+                out.append(f"{name}.url: found {self.url!r}; allowed: an https:// URL (http only to a loopback"
+                           " address): the events carry personal data and credentials")
+        if self.enabled and self.auth != "none" and not self.token_file:
+            out.append(f"{name}.token_file: missing; allowed: a 0600 file, required with {name}.auth ="
+                       f" {self.auth!r}")
+        for k, v in self.mapping.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", str(k)) or not isinstance(v, str) \
+                    or not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", v):
+                out.append(f"{name}.mapping: found {k!r} = {v!r}; allowed: national_field = \"our_field\" (letters,"
+                           f" digits, _), our fields: {', '.join(FORWARD_CLEAR_FIELDS)} or a personal field")
+        if self.key_field in self.mapping:
+            out.append(f"{name}.key_field: found {self.key_field!r}; allowed: a name not in {name}.mapping")
+        if self.backoff_min_s > self.backoff_max_s:
+            out.append(f"{name}.backoff_min_s: found {self.backoff_min_s!r}; allowed: at most {name}.backoff_max_s"
+                       f" ({self.backoff_max_s!r})")
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(self.timezone)
+        except (ValueError, KeyError, OSError):
+            out.append(f"{name}.timezone: found {self.timezone!r}; allowed: an IANA time zone such as "
+                       "'Asia/Ho_Chi_Minh' or 'UTC'")
+        return out
+
+    def world_problems(self, name):
+        if not self.enabled or self.auth == "none":
+            return []
+        return files_problems([(f"{name}.token_file", self.token_file, True, False)])
+
+
 @dataclass(frozen=True, kw_only=True)
 class CollectorConfig(Config):
     """The whole collector config: one typed part per section (`cfg.collector.batch_size`)."""
@@ -263,6 +355,7 @@ class CollectorConfig(Config):
     collector: CollectorSettings
     mqtt: BrokerSettings
     http: HttpSettings
+    forward: ForwardSettings
 
     def problems(self):
         if self.mqtt.receive_maximum < self.collector.batch_size:

@@ -138,6 +138,11 @@ class Collector:
         self._worker = None
         self._ack_key = None
         self.lists = None  # the ListRefresher, when there is a signing key
+        self.forward = None  # the national system's forwarder (collector/forward.py), when forward.enabled
+        if cfg.forward.enabled:
+            from collector.forward import ForwardThread
+
+            self.forward = ForwardThread(self.storage, cfg.forward)  # fails here, saying what is wrong
         if c.signing_key:
             from collector.signing import load_signing_key
 
@@ -165,6 +170,8 @@ class Collector:
         self._worker.start()
         self._purger = threading.Thread(target=self._purge_loop, name="collector-purge", daemon=True)
         self._purger.start()
+        if self.forward is not None:
+            self.forward.start()
         if self._ack_key is not None:  # signed lists kept fresh (collector/refresh.py)
             from collector.refresh import ListRefresher
 
@@ -184,6 +191,8 @@ class Collector:
             self._purger = None
         if self.lists:
             self.lists.stop(timeout)
+        if self.forward is not None:
+            self.forward.stop(timeout)
         if self.client:
             try:
                 if self.connected.is_set():
@@ -239,6 +248,13 @@ class Collector:
         out["connected"] = self.connected.is_set()
         if self.lists is not None:
             out["lists"] = dict(self.lists.counters)
+        if self.forward is not None:
+            from collector.forward import state
+
+            try:
+                out["forward"] = {**state(self.storage), **self.forward.forwarder.stats()}
+            except Exception as exc:  # the database is down: the counters say so, the rest of stats stands
+                out["forward"] = {"error": f"{exc.__class__.__name__}: {exc}"[:200], **self.forward.forwarder.stats()}
         return out
 
     # --- paho callbacks (network thread) ------------------------------------------------------
