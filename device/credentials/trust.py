@@ -52,6 +52,10 @@ class TrustStore:
     def __init__(self):
         self.native_keys = {}  # bytes kid (8) -> public key
         self.dcc_certs = {}  # bytes kid (8) -> x509.Certificate
+        self.dcc_countries = {}  # bytes kid -> country code given by the DCC trust list
+        self.dcc_cscas = {}  # country code -> [x509.Certificate]: DCC country signing CAs (chain check)
+        self.dcc_revoked = {}  # DCC revocation hash type -> {kid bytes, or b"" for any -> set of 16-byte hashes}
+        self.dcc_chain_cache = {}  # bytes kid -> None (chains) or why not; filled by dcc on first use
         self.shc_issuers = {}  # str iss -> {str kid -> public key}
         self.shc_revoked = {}  # str iss -> set of str rid
         self.sources = []  # the paths loaded, for logs and `chot scan`
