@@ -8,25 +8,30 @@ recorded in `Verification.steps` (True passed, False failed, None not reached):
 - `decompress`: zlib, inflated to at most MAX_INFLATED bytes (an uncompressed COSE fails);
 - `decode`:     COSE_Sign1 (tag 18, optionally inside CWT tag 61) and the CWT claims
                 (1 iss, 4 exp, 6 iat, -260 hcert {1: the certificate});
-- `signature`:  the key id (protected header, else unprotected) names a trusted signing
-                certificate (kid = sha256(certificate DER)[:8]), the certificate is valid
-                at the evaluation time, and the signature verifies (ES256 raw r||s, or PS256);
-- `time`:       iat <= clock (+ skew) and clock <= exp;
+- `signature`:  the cryptographic check alone: the key id (protected header, else unprotected)
+                names a trusted signing certificate (kid = sha256(certificate DER)[:8]),
+                chained to its country's CSCA where the trust material gives CSCAs, and the
+                signature verifies for the header's algorithm (ES256/384/512 raw r||s,
+                PS256/384/512, EdDSA: `verify_signature`);
+- `revocation`: none of its hashes (SIGNATURE, UCI, COUNTRYCODEUCI) is on a revocation list;
+- `time`:       iat <= clock (+ skew) and clock <= exp, then the signing certificate is valid
+                at the evaluation time (`dsc_not_yet_valid`, `dsc_expired`);
 - `key_usage`:  the certificate's extended key usage allows the content: OIDs
                 1.3.6.1.4.1.1847.2021.1.1 / .2 / .3 for test / vaccination / recovery; a
                 certificate with none of these OIDs may sign anything;
 - `schema`:     the certificate follows its JSON schema (the version named by "ver") and
                 holds exactly one entry of exactly one kind (v, t or r).
 
-Once `decode` passed, the four checks after it are all run and reported (so `chot scan` and
+Once `decode` passed, the checks after it are all run and reported (so `chot scan` and
 the conformance test see each one); `reason` is the first failure. `kind` (vaccination,
 test, recovery) is set once decoded; `person` (name, date of birth, kind, doses, issuer),
 `person_id` (chot.personal.person_id_for_name_dob of the standardised names `fnt` `gnt` and
 the date of birth) and `credential_id` (the entry's certificate identifier `ci`) are filled
 only when the signature verified.
 
-Trust material: `load_trust_json(store, obj)` reads a DCC trust list (see its docstring);
-single certificates (PEM/DER) are stored by device.credentials.trust itself.
+Trust material: `load_trust_json(store, obj)` reads a DCC trust list (DSCs, CSCAs) or a DCC
+revocation list (see their docstrings); single certificates (PEM/DER) are stored by
+device.credentials.trust itself.
 
 JSON schemas: the ehn-dcc-schema releases (one directory per version holding one
 *.combined-schema.json), found in $CHOT_DCC_SCHEMA_DIR, /etc/chot/dcc-schema (where
