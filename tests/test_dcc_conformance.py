@@ -191,6 +191,8 @@ def test_dcc_testdata_conformance(testdata):
     print(f"{'step':28} {'pass':>5} {'fail':>5} {'disagree':>9}")
     for key in sorted({k for k, _ in tally}):
         print(f"{key:28} {tally[(key, 'pass')]:5} {tally[(key, 'fail')]:5} {tally[(key, 'disagree')]:9}")
+    agree = sum(n for (_, kind), n in tally.items() if kind != "disagree")
+    print(f"steps agreeing: {agree} / {sum(tally.values())}")
     assert n >= 400, "the DCC test data is incomplete"
     assert not unlisted, "disagreements not in known_deviations.toml:\n" + "\n".join(unlisted)
     for i, e in enumerate(deviations):

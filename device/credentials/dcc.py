@@ -845,13 +845,11 @@ def _revoked_by(trust, d):
     lists = getattr(trust, "dcc_revoked", None) or {}
     if not lists:
         return None
-    kid = d.kid if isinstance(d.kid, bytes) else None
+    kid = d.kid if isinstance(d.kid, bytes) and d.kid else None
     for htype, hashes_ in revocation_hashes(d).items():
         by_kid = lists.get(htype) or {}
-        pool = set(by_kid.get(b"", ()))
-        if kid:
-            pool |= set(by_kid.get(kid, ()))
-        if any(h in pool for h in hashes_):
+        pools = [p for p in (by_kid.get(b""), by_kid.get(kid) if kid else None) if p]
+        if any(h in pool for pool in pools for h in hashes_):
             return htype
     return None
 
