@@ -889,6 +889,7 @@ def parse_revocations(obj):
         if b.get("deleted") is True:
             continue
         htype = b.get("hashType")
+        htype = htype.upper() if isinstance(htype, str) else htype
         if htype not in REVOCATION_TYPES:
             raise CredentialError(f"{where}: hashType {str(htype)[:20]!r} is not one of {', '.join(REVOCATION_TYPES)}")
         kid = None

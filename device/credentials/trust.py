@@ -5,7 +5,9 @@ each one:
 
 - a public key (PEM or DER SubjectPublicKeyInfo): a native declaration issuer;
 - an X.509 certificate or bundle (PEM or DER): an EU DCC signing certificate, stored in
-  `dcc_certs` under the DCC key id, sha256(certificate DER)[:8];
+  `dcc_certs` under the DCC key id, sha256(certificate DER)[:8]; DCC trust lists (JSON) also
+  fill `dcc_cscas` (country signing CAs, for the chain check) and `dcc_countries`, and DCC
+  revocation lists (JSON) `dcc_revoked` (see device.credentials.dcc.load_trust_json);
 - a JSON file: handed to the hooks `device.credentials.dcc.load_trust_json(store, obj)` and
   `device.credentials.shc.load_trust_json(store, obj, path)` (a JWKS, an object with "keys",
   goes to SHC first, anything else to DCC first). A hook returns a true value when the JSON was
