@@ -98,6 +98,8 @@ class Reason(StrEnum):
     BAD_ID_NUMBER = "bad_id_number"
     BAD_DATE = "bad_date"
     MALFORMED = "malformed"
+    DSC_EXPIRED = "dsc_expired"
+    DSC_NOT_YET_VALID = "dsc_not_yet_valid"
 
 
 # kept for the callers that list them

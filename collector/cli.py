@@ -66,6 +66,9 @@ def register(sub):
 
     c = cmd("publish-trust", _publish_trust, "publish the signed trusted issuers to every terminal, retained")
     c.add_argument("files", nargs="+", help="issuer public keys / certificates (PEM), JSON trust lists, folders")
+    c.add_argument("--dcc-revocations", metavar="FILE", help="a DCC revocation list to send with them: EU gateway "
+                   "revocation batches (JSON), or lines 'UCI <ci>', 'COUNTRYCODEUCI <CC> <ci>', 'SIGNATURE <HC1:...>' "
+                   "(hashed here: the list carries hashes only)")
     c.add_argument("--dry-run", action="store_true", help="print the signed message instead of publishing it")
     c.add_argument("--ttl-h", type=float, help="hours until it expires (default collector.trust_ttl_h); "
                    "the running collector re-signs it before (collector.refresh_lists_h)")
@@ -391,7 +394,8 @@ def _publish_trust(args):
     from collector.signing import publish_trust
 
     return _publish(args, "trust list", lambda st, cfg, publish: publish_trust(st, cfg, args.files, publish=publish,
-                                                                               ttl_h=args.ttl_h, now=args.now),
+                                                                               ttl_h=args.ttl_h, now=args.now,
+                                                                               dcc_revocations=args.dcc_revocations),
                     wire.broadcast_topic("trust"))
 
 

@@ -12,7 +12,8 @@
              carries no ID number, name or credential id;
 - `trust`    on chot/v1/broadcast/trust, target "*"; body = {"format": "chot-trust-v1",
              "files": [{"name": ..., "pem": "..."} | {"name": ..., "json": {...}}]}: the
-             trusted issuers' public keys, certificates and trust lists.
+             trusted issuers' public keys, certificates and trust lists, and a DCC revocation
+             list (hashes only, `--dcc-revocations`) as one more JSON file.
 
 Each message's version grows per topic and is kept in the database (`chot_published`). Each
 carries a signed expiry (`expires`): `collector.config_ttl_h`, `denylist_ttl_h`, `trust_ttl_h`
@@ -162,8 +163,63 @@ def denylist_body(version, person_ids=(), credential_ids=(), params=None):
     return make_denylist_body(version, person_ids, credential_ids, params=params or ARGON2_DEFAULT)
 
 
-def trust_body(paths):
-    """Trusted issuer material from PEM files (keys, certificates) and JSON trust lists."""
+def read_dcc_revocations(path):
+    """A DCC revocation list (device.credentials.dcc.REVOCATION_FORMAT) from a file: hashes only.
+
+    The file is either JSON, an EU gateway revocation batch or a list of them (hashes as they come),
+    or text, one revoked DCC a line (lines starting with # are comments), hashed here so that the list carries no
+    certificate identifier in clear:
+
+        UCI <ci>                       the certificate identifier (the entry's `ci`)
+        COUNTRYCODEUCI <CC> <ci>       the issuing country (the CWT issuer) and the `ci`
+        SIGNATURE <HC1:...>            the certificate's QR text: its signature (r alone for ECDSA)
+
+    CollectorError naming the line or the problem.
+    """
+    from chot.errors import CredentialError
+    from device.credentials import dcc
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CollectorError(f"cannot read the DCC revocation list {path}: {exc}") from None
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            batches = dcc.parse_revocations(json.loads(text))
+        except ValueError as exc:
+            raise CollectorError(f"{path} is not valid JSON: {exc}") from None
+        except CredentialError as exc:
+            raise CollectorError(f"{path}: {exc}") from None
+        if batches is None:
+            raise CollectorError(f"{path}: JSON that is not a DCC revocation batch (hashType, entries) or a list "
+                                 "of them")
+        return dcc.revocation_list(batches)
+    hashes = {t: set() for t in dcc.REVOCATION_TYPES}
+    for n, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):  # no comments after an entry: a UVCI may hold "#" (its checksum)
+            continue
+        kind, _, rest = line.partition(" ")
+        kind, rest = kind.upper(), rest.strip()
+        if kind == "UCI" and rest:
+            hashes["UCI"].add(dcc.uci_revocation_hash(rest))
+        elif kind == "COUNTRYCODEUCI" and len(rest.split(None, 1)) == 2:
+            country, ci = rest.split(None, 1)
+            hashes["COUNTRYCODEUCI"].add(dcc.countrycodeuci_revocation_hash(country, ci.strip()))
+        elif kind == "SIGNATURE" and rest:
+            try:
+                hashes["SIGNATURE"].add(dcc.revocation_entry_of_text(rest)[0])
+            except ValueError as exc:
+                raise CollectorError(f"{path} line {n}: not a signed HC1: text ({exc})") from None
+        else:
+            raise CollectorError(f"{path} line {n}: expected 'UCI <ci>', 'COUNTRYCODEUCI <country> <ci>' or "
+                                 "'SIGNATURE <HC1:...>'")
+    return dcc.revocation_list([(t, None, sorted(h)) for t, h in hashes.items() if h])
+
+
+def trust_body(paths, dcc_revocations=None):
+    """Trusted issuer material from PEM files (keys, certificates) and JSON trust lists, plus, with
+    `dcc_revocations` (a file, see read_dcc_revocations), a DCC revocation list as one more JSON file."""
     files = []
     for path in paths:
         p = Path(path)
@@ -182,6 +238,8 @@ def trust_body(paths):
                 files.append({"name": f.name, "json": json.loads(text)})
             except ValueError:
                 raise CollectorError(f"{f} is neither PEM (public key, certificate) nor a JSON trust list") from None
+    if dcc_revocations:
+        files.append({"name": "dcc-revocations.json", "json": read_dcc_revocations(dcc_revocations)})
     if not files:
         raise CollectorError("no trust files given: give PEM public keys / certificates or JSON trust lists")
     return {"format": TRUST_FORMAT, "files": files}
@@ -336,8 +394,13 @@ def publish_denylist(storage, cfg, path, publish=True, params=None, ttl_h=None, 
     return payload, version, len(persons) + len(creds)
 
 
-def publish_trust(storage, cfg, paths, publish=True, ttl_h=None, now=False):
-    body = trust_body(paths)
+def publish_trust(storage, cfg, paths, publish=True, ttl_h=None, now=False, dcc_revocations=None):
+    """Sign and publish the trusted issuers of `paths` (and a DCC revocation list, `dcc_revocations`).
+
+    Each trust update replaces the previous one on the terminals (added to their configured trust
+    files): publish everything together. Returns (payload, version, number of files).
+    """
+    body = trust_body(paths, dcc_revocations)
     topic = wire.broadcast_topic("trust")
     payload, version = signed(storage, cfg, "trust", body, topic, ttl_h=ttl_h)
     if publish:

@@ -76,6 +76,20 @@ def load_grey(path):
         raise UsageError(f"{path}: not an image this tool reads (PNG, JPEG, WebP): {exc}") from None
 
 
+def shown_steps(steps):
+    """The steps as `chot scan` shows them: every step after the first failed one is null (not reached).
+
+    A reader may run checks past a failure (the DCC reader runs all its checks once decoded, for
+    the conformance tally); the output keeps the documented meaning: the first false is the one
+    that decided, nothing after it counts.
+    """
+    out, failed = {}, False
+    for name, value in steps.items():
+        out[name] = None if failed else value
+        failed = failed or value is False
+    return out
+
+
 class Scanner:
     """The terminal's decoding, verification and policy without pins, outbox or camera."""
 
@@ -97,7 +111,7 @@ class Scanner:
             "source": source,
             "text": text,
             "format": v.format,
-            "steps": dict(v.steps),
+            "steps": shown_steps(v.steps),
             "decision": d.decision,
             "reason": d.reason,
             "kind": v.kind,

@@ -6,7 +6,9 @@ before calling this; here the body is turned into a new `Checker` for the daemon
 - `denylist`: the deny list v2 object of `chot.personal.make_denylist_body` (hashes only);
 - `trust`: `{"format": "chot-trust-v1", "files": [{"name", "pem"} | {"name", "json"}]}` (made by
   `chot collector publish-trust`), added to the trust files of the config (updates add
-  issuers; they never remove the ones configured on the device);
+  issuers; they never remove the ones configured on the device); a JSON file may be a DCC
+  revocation list (`publish-trust --dcc-revocations`), read by device.credentials.dcc like any
+  trust JSON. Each trust update replaces the previous one;
 - `config`: `{"policy": {key: value, ...}, "privacy": {"seal_public_key": "<seal.pub text>"}}`,
   both parts optional. The policy keys are checked against the terminal's schema and override
   the configured ones; the sealing key (the collector's current `seal.pub`, as text) replaces

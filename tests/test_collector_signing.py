@@ -164,5 +164,14 @@ def test_signed_publish_verifies_with_the_collector_key_only(broker, tmp_path):
     chot("publish-trust", str(tmp_path / "other" / "collector.pub"), "--config", str(conf))
     env = wire.verify_envelope(pub, retained(broker, wire.broadcast_topic("trust")), "trust")
     assert env["body"]["files"][0]["pem"].startswith("-----BEGIN PUBLIC KEY-----")
+    # with a DCC revocation list: hashes only, one more JSON file of the same signed trust update
+    (tmp_path / "dcc-revoked.txt").write_text("UCI URN:UVCI:01:VN:REVOKED1#X\n")
+    chot("publish-trust", str(tmp_path / "other" / "collector.pub"), "--dcc-revocations",
+         str(tmp_path / "dcc-revoked.txt"), "--config", str(conf))
+    raw = retained(broker, wire.broadcast_topic("trust"))
+    env = wire.verify_envelope(pub, raw, "trust")
+    rev = env["body"]["files"][1]
+    assert rev["name"] == "dcc-revocations.json" and rev["json"]["batches"][0]["hashType"] == "UCI"
+    assert b"REVOKED1" not in raw
     r = chot("publish-trust", str(tmp_path / "keys" / "collector.key"), "--config", str(conf), check=False)
     assert r.returncode != 0 and "PRIVATE" in r.stderr

@@ -130,11 +130,13 @@ def test_the_signature_is_checked_before_the_claims_are_decoded(iss, monkeypatch
     bytes first; the claims are walked and decoded after it (and still decoded when it fails: the terminal
     records an unverified claim, and the DCC reports every step)."""
     order = []
-    real_check, real_verify = bounds.check_cbor, native.verify_cose_signature
+    real_check, real_verify, real_dcc_verify = bounds.check_cbor, native.verify_cose_signature, dcc.verify_signature
     monkeypatch.setattr(bounds, "check_cbor", lambda data, *a, **kw: (order.append(("walk", len(data))),
                                                                        real_check(data, *a, **kw))[1])
     monkeypatch.setattr(native, "verify_cose_signature",
                         lambda *a, **kw: (order.append(("signature",)), real_verify(*a, **kw))[1])
+    monkeypatch.setattr(dcc, "verify_signature",  # the DCC's own, for every COSE algorithm
+                        lambda *a, **kw: (order.append(("signature",)), real_dcc_verify(*a, **kw))[1])
     for fmt in ("native", "dcc"):
         payload = hostile.native_claims() if fmt == "native" else hostile.dcc_claims()
         for signed in (True, False):

@@ -8,25 +8,30 @@ recorded in `Verification.steps` (True passed, False failed, None not reached):
 - `decompress`: zlib, inflated to at most MAX_INFLATED bytes (an uncompressed COSE fails);
 - `decode`:     COSE_Sign1 (tag 18, optionally inside CWT tag 61) and the CWT claims
                 (1 iss, 4 exp, 6 iat, -260 hcert {1: the certificate});
-- `signature`:  the key id (protected header, else unprotected) names a trusted signing
-                certificate (kid = sha256(certificate DER)[:8]), the certificate is valid
-                at the evaluation time, and the signature verifies (ES256 raw r||s, or PS256);
-- `time`:       iat <= clock (+ skew) and clock <= exp;
+- `signature`:  the cryptographic check alone: the key id (protected header, else unprotected)
+                names a trusted signing certificate (kid = sha256(certificate DER)[:8]),
+                chained to its country's CSCA where the trust material gives CSCAs, and the
+                signature verifies for the header's algorithm (ES256/384/512 raw r||s,
+                PS256/384/512, EdDSA: `verify_signature`);
+- `revocation`: none of its hashes (SIGNATURE, UCI, COUNTRYCODEUCI) is on a revocation list;
+- `time`:       iat <= clock (+ skew) and clock <= exp, then the signing certificate is valid
+                at the evaluation time (`dsc_not_yet_valid`, `dsc_expired`);
 - `key_usage`:  the certificate's extended key usage allows the content: OIDs
                 1.3.6.1.4.1.1847.2021.1.1 / .2 / .3 for test / vaccination / recovery; a
                 certificate with none of these OIDs may sign anything;
 - `schema`:     the certificate follows its JSON schema (the version named by "ver") and
                 holds exactly one entry of exactly one kind (v, t or r).
 
-Once `decode` passed, the four checks after it are all run and reported (so `chot scan` and
+Once `decode` passed, the checks after it are all run and reported (so `chot scan` and
 the conformance test see each one); `reason` is the first failure. `kind` (vaccination,
 test, recovery) is set once decoded; `person` (name, date of birth, kind, doses, issuer),
 `person_id` (chot.personal.person_id_for_name_dob of the standardised names `fnt` `gnt` and
 the date of birth) and `credential_id` (the entry's certificate identifier `ci`) are filled
 only when the signature verified.
 
-Trust material: `load_trust_json(store, obj)` reads a DCC trust list (see its docstring);
-single certificates (PEM/DER) are stored by device.credentials.trust itself.
+Trust material: `load_trust_json(store, obj)` reads a DCC trust list (DSCs, CSCAs) or a DCC
+revocation list (see their docstrings); single certificates (PEM/DER) are stored by
+device.credentials.trust itself.
 
 JSON schemas: the ehn-dcc-schema releases (one directory per version holding one
 *.combined-schema.json), found in $CHOT_DCC_SCHEMA_DIR, /etc/chot/dcc-schema (where
@@ -41,6 +46,7 @@ Pure logic apart from that lazy schema load; `verify` never raises, whatever the
 import base64
 import binascii
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -53,7 +59,8 @@ import cbor2
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from chot import personal
 from chot.errors import CredentialError
@@ -66,9 +73,19 @@ PREFIX = "HC1:"
 MAX_TEXT = native.MAX_TEXT
 MAX_INFLATED = bounds.MAX_INFLATED
 MAX_VALIDITY = timedelta(days=3660)  # exp - iat: certificates in circulation are valid up to 5 years
-STEPS = ("unprefix", "base45", "decompress", "decode", "signature", "time", "key_usage", "schema")
+STEPS = ("unprefix", "base45", "decompress", "decode", "signature", "revocation", "time", "key_usage", "schema")
 
-ALG_ES256, ALG_PS256 = -7, -37
+# COSE signature algorithms (RFC 9053, RFC 8230): ECDSA with the curve of its size, RSASSA-PSS
+# (MGF1 with the same hash, salt length = hash length) and EdDSA on Ed25519.
+ALG_ES256, ALG_ES384, ALG_ES512 = -7, -35, -36
+ALG_PS256, ALG_PS384, ALG_PS512 = -37, -38, -39
+ALG_EDDSA = -8
+ALG_NAMES = {ALG_ES256: "ES256", ALG_ES384: "ES384", ALG_ES512: "ES512", ALG_PS256: "PS256",
+             ALG_PS384: "PS384", ALG_PS512: "PS512", ALG_EDDSA: "EdDSA"}
+_EC_ALGS = {ALG_ES256: (ec.SECP256R1, hashes.SHA256), ALG_ES384: (ec.SECP384R1, hashes.SHA384),
+            ALG_ES512: (ec.SECP521R1, hashes.SHA512)}
+_PS_ALGS = {ALG_PS256: hashes.SHA256, ALG_PS384: hashes.SHA384, ALG_PS512: hashes.SHA512}
+MIN_RSA_BITS = 2048
 HDR_ALG, HDR_KID = 1, 4
 CWT_ISS, CWT_EXP, CWT_IAT, CWT_HCERT = 1, 4, 6, -260
 KINDS = {"v": "vaccination", "t": "test", "r": "recovery"}
@@ -298,17 +315,38 @@ def check_schema(dgc, issued_at=None):
 
 
 def verify_signature(public_key, alg, to_be_signed, signature):
-    """True when `signature` verifies with `public_key` for COSE alg ES256 (-7) or PS256 (-37)."""
+    """True when `signature` verifies with `public_key` for COSE algorithm `alg` (ALG_NAMES).
+
+    ECDSA (ES256/384/512): the key is on the algorithm's curve (P-256, P-384, P-521) and the
+    signature is COSE's raw r || s, each the curve's size; both twins (r, s) and (r, n - s) verify
+    (the DCC specification does not require low s). RSASSA-PSS (PS256/384/512): an RSA key of at
+    least MIN_RSA_BITS, MGF1 with the algorithm's hash and a salt as long as the hash (RFC 8230).
+    EdDSA: an Ed25519 key. Any other algorithm, or a key of another type, is False.
+    """
+    if type(alg) is not int or not isinstance(signature, bytes | bytearray):
+        return False
+    signature = bytes(signature)
     try:
-        if alg == ALG_ES256 and isinstance(public_key, ec.EllipticCurvePublicKey):
-            return native.verify_cose_signature(public_key, ALG_ES256, to_be_signed, signature)
-        if alg == ALG_PS256 and isinstance(public_key, rsa.RSAPublicKey):
-            public_key.verify(
-                signature,
-                to_be_signed,
-                padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO),
-                hashes.SHA256(),
-            )
+        if alg in _EC_ALGS:
+            curve, hash_cls = _EC_ALGS[alg]
+            if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, curve):
+                return False
+            size = (public_key.curve.key_size + 7) // 8
+            if len(signature) != 2 * size:
+                return False
+            r, s = int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
+            public_key.verify(encode_dss_signature(r, s), to_be_signed, ec.ECDSA(hash_cls()))
+            return True
+        if alg in _PS_ALGS:
+            hash_cls = _PS_ALGS[alg]
+            if not isinstance(public_key, rsa.RSAPublicKey) or public_key.key_size < MIN_RSA_BITS:
+                return False
+            public_key.verify(signature, to_be_signed,
+                              padding.PSS(mgf=padding.MGF1(hash_cls()), salt_length=hash_cls.digest_size),
+                              hash_cls())
+            return True
+        if alg == ALG_EDDSA and isinstance(public_key, ed25519.Ed25519PublicKey):
+            public_key.verify(signature, to_be_signed)
             return True
     except (InvalidSignature, ValueError, TypeError):
         return False
@@ -566,7 +604,7 @@ def _verify(v, text, trust, at, skew_s, trace):
         return v.fail("decode", "unreadable", str(exc)[:200])
     # the signature first, over the raw protected header and payload bytes; the claims are decoded
     # after it whatever its outcome (every step is reported), within the CBOR bounds
-    cert, sig_failure = _check_signature(d, trust, at, skew_s)
+    cert, sig_failure = _check_signature(d, trust)
     try:
         decode_claims(d)
     except (ValueError, RecursionError) as exc:
@@ -583,6 +621,13 @@ def _verify(v, text, trust, at, skew_s, trace):
         v.steps["signature"] = True
         v.issuer = d.iss or cert.subject.rfc4514_string()[:120]
 
+    # revocation: the DCC's hashes (signature, UCI, country code + UCI) on a revocation list
+    revoked = _revoked_by(trust, d)
+    if revoked:
+        v.fail("revocation", "revoked", f"on a DCC revocation list ({revoked} hash)")
+    else:
+        v.steps["revocation"] = True
+
     # time: sane, and iat <= clock <= exp
     if d.times:
         v.fail("time", "bad_validity", d.times)
@@ -592,7 +637,9 @@ def _verify(v, text, trust, at, skew_s, trace):
         v.fail("time", "not_yet_valid", "issued after the evaluation time")
     elif at > d.exp:
         v.fail("time", "expired", "past its expiry (exp)")
-    else:
+    elif cert is not None and (dsc := _dsc_time_problem(cert, at, skew_s)):
+        v.fail("time", *dsc)
+    else:  # without a trusted DSC (signature failed) only the certificate's own dates
         v.steps["time"] = True
 
     # key usage of the signing certificate
@@ -615,29 +662,287 @@ def _verify(v, text, trust, at, skew_s, trace):
     return v
 
 
-def _check_signature(d, trust, at, skew_s):
+def _check_signature(d, trust):
     """(the trusted signing certificate or None, None when the signature step passes else (reason, detail)).
 
-    ES256 signatures are accepted in either of their twin forms (r, s) and (r, n - s): the DCC
-    specification does not require low-s and about half the certificates in circulation are high-s
-    (196 of 373 ES256 cases of dgc-testdata). Nothing in Chot is derived from the signature bytes:
-    a twin is the same certificate, with the same `ci` (credential_id) and person id.
+    The step is the cryptographic check alone: the key id names a trusted signing certificate
+    (chained to its country's CSCA when the trust material gives CSCAs, see `_chain_problem`) and
+    the signature verifies with it (`verify_signature`). Whether that certificate is valid at the
+    evaluation time belongs to the `time` step (`dsc_expired`, `dsc_not_yet_valid`), as in the
+    EU's reference verifiers. ECDSA signatures are accepted in either of their twin forms (r, s) and
+    (r, n - s): the DCC specification does not require low-s and about half the certificates in
+    circulation are high-s (196 of 373 ES256 cases of dgc-testdata). Nothing in Chot is derived
+    from the s half: a twin is the same certificate, with the same `ci` (credential_id), person id
+    and revocation hashes (the SIGNATURE hash of an ECDSA signature is of r alone).
     """
     certs = getattr(trust, "dcc_certs", None) or {}
-    cert = certs.get(d.kid) if isinstance(d.kid, bytes) else None
     if not isinstance(d.kid, bytes) or not d.kid:
         return None, ("unknown_issuer", "no key id in the COSE headers")
+    cert = certs.get(d.kid)
     if cert is None:
         return None, ("unknown_issuer", f"signing certificate {d.kid[:8].hex()} is not trusted")
-    if d.alg not in (ALG_ES256, ALG_PS256) or type(d.alg) is not int:
-        return cert, ("bad_signature", "COSE alg is not ES256 (-7) or PS256 (-37)")
+    chain = _chain_problem(trust, d.kid, cert)
+    if chain:
+        return None, ("unknown_issuer", chain)
+    if type(d.alg) is not int or d.alg not in ALG_NAMES:
+        return cert, ("bad_signature", "COSE alg is not one of " + ", ".join(
+            f"{n} ({a})" for a, n in ALG_NAMES.items()))
     if not verify_signature(cert.public_key(), d.alg, d.to_be_signed, d.signature):
-        return cert, ("bad_signature", "the signature does not verify with the signing certificate")
-    if at + timedelta(seconds=skew_s) < _cert_time(cert, "not_valid_before"):
-        return cert, ("not_yet_valid", "the signing certificate is not valid yet")
-    if at > _cert_time(cert, "not_valid_after"):
-        return cert, ("expired", "the signing certificate has expired")
+        return cert, ("bad_signature", f"the {ALG_NAMES[d.alg]} signature does not verify with the signing "
+                                       "certificate (or its key is not of that algorithm's type)")
     return cert, None
+
+
+def _dsc_time_problem(cert, at, skew_s):
+    """(reason, detail) when the signing certificate is not valid at `at`, else None."""
+    if at + timedelta(seconds=skew_s) < _cert_time(cert, "not_valid_before"):
+        return "dsc_not_yet_valid", "the signing certificate (DSC) is not valid yet at the evaluation time"
+    if at > _cert_time(cert, "not_valid_after"):
+        return "dsc_expired", "the signing certificate (DSC) has expired at the evaluation time"
+    return None
+
+
+# ---------------------------------------------------------------- chain to a CSCA
+
+
+def _country_of(cert):
+    try:
+        attrs = cert.subject.get_attributes_for_oid(x509.NameOID.COUNTRY_NAME)
+    except ValueError:
+        return None
+    return str(attrs[0].value).upper() if attrs else None
+
+
+def _is_ca(cert):
+    """A CSCA may sign certificates: basic constraints CA (required) and, if it has a key usage, keyCertSign."""
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    if not bc.ca:
+        return False
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    except ValueError:
+        return False
+    return ku.key_cert_sign
+
+
+def chain_problem(cert, anchors):
+    """None when `cert` is directly issued by one of the CSCAs `anchors`, else what is wrong.
+
+    Not a PKIX path validation (cryptography.x509.verification refuses many DSCs in circulation:
+    no authority key id, critical EKUs it does not know, validity beyond its CA's): the CSCA's
+    subject is the DSC's issuer, the CSCA is a CA (basic constraints; keyCertSign if it has a key
+    usage), its signature on the DSC verifies, and the DSC was issued while the CSCA was valid
+    (the DSC's notBefore within the CSCA's validity: the chain model of ICAO and the DCC, so a CSCA
+    that expires later does not invalidate the DSCs it issued).
+    """
+    if not anchors:
+        return "no CSCA to check it with"
+    why = "its issuer is none of the trusted CSCAs"
+    for ca in anchors:
+        if ca.subject != cert.issuer:
+            continue
+        if not _is_ca(ca):
+            why = "its CSCA is not a CA certificate (basic constraints, key usage)"
+            continue
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            why = "its signature does not verify with its CSCA's key"
+            continue
+        issued = _cert_time(cert, "not_valid_before")
+        if not _cert_time(ca, "not_valid_before") <= issued <= _cert_time(ca, "not_valid_after"):
+            why = "it was issued outside its CSCA's validity"
+            continue
+        return None
+    return why
+
+
+def _chain_problem(trust, kid, cert):
+    """Why the DSC `cert` (under `kid`) is not trusted by chain, or None.
+
+    Only where the trust material gives CSCAs (`trust.dcc_cscas`, country -> certificates, from
+    trust list entries of certificateType "CSCA"): a DSC of a country (the trust list entry's
+    `country`, else the DSC's subject C) that has CSCAs must chain to one of them; so must a DSC
+    whose issuer is the subject of any CSCA given. A DSC of a country without CSCAs is trusted as
+    given. Results are kept per kid (`trust.dcc_chain_cache`): trust material is not changed
+    after loading (an update makes a new store).
+    """
+    cscas = getattr(trust, "dcc_cscas", None) or {}
+    if not cscas:
+        return None
+    cache = getattr(trust, "dcc_chain_cache", None)
+    if cache is not None and kid in cache:
+        return cache[kid]
+    country = (getattr(trust, "dcc_countries", None) or {}).get(kid) or _country_of(cert)
+    anchors = list(cscas.get(country) or [])
+    if not anchors:
+        anchors = [ca for cas in cscas.values() for ca in cas if ca.subject == cert.issuer]
+    problem = None
+    if anchors:
+        why = chain_problem(cert, anchors)
+        if why:
+            problem = f"signing certificate {kid[:8].hex()} does not chain to a trusted CSCA of {country}: {why}"
+    if cache is not None:
+        cache[kid] = problem
+    return problem
+
+
+# ---------------------------------------------------------------- revocation (EU DCC revocation lists)
+
+REVOCATION_TYPES = ("SIGNATURE", "UCI", "COUNTRYCODEUCI")
+REVOCATION_FORMAT = "chot-dcc-revocations-v1"
+REVOCATION_HASH_BYTES = 16  # the lists hold the first 128 bits of each SHA-256
+
+
+def _revocation_hash(data):
+    return hashlib.sha256(data).digest()[:REVOCATION_HASH_BYTES]
+
+
+def signature_revocation_hash(alg, signature):
+    """The SIGNATURE hash: SHA-256 of the signature, of its r half alone for ECDSA (so both twins match)."""
+    sig = bytes(signature)
+    if alg in _EC_ALGS:
+        sig = sig[:len(sig) // 2]
+    return _revocation_hash(sig)
+
+
+def uci_revocation_hash(ci):
+    """The UCI hash: SHA-256 of the certificate identifier `ci` (UTF-8)."""
+    return _revocation_hash(str(ci).encode("utf-8"))
+
+
+def countrycodeuci_revocation_hash(country, ci):
+    """The COUNTRYCODEUCI hash: SHA-256 of the issuing country (the CWT issuer, claim 1) followed by `ci`."""
+    return _revocation_hash((str(country) + str(ci)).encode("utf-8"))
+
+
+def _cis(dgc):
+    """The certificate identifiers `ci` of every entry (v, t, r) of a certificate in JSON form."""
+    out = []
+    for k in KINDS:
+        entries = dgc.get(k) if isinstance(dgc, dict) else None
+        for e in entries if isinstance(entries, list) else ():
+            if isinstance(e, dict) and isinstance(e.get("ci"), str) and e["ci"]:
+                out.append(e["ci"])
+    return out
+
+
+def revocation_hashes(d):
+    """{hash type: [16-byte hashes]} of a decoded DCC (`Decoded` with its claims), as the EU lists hold them."""
+    cis = _cis(d.dgc)
+    out = {"SIGNATURE": [signature_revocation_hash(d.alg, d.signature)], "UCI": [uci_revocation_hash(c) for c in cis]}
+    out["COUNTRYCODEUCI"] = [countrycodeuci_revocation_hash(d.iss, c) for c in cis] if d.iss else []
+    return out
+
+
+def _revoked_by(trust, d):
+    """The hash type under which the DCC is on a revocation list of `trust`, or None."""
+    lists = getattr(trust, "dcc_revoked", None) or {}
+    if not lists:
+        return None
+    kid = d.kid if isinstance(d.kid, bytes) and d.kid else None
+    for htype, hashes_ in revocation_hashes(d).items():
+        by_kid = lists.get(htype) or {}
+        pools = [p for p in (by_kid.get(b""), by_kid.get(kid) if kid else None) if p]
+        if any(h in pool for pool in pools for h in hashes_):
+            return htype
+    return None
+
+
+def _batches(obj):
+    """The revocation batches of `obj`, or None when it is not a DCC revocation list."""
+    if isinstance(obj, dict) and obj.get("format") == REVOCATION_FORMAT:
+        batches = obj.get("batches")
+        if not isinstance(batches, list):
+            raise CredentialError(f"{REVOCATION_FORMAT}: 'batches' must be a list")
+        return batches
+    if isinstance(obj, dict) and "hashType" in obj and "entries" in obj:
+        return [obj]
+    if isinstance(obj, list) and obj and all(isinstance(b, dict) and "hashType" in b for b in obj):
+        return obj
+    return None
+
+
+def parse_revocations(obj):
+    """[(hash type, kid bytes or None, [16-byte hashes])] of a DCC revocation list, or None when `obj` is not one.
+
+    Accepted: the EU gateway's revocation batch ({"country", "expires", "kid", "hashType", "entries":
+    [{"hash": base64}, ...], "deleted"?}), a list of such batches, or Chot's own
+    {"format": "chot-dcc-revocations-v1", "batches": [...]} (made by `chot collector publish-trust
+    --dcc-revocations`). A batch with a kid applies to DCCs signed with that key id only; one
+    without to any signer. Deleted batches are skipped; `expires` is not applied (an expired batch
+    only names DCCs that are past their own expiry). CredentialError for a broken list.
+    """
+    batches = _batches(obj)
+    if batches is None:
+        return None
+    out = []
+    for i, b in enumerate(batches):
+        where = f"DCC revocation batch {i}"
+        if not isinstance(b, dict):
+            raise CredentialError(f"{where}: not an object")
+        if b.get("deleted") is True:
+            continue
+        htype = b.get("hashType")
+        htype = htype.upper() if isinstance(htype, str) else htype
+        if htype not in REVOCATION_TYPES:
+            raise CredentialError(f"{where}: hashType {str(htype)[:20]!r} is not one of {', '.join(REVOCATION_TYPES)}")
+        kid = None
+        if b.get("kid"):
+            try:
+                kid = _b64(b["kid"])
+            except (ValueError, binascii.Error):
+                raise CredentialError(f"{where}: kid is not base64") from None
+        entries = b.get("entries")
+        if not isinstance(entries, list):
+            raise CredentialError(f"{where}: entries must be a list of {{\"hash\": base64}}")
+        hashes_ = []
+        for j, e in enumerate(entries):
+            text = e.get("hash") if isinstance(e, dict) else e
+            try:
+                h = _b64(text) if isinstance(text, str) else b""
+            except (ValueError, binascii.Error):
+                h = b""
+            if len(h) < REVOCATION_HASH_BYTES:
+                raise CredentialError(f"{where} entry {j}: the hash must be base64 of at least "
+                                      f"{REVOCATION_HASH_BYTES} bytes (the first 128 bits of a SHA-256)")
+            hashes_.append(h[:REVOCATION_HASH_BYTES])
+        out.append((htype, kid, hashes_))
+    return out
+
+
+def add_revocations(store, batches):
+    """Add parsed batches (`parse_revocations`) to `store.dcc_revoked`; the number of hashes added."""
+    lists = store.dcc_revoked
+    n = 0
+    for htype, kid, hashes_ in batches:
+        pool = lists.setdefault(htype, {}).setdefault(kid or b"", set())
+        pool.update(hashes_)
+        n += len(hashes_)
+    return n
+
+
+def revocation_list(batches):
+    """Chot's revocation list object ({"format": REVOCATION_FORMAT, "batches": [...]}) of parsed batches."""
+    def b64(b):
+        return base64.b64encode(b).decode("ascii")
+
+    return {"format": REVOCATION_FORMAT, "batches": [
+        {"hashType": t, "kid": b64(k) if k else None, "entries": [{"hash": b64(h)} for h in sorted(set(hs))]}
+        for t, k, hs in batches]}
+
+
+def revocation_entry_of_text(text):
+    """(SIGNATURE hash, signer kid or None) of an "HC1:" text (to revoke it by its signature); ValueError."""
+    d = decode_envelope(inflate(native.b45decode(unprefix(text))))
+    if type(d.alg) is not int or d.alg not in ALG_NAMES or not d.signature:
+        raise ValueError("not a signed DCC (COSE alg unknown or no signature)")
+    return signature_revocation_hash(d.alg, d.signature), (d.kid if isinstance(d.kid, bytes) and d.kid else None)
 
 
 # ---------------------------------------------------------------- trust lists
@@ -652,51 +957,80 @@ def _b64(text):
 
 
 def _trust_entries(obj):
-    """(kid text or None, certificate base64) pairs of a trust list, or None when `obj` is not one."""
+    """The entries ({"kid", "rawData", "certificateType"?, "country"?}) of a trust list, or None when `obj`
+    is not one."""
     if isinstance(obj, dict) and isinstance(obj.get("certificates"), list):
         obj = obj["certificates"]
     if isinstance(obj, list):
         if not obj or not all(isinstance(e, dict) and isinstance(e.get("rawData"), str) for e in obj):
             return None
-        return [(e.get("kid"), e["rawData"]) for e in obj]
+        return obj
     if isinstance(obj, dict) and obj and "keys" not in obj:
         if all(isinstance(k, str) and isinstance(c, str) and len(c) > 100 for k, c in obj.items()):
-            return list(obj.items())
+            return [{"kid": k, "rawData": c} for k, c in obj.items()]
     return None
 
 
-def load_trust_json(store, obj):
-    """Load a DCC trust list into `store.dcc_certs`; the number of certificates, or 0 when `obj` is not one.
+SIGNER_TYPES = ("DSC", None)  # certificateType of the entries that sign DCCs (absent: a DSC)
 
-    Accepted shapes (certificates as base64 DER; kid as base64 of the 8-byte key id):
+
+def load_trust_json(store, obj):
+    """Load a DCC trust list or revocation list into `store`; a true value when loaded, 0 when `obj` is neither.
+
+    Trust lists (certificates as base64 DER; kid as base64 of the 8-byte key id):
       - the EU gateway's trust list export, a list of {"kid", "rawData", "country", "certificateType", ...};
       - the same wrapped as {"certificates": [...]} (the national DSC list downloads);
       - a plain map {"<kid base64>": "<certificate base64 DER>", ...}.
-    Each certificate is stored under its computed key id (sha256(DER)[:8]) and, when the list
-    gives a different one, under that too. Raises CredentialError for a list with a broken entry.
+    Entries of certificateType "DSC" (or none) are signing certificates (`store.dcc_certs`), each
+    stored under its computed key id (sha256(DER)[:8]) and, when the list gives a different one,
+    under that too; their "country" is kept (`store.dcc_countries`). Entries of certificateType
+    "CSCA" are country signing CAs (`store.dcc_cscas`, by country): a DSC of a country that has
+    CSCAs must chain to one (see `chain_problem`). Other types (UPLOAD, AUTHENTICATION) are skipped.
+    Revocation lists: see `parse_revocations` (into `store.dcc_revoked`).
+    Raises CredentialError for a list with a broken entry.
     """
+    batches = parse_revocations(obj)
+    if batches is not None:
+        n = add_revocations(store, batches)
+        log.info("DCC revocation list: %d hashes in %d batches", n, len(batches))
+        return n or True
     entries = _trust_entries(obj)
     if entries is None:
         return 0
     from device.credentials.trust import dcc_kid
 
     n = 0
-    for i, (kid_text, cert_b64) in enumerate(entries):
+    for i, entry in enumerate(entries):
+        kid_text, ctype = entry.get("kid"), entry.get("certificateType")
+        ctype = ctype.upper() if isinstance(ctype, str) else None
         try:
-            cert = x509.load_der_x509_certificate(_b64(cert_b64))
-            listed = _b64(kid_text) if kid_text else None
+            cert = x509.load_der_x509_certificate(_b64(entry["rawData"]))
+            listed = _b64(kid_text) if isinstance(kid_text, str) and kid_text else None
         except (ValueError, binascii.Error) as exc:
             raise CredentialError(
                 f"DCC trust list entry {i}: the certificate (base64 DER) does not parse; "
                 "re-download the trust list"
             ) from exc
+        country = entry.get("country")
+        country = country.upper() if isinstance(country, str) and country else _country_of(cert)
+        if ctype == "CSCA":
+            store.dcc_cscas.setdefault(country, []).append(cert)
+            n += 1
+            continue
+        if ctype not in SIGNER_TYPES:
+            log.info("DCC trust list entry %d: certificateType %s skipped (not a DSC or CSCA)", i, ctype[:20])
+            continue
         kid = dcc_kid(cert)
         store.dcc_certs[kid] = cert
+        if country:
+            store.dcc_countries[kid] = country
         if listed and listed != kid:
             log.warning("DCC trust list entry %d: listed kid %s differs from %s", i, listed.hex(), kid.hex())
             store.dcc_certs[listed] = cert
+            if country:
+                store.dcc_countries[listed] = country
         n += 1
-    log.info("DCC trust list: %d signing certificates", n)
+    log.info("DCC trust list: %d certificates (%d CSCAs in all)", n, sum(len(c) for c in store.dcc_cscas.values()))
     return n
 
 

@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 PASS, FAIL = DecisionCode.PASS, DecisionCode.FAIL
 # verification failures that come from comparing dates with the clock
-TIME_REASONS = frozenset({Reason.EXPIRED, Reason.NOT_YET_VALID, Reason.RECOVERY_EXPIRED, Reason.TEST_EXPIRED})
+TIME_REASONS = frozenset({Reason.EXPIRED, Reason.NOT_YET_VALID, Reason.RECOVERY_EXPIRED, Reason.TEST_EXPIRED,
+                          Reason.DSC_EXPIRED, Reason.DSC_NOT_YET_VALID})
 
 
 def policy_namespace(policy_cfg=None):

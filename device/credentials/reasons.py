@@ -45,6 +45,10 @@ REASONS = {
                 "issue date before the birth or in the future",
     "malformed": "an ID card or PC-Covid code with the wrong number of '|' fields or a field of the wrong shape "
                  "(the detail says which)",
+    "dsc_expired": "DCC: the signing certificate (DSC) has expired at the evaluation time (the signature itself "
+                   "verifies)",
+    "dsc_not_yet_valid": "DCC: the signing certificate (DSC) is not valid yet at the evaluation time (the signature "
+                         "itself verifies)",
 }
 
 

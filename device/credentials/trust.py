@@ -5,7 +5,9 @@ each one:
 
 - a public key (PEM or DER SubjectPublicKeyInfo): a native declaration issuer;
 - an X.509 certificate or bundle (PEM or DER): an EU DCC signing certificate, stored in
-  `dcc_certs` under the DCC key id, sha256(certificate DER)[:8];
+  `dcc_certs` under the DCC key id, sha256(certificate DER)[:8]; DCC trust lists (JSON) also
+  fill `dcc_cscas` (country signing CAs, for the chain check) and `dcc_countries`, and DCC
+  revocation lists (JSON) `dcc_revoked` (see device.credentials.dcc.load_trust_json);
 - a JSON file: handed to the hooks `device.credentials.dcc.load_trust_json(store, obj)` and
   `device.credentials.shc.load_trust_json(store, obj, path)` (a JWKS, an object with "keys",
   goes to SHC first, anything else to DCC first). A hook returns a true value when the JSON was
@@ -52,6 +54,10 @@ class TrustStore:
     def __init__(self):
         self.native_keys = {}  # bytes kid (8) -> public key
         self.dcc_certs = {}  # bytes kid (8) -> x509.Certificate
+        self.dcc_countries = {}  # bytes kid -> country code given by the DCC trust list
+        self.dcc_cscas = {}  # country code -> [x509.Certificate]: DCC country signing CAs (chain check)
+        self.dcc_revoked = {}  # DCC revocation hash type -> {kid bytes, or b"" for any -> set of 16-byte hashes}
+        self.dcc_chain_cache = {}  # bytes kid -> None (chains) or why not; filled by dcc on first use
         self.shc_issuers = {}  # str iss -> {str kid -> public key}
         self.shc_revoked = {}  # str iss -> set of str rid
         self.sources = []  # the paths loaded, for logs and `chot scan`
