@@ -33,7 +33,7 @@ deps: $(STAMPS)/venv
 
 test: deps
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/python -m pytest -q -rs $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -rs --durations=25 $(PYTEST_ARGS)
 
 lint: deps
 	$(VENV)/bin/ruff check .
