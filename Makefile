@@ -7,7 +7,8 @@ PY      ?= python3
 VENV    := .venv
 STAMPS  := .make-stamps
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS := mosquitto mosquitto-clients libzbar0 python3-venv openssl sqlite3 systemd chromium
+APT_PKGS := mosquitto mosquitto-clients libzbar0 python3-venv openssl sqlite3 systemd chromium \
+            espeak-ng alsa-utils linux-libc-dev gcc python3-dev
 DURATION ?= 30
 
 .PHONY: demo test lint bench clean deps faults
