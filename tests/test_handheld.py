@@ -16,6 +16,7 @@ import pytest
 
 from chot.config import validate
 from chot.errors import ConfigError, HardwareError
+from chot.wire import validate_event
 from device.config import SCHEMA, load_terminal_config
 from device.credentials import keys
 from device.credentials.issue_cli import issue_declaration, make_test_identities
@@ -300,6 +301,7 @@ def test_hid_scanner_feeds_the_daemon_and_survives_unplug(tmp_path, issuer, mock
         assert [(e["source"], e["format"], e["decision"]) for e in events[:1]] == [("scanner", "native", "PASS")]
         assert events[1]["source"] == "scanner" and events[1]["verified"] is False
         assert CCCD not in str(events) and "001099012345" not in str(events)
+        assert all(validate_event(e) == [] for e in events)  # `scanner` is a source of the wire
         # Unplugged and plugged in again: the source finds it again, no restart.
         device.unplug()
         assert source.read().texts == []

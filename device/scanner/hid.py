@@ -332,6 +332,7 @@ class HidSource(TextSource):
         self._closed = False
         self._next_try = 0.0
         self._lost = False
+        self._last_data = 0.0
         self._open(first=True)
 
     @classmethod
@@ -395,7 +396,9 @@ class HidSource(TextSource):
                 self._gone(exc)
                 continue
             if not ready:
-                texts = self.decoder.idle()
+                texts = []
+                if time.monotonic() - self._last_data >= self.decoder.gap_s:  # quiet for a whole gap
+                    texts = self.decoder.idle()
                 if texts or time.monotonic() >= deadline:
                     return Scanned(texts)
                 continue
@@ -411,6 +414,7 @@ class HidSource(TextSource):
             if not data:
                 self._gone("end of file")
                 continue
+            self._last_data = time.monotonic()
             texts = self._feed(data)
             if texts:
                 return Scanned(texts)
