@@ -13,6 +13,7 @@ import unicodedata
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from evdev import InputEvent
 
 from chot.config import validate
 from chot.errors import ConfigError, HardwareError
@@ -52,12 +53,16 @@ def cp1258_bytes(ch):
 
 def _key(out, t, code, value):
     sec, usec = divmod(round(t * 1e6), 1_000_000)
-    out.append((sec, usec, EV_KEY, code, value))
-    out.append((sec, usec, EV_SYN, 0, 0))
+    out.append(InputEvent(sec, usec, EV_KEY, code, value))
+    out.append(InputEvent(sec, usec, EV_SYN, 0, 0))
+
+
+def fields(ev):
+    return ev.sec, ev.usec, ev.type, ev.code, ev.value
 
 
 def scanner_events(text, t0=1_700_000_000.0, key_s=0.0015, end=hid.KEY_ENTER, alt="unicode", gaps=None):
-    """The key events a US-layout keyboard-mode scanner sends for `text`, as (sec, usec, type, code, value).
+    """The key events a US-layout keyboard-mode scanner sends for `text` (evdev InputEvents), and the time after.
 
     Non-ASCII characters are sent the way scanners do in their Alt mode: Alt held, the decimal
     code on the keypad, Alt released (`alt="unicode"`: the code point; `"cp1258"`: Alt+0nnn bytes of
@@ -99,7 +104,7 @@ def scanner_events(text, t0=1_700_000_000.0, key_s=0.0015, end=hid.KEY_ENTER, al
 def decode_all(decoder, events):
     texts = []
     for ev in events:
-        texts += decoder.feed(*ev)
+        texts += decoder.feed(*fields(ev))
     return texts
 
 
@@ -126,7 +131,7 @@ def test_recorded_alt_numpad_vietnamese_name():
         (1700000000, 13100, 1, 77, 0), (1700000000, 13300, 1, 56, 0), (1700000000, 14000, 1, 28, 1),
         (1700000000, 14500, 1, 28, 0),
     ]
-    assert decode_all(KeyDecoder(), recorded) == ["Võ Ễ"]
+    assert decode_all(KeyDecoder(), [InputEvent(*r) for r in recorded]) == ["Võ Ễ"]
 
 
 @pytest.mark.parametrize("alt", ["unicode", "cp1258"])
@@ -229,7 +234,7 @@ class RecordedScanner:
         self._queue.put(None)
 
     def play(self, events):
-        self._queue.put(b"".join(EVENT.pack(*ev) for ev in events))
+        self._queue.put(b"".join(EVENT.pack(*fields(ev)) for ev in events))
 
     def opener(self, spec, grab):
         if not self.plugged.is_set() or self._r is None:
@@ -372,9 +377,9 @@ def test_real_input_device_by_name_grabbed(tmp_path):
         assert source is not None
         try:
             assert hid.find_hid("0c2e:0b61") == hid.find_hid("chot test scanner")
-            for _sec, _usec, type_, code, value in events:
-                if type_ == EV_KEY:
-                    ui.write(EV_KEY, code, value)
+            for ev in events:
+                if ev.type == EV_KEY:
+                    ui.write(EV_KEY, ev.code, ev.value)
                     ui.syn()
             assert read_until(source, 1) == [text]
         finally:
@@ -482,3 +487,18 @@ def test_config_checks_the_scanner_keys(tmp_path):
         load_terminal_config(str(path), world=True)
     assert "scanner.serial_port: found '/dev/serial/by-id/usb-none'" in str(err.value)
     assert load_terminal_config(str(path)).scanner.serial_port == "/dev/serial/by-id/usb-none"  # offline: fine
+
+
+def test_selftest_opens_the_handheld_scanner(tmp_path, issuer):
+    from device.selftest import check_camera
+
+    _, pub = issuer
+    pty = PtyScanner(tmp_path / "ttyACM-scanner")
+    try:
+        result = check_camera(scanner_cfg(tmp_path, pub, source="serial", serial_port=str(pty.link)), None)
+        assert (result.name, result.status) == ("scanner", "PASS") and "opened" in result.detail
+    finally:
+        pty.unplug()
+    missing = scanner_cfg(tmp_path, pub, source="serial", serial_port=str(tmp_path / "gone"))
+    result = check_camera(missing, None)
+    assert (result.name, result.status) == ("scanner", "FAIL") and "serial_port" in result.fix
