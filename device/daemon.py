@@ -1,7 +1,8 @@
 """The terminal daemon: wires scanner, credentials, outbox, feedback and uplink together.
 
-The path of one scan: frame -> QR decode (or a handheld scanner's text) -> chunk assembly -> cooldown -> verification ->
-policy -> event committed to the outbox -> feedback on the pins -> the uplink is woken.
+The path of one scan: frame -> QR decode (or a handheld scanner's text) -> chunk assembly ->
+cooldown -> verification -> policy -> event committed to the outbox -> feedback on the pins ->
+the uplink is woken.
 No feedback without a record: when the outbox cannot take the event the terminal fails
 closed (fault signal, reason `outbox_full`, a log line saying why). The frame loop blocks
 on nothing but the outbox commit; Feedback.signal switches the first pins itself (microseconds)
