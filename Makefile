@@ -7,12 +7,13 @@ PY      ?= python3
 VENV    := .venv
 STAMPS  := .make-stamps
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PKGS := mosquitto mosquitto-clients libzbar0 python3-venv openssl sqlite3 systemd chromium
+APT_PKGS := mosquitto mosquitto-clients libzbar0 python3-venv openssl sqlite3 systemd chromium \
+            espeak-ng alsa-utils linux-libc-dev gcc python3-dev
 DURATION ?= 30
 
 .PHONY: demo test lint bench clean deps faults
 
-$(STAMPS)/apt:
+$(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
 	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

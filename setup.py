@@ -37,6 +37,10 @@ setup(
         "pi": ["RPi.GPIO>=0.7.1", "lgpio==0.2.2.0"],
         "usb": ["opencv-python-headless==5.0.0.93"],
         "postgres": ["psycopg2-binary==2.9.13"],
+        # Handheld scanners (scanner.source = "hid" / "serial"). evdev builds from source against the
+        # kernel's headers (linux-libc-dev); on a Pi `apt install python3-evdev` is the other way.
+        "hid": ["evdev==2.0.0"],
+        "serial": ["pyserial==3.5"],
         # The collector's console (collector/web); a terminal never installs it (its hashed
         # requirements cover install_requires only): pip install 'chot[console]' on the collector.
         # (Written out, not a variable: provisioning/requirements.py reads this dict as a literal.)
@@ -56,6 +60,7 @@ setup(
             "fastapi==0.165.0", "starlette==1.10.0", "uvicorn==0.55.0", "jinja2==3.1.6", "babel==2.19.0",
             "python-multipart==0.0.34", "openpyxl==3.1.5",
             "httpx==0.29.0",
+            "evdev==2.0.0", "pyserial==3.5",  # the handheld scanners' (hid, serial above)
             "playwright==1.65.3",  # drives Debian's chromium (/usr/bin/chromium); no browser download
         ],
     },

@@ -44,6 +44,7 @@ class Direction(StrEnum):
 
 class Source(StrEnum):
     CAMERA = "camera"  # a code read by the terminal
+    SCANNER = "scanner"  # a code read by a handheld scanner on the terminal (keyboard-mode USB or serial)
     MANUAL = "manual"  # the guard's button: a person checked on paper at the terminal
     PAPER = "paper"  # a paper declaration entered by checkpoint staff
 
@@ -300,7 +301,7 @@ def check_event(ev):
     problems = []
     if not _real_time(ev.time):
         problems.append(f"time: {ev.time!r} is not a real date and time")
-    if ev.sealed is not None and ev.format in (Format.NONE,) and ev.source is Source.CAMERA:
+    if ev.sealed is not None and ev.format in (Format.NONE,) and ev.source in (Source.CAMERA, Source.SCANNER):
         problems.append("sealed: an event with no credential carries no personal part")
     if ev.refers_to:
         if ev.refers_to.seq >= ev.seq:

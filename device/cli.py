@@ -27,6 +27,13 @@ def register(sub):
     p.add_argument("--config", "-c", default="/etc/chot/terminal.toml", help="terminal config (TOML)")
     p.set_defaults(func=_selftest)
 
+    p = tsub.add_parser("voice", help="make the speaker's Vietnamese prompts (espeak-ng) in feedback.voice_dir",
+                        description="Write pass.wav, fail.wav and guard.wav with espeak-ng's Vietnamese voice into "
+                        "--dir, or the config's feedback.voice_dir. Recorded prompts may replace them (same names).")
+    p.add_argument("--config", "-c", help="terminal config whose feedback.voice_dir to fill")
+    p.add_argument("--dir", help="the folder to write (default: the config's feedback.voice_dir)")
+    p.set_defaults(func=_voice)
+
     from device import scan_cli  # noqa: PLC0415  (kept in its own module)
 
     scan_cli.register(sub)
@@ -64,3 +71,22 @@ def _selftest(args):
     from device.selftest import run_selftest
 
     return run_selftest(args.config)
+
+
+def _voice(args):
+    from device.io.speaker import generate
+
+    folder = args.dir
+    if folder is None:
+        if args.config:
+            from device.config import load_terminal_config
+
+            folder = load_terminal_config(args.config).feedback.voice_dir
+        else:
+            from chot.config import rules
+            from device.io.settings import FeedbackSettings
+
+            folder = rules(FeedbackSettings)["voice_dir"].default
+    for path in generate(folder):
+        print(path)
+    return 0

@@ -1,7 +1,8 @@
 """The terminal daemon: wires scanner, credentials, outbox, feedback and uplink together.
 
-The path of one scan: frame -> QR decode -> chunk assembly -> cooldown -> verification ->
-policy -> event committed to the outbox -> feedback on the pins -> the uplink is woken.
+The path of one scan: frame -> QR decode (or a handheld scanner's text) -> chunk assembly ->
+cooldown -> verification -> policy -> event committed to the outbox -> feedback on the pins ->
+the uplink is woken.
 No feedback without a record: when the outbox cannot take the event the terminal fails
 closed (fault signal, reason `outbox_full`, a log line saying why). The frame loop blocks
 on nothing but the outbox commit; Feedback.signal switches the first pins itself (microseconds)
@@ -46,6 +47,7 @@ from device.credentials.policy import Checker, Policy
 from device.credentials.result import Decision, Verification
 from device.paper import PaperGate, is_identity_claim
 from device.scanner.decode import make_decoder
+from device.scanner.texts import Scanned
 from device.systemd import Notifier
 from device.timefloor import TimeFloor
 
@@ -111,7 +113,8 @@ class Terminal:
     """One checkpoint terminal. Parts may be passed in (tests, the demo); else built from `cfg`.
 
     `process_frame(frame)` handles one frame and returns the events it committed;
-    `run()` loops over the frame source until it is exhausted or `stop()` is called.
+    `process_text(text, source)` handles one code's text (a handheld scanner's, or a frame's);
+    `run()` loops over the frame or text source until it is exhausted or `stop()` is called.
     `sealer` (a chot.personal.Sealer) defaults to the one of `privacy.seal_public_key`.
     """
 
@@ -204,27 +207,45 @@ class Terminal:
             return events
         mono = time.monotonic()
         for raw in texts:
-            text = self.assembler.feed(raw, mono)
-            if text is None:  # a part of a multi-QR code: wait for the rest
-                continue
-            if self.cooldown.seen("t:" + text, mono):
-                continue
-            at, clock = self._clock_reading()
-            if is_staff_text(text):  # a staff card: opens a paper window or is refused; no event
-                self._signal_kind(self.paper.signal_of(self.paper.scan(text, at, clock, self.checker, self.sealer)))
-                continue
-            verification, decision = self.checker.check(text, at, clock_behind=bool(clock.get("behind")))
-            card = self.paper.window.current()
-            if card is not None and is_identity_claim(verification, is_verified(verification)):
-                event = self._record_paper(card, verification, at, clock)
-                events += [event] if event is not None else []
-                continue
-            pid = verification.person_id
-            # The same person with another code within the cooldown. A verified credential and an
-            # unverified claim of the same person are kept apart: a claim never hides a credential.
-            if pid and self.cooldown.seen(f"p:{int(is_verified(verification))}:{pid}", mono):
-                continue
-            event = self._record(decision, verification, source="camera", at=at, clock=clock)
+            event = self.process_text(raw, source="camera", mono=mono)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def process_text(self, raw, source="camera", mono=None):
+        """One code's text, decoded from a frame or sent by a handheld scanner: the one path after
+        the decode step (chunk assembly, cooldown, staff cards and the paper window, verification,
+        policy, outbox, feedback).
+
+        Returns the committed event, or None (a part of a multi-QR code, seen within the cooldown,
+        a staff card, or not recorded).
+        """
+        mono = time.monotonic() if mono is None else mono
+        text = self.assembler.feed(raw, mono)
+        if text is None:  # a part of a multi-QR code: wait for the rest
+            return None
+        if self.cooldown.seen("t:" + text, mono):
+            return None
+        at, clock = self._clock_reading()
+        if is_staff_text(text):  # a staff card: opens a paper window or is refused; no event
+            self._signal_kind(self.paper.signal_of(self.paper.scan(text, at, clock, self.checker, self.sealer)))
+            return None
+        verification, decision = self.checker.check(text, at, clock_behind=bool(clock.get("behind")))
+        card = self.paper.window.current()
+        if card is not None and is_identity_claim(verification, is_verified(verification)):
+            return self._record_paper(card, verification, at, clock)
+        pid = verification.person_id
+        # The same person with another code within the cooldown. A verified credential and an
+        # unverified claim of the same person are kept apart: a claim never hides a credential.
+        if pid and self.cooldown.seen(f"p:{int(is_verified(verification))}:{pid}", mono):
+            return None
+        return self._record(decision, verification, source=source, at=at, clock=clock)
+
+    def process_scanned(self, scanned):
+        """The texts a handheld scanner sent (a `device.scanner.texts.Scanned`); returns the committed events."""
+        events = []
+        for raw in scanned.texts:
+            event = self.process_text(raw, source=scanned.source, mono=scanned.t)
             if event is not None:
                 events.append(event)
         return events
@@ -471,7 +492,10 @@ class Terminal:
             if frame is None:
                 break
             try:
-                self.process_frame(frame)
+                if isinstance(frame, Scanned):  # a handheld scanner's texts: no frame to decode
+                    self.process_scanned(frame)
+                else:
+                    self.process_frame(frame)
             except ChotError as exc:
                 log.error("frame skipped: %s", exc)
             if time.monotonic() >= next_time_check:

@@ -126,10 +126,26 @@ def check_outputs(cfg, pin_factory, on_s=0.5, out=None):
     return results
 
 
+def check_text_scanner(cfg):
+    """A handheld scanner (hid, serial): it can be opened (and grabbed); it sends codes when one is scanned."""
+    from device.scanner.frames import open_source
+
+    where = cfg.scanner.hid_device if cfg.scanner.source == "hid" else cfg.scanner.serial_port
+    try:
+        open_source(cfg.scanner).close()
+    except (ChotError, OSError) as exc:
+        return Result("scanner", "FAIL", f"{cfg.scanner.source} scanner {where} cannot be opened: {exc}",
+                      "plug the scanner in, check scanner.hid_device or scanner.serial_port, and that the service "
+                      "is stopped (one process at a time)")
+    return Result("scanner", "PASS", f"{cfg.scanner.source} scanner {where} opened; scan a code to see it read")
+
+
 def check_camera(cfg, decoder, frames=5):
     """Capture a few frames; report brightness, sharpness and any code read."""
     from device.scanner.frames import open_source
 
+    if cfg.scanner.source in ("hid", "serial"):
+        return check_text_scanner(cfg)
     try:
         source = open_source(cfg.scanner)
     except (ChotError, OSError, RuntimeError) as exc:

@@ -101,6 +101,18 @@ fi
 DEVICE_ID="$(sed -n 's/^id = "\(.*\)"$/\1/p' "$BUNDLE/terminal.toml" | head -n1)"
 [ -n "$DEVICE_ID" ] || die "$BUNDLE/terminal.toml has no [device] id: make the bundle again with 'chot provision device'"
 info "terminal $DEVICE_ID"
+# A handheld scanner or the speaker (docs/terminal.md) needs a few more Debian packages (the venv sees
+# the system's site packages, so python3-evdev / python3-serial serve it).
+SPEAKER=0
+if grep -Eq '^[[:space:]]*source[[:space:]]*=[[:space:]]*"hid"' "$BUNDLE/terminal.toml"; then
+  APT_PACKAGES="$APT_PACKAGES python3-evdev"
+elif grep -Eq '^[[:space:]]*source[[:space:]]*=[[:space:]]*"serial"' "$BUNDLE/terminal.toml"; then
+  APT_PACKAGES="$APT_PACKAGES python3-serial"
+fi
+if grep -Eq '^[[:space:]]*speaker[[:space:]]*=[[:space:]]*true' "$BUNDLE/terminal.toml"; then
+  SPEAKER=1
+  APT_PACKAGES="$APT_PACKAGES espeak-ng alsa-utils"
+fi
 if [ -z "$ROOT" ] && [ "$(id -u)" != 0 ] && [ "$DRY_RUN" = 0 ]; then
   die "run it as root: sudo $0 $*"
 fi
@@ -263,6 +275,19 @@ if [ -d "$BUNDLE/dcc-schema" ]; then
       install_file "$f" "$ETC/dcc-schema/$vname/$(basename "$f")" 644 "$ADMIN:$ADMIN"
     done
   done
+fi
+
+if [ "$SPEAKER" = 1 ]; then  # feedback.speaker = true: the Vietnamese prompts, made here once
+  VOICE_DIR="$(sed -n 's/^[[:space:]]*voice_dir[[:space:]]*=[[:space:]]*"\(.*\)"[[:space:]]*$/\1/p' "$BUNDLE/terminal.toml" | head -n1)"
+  VOICE_DIR="$ROOT${VOICE_DIR:-/var/lib/chot/voice}"
+  say "speaker prompts in $VOICE_DIR"
+  if [ -f "$VOICE_DIR/pass.wav" ] && [ -f "$VOICE_DIR/fail.wav" ] && [ -f "$VOICE_DIR/guard.wav" ]; then
+    info "present (replace them with recorded ones under the same names if you like)"
+  else
+    run "$VENV/bin/chot" terminal voice --dir "$VOICE_DIR" \
+      || die "chot terminal voice failed: see the message above (apt-get install espeak-ng?)"
+    CHANGED=1
+  fi
 fi
 
 # --- the bundle's key material: once installed, it is removed -------------------------------------------

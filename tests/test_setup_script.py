@@ -523,3 +523,19 @@ def test_new_requirements_reinstall_and_the_same_ones_do_not(bundle, env, tmp_pa
     assert len(pips) == 2 and "--require-hashes" in pips[0] and "--no-deps" in pips[1]
     root = tmp_path / "root"
     assert (root / "opt/chot/requirements-terminal.txt").read_bytes() == other.read_bytes()
+
+
+def test_a_hid_scanner_and_the_speaker_bring_their_packages_and_prompts(bundle, env):
+    bdir, _ = bundle
+    toml = bdir / "terminal.toml"
+    text = toml.read_text().replace('source = "picamera2"', 'source = "hid"\nhid_device = "/dev/input/event0"')
+    assert 'source = "hid"' in text
+    toml.write_text(text + '\n[feedback]\nspeaker = true\nvoice_dir = "/var/lib/chot/voice"\n')
+    r = run(bundle, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    root = Path(env["FAKE_STATE"]).parent / "root"
+    log = calls(env)
+    apt_install = [c for c in log if c.startswith("apt-get install")][0].split()
+    assert {"python3-evdev", "espeak-ng", "alsa-utils"} <= set(apt_install) and "python3-serial" not in apt_install
+    assert f"chot terminal voice --dir {root}/var/lib/chot/voice" in log
+    assert "speaker prompts" in r.stdout

@@ -9,7 +9,9 @@ relay react at once) and hands the timed rest to one long-lived worker thread, t
 the frame loop never waits for a light or a beep, and no thread is started per signal.
 A new signal cancels the one playing (every signal device is switched off first, so the
 relay closes on anything but a PASS). `set_status(state)` sets the status LED's endless
-pattern. This module knows nothing of credentials or MQTT; the daemon wires it.
+pattern. With `feedback.speaker` on, `signal` also hands the kind to the speaker's worker
+(device/io/speaker.py), after the pins. This module knows nothing of credentials or MQTT; the
+daemon wires it.
 """
 
 import functools
@@ -114,6 +116,10 @@ class Feedback:
             log.warning("no pass/fail LED configured: the person at the checkpoint sees no answer")
         self._worker = threading.Thread(target=self._work, name="chot-feedback", daemon=True)
         self._worker.start()
+        # The optional speaker (feedback.speaker): its own worker, told after the pins are switched.
+        from device.io.speaker import Speaker
+
+        self.speaker = Speaker.from_config(self.cfg)
 
     def _make(self, key, cls, *pins, **kwargs):
         if pins[0] is None:
@@ -189,6 +195,8 @@ class Feedback:
             self._playing = _Playing(kind, later, time.monotonic(), length)
             self.kind = kind
             self._cond.notify()
+        if self.speaker is not None:
+            self.speaker.say(kind)  # never waits: the prompt plays in the speaker's own thread
         log.debug("feedback: %s", kind)
 
     def _work(self):
@@ -297,6 +305,8 @@ class Feedback:
             self._stop_cycler()
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(5.0)
+        if getattr(self, "speaker", None) is not None:
+            self.speaker.close()
         with self._lock:
             self._close_devices()
 

@@ -11,7 +11,7 @@ import functools
 from dataclasses import dataclass
 from typing import Literal
 
-from chot.config import Settings, setting
+from chot.config import FilePath, Settings, file_problem, setting
 
 PIN = r"(GPIO|BOARD|BCM)?[0-9]{1,2}|none"
 # A 40-pin board (Raspberry Pi 4 B): every Pi since the B+ has the same header, GPIO0 to GPIO27.
@@ -97,3 +97,24 @@ class FeedbackSettings(Settings):
     fault_s: float = setting(2.0, min=0.1, max=30.0, help="fault (fail closed): red fast blink and beep for")
     fault_blink_s: float = setting(0.1, min=0.02, max=2.0, help="status LED fast blink on a fault")
     heartbeat_s: float = setting(1.0, min=0.1, max=10.0, help="status LED heartbeat period")
+    speaker: bool = setting(False, help="say a short Vietnamese prompt for pass, fail and 'see the guard' (ALSA)")
+    speaker_device: str = setting("default", help="the ALSA playback device (`aplay -L` lists them), e.g. 'plughw:1,0'")
+    voice_dir: FilePath = setting(
+        "/var/lib/chot/voice", help="folder of the prompts pass.wav, fail.wav, guard.wav (`chot terminal voice`)"
+    )
+
+    def world_problems(self, name):
+        if not self.speaker:
+            return []
+        from pathlib import Path
+
+        from device.io.speaker import PROMPT_FILES
+
+        problem = file_problem(f"{name}.voice_dir", self.voice_dir, folder=True)
+        if problem:
+            return [problem + "; make the prompts with `chot terminal voice`"]
+        missing = [f for f in PROMPT_FILES if not (Path(self.voice_dir) / f).is_file()]
+        if missing:
+            return [f"{name}.voice_dir: found {self.voice_dir!r} without {', '.join(missing)}; allowed: a folder "
+                    "holding every prompt: make them with `chot terminal voice`"]
+        return []

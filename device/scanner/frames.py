@@ -6,7 +6,9 @@ of a folder, the end of a synthetic crowd; a camera never ends). Sources hold a 
 files, so they are closed with `close()` or used as context managers.
 
 `open_source(scanner_cfg)` picks the source from the [scanner] section of the terminal config
-(device/config.py): `source` = "picamera2" | "usb" | "files" | "synthetic".
+(device/config.py): `source` = "picamera2" | "usb" | "files" | "synthetic", or a handheld
+scanner that gives text, not frames: "hid" | "serial" (device/scanner/texts.py; its `read()`
+returns a `Scanned`, which the daemon takes after the decode step).
 
 Camera libraries are imported only when that source is chosen: picamera2 exists only on
 Raspberry Pi OS, OpenCV is an optional extra (`pip install chot[usb]`).
@@ -327,4 +329,12 @@ def open_source(scanner_cfg, texts=None):
         if texts is None:
             raise HardwareError("scanner.source is 'synthetic' but no QR texts were given for the crowd")
         return SyntheticCrowd(texts, seed=cfg_get(scanner_cfg, "synthetic_seed"), width=width, height=height)
-    raise HardwareError(f"unknown scanner.source {source!r}: use picamera2, usb, files or synthetic")
+    if source == "hid":
+        from device.scanner.hid import HidSource
+
+        return HidSource.from_config(scanner_cfg)
+    if source == "serial":
+        from device.scanner.serialport import SerialSource
+
+        return SerialSource.from_config(scanner_cfg)
+    raise HardwareError(f"unknown scanner.source {source!r}: use picamera2, usb, files, synthetic, hid or serial")
