@@ -9,6 +9,7 @@ its key, whatever restarts on either side. No timing is asserted: waits are boun
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -474,6 +475,17 @@ def test_api_stats_shows_the_forwarder(tmp_path, receiver):
         assert fw["installed"] and fw["backlog"] == 3 and fw["dead"] == 0 and fw["last_error"] is None
         assert fw["oldest_queued"]["key"] == "term-a:1"
         assert TOKEN not in r.text
+        # and the fleet page shows it to a viewer: the backlog, and that no error happened yet
+        from web_helpers import PASSWORD, Console, login
+
+        from collector.web.accounts import Role
+
+        with st.connection():
+            Accounts(st).add_user("viewer", PASSWORD, Role.VIEWER)
+        viewer = login(Console(server.url, cfg, st, server.app.state.web.accounts, server), "viewer")
+        page = viewer.get("/fleet?lang=en").text
+        assert re.search(r'id="forward-backlog">3\b', page) and 'id="forward-error">none' in page
+        assert TOKEN not in page
     finally:
         server.stop()
         st.close()
