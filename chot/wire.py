@@ -98,6 +98,7 @@ class Reason(StrEnum):
     BAD_ID_NUMBER = "bad_id_number"
     BAD_DATE = "bad_date"
     MALFORMED = "malformed"
+    UNKNOWN_VALUE = "unknown_value"
 
 
 # kept for the callers that list them

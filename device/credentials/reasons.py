@@ -45,6 +45,8 @@ REASONS = {
                 "issue date before the birth or in the future",
     "malformed": "an ID card or PC-Covid code with the wrong number of '|' fields or a field of the wrong shape "
                  "(the detail says which)",
+    "unknown_value": "DCC: a coded field (disease, vaccine, manufacturer, prophylaxis, test type, test device, test "
+                     "result, country) holds a code that is not in the EU value sets (the detail says which)",
 }
 
 
