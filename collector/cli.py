@@ -66,6 +66,9 @@ def register(sub):
 
     c = cmd("publish-trust", _publish_trust, "publish the signed trusted issuers to every terminal, retained")
     c.add_argument("files", nargs="+", help="issuer public keys / certificates (PEM), JSON trust lists, folders")
+    c.add_argument("--dcc-valuesets", metavar="DIR",
+                   help="also send the EU DCC value sets in DIR (eu-dcc-valuesets files): terminals check DCC codes "
+                        "against them in place of their installed ones, until a trust list without them")
     c.add_argument("--dry-run", action="store_true", help="print the signed message instead of publishing it")
     c.add_argument("--ttl-h", type=float, help="hours until it expires (default collector.trust_ttl_h); "
                    "the running collector re-signs it before (collector.refresh_lists_h)")
@@ -369,7 +372,8 @@ def _publish_trust(args):
     from collector.signing import publish_trust
 
     return _publish(args, "trust list", lambda st, cfg, publish: publish_trust(st, cfg, args.files, publish=publish,
-                                                                               ttl_h=args.ttl_h, now=args.now),
+                                                                               ttl_h=args.ttl_h, now=args.now,
+                                                                               dcc_valuesets=args.dcc_valuesets),
                     wire.broadcast_topic("trust"))
 
 

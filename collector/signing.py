@@ -162,8 +162,43 @@ def denylist_body(version, person_ids=(), credential_ids=(), params=None):
     return make_denylist_body(version, person_ids, credential_ids, params=params or ARGON2_DEFAULT)
 
 
-def trust_body(paths):
-    """Trusted issuer material from PEM files (keys, certificates) and JSON trust lists."""
+MAX_VALUESET_FILES = 200
+
+
+def valueset_documents(folder):
+    """[{"name", "json"}] of the EU DCC value set files under `folder` (and its sub-folders).
+
+    A value set file is a JSON object with `valueSetId` and `valueSetValues` (as eu-dcc-valuesets
+    publishes them); other JSON files are left out. CollectorError when there is none or one is broken.
+    """
+    base = Path(folder)
+    if not base.is_dir():
+        raise CollectorError(f"--dcc-valuesets {base}: no such folder; give the folder of eu-dcc-valuesets files")
+    out = []
+    for f in sorted(base.rglob("*.json")):
+        try:
+            doc = json.loads(f.read_text("utf-8"))
+        except OSError as exc:
+            raise CollectorError(f"cannot read value set file {f}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise CollectorError(f"value set file {f} is not valid JSON ({exc}); copy it again") from None
+        if isinstance(doc, dict) and isinstance(doc.get("valueSetId"), str) and isinstance(
+                doc.get("valueSetValues"), dict):
+            out.append({"name": f.relative_to(base).as_posix(), "json": doc})
+    if not out:
+        raise CollectorError(f"--dcc-valuesets {base}: no value set file in it (JSON with valueSetId and "
+                             "valueSetValues, as eu-dcc-valuesets publishes them)")
+    if len(out) > MAX_VALUESET_FILES:
+        raise CollectorError(f"--dcc-valuesets {base}: more than {MAX_VALUESET_FILES} value set files")
+    return out
+
+
+def trust_body(paths, dcc_valuesets=None):
+    """Trusted issuer material from PEM files (keys, certificates) and JSON trust lists.
+
+    `dcc_valuesets`: a folder of EU DCC value sets to send along (`"dcc_valuesets"`: [{"name", "json"}]);
+    the terminals check DCC codes against them in place of their installed sets of the same id.
+    """
     files = []
     for path in paths:
         p = Path(path)
@@ -184,7 +219,10 @@ def trust_body(paths):
                 raise CollectorError(f"{f} is neither PEM (public key, certificate) nor a JSON trust list") from None
     if not files:
         raise CollectorError("no trust files given: give PEM public keys / certificates or JSON trust lists")
-    return {"format": TRUST_FORMAT, "files": files}
+    body = {"format": TRUST_FORMAT, "files": files}
+    if dcc_valuesets:
+        body["dcc_valuesets"] = valueset_documents(dcc_valuesets)
+    return body
 
 
 # --- publishing -------------------------------------------------------------------------------
@@ -336,8 +374,8 @@ def publish_denylist(storage, cfg, path, publish=True, params=None, ttl_h=None, 
     return payload, version, len(persons) + len(creds)
 
 
-def publish_trust(storage, cfg, paths, publish=True, ttl_h=None, now=False):
-    body = trust_body(paths)
+def publish_trust(storage, cfg, paths, publish=True, ttl_h=None, now=False, dcc_valuesets=None):
+    body = trust_body(paths, dcc_valuesets=dcc_valuesets)
     topic = wire.broadcast_topic("trust")
     payload, version = signed(storage, cfg, "trust", body, topic, ttl_h=ttl_h)
     if publish:

@@ -6,7 +6,10 @@ before calling this; here the body is turned into a new `Checker` for the daemon
 - `denylist`: the deny list v2 object of `chot.personal.make_denylist_body` (hashes only);
 - `trust`: `{"format": "chot-trust-v1", "files": [{"name", "pem"} | {"name", "json"}]}` (made by
   `chot collector publish-trust`), added to the trust files of the config (updates add
-  issuers; they never remove the ones configured on the device);
+  issuers; they never remove the ones configured on the device); with `"dcc_valuesets": [{"name",
+  "json": <an EU value set document>}]` (`publish-trust --dcc-valuesets DIR`) the DCC codes are
+  checked against these value sets in place of the installed ones of the same id, until a trust
+  update without them;
 - `config`: `{"policy": {key: value, ...}, "privacy": {"seal_public_key": "<seal.pub text>"}}`,
   both parts optional. The policy keys are checked against the terminal's schema and override
   the configured ones; the sealing key (the collector's current `seal.pub`, as text) replaces
@@ -25,6 +28,7 @@ from chot.config import validate
 from chot.errors import CredentialError
 from chot.personal import KeyFileError, parse_public_key
 from device.config import SCHEMA
+from device.credentials import dcc_valuesets
 from device.credentials.denylist import DenyList
 from device.credentials.policy import Checker, Policy
 from device.credentials.trust import TrustStore
@@ -80,6 +84,10 @@ def apply_update(cfg, checker, kind, body, version):
                 raise CredentialError(f"trust update version {version}: file {i} has neither pem nor json")
             data = item["pem"].encode("utf-8") if "pem" in item else json.dumps(item["json"]).encode("utf-8")
             trust.add_bytes(data, f"trust update v{version} {item.get('name', i)}")
+        if body.get("dcc_valuesets") is not None:
+            trust.dcc_valuesets = dcc_valuesets.from_documents(body["dcc_valuesets"], f"trust update v{version}")
+            log.warning("DCC value sets of trust update version %s: %s", version,
+                        ", ".join(sorted(trust.dcc_valuesets.codes)))
         log.warning("trusted issuers version %s applied (%d keys)", version, len(trust))
         return Checker(trust, checker.policy)
     if kind == "config":
