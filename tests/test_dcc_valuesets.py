@@ -13,10 +13,12 @@ The certificates are made here and signed with a throwaway ES256 signing certifi
 
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import cbor2
 import pytest
@@ -36,6 +38,7 @@ from device.credentials.trust import TrustStore, dcc_kid
 from device.update_apply import apply_update
 
 UTC = dt.UTC
+ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2021, 9, 1, 12, 0, tzinfo=UTC)
 NEW_PRODUCT = "EU/1/99/0001"  # a vaccine product not (yet) in the published value set
 
@@ -190,7 +193,9 @@ def test_a_missing_or_broken_folder_is_refused_at_start(sets_dir, signer, tmp_pa
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "chot.cli", *args], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "chot.cli", *args], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=ROOT)
 
 
 def test_check_config_and_the_daemon_say_what_is_wrong_with_the_dcc_folders(sets_dir, testdata, tmp_path):
@@ -306,3 +311,64 @@ def test_several_entries_fail_where_the_release_forbids_them(sets_dir, signer, m
     monkeypatch.setattr(dcc, "_schemas", dict)
     assert "exactly one entry" in dcc.check_schema({"ver": "1.3.0", "nam": {}, "dob": "1990", "v": two})
     assert dcc.check_schema({"ver": "1.2.1", "nam": {}, "dob": "1990", "v": two}) is None
+
+
+def test_publish_trust_with_value_sets_reaches_a_running_terminal(tmp_path, broker, sets_dir):
+    """End to end: a real broker, the collector's `publish-trust --dcc-valuesets`, the terminal's link and
+    its next decision on the QR image of a DCC whose vaccine product only the newer value sets know."""
+    from test_e2e_uplink import _qr_frame
+    from uplink_helpers import terminal_cfg, wait_until
+
+    from collector.testing import make_keys
+    from device.daemon import Terminal
+    from device.uplink.link import Link
+    from device.uplink.outbox import Outbox
+
+    def _chot(*args, cwd):
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout's chot, whatever the cwd
+        proc = subprocess.run([sys.executable, "-m", "chot.cli", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+
+    now = dt.datetime.now(UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "VN"), x509.NameAttribute(NameOID.COMMON_NAME, "DSC")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30)).sign(key, hashes.SHA256()))
+    dsc = tmp_path / "dsc.pem"
+    dsc.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    text = make_dcc((key, cert), "v", [vacc(mp=NEW_PRODUCT, dt=(now - dt.timedelta(days=30)).date().isoformat())],
+                    iat=now - dt.timedelta(hours=1))
+    newer = _with_product(sets_dir, tmp_path / "newer", NEW_PRODUCT)
+
+    key_dir = tmp_path / "collector-keys"
+    make_keys(key_dir)
+    _chot("collector", "keygen", "--out", str(tmp_path / "keys"), cwd=tmp_path)
+    col_toml = tmp_path / "collector.toml"
+    col_toml.write_text(
+        f'[collector]\ndatabase = "sqlite:///{tmp_path / "c.db"}"\n'
+        f'signing_key = "{tmp_path / "keys" / "collector.key"}"\n'
+        f'key_dir = "{key_dir}"\n[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n[http]\nenabled = false\n')
+    cfg = terminal_cfg(tmp_path, broker.port, collector_public_key=str(tmp_path / "keys" / "collector.pub"),
+                       sections={"policy": {"dcc_valueset_dir": str(sets_dir)}, "scanner": {"cooldown_s": 0.0},
+                                 "privacy": {"seal_public_key": str(key_dir / "seal.pub")}})
+    frame = _qr_frame(text, tmp_path)
+    with Outbox.from_config(cfg) as outbox, Terminal(cfg, outbox=outbox) as term:
+        term.link = link = Link(cfg, outbox, on_update=term.apply_update, status_source=term.status).start()
+        assert link.wait_connected(10)
+
+        def decide():
+            (event,) = term.process_frame(frame)
+            return event["decision"], event["reason"]
+
+        assert decide() == ("FAIL", "unknown_issuer")
+        _chot("collector", "publish-trust", str(dsc), "--now", "--config", str(col_toml), cwd=tmp_path)
+        assert wait_until(lambda: link.updates.version("trust") is not None)
+        assert decide() == ("FAIL", "unknown_value")  # trusted now, but the product is not in the installed sets
+        version = link.updates.version("trust")
+        _chot("collector", "publish-trust", str(dsc), "--dcc-valuesets", str(newer), "--now", "--config",
+              str(col_toml), cwd=tmp_path)
+        assert wait_until(lambda: (link.updates.version("trust") or 0) > version)
+        assert decide() == ("PASS", "ok")
+        link.close()
