@@ -191,6 +191,7 @@ def use_dir(path):
     if _dir_override != str(path):
         _dir_override = str(path)
         current.cache_clear()
+        current()  # loaded now, at start-up: what was just checked
         log.info("DCC value sets from %s", path)
 
 
