@@ -101,6 +101,7 @@ class Reason(StrEnum):
     MALFORMED = "malformed"
     DSC_EXPIRED = "dsc_expired"
     DSC_NOT_YET_VALID = "dsc_not_yet_valid"
+    UNKNOWN_VALUE = "unknown_value"
 
 
 # kept for the callers that list them

@@ -69,6 +69,9 @@ def register(sub):
     c.add_argument("--dcc-revocations", metavar="FILE", help="a DCC revocation list to send with them: EU gateway "
                    "revocation batches (JSON), or lines 'UCI <ci>', 'COUNTRYCODEUCI <CC> <ci>', 'SIGNATURE <HC1:...>' "
                    "(hashed here: the list carries hashes only)")
+    c.add_argument("--dcc-valuesets", metavar="DIR",
+                   help="also send the EU DCC value sets in DIR (eu-dcc-valuesets files): terminals check DCC codes "
+                        "against them in place of their installed ones, until a trust list without them")
     c.add_argument("--dry-run", action="store_true", help="print the signed message instead of publishing it")
     c.add_argument("--ttl-h", type=float, help="hours until it expires (default collector.trust_ttl_h); "
                    "the running collector re-signs it before (collector.refresh_lists_h)")
@@ -395,7 +398,8 @@ def _publish_trust(args):
 
     return _publish(args, "trust list", lambda st, cfg, publish: publish_trust(st, cfg, args.files, publish=publish,
                                                                                ttl_h=args.ttl_h, now=args.now,
-                                                                               dcc_revocations=args.dcc_revocations),
+                                                                               dcc_revocations=args.dcc_revocations,
+                                                                               dcc_valuesets=args.dcc_valuesets),
                     wire.broadcast_topic("trust"))
 
 

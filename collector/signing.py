@@ -217,9 +217,44 @@ def read_dcc_revocations(path):
     return dcc.revocation_list([(t, None, sorted(h)) for t, h in hashes.items() if h])
 
 
-def trust_body(paths, dcc_revocations=None):
+MAX_VALUESET_FILES = 200
+
+
+def valueset_documents(folder):
+    """[{"name", "json"}] of the EU DCC value set files under `folder` (and its sub-folders).
+
+    A value set file is a JSON object with `valueSetId` and `valueSetValues` (as eu-dcc-valuesets
+    publishes them); other JSON files are left out. CollectorError when there is none or one is broken.
+    """
+    base = Path(folder)
+    if not base.is_dir():
+        raise CollectorError(f"--dcc-valuesets {base}: no such folder; give the folder of eu-dcc-valuesets files")
+    out = []
+    for f in sorted(base.rglob("*.json")):
+        try:
+            doc = json.loads(f.read_text("utf-8"))
+        except OSError as exc:
+            raise CollectorError(f"cannot read value set file {f}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise CollectorError(f"value set file {f} is not valid JSON ({exc}); copy it again") from None
+        if isinstance(doc, dict) and isinstance(doc.get("valueSetId"), str) and isinstance(
+                doc.get("valueSetValues"), dict):
+            out.append({"name": f.relative_to(base).as_posix(), "json": doc})
+    if not out:
+        raise CollectorError(f"--dcc-valuesets {base}: no value set file in it (JSON with valueSetId and "
+                             "valueSetValues, as eu-dcc-valuesets publishes them)")
+    if len(out) > MAX_VALUESET_FILES:
+        raise CollectorError(f"--dcc-valuesets {base}: more than {MAX_VALUESET_FILES} value set files")
+    return out
+
+
+def trust_body(paths, dcc_revocations=None, dcc_valuesets=None):
     """Trusted issuer material from PEM files (keys, certificates) and JSON trust lists, plus, with
-    `dcc_revocations` (a file, see read_dcc_revocations), a DCC revocation list as one more JSON file."""
+    `dcc_revocations` (a file, see read_dcc_revocations), a DCC revocation list as one more JSON file.
+
+    `dcc_valuesets`: a folder of EU DCC value sets to send along (`"dcc_valuesets"`: [{"name", "json"}]);
+    the terminals check DCC codes against them in place of their installed sets of the same id.
+    """
     files = []
     for path in paths:
         p = Path(path)
@@ -242,7 +277,10 @@ def trust_body(paths, dcc_revocations=None):
         files.append({"name": "dcc-revocations.json", "json": read_dcc_revocations(dcc_revocations)})
     if not files:
         raise CollectorError("no trust files given: give PEM public keys / certificates or JSON trust lists")
-    return {"format": TRUST_FORMAT, "files": files}
+    body = {"format": TRUST_FORMAT, "files": files}
+    if dcc_valuesets:
+        body["dcc_valuesets"] = valueset_documents(dcc_valuesets)
+    return body
 
 
 # --- publishing -------------------------------------------------------------------------------
@@ -394,13 +432,15 @@ def publish_denylist(storage, cfg, path, publish=True, params=None, ttl_h=None, 
     return payload, version, len(persons) + len(creds)
 
 
-def publish_trust(storage, cfg, paths, publish=True, ttl_h=None, now=False, dcc_revocations=None):
-    """Sign and publish the trusted issuers of `paths` (and a DCC revocation list, `dcc_revocations`).
+def publish_trust(storage, cfg, paths, publish=True, ttl_h=None, now=False, dcc_revocations=None,
+                  dcc_valuesets=None):
+    """Sign and publish the trusted issuers of `paths` (and a DCC revocation list, `dcc_revocations`, and
+    EU DCC value sets, `dcc_valuesets`).
 
     Each trust update replaces the previous one on the terminals (added to their configured trust
     files): publish everything together. Returns (payload, version, number of files).
     """
-    body = trust_body(paths, dcc_revocations)
+    body = trust_body(paths, dcc_revocations, dcc_valuesets=dcc_valuesets)
     topic = wire.broadcast_topic("trust")
     payload, version = signed(storage, cfg, "trust", body, topic, ttl_h=ttl_h)
     if publish:

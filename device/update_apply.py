@@ -8,7 +8,9 @@ before calling this; here the body is turned into a new `Checker` for the daemon
   `chot collector publish-trust`), added to the trust files of the config (updates add
   issuers; they never remove the ones configured on the device); a JSON file may be a DCC
   revocation list (`publish-trust --dcc-revocations`), read by device.credentials.dcc like any
-  trust JSON. Each trust update replaces the previous one;
+  trust JSON; with `"dcc_valuesets": [{"name", "json": <an EU value set document>}]`
+  (`publish-trust --dcc-valuesets DIR`) the DCC codes are checked against these value sets in
+  place of the installed ones of the same id. Each trust update replaces the previous one;
 - `config`: `{"policy": {key: value, ...}, "privacy": {"seal_public_key": "<seal.pub text>"}}`,
   both parts optional. The policy keys are checked against the terminal's schema and override
   the configured ones; the sealing key (the collector's current `seal.pub`, as text) replaces
@@ -27,6 +29,7 @@ from chot.config import validate
 from chot.errors import CredentialError
 from chot.personal import KeyFileError, parse_public_key
 from device.config import SCHEMA
+from device.credentials import dcc_valuesets
 from device.credentials.denylist import DenyList
 from device.credentials.policy import Checker, Policy
 from device.credentials.trust import TrustStore
@@ -82,6 +85,10 @@ def apply_update(cfg, checker, kind, body, version):
                 raise CredentialError(f"trust update version {version}: file {i} has neither pem nor json")
             data = item["pem"].encode("utf-8") if "pem" in item else json.dumps(item["json"]).encode("utf-8")
             trust.add_bytes(data, f"trust update v{version} {item.get('name', i)}")
+        if body.get("dcc_valuesets") is not None:
+            trust.dcc_valuesets = dcc_valuesets.from_documents(body["dcc_valuesets"], f"trust update v{version}")
+            log.warning("DCC value sets of trust update version %s: %s", version,
+                        ", ".join(sorted(trust.dcc_valuesets.codes)))
         log.warning("trusted issuers version %s applied (%d keys)", version, len(trust))
         return Checker(trust, checker.policy)
     if kind == "config":

@@ -2,7 +2,8 @@
 
     chot provision init-fleet DIR --broker-host HOST   the fleet CA, broker and collector credentials, collector keys
     chot provision collector-keys [--fleet DIR] [--rotate]   the collector's sealing, index and data keys
-    chot provision device ID --checkpoint CP --direction in|out [--fleet DIR] [--dcc-schema DIR]   enrol a terminal
+    chot provision device ID --checkpoint CP --direction in|out [--fleet DIR] [--dcc-schema DIR]
+                          [--dcc-valuesets DIR]   enrol a terminal
     chot provision collector NAME [--fleet DIR]         another collector instance's own certificate
     chot provision broker-config --fleet DIR --out DIR [--port 8883]   mosquitto.conf, access rules, TLS files
     chot provision revoke ID [--fleet DIR]              shut a terminal out (CRL and the broker's rules)
@@ -70,6 +71,9 @@ def register(sub):
     a.add_argument("--dcc-schema", metavar="DIR",
                    help="the ehn-dcc-schema releases (one folder per version) the terminal validates EU DCCs "
                         "against; installed in /etc/chot/dcc-schema")
+    a.add_argument("--dcc-valuesets", metavar="DIR",
+                   help="the EU DCC value sets (eu-dcc-valuesets JSON files and a rapid test device list) the "
+                        "terminal checks DCC codes against; installed in /etc/chot/dcc-valuesets")
     a.add_argument("--renew", action="store_true", help="issue a new key to an enrolled device (old one revoked)")
     a.set_defaults(func=_device)
 
@@ -192,6 +196,7 @@ def _device(args):
         fleet, args.id, args.checkpoint, args.direction,
         pins=parse_assignments(args.pins, "--pins"), sets=parse_assignments(args.set, "--set"),
         trust=args.trust, wheel=args.wheel, renew=args.renew, dcc_schema=args.dcc_schema,
+        dcc_valuesets=args.dcc_valuesets,
     )
     print(f"terminal {args.id} enrolled; config {fleet.device_dir(args.id) / 'terminal.toml'}")
     print(f"bundle: {bundle} (mode 0600: it holds the terminal's private key)")

@@ -16,6 +16,7 @@ directory `devices/<id>/` (device.key 0600, device.crt, terminal.toml) and makes
                                              collector-keys/seal.pub), pinned: privacy.seal_public_key
     chot-<id>/trust/*                  0644  issuer keys the policy trusts (--trust)
     chot-<id>/dcc-schema/<ver>/*.json  0644  the EU DCC JSON schemas (--dcc-schema: ehn-dcc-schema releases)
+    chot-<id>/dcc-valuesets/*.json     0644  the EU DCC value sets (--dcc-valuesets: eu-dcc-valuesets files)
     chot-<id>/*.whl                    0644  the chot package, when --wheel is given
 
 A bundle never holds a collector private key, nor the index or data key: only the public
@@ -26,6 +27,9 @@ The terminal.toml is validated against device/config.py's SCHEMA before anything
 With `dcc_schema=DIR` the JSON files of every release in DIR (`<version>/<file>.json`, as
 ehn-dcc-schema publishes them) are copied to `devices/<id>/dcc-schema/` and the bundle, and the
 config gets `policy.dcc_schema_dir = "<etc>/dcc-schema"`; `rebuild_bundle` carries them again.
+With `dcc_valuesets=DIR` the value set files in DIR (and its sub-folders: `2021-test-manf/test-manf.json`
+becomes `2021-test-manf_test-manf.json`) are checked (each of the eight value sets must be there) and
+copied the same way to `dcc-valuesets/`; the config gets `policy.dcc_valueset_dir = "<etc>/dcc-valuesets"`.
 """
 
 import io
@@ -39,9 +43,10 @@ import tomllib
 from pathlib import Path
 
 from chot.config import validate
-from chot.errors import ConfigError, ProvisioningError
+from chot.errors import ConfigError, CredentialError, ProvisioningError
 from device.config import SCHEMA
 from device.credentials import dcc
+from device.credentials import dcc_valuesets as vsets
 from provisioning import pki
 from provisioning.fleet import check_device_id
 
@@ -51,6 +56,7 @@ PROVISIONING_DIR = Path(__file__).resolve().parent
 SETUP_SCRIPT = PROVISIONING_DIR / "setup-terminal.sh"
 SEAL_PUB = "collector-seal.pub"  # its name in the bundle and in /etc/chot
 DCC_SCHEMA = "dcc-schema"  # its folder in the device directory, the bundle and /etc/chot
+DCC_VALUESETS = "dcc-valuesets"  # the same for the DCC value sets
 MAX_SCHEMA_FILE = 1 << 20  # one schema file (the real ones are under 30 KB)
 MAX_SCHEMA_TOTAL = 16 << 20  # all of them together
 _SCHEMA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.json")
@@ -125,11 +131,36 @@ def dcc_schema_files(src, option="--dcc-schema"):
     return out
 
 
+def dcc_valueset_files(src, option="--dcc-valuesets"):
+    """[(flat name "<file>.json", source path)] of the EU DCC value sets under `src` (and its sub-folders).
+
+    ProvisioningError when `src` is missing, a file is broken or too large, or a value set is missing.
+    """
+    src = Path(src)
+    try:
+        vsets.load_dir(src)
+        found = vsets.files(src)
+    except CredentialError as exc:
+        raise ProvisioningError(f"{option} {src}: {exc}; give the folder of eu-dcc-valuesets files (e.g. a "
+                                "checkout of github.com/ehn-dcc-development/eu-dcc-valuesets) with a rapid test "
+                                "device list") from None
+    out, total = [], 0
+    for rel, f in found:
+        name = rel.replace("/", "_")
+        total += f.stat().st_size
+        if not _SCHEMA_NAME.fullmatch(name) or total > MAX_SCHEMA_TOTAL:
+            raise ProvisioningError(f"{option} {src}: {rel}: a name of letters, digits, . _ - (at most 128) and "
+                                    f"at most {MAX_SCHEMA_TOTAL} bytes in all, please")
+        out.append((name, f))
+    return out
+
+
 def terminal_config(fleet, device_id, checkpoint, direction, pins=None, sets=None, trust_names=(),
-                    dcc_schema=False):
+                    dcc_schema=False, dcc_valuesets=False):
     """The terminal.toml data for a device (dict of sections), validated against the SCHEMA.
 
-    `dcc_schema`: the DCC schemas are installed with the terminal (policy.dcc_schema_dir is set).
+    `dcc_schema`: the DCC schemas are installed with the terminal (policy.dcc_schema_dir is set);
+    `dcc_valuesets`: the same for the DCC value sets (policy.dcc_valueset_dir).
     """
     etc = fleet.cfg.etc_dir.rstrip("/")
     data = {
@@ -152,6 +183,8 @@ def terminal_config(fleet, device_id, checkpoint, direction, pins=None, sets=Non
     }
     if dcc_schema:
         data["policy"]["dcc_schema_dir"] = f"{etc}/{DCC_SCHEMA}"
+    if dcc_valuesets:
+        data["policy"]["dcc_valueset_dir"] = f"{etc}/{DCC_VALUESETS}"
     for key, value in (pins or {}).items():
         if key == "rgb_led":
             value = [p for p in value.replace(":", "/").split("/") if p]
@@ -188,10 +221,11 @@ def _add(tar, name, data, mode):
     tar.addfile(info, io.BytesIO(data))
 
 
-def make_bundle(fleet, device_id, wheel=None, trust_files=(), schema_files=()):
+def make_bundle(fleet, device_id, wheel=None, trust_files=(), schema_files=(), valueset_files=()):
     """Write bundles/chot-<id>.tar.gz (0600) from the device's files; return its path.
 
-    `schema_files`: [(name under dcc-schema/, path)] as `dcc_schema_files` lists them.
+    `schema_files`: [(name under dcc-schema/, path)] as `dcc_schema_files` lists them;
+    `valueset_files`: [(name under dcc-valuesets/, path)] as `dcc_valueset_files` lists them.
     """
     ddir = fleet.device_dir(device_id)
     top = f"chot-{device_id}"
@@ -214,6 +248,10 @@ def make_bundle(fleet, device_id, wheel=None, trust_files=(), schema_files=()):
             if d not in dirs:
                 dirs.append(d)
         members.append((f"{DCC_SCHEMA}/{rel}", Path(f).read_bytes(), 0o644))
+    if valueset_files:
+        dirs.append(f"/{DCC_VALUESETS}")
+    for name, f in valueset_files:
+        members.append((f"{DCC_VALUESETS}/{name}", Path(f).read_bytes(), 0o644))
     if wheel:
         members.append((Path(wheel).name, Path(wheel).read_bytes(), 0o644))
     buf = io.BytesIO()
@@ -228,7 +266,7 @@ def make_bundle(fleet, device_id, wheel=None, trust_files=(), schema_files=()):
 
 
 def provision_device(fleet, device_id, checkpoint, direction, pins=None, sets=None, trust=(), wheel=None,
-                     renew=False, dcc_schema=None):
+                     renew=False, dcc_schema=None, dcc_valuesets=None):
     """Enrol a terminal; return the bundle's path. See the module doc."""
     check_device_id(device_id, fleet)
     fleet.seal_public()  # an older fleet without collector keys: say so before anything is written
@@ -251,8 +289,9 @@ def provision_device(fleet, device_id, checkpoint, direction, pins=None, sets=No
     if wheel and not Path(wheel).is_file():
         raise ProvisioningError(f"--wheel {wheel}: no such file; build one with `pip wheel --no-deps .`")
     schema_files = dcc_schema_files(dcc_schema) if dcc_schema else []
+    valueset_files = dcc_valueset_files(dcc_valuesets) if dcc_valuesets else []
     data = terminal_config(fleet, device_id, checkpoint, direction, pins, sets, [t.name for t in trust],
-                           dcc_schema=bool(schema_files))
+                           dcc_schema=bool(schema_files), dcc_valuesets=bool(valueset_files))
 
     ca_key, ca_cert = fleet.ca()
     if old_crt.exists():
@@ -276,7 +315,14 @@ def provision_device(fleet, device_id, checkpoint, direction, pins=None, sets=No
     for rel, f in schema_files:
         pki.write_file(sdir / rel, f.read_bytes())
     kept = dcc_schema_files(sdir) if schema_files else []
-    return make_bundle(fleet, device_id, wheel=wheel, trust_files=trust, schema_files=kept)
+    vdir = ddir / DCC_VALUESETS
+    if vdir.exists():
+        shutil.rmtree(vdir)
+    for name, f in valueset_files:
+        pki.write_file(vdir / name, f.read_bytes())
+    kept_sets = dcc_valueset_files(vdir) if valueset_files else []
+    return make_bundle(fleet, device_id, wheel=wheel, trust_files=trust, schema_files=kept,
+                       valueset_files=kept_sets)
 
 
 def rebuild_bundle(fleet, device_id, wheel=None):
@@ -291,7 +337,10 @@ def rebuild_bundle(fleet, device_id, wheel=None):
     trust = sorted((ddir / "trust").glob("*")) if (ddir / "trust").is_dir() else []
     sdir = ddir / DCC_SCHEMA
     schema_files = dcc_schema_files(sdir, option="the device's copy") if sdir.is_dir() else []
-    return make_bundle(fleet, device_id, wheel=wheel, trust_files=trust, schema_files=schema_files)
+    vdir = ddir / DCC_VALUESETS
+    valueset_files = dcc_valueset_files(vdir, option="the device's copy") if vdir.is_dir() else []
+    return make_bundle(fleet, device_id, wheel=wheel, trust_files=trust, schema_files=schema_files,
+                       valueset_files=valueset_files)
 
 
 def _pin_seal_key(fleet, device_id):

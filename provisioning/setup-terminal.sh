@@ -8,7 +8,7 @@
 # OS's picamera2, numpy and pillow are seen) -> the pinned dependencies, checked against their
 # sha256 (pip --require-hashes, requirements-terminal.txt) -> the chot package itself (--no-deps) ->
 # config and credentials under /etc/chot ->
-# (and the DCC schemas, when the bundle has dcc-schema/) -> the bundle's copy of the device key
+# (and the DCC schemas and value sets, when the bundle has dcc-schema/, dcc-valuesets/) -> the bundle's copy of the device key
 # removed -> systemd unit -> self-test -> service enabled and started.
 # Idempotent: every file is compared before it is written and every package checked before it
 # is installed, so a second run changes nothing. Any failure stops it with a message.
@@ -274,6 +274,14 @@ if [ -d "$BUNDLE/dcc-schema" ]; then
       [ -f "$f" ] || continue
       install_file "$f" "$ETC/dcc-schema/$vname/$(basename "$f")" 644 "$ADMIN:$ADMIN"
     done
+  done
+fi
+if [ -d "$BUNDLE/dcc-valuesets" ]; then
+  say "EU DCC value sets in $ETC/dcc-valuesets"
+  ensure_dir "$ETC/dcc-valuesets" 755 "$ADMIN:$ADMIN"
+  for f in "$BUNDLE"/dcc-valuesets/*.json; do
+    [ -f "$f" ] || continue
+    install_file "$f" "$ETC/dcc-valuesets/$(basename "$f")" 644 "$ADMIN:$ADMIN"
   done
 fi
 

@@ -33,7 +33,7 @@ from cryptography.x509.oid import NameOID
 from PIL import Image
 
 from chot import personal
-from device.credentials import dcc, native, shc
+from device.credentials import dcc, dcc_valuesets, native, shc
 from device.credentials.policy import Checker, Policy
 from device.credentials.result import Verification
 from device.credentials.trust import TrustStore, dcc_kid
@@ -61,9 +61,10 @@ STEP_OF = {
 @pytest.fixture(autouse=True)
 def restore_schema_dir():
     """A test may choose the DCC schema folder (process-wide): put back the previous choice after it."""
-    before = dcc.schema_dir()
+    before, before_sets = dcc.schema_dir(), dcc_valuesets.valueset_dir()
     yield
     dcc.set_schema_dir(before)
+    dcc_valuesets.set_dir(before_sets)
 
 
 def _decoder():
@@ -163,6 +164,8 @@ def test_dcc_testdata_conformance(testdata):
     need(root.is_dir(), f"DCC test data at {root}")
     dcc.set_schema_dir(testdata / "dcc" / "ehn-dcc-schema")
     assert len(dcc._schemas()) >= 9, "the ehn-dcc-schema releases 1.0.0 to 1.3.3 were not loaded"
+    dcc_valuesets.set_dir(testdata / "dcc" / "eu-dcc-valuesets")
+    assert not dcc_valuesets.current().missing(), "the EU value sets were not loaded"
     decoder = _decoder()
     deviations = _load_deviations()
     used = Counter()

@@ -358,6 +358,53 @@ def test_device_enrolment_carries_the_dcc_schemas(fleet_dir, testdata, tmp_path,
         provision_device(Fleet(fleet_dir), "gate-t", "cp", "in", dcc_schema=big.parent)
 
 
+def test_device_enrolment_carries_the_dcc_valuesets(fleet_dir, testdata, tmp_path, capsys):
+    """Issue 15: `--dcc-valuesets DIR`: the EU value sets go into the device's folder and the bundle (flat,
+    0644), the config points at /etc/chot/dcc-valuesets, `provision bundle` carries them again; a folder that
+    is missing, lacks a value set or holds broken JSON is refused before anything is written."""
+    src = testdata / "dcc" / "eu-dcc-valuesets"
+    need(src.is_dir(), f"eu-dcc-valuesets at {src}")
+    want = {p.relative_to(src).as_posix().replace("/", "_"): p.read_bytes() for p in src.rglob("*.json")}
+    rc = chot_main(["provision", "device", "gate-v", "--checkpoint", "cp", "--direction", "in",
+                    "--fleet", str(fleet_dir), "--dcc-valuesets", str(src)])
+    assert rc == 0, capsys.readouterr().err
+    d = fleet_dir / "devices/gate-v"
+    cfg = load_terminal_config(d / "terminal.toml")
+    assert cfg.policy.dcc_valueset_dir == "/etc/chot/dcc-valuesets"
+    assert {p.name: p.read_bytes() for p in (d / "dcc-valuesets").iterdir()} == want
+
+    def bundled():
+        with tarfile.open(fleet_dir / "bundles/chot-gate-v.tar.gz") as tar:
+            top = "chot-gate-v/dcc-valuesets/"
+            return {m.name[len(top):]: (m.mode, tar.extractfile(m).read())
+                    for m in tar.getmembers() if m.isfile() and m.name.startswith(top)}
+
+    files = bundled()
+    assert files == {n: (0o644, b) for n, b in want.items()}
+    (fleet_dir / "bundles/chot-gate-v.tar.gz").unlink()
+    assert chot_main(["provision", "bundle", "gate-v", "--fleet", str(fleet_dir)]) == 0
+    assert bundled() == files
+
+    lacking = tmp_path / "lacking"
+    lacking.mkdir()
+    for f in src.glob("*.json"):
+        if f.name != "country-2-codes.json":
+            (lacking / f.name).write_bytes(f.read_bytes())
+    (lacking / "test-manf.json").write_bytes((src / "2021-test-manf" / "test-manf.json").read_bytes())
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in lacking.glob("*.json"):
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "country-2-codes.json").write_bytes((src / "country-2-codes.json").read_bytes()[:500])
+    capsys.readouterr()
+    for bad, says in ((lacking, "missing country-2-codes"), (broken, "country-2-codes.json is not valid JSON"),
+                      (tmp_path / "missing", "no such folder")):
+        rc = chot_main(["provision", "device", "gate-w", "--checkpoint", "cp", "--direction", "in",
+                        "--fleet", str(fleet_dir), "--dcc-valuesets", str(bad)])
+        assert rc != 0 and says in capsys.readouterr().err
+        assert not (fleet_dir / "devices/gate-w").exists()
+
+
 def test_broker_config_and_revocation(fleet_dir, tmp_path, capsys):
     f = Fleet(fleet_dir)
     from provisioning.devices import provision_device

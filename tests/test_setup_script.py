@@ -401,6 +401,43 @@ def test_dcc_schemas_are_installed_with_the_right_modes_and_once(env, testdata, 
     assert [k for k in after if after[k] != before.get(k)] == [f"etc/chot/dcc-schema/{rel}"]
 
 
+def test_dcc_valuesets_are_installed_with_the_right_modes_and_once(env, testdata, tmp_path):
+    """Issue 15: `--dcc-valuesets DIR` puts the EU value sets in the bundle; the script installs them in
+    /etc/chot/dcc-valuesets (0755 folder, 0644 files), idempotently, and the config points there."""
+    src = testdata / "dcc" / "eu-dcc-valuesets"
+    need(src.is_dir(), f"eu-dcc-valuesets at {src}")
+    fleet = init_fleet(tmp_path / "fleet", "broker.test")
+    path = provision_device(fleet, "pi-gate-3", "gate-3", "in", dcc_valuesets=src)
+    with tarfile.open(path) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    bdir = tmp_path / "unpacked" / "chot-pi-gate-3"
+    wheel = make_wheel(tmp_path / "chot-0.1.0-py3-none-any.whl")
+    root = Path(env["FAKE_STATE"]).parent / "root"
+
+    r = run((bdir, wheel), env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "EU DCC value sets" in r.stdout
+    dest = root / "etc/chot/dcc-valuesets"
+    want = {p.relative_to(src).as_posix().replace("/", "_"): p for p in src.rglob("*.json")}
+    got = sorted(p.name for p in dest.iterdir())
+    assert got == sorted(want) and "2021-test-manf_test-manf.json" in got
+    for name in got:
+        assert (dest / name).read_bytes() == want[name].read_bytes(), name
+        assert mode(dest / name) == 0o644, name
+    assert mode(dest) == 0o755
+    cfg = load_terminal_config(root / "etc/chot/terminal.toml")
+    assert cfg.policy.dcc_valueset_dir == "/etc/chot/dcc-valuesets"
+    from device.credentials import dcc_valuesets
+
+    assert dcc_valuesets.load_dir(dest).missing() == []  # the installed folder is a usable one
+
+    before = snapshot(root)
+    n = len(calls(env))
+    r = run((bdir, wheel), env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert snapshot(root) == before and changing(calls(env)[n:]) == []
+
+
 def key_copies(tree, key):
     """Every place under `tree` that holds the device key's material: files, and members of tarballs and zips."""
     body = b"".join(line for line in key.splitlines() if line and not line.startswith(b"-----"))

@@ -19,8 +19,13 @@ recorded in `Verification.steps` (True passed, False failed, None not reached):
 - `key_usage`:  the certificate's extended key usage allows the content: OIDs
                 1.3.6.1.4.1.1847.2021.1.1 / .2 / .3 for test / vaccination / recovery; a
                 certificate with none of these OIDs may sign anything;
-- `schema`:     the certificate follows its JSON schema (the version named by "ver") and
-                holds exactly one entry of exactly one kind (v, t or r).
+- `schema`:     the certificate follows its JSON schema (the version named by "ver"), holds
+                entries of exactly one kind (v, t or r): one entry, or several where its schema
+                release allows them (before 1.3.0), and every coded field is in the EU value
+                sets (device/credentials/dcc_valuesets.py; reason `unknown_value`).
+
+Several entries: the claims, the person and `credential_id` are those of the newest entry (by
+`dt` for v, `sc` for t, `fr` then `df` for r), so the policy judges the newest.
 
 Once `decode` passed, the checks after it are all run and reported (so `chot scan` and
 the conformance test see each one); `reason` is the first failure. `kind` (vaccination,
@@ -38,7 +43,7 @@ JSON schemas: the ehn-dcc-schema releases (one directory per version holding one
 `chot provision device --dcc-schema` puts them), /usr/share/chot/dcc-schema or, in a
 development checkout, ../shared/testdata/dcc/ehn-dcc-schema; `set_schema_dir(path)` chooses
 another (the terminal's `policy.dcc_schema_dir`), `schema_releases(path)` lists what a
-directory holds. Without any schema the `schema` step only checks the one-entry rule. Loaded once.
+directory holds. Without any schema the `schema` step only checks the one-kind rule. Loaded once.
 
 Pure logic apart from that lazy schema load; `verify` never raises, whatever the input.
 """
@@ -64,7 +69,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from chot import personal
 from chot.errors import CredentialError
-from device.credentials import bounds, native
+from device.credentials import bounds, dcc_valuesets, native
 from device.credentials.result import Verification
 
 log = logging.getLogger(__name__)
@@ -276,10 +281,12 @@ def _validators_for(ver):
 
 
 def check_schema(dgc, issued_at=None):
-    """None when `dgc` (JSON form) follows its schema and the one-entry rule, else a short problem text.
+    """None when `dgc` (JSON form) follows its schema and the one-kind rule, else a short problem text.
 
-    Keys v, t, r that are null count as absent (early issuers wrote all three). A date of birth
-    after the issuing time is refused as well.
+    Keys v, t, r that are null count as absent (early issuers wrote all three). Several entries of
+    the one kind are left to the schema release (1.0.0 to 1.2.1 allow them, 1.3.0 on say maxItems
+    1); without any schema loaded, one entry is required from 1.3.0 on. A date of birth after the
+    issuing time is refused as well.
     """
     if not isinstance(dgc, dict):
         return "the certificate is not a map"
@@ -288,8 +295,8 @@ def check_schema(dgc, issued_at=None):
     if len(kinds) != 1:
         return "the certificate must hold exactly one of v, t, r"
     entries = dgc[kinds[0]]
-    if not isinstance(entries, list) or len(entries) != 1:
-        return f"{kinds[0]} must hold exactly one entry"
+    if not isinstance(entries, list) or not entries:
+        return f"{kinds[0]} must hold at least one entry"
     ver = dgc.get("ver")
     if not isinstance(ver, str) or _version_key(ver) is None:
         return "ver (the schema version) is missing"
@@ -300,6 +307,8 @@ def check_schema(dgc, issued_at=None):
     if not validators:
         if _schemas():
             return f"no schema for version {ver[:16]}"
+        if len(entries) != 1 and _version_key(ver) >= (1, 3, 0):
+            return f"{kinds[0]} must hold exactly one entry (schema {ver[:16]})"
         return None
     first = None
     for validator in validators:
@@ -538,11 +547,29 @@ def _person(dgc, claims, issuer):
     return person, person_id, ci or None
 
 
+# the date that orders several entries of one kind: the newest is judged
+_ENTRY_DATES = {"v": ("dt",), "t": ("sc",), "r": ("fr", "df")}
+
+
+def _entry_when(kind, entry):
+    for key in _ENTRY_DATES[kind]:
+        when = _date(entry.get(key))
+        if when is not None:
+            return when
+    return datetime.min.replace(tzinfo=UTC)
+
+
 def _entry(dgc):
-    """The certificate's one entry (v, t or r [0]), or {} when it has not exactly one."""
+    """(the certificate's newest entry, its kind): of v, t or r, the entry with the latest date (`dt`,
+    `sc`, `fr`/`df`; the first of equal dates), or ({}, None) when the certificate has not exactly one kind."""
     kinds = [k for k in KINDS if isinstance(dgc.get(k), list) and dgc[k]]
     kind = kinds[0] if len(kinds) == 1 else None
-    return (dgc[kind][0] if kind and isinstance(dgc[kind][0], dict) else {}), kind
+    if kind is None:
+        return {}, None
+    entries = [e for e in dgc[kind] if isinstance(e, dict)]
+    if not entries:
+        return {}, kind
+    return max(entries, key=lambda e: _entry_when(kind, e)), kind
 
 
 def _claims(dgc, iss):
@@ -652,8 +679,12 @@ def _verify(v, text, trust, at, skew_s, trace):
             v.steps["key_usage"] = True
 
     problem = check_schema(d.dgc, d.iat)
+    unknown = None if problem else dcc_valuesets.check(
+        d.dgc, dcc_valuesets.current().merged(getattr(trust, "dcc_valuesets", None)))
     if problem:
         v.fail("schema", "schema", problem)
+    elif unknown:
+        v.fail("schema", "unknown_value", unknown)
     else:
         v.steps["schema"] = True
 

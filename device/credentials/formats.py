@@ -37,7 +37,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 from chot.errors import CredentialError
 from chot.wire import Reason
-from device.credentials import cccd, dcc, native, pccovid, plain, shc
+from device.credentials import cccd, dcc, dcc_valuesets, native, pccovid, plain, shc
 from device.credentials.bounds import MAX_TEXT
 
 log = logging.getLogger(__name__)
@@ -170,6 +170,14 @@ def use_dcc_schemas(path):
         log.info("DCC schemas from %s", path)
 
 
+def use_dcc_valuesets(path):
+    """Check DCC codes against the EU value sets under `path`; CredentialError when missing or broken."""
+    try:
+        dcc_valuesets.use_dir(path)
+    except CredentialError as exc:
+        raise CredentialError(f"policy.dcc_valueset_dir: {exc}") from None
+
+
 class DccFormat(BaseFormat):
     name, prefix = "dcc", dcc.PREFIX
 
@@ -182,6 +190,8 @@ class DccFormat(BaseFormat):
     def configure(self, cfg):
         if getattr(cfg, "dcc_schema_dir", None):
             use_dcc_schemas(cfg.dcc_schema_dir)
+        if getattr(cfg, "dcc_valueset_dir", None):
+            use_dcc_valuesets(cfg.dcc_valueset_dir)
 
     def load_trust_json(self, store, obj, path):
         return dcc.load_trust_json(store, obj)

@@ -28,8 +28,9 @@ text and the guard's manual pass involve no time and are unchanged.
 
 Otherwise PASS, reason `ok`. `Checker` bundles trust, verification and policy for the daemon
 and `chot scan`: `Checker.from_config(cfg.policy).check(text, at) -> (Verification, Decision)`.
-`from_config` also lets each format read its settings (`configure`: the DCC schema check points
-at `policy.dcc_schema_dir` when it is set, for the whole process) and trust material
+`from_config` also lets each format read its settings (`configure`: the DCC schema and value set
+checks point at `policy.dcc_schema_dir` / `policy.dcc_valueset_dir` when set, for the whole process)
+and trust material
 (`trust_sources`: SHC CRLs).
 """
 

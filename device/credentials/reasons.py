@@ -49,6 +49,8 @@ REASONS = {
                    "verifies)",
     "dsc_not_yet_valid": "DCC: the signing certificate (DSC) is not valid yet at the evaluation time (the signature "
                          "itself verifies)",
+    "unknown_value": "DCC: a coded field (disease, vaccine, manufacturer, prophylaxis, test type, test device, test "
+                     "result, country) holds a code that is not in the EU value sets (the detail says which)",
 }
 
 

@@ -60,6 +60,11 @@ class PolicySettings(Settings):
         help="the ehn-dcc-schema releases (one folder per version); unset: $CHOT_DCC_SCHEMA_DIR or "
         "/etc/chot/dcc-schema or /usr/share/chot/dcc-schema",
     )
+    dcc_valueset_dir: FilePath | None = setting(
+        None,
+        help="the EU DCC value sets (eu-dcc-valuesets JSON files and a rapid test device list); unset: "
+        "$CHOT_DCC_VALUESET_DIR or /etc/chot/dcc-valuesets or /usr/share/chot/dcc-valuesets",
+    )
     dcc_require_complete_vaccination: bool = setting(True, help="DCC: vaccination must be complete")
     dcc_recovery_days: int = setting(180, min=0, max=3650, help="DCC: recovery valid for")
     dcc_test_hours: int = setting(72, min=0, max=720, help="DCC: negative test valid for")
@@ -72,5 +77,25 @@ class PolicySettings(Settings):
         checks = [(f"{name}.trusted_issuers[{i}]", p, False, None) for i, p in enumerate(self.trusted_issuers)]
         checks.append((f"{name}.denylist", self.denylist, False, False))
         checks.append((f"{name}.dcc_schema_dir", self.dcc_schema_dir, False, True))
+        checks.append((f"{name}.dcc_valueset_dir", self.dcc_valueset_dir, False, True))
         checks += [(f"{name}.shc_crl[{i}]", p, False, False) for i, p in enumerate(self.shc_crl)]
-        return files_problems(checks)
+        problems = files_problems(checks)
+        return problems + self._dcc_folder_problems(name, {p.split(":")[0] for p in problems})
+
+    def _dcc_folder_problems(self, name, reported):
+        """What is wrong inside the DCC schema and value set folders (when they exist)."""
+        out = []
+        if self.dcc_schema_dir and f"{name}.dcc_schema_dir" not in reported:
+            from device.credentials import dcc  # noqa: PLC0415  (jsonschema, cryptography: only when set)
+
+            if not dcc.schema_releases(self.dcc_schema_dir):
+                out.append(f"{name}.dcc_schema_dir: found {str(self.dcc_schema_dir)!r}; allowed: a folder of "
+                           "ehn-dcc-schema releases, one folder per version (e.g. 1.3.2/DCC.combined-schema.json): "
+                           "it holds none")
+        if self.dcc_valueset_dir and f"{name}.dcc_valueset_dir" not in reported:
+            from device.credentials import dcc_valuesets  # noqa: PLC0415
+
+            problem = dcc_valuesets.folder_problem(self.dcc_valueset_dir)
+            if problem:
+                out.append(f"{name}.dcc_valueset_dir: {problem}")
+        return out
