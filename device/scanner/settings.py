@@ -25,8 +25,9 @@ class ScannerSettings(Settings):
     chunk_timeout_s: float = setting(
         30.0, min=1.0, max=600.0, help="how long parts of a multi-QR code wait for the rest"
     )
-    synthetic_seed: int = setting(1, help="random seed of the synthetic crowd (source = 'synthetic')")
-    synthetic_issuer_key: FilePath | None = setting(None, help="issuer private key the synthetic crowd signs with")
+    synthetic_seed: int = setting(
+        1, help="random seed of the synthetic crowd (source = 'synthetic': the demo's, `chot demo-terminal`)"
+    )
 
     def world_problems(self, name):
         out = []
@@ -34,6 +35,4 @@ class ScannerSettings(Settings):
             out.append(f"{name}.path: missing; allowed: an image file or folder, required when {name}.source = 'files'")
         if self.source == "files" and self.path:
             out.append(file_problem(f"{name}.path", self.path, folder=None))
-        if self.source == "synthetic" and self.synthetic_issuer_key:
-            out.append(file_problem(f"{name}.synthetic_issuer_key", self.synthetic_issuer_key))
         return [p for p in out if p]
