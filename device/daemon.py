@@ -168,8 +168,9 @@ class Terminal:
     cooldown = property(lambda self: self.pipeline.cooldown)
 
     @classmethod
-    def from_config(cls, cfg, source=None, on_decision=None):
-        """Build every part from the config (the real daemon); `source` instead of `scanner.source`'s."""
+    def from_config(cls, cfg, source=None, on_decision=None, now=None):
+        """Build every part from the config (the real daemon); `source` instead of `scanner.source`'s,
+        `now` (a callable giving an aware datetime) instead of the wall clock."""
         from device.io.feedback import Feedback
         from device.io.pins import make_pin_factory
         from device.scanner.frames import open_source
@@ -183,7 +184,8 @@ class Terminal:
         except BaseException:
             outbox.close()
             raise
-        term = cls(cfg, source=source, feedback=feedback, outbox=outbox, sealer=sealer, on_decision=on_decision)
+        term = cls(cfg, source=source, feedback=feedback, outbox=outbox, sealer=sealer, on_decision=on_decision,
+                   now=now)
         if cfg.mqtt.enabled:
             from device.uplink.link import Link
 

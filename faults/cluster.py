@@ -219,7 +219,8 @@ class PrivatePostgres:
 
 
 class Terminal:
-    """One `chot demo-terminal` subprocess (`chot terminal run` on the synthetic crowd) through faults.terminal_shim, the PASS-pulse witness."""
+    """One `chot demo-terminal` subprocess (`chot terminal run` on the synthetic crowd) through
+    faults.terminal_shim, the PASS-pulse witness."""
 
     def __init__(self, cluster, dev_id, seed, state_dir, faketime=False):
         self.cluster, self.id, self.seed = cluster, dev_id, seed
