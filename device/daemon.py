@@ -148,7 +148,7 @@ class Terminal:
         self.floor.tolerance_s = float(getattr(cfg.policy, "clock_floor_tolerance_s", self.floor.tolerance_s))
         self._behind = False
         self._stale = []
-        # (event or None, Decision, Verification) of the last run, for the demo. The event has
+        # (event or None, Decision, Verification) of the last 1000 decisions (tests look at them). The event has
         # no personal data in clear; the Verification holds it in memory only (never print it).
         self.decisions = []
         self.on_decision = on_decision  # optional callable(event, decision, verification)
