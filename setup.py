@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="Firmware for wall-mounted QR checkpoint terminals and their central collector",
     python_requires=">=3.11",
-    packages=find_packages(include=["chot*", "device*", "collector*", "provisioning*"]),
+    packages=find_packages(include=["chot*", "device*", "collector*", "provisioning*", "chotdemo*"]),
     include_package_data=True,
     package_data={
         "collector": ["web/templates/*.html", "web/templates/**/*.html", "web/static/*",

@@ -19,8 +19,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from chot import wire
+from chotdemo.testing import collector_config, make_keys
 from collector.subscriber import Collector
-from collector.testing import collector_config, make_keys
 from provisioning.localbroker import LocalBroker
 
 buf = io.StringIO()

@@ -3,7 +3,7 @@
     python -m bench.publish '{"port": 1883, "devices": ["d1", "d2"], "messages": 10000, "seal_pub": "PATH"}'
     python -m bench.publish '{"port": 1883, "outbox": "PATH", "device": "d1", "batch": 100}'
 
-It prepares every payload first (valid v2 wire events from collector.testing.make_event, one
+It prepares every payload first (valid v2 wire events from chotdemo.testing.make_event, one
 event per message spread round-robin over `devices`; or the bodies of an outbox file in batches
 of `batch` events), connects (MQTT 5, QoS 1, 100 in flight), prints "ready", waits for a line on
 stdin, publishes everything, waits for every PUBACK and prints {"published", "seconds", "bytes"}
@@ -40,7 +40,7 @@ def _payloads(spec):
     from datetime import UTC, datetime, timedelta
 
     from chot.personal import Sealer
-    from collector.testing import make_event
+    from chotdemo.testing import make_event
 
     devices = spec["devices"]
     n = int(spec["messages"])

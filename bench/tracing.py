@@ -317,8 +317,8 @@ def store_batch_rate(url, n, keys):
     native person), so the storage's HMAC index and at-rest encryption are in the time. Times
     are the last hours before now (so PostgreSQL creates and uses today's partitions).
     """
+    from chotdemo.testing import make_item
     from collector.storage import Storage
-    from collector.testing import make_item
 
     people = native_people(min(n, 1000), seed=5)
     now = datetime.now(UTC).replace(tzinfo=None)

@@ -1,8 +1,8 @@
 """The terminal daemon: wires scanner, credentials, outbox, feedback and uplink together.
 
 The path of one scan: frame -> QR decode (or a handheld scanner's text) -> chunk assembly ->
-cooldown -> verification -> policy -> event committed to the outbox -> feedback on the pins ->
-the uplink is woken.
+cooldown -> verification -> policy (device/pipeline.py's ScanPipeline, shared with `chot scan`)
+-> event committed to the outbox -> feedback on the pins -> the uplink is woken.
 No feedback without a record: when the outbox cannot take the event the terminal fails
 closed (fault signal, reason `outbox_full`, a log line saying why). The frame loop blocks
 on nothing but the outbox commit; Feedback.signal switches the first pins itself (microseconds)
@@ -41,12 +41,10 @@ from chot.personal import Sealer
 from chot.staffcard import is_staff_text
 from chot.wire import Format
 from device.clock import clock_quality, utc_now_iso
-from device.cooldown import Cooldown
-from device.credentials.formats import ChunkAssembler
 from device.credentials.policy import Checker, Policy
 from device.credentials.result import Decision, Verification
 from device.paper import PaperGate, is_identity_claim
-from device.scanner.decode import make_decoder
+from device.pipeline import ScanPipeline
 from device.scanner.texts import Scanned
 from device.systemd import Notifier
 from device.timefloor import TimeFloor
@@ -116,17 +114,18 @@ class Terminal:
     `process_text(text, source)` handles one code's text (a handheld scanner's, or a frame's);
     `run()` loops over the frame or text source until it is exhausted or `stop()` is called.
     `sealer` (a chot.personal.Sealer) defaults to the one of `privacy.seal_public_key`.
+    `on_decision(event, decision, verification)` is called after each decision (the demo prints
+    them); `mono` is the monotonic clock of the scan pipeline (assembly, cooldowns).
     """
 
     def __init__(self, cfg, source=None, feedback=None, outbox=None, link=None, checker=None, now=None,
-                 sealer=None):
+                 sealer=None, on_decision=None, mono=time.monotonic):
         self.cfg = cfg
         self._now = now or (lambda: datetime.now(UTC))
-        self.decoder = make_decoder(cfg.scanner)
-        self.assembler = ChunkAssembler(timeout_s=cfg.scanner.chunk_timeout_s)
-        self.cooldown = Cooldown(cfg.scanner.cooldown_s)
-        # Trusted issuers, the deny list and the policy rules; replaced by collector updates.
-        self.checker = checker if checker is not None else Checker.from_config(cfg.policy)
+        # Decode, assembly, cooldown, verification and policy: the same path as `chot scan`. Its
+        # checker (trusted issuers, the deny list, the policy rules) is replaced by collector updates.
+        self.pipeline = ScanPipeline(cfg.scanner, checker if checker is not None else Checker.from_config(cfg.policy),
+                                     mono=mono)
         # The sealing key of the config (KeyFileError when it is set but unusable: a terminal
         # does not run without the key it was given); a signed config update may replace it.
         self._configured_sealer = sealer if sealer is not None else make_sealer(cfg)
@@ -145,17 +144,16 @@ class Terminal:
         self.counts = {"PASS": 0, "FAIL": 0, "frames": 0, "faults": 0}
         self.last_scan = None
         self._faulted = False
-        self._damaged = 0  # the last 3 frames: bit set where a QR symbol was seen but not read
         self._uplink_state = "ok"
         # The time floor (in the outbox when there is one): clock set back, lists too old.
         self.floor = getattr(outbox, "time_floor", None) or TimeFloor()
         self.floor.tolerance_s = float(getattr(cfg.policy, "clock_floor_tolerance_s", self.floor.tolerance_s))
         self._behind = False
         self._stale = []
-        # (event or None, Decision, Verification) of the last run, for the demo. The event has
+        # (event or None, Decision, Verification) of the last 1000 decisions (tests look at them). The event has
         # no personal data in clear; the Verification holds it in memory only (never print it).
         self.decisions = []
-        self.on_decision = None  # optional callable(event, decision, verification)
+        self.on_decision = on_decision  # optional callable(event, decision, verification)
         self.paper = PaperGate(cfg)  # staff cards and the paper window (device/paper.py)
         # The last "see the guard" event: (seq, uuid, format, monotonic time), confirmed by the button.
         self._awaiting_guard = None
@@ -164,9 +162,17 @@ class Terminal:
 
     # --- building from config -------------------------------------------------------------
 
+    # The pipeline's parts, as the terminal's own (tests and the selftest look at them).
+    checker = property(lambda self: self.pipeline.checker,
+                       lambda self, checker: setattr(self.pipeline, "checker", checker))
+    decoder = property(lambda self: self.pipeline.decoder)
+    assembler = property(lambda self: self.pipeline.assembler)
+    cooldown = property(lambda self: self.pipeline.cooldown)
+
     @classmethod
-    def from_config(cls, cfg, source=None, texts=None):
-        """Build every part from the config (the real daemon)."""
+    def from_config(cls, cfg, source=None, on_decision=None, now=None):
+        """Build every part from the config (the real daemon); `source` instead of `scanner.source`'s,
+        `now` (a callable giving an aware datetime) instead of the wall clock."""
         from device.io.feedback import Feedback
         from device.io.pins import make_pin_factory
         from device.scanner.frames import open_source
@@ -176,11 +182,12 @@ class Terminal:
         outbox = Outbox.from_config(cfg)
         try:
             feedback = Feedback(cfg.pins, cfg.feedback, pin_factory=make_pin_factory(cfg.pins.factory))
-            source = source or open_source(cfg.scanner, texts=texts)
+            source = source or open_source(cfg.scanner)
         except BaseException:
             outbox.close()
             raise
-        term = cls(cfg, source=source, feedback=feedback, outbox=outbox, sealer=sealer)
+        term = cls(cfg, source=source, feedback=feedback, outbox=outbox, sealer=sealer, on_decision=on_decision,
+                   now=now)
         if cfg.mqtt.enabled:
             from device.uplink.link import Link
 
@@ -195,49 +202,42 @@ class Terminal:
         """Decode one frame and handle every credential in it; return the committed events."""
         self.counts["frames"] += 1
         events = []
-        scan = self.decoder.scan(frame.gray)
-        texts = scan.texts
-        # A damaged code: a QR symbol in view that cannot be read, in 2 of the last 3 frames.
-        self._damaged = (self._damaged << 1 | (not texts and scan.unreadable > 0)) & 0b111
-        if not texts:
-            if self._damaged.bit_count() >= 2 and not self.cooldown.seen("damaged-code", time.monotonic()):
-                unreadable = Verification(text=None, format="unknown", steps={"decode": False}, reason="unreadable")
-                event = self._record(Decision("FAIL", "unreadable"), unreadable, source="camera")
-                events += [event] if event is not None else []
-            return events
-        mono = time.monotonic()
-        for raw in texts:
-            event = self.process_text(raw, source="camera", mono=mono)
+        scan = self.pipeline.frame(frame.gray)
+        if scan.damaged:  # a QR symbol in view that cannot be read, in 2 of the last 3 frames
+            unreadable = Verification(text=None, format="unknown", steps={"decode": False}, reason="unreadable")
+            event = self._record(Decision("FAIL", "unreadable"), unreadable, source="camera")
+            events += [event] if event is not None else []
+        for text in scan.texts:  # whole codes, not seen within the cooldown
+            event = self._process_code(text, "camera", scan.t)
             if event is not None:
                 events.append(event)
         return events
 
     def process_text(self, raw, source="camera", mono=None):
-        """One code's text, decoded from a frame or sent by a handheld scanner: the one path after
-        the decode step (chunk assembly, cooldown, staff cards and the paper window, verification,
-        policy, outbox, feedback).
+        """One code's text sent by a handheld scanner (or typed in): the same path as a decoded
+        frame's text after the decode step (chunk assembly and cooldown in the pipeline, then staff
+        cards and the paper window, verification, policy, outbox, feedback).
 
         Returns the committed event, or None (a part of a multi-QR code, seen within the cooldown,
         a staff card, or not recorded).
         """
-        mono = time.monotonic() if mono is None else mono
-        text = self.assembler.feed(raw, mono)
-        if text is None:  # a part of a multi-QR code: wait for the rest
+        text = self.pipeline.text(raw, mono)
+        if text is None:  # a part of a multi-QR code, or the same code within the cooldown
             return None
-        if self.cooldown.seen("t:" + text, mono):
-            return None
+        return self._process_code(text, source, mono)
+
+    def _process_code(self, text, source, mono):
+        """A whole, new code: a staff card, a paper declaration in an open window, or a scan."""
         at, clock = self._clock_reading()
         if is_staff_text(text):  # a staff card: opens a paper window or is refused; no event
             self._signal_kind(self.paper.signal_of(self.paper.scan(text, at, clock, self.checker, self.sealer)))
             return None
-        verification, decision = self.checker.check(text, at, clock_behind=bool(clock.get("behind")))
+        verification, decision = self.pipeline.check(text, at, clock_behind=bool(clock.get("behind")))
         card = self.paper.window.current()
         if card is not None and is_identity_claim(verification, is_verified(verification)):
             return self._record_paper(card, verification, at, clock)
-        pid = verification.person_id
-        # The same person with another code within the cooldown. A verified credential and an
-        # unverified claim of the same person are kept apart: a claim never hides a credential.
-        if pid and self.cooldown.seen(f"p:{int(is_verified(verification))}:{pid}", mono):
+        # The same person with another code within the cooldown (a claim never hides a credential).
+        if self.pipeline.person_seen(verification.person_id, is_verified(verification), mono):
             return None
         return self._record(decision, verification, source=source, at=at, clock=clock)
 
@@ -531,12 +531,7 @@ def run_from_config(path, max_frames=None):
     from device.config import load_terminal_config
 
     cfg = load_terminal_config(path, world=True)
-    texts = None
-    if cfg.scanner.source == "synthetic":
-        from device.simulate import crowd_texts
-
-        texts = crowd_texts(cfg)
-    term = Terminal.from_config(cfg, texts=texts)
+    term = Terminal.from_config(cfg)
     signal.signal(signal.SIGTERM, term.stop)
     signal.signal(signal.SIGINT, term.stop)
     log.warning(

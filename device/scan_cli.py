@@ -1,5 +1,10 @@
 """`chot scan`: run image files or QR texts through the terminal's decoder, verification and policy.
 
+The same scan pipeline as the daemon (device/pipeline.py): the same image loader (EXIF
+orientation, transparency on white, scaled down to the config's `scanner.width` x `height` as
+the files source does), decoder, multi-part assembly, verification and policy. Only the cooldown
+is off: every file and text gets its line.
+
 Prints one JSON object per line, one per credential found, with the stable keys documented
 in docs/scan-output.md: source, text, format, steps, decision, reason, kind, person, detail. An image
 with no code gives one line with `text` null and reason `no_code`. Exit status 0 when it
@@ -12,11 +17,10 @@ verified (`person: {"present", "verified"}`): no name, ID number, initials or ha
 
 import json
 import sys
-import time
 from datetime import UTC, datetime
 
 from chot.config import validate
-from chot.errors import ChotError
+from chot.errors import ChotError, HardwareError
 from device.config import SCHEMA, load_terminal_config
 
 SCAN_KEYS = ("source", "text", "format", "steps", "decision", "reason", "kind", "person", "detail")
@@ -62,17 +66,19 @@ def scan_config(path):
     return validate({"device": {"id": "scan", "checkpoint": "scan", "direction": "in"}}, SCHEMA, "<defaults>")
 
 
-def load_grey(path):
-    """Read an image file as a grey numpy array, or raise UsageError saying why."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+def load_grey(path, cfg=None):
+    """Read an image file as the terminal of `cfg` would see it (device/scanner/frames.py's load_image:
+    EXIF orientation, alpha on white, scaled down to the frame size), or raise UsageError saying why."""
+    from pathlib import Path
 
+    from device.scanner.frames import cfg_get, load_image
+
+    if not Path(path).is_file():
+        raise UsageError(f"{path}: no such file")
+    scanner = getattr(cfg, "scanner", None)
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("L"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError) as exc:
+        return load_image(path, cfg_get(scanner, "width"), cfg_get(scanner, "height"))
+    except HardwareError as exc:
         raise UsageError(f"{path}: not an image this tool reads (PNG, JPEG, WebP): {exc}") from None
 
 
@@ -91,22 +97,21 @@ def shown_steps(steps):
 
 
 class Scanner:
-    """The terminal's decoding, verification and policy without pins, outbox or camera."""
+    """The terminal's scan pipeline (device/pipeline.py) without pins, outbox or camera, and no cooldown."""
 
     def __init__(self, cfg, extra_trust=(), at=None):
-        from device.credentials.formats import ChunkAssembler
         from device.credentials.policy import Checker
-        from device.scanner.decode import make_decoder
+        from device.pipeline import ScanPipeline
 
-        self.decoder = make_decoder(cfg.scanner)
-        self.assembler = ChunkAssembler(timeout_s=cfg.scanner.chunk_timeout_s)
-        self.checker = Checker.from_config(cfg.policy, extra_trust=extra_trust)
+        self.cfg = cfg
+        self.pipeline = ScanPipeline(cfg.scanner, Checker.from_config(cfg.policy, extra_trust=extra_trust),
+                                     cooldown_s=0.0)
         self.at = at
 
     def check_text(self, text, source):
         from device.daemon import is_verified
 
-        v, d = self.checker.check(text, self.at or datetime.now(UTC))
+        v, d = self.pipeline.check(text, self.at or datetime.now(UTC))
         return {
             "source": source,
             "text": text,
@@ -120,16 +125,11 @@ class Scanner:
         }
 
     def check_image(self, path):
-        grey = load_grey(path)
-        texts = self.decoder.decode(grey)
-        if not texts:
+        grey = load_grey(path, self.cfg)
+        scan = self.pipeline.frame(grey)
+        if not scan.decoded:
             return [self.no_code(str(path))]
-        out = []
-        for raw in texts:
-            text = self.assembler.feed(raw, time.monotonic())
-            if text is not None:
-                out.append(self.check_text(text, str(path)))
-        return out
+        return [self.check_text(text, str(path)) for text in scan.texts]
 
     def leftovers(self, source):
         """Parts of multi-QR codes that never completed: one `incomplete` line."""
@@ -137,7 +137,7 @@ class Scanner:
             "source": source, "text": None, "format": name, "steps": {"decode": False},
             "decision": "FAIL", "reason": "incomplete", "kind": None, "person": dict(NO_PERSON),
             "detail": "parts of a code split over several QR symbols are missing",
-        } for name in self.assembler.pending_formats()]
+        } for name in self.pipeline.pending_formats()]
 
     @staticmethod
     def no_code(source):

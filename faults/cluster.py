@@ -219,7 +219,8 @@ class PrivatePostgres:
 
 
 class Terminal:
-    """One `chot terminal run` subprocess (through faults.terminal_shim, the PASS-pulse witness)."""
+    """One `chot demo-terminal` subprocess (`chot terminal run` on the synthetic crowd) through
+    faults.terminal_shim, the PASS-pulse witness."""
 
     def __init__(self, cluster, dev_id, seed, state_dir, faketime=False):
         self.cluster, self.id, self.seed = cluster, dev_id, seed
@@ -242,8 +243,10 @@ class Terminal:
             else:
                 self.clock_method = "in-process wall clock offset (faults.terminal_shim)"
                 env["CHOT_FAULTS_CLOCK_FILE"] = str(self.faketime_file)
-        self.proc = Proc(dev_id, [PY, "-m", "faults.terminal_shim", "-v", "terminal", "run", "--config",
-                                  str(self.config)], self.log, env=env, cwd=str(ROOT))
+        # `chot demo-terminal`: `chot terminal run` with the synthetic crowd plugged in as its camera
+        self.proc = Proc(dev_id, [PY, "-m", "faults.terminal_shim", "-v", "demo-terminal", "--config",
+                                  str(self.config), "--issuer-key", str(cluster.issuer_key)],
+                         self.log, env=env, cwd=str(ROOT))
         self.write_config()
 
     def write_config(self):
@@ -251,7 +254,7 @@ class Terminal:
         s = c.settings
         write_toml(self.config, {
             "device": {"id": self.id, "checkpoint": CHECKPOINT, "direction": "in"},
-            "scanner": {"source": "synthetic", "synthetic_seed": self.seed, "synthetic_issuer_key": str(c.issuer_key),
+            "scanner": {"source": "synthetic", "synthetic_seed": self.seed,
                         "cooldown_s": 0.2, "fps": 30.0, "width": 480, "height": 360, "second_pass": False},
             "pins": {"factory": "mock", "relay": "GPIO23"},
             "feedback": {"pass_led_s": 0.05, "fail_led_s": 0.05, "relay_s": 0.05, "fault_s": 0.1,

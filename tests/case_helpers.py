@@ -13,8 +13,8 @@ contact; elsewhere, nobody's contact.
 from datetime import timedelta
 
 from chot.personal import Sealer
+from chotdemo.testing import make_event
 from collector.storage import utcnow
-from collector.testing import make_event
 
 INDEX = {"id_number": "079190012345", "name": "Nguyễn Văn Ân", "phone": "0912345601", "dob": "1990-01-02"}
 INDEX_DECLARATION = "decl-ND-2021-000001"

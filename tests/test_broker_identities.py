@@ -278,9 +278,9 @@ def test_link_collector_and_selftest_log_in_through_the_factory(tmp_path):
     from uplink_helpers import terminal_cfg as local_terminal_cfg
 
     from chot.mqtt import MqttSettings as Settings
+    from chotdemo.testing import make_keys
     from collector.config import config_from_dict
     from collector.subscriber import Collector
-    from collector.testing import make_keys
     from device.selftest import check_broker
     from device.uplink.link import Link
     from device.uplink.outbox import Outbox

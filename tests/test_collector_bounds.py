@@ -24,12 +24,12 @@ from chot import wire
 from chot.cli import main as chot_main
 from chot.errors import CollectorError
 from chot.personal import Sealer
+from chotdemo.testing import collector_config, make_event, make_keys
 from collector import queries
 from collector.keys import CollectorKeys
 from collector.registry import import_registry
 from collector.storage import SCHEMA_VERSION, ClockFlag, Storage, format_time, utcnow
 from collector.subscriber import Collector
-from collector.testing import collector_config, make_event, make_keys
 
 CASE = "case-11"
 

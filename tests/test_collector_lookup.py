@@ -5,8 +5,8 @@ from datetime import timedelta
 import pytest
 
 from chot.personal import Sealer, normalise_phone
+from chotdemo.testing import make_event, make_keys
 from collector.storage import Storage, utcnow
-from collector.testing import make_event, make_keys
 
 PHONE = "0912345601"
 

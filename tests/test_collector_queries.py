@@ -11,9 +11,9 @@ from datetime import datetime
 
 import pytest
 
+from chotdemo.testing import collector_config, make_item, make_keys
 from collector import queries
 from collector.storage import Storage, format_time
-from collector.testing import collector_config, make_item, make_keys
 
 AT = datetime(2021, 8, 20, 12, 0, 0)
 CASE_ID = "001 090 000 001"  # the confirmed case's ID number, as a tracer types it
@@ -213,7 +213,7 @@ def test_csv_export_clear_columns_only_and_round_trips(loaded, tmp_path):
 
 
 def test_csv_cells_never_start_a_formula(tmp_path):
-    from collector.testing import make_event
+    from chotdemo.testing import make_event
 
     assert [queries.csv_cell(v) for v in ("=1+1", "+1", "-2", "@x", "ok", 5)] == ["'=1+1", "'+1", "'-2", "'@x", "ok",
                                                                                   "5"]

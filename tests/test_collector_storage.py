@@ -10,9 +10,9 @@ import pytest
 from chot import wire
 from chot.errors import CollectorError
 from chot.personal import Sealer, load_public_key
+from chotdemo.testing import make_event, make_item, make_keys
 from collector.keys import Item
 from collector.storage import SCHEMA_VERSION, Storage, format_time, parse_time
-from collector.testing import make_event, make_item, make_keys
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

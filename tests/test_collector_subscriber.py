@@ -19,9 +19,9 @@ from uplink_helpers import ResendingPublisher
 from chot import wire
 from chot.errors import CollectorError
 from chot.personal import Sealer
+from chotdemo.testing import make_event, make_keys
 from collector.storage import Storage
 from collector.subscriber import Collector
-from collector.testing import make_event, make_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -83,7 +83,7 @@ def key_dir(tmp_path):
 
 
 def cfg_for(db_url, broker, key_dir, **collector):
-    from collector.testing import collector_config
+    from chotdemo.testing import collector_config
 
     return collector_config(db_url, port=broker.port, key_dir=key_dir, collector=collector)
 
@@ -270,7 +270,7 @@ def test_sigkill_mid_batch_loses_nothing(broker, tmp_path, key_dir):
 
 
 def test_two_collectors_share_the_load_on_one_postgresql(broker, pg_dsn, key_dir):
-    from collector.testing import collector_config
+    from chotdemo.testing import collector_config
 
     n = 2000
     cfgs = [collector_config(pg_dsn, port=broker.port, key_dir=key_dir, collector={"id": f"c{i}", "batch_size": 50,

@@ -260,7 +260,8 @@ def test_tls_settings_must_be_complete(tmp_path):
 
 def test_the_shipped_and_generated_configs_pass(tmp_path):
     """The good configs still pass: the defaults (offline: /var/lib/chot is not on this machine), a generated
-    device config from provisioning, and the demo (it validates its configs with the world checks, see chot/demo.py)."""
+    device config from provisioning, and the demo (it validates its configs with the world checks, see
+    chotdemo/cli.py)."""
     from chot.config import validate
     from device.config import SCHEMA, TerminalConfig
 

@@ -217,14 +217,15 @@ from device.config import SCHEMA
 from device.daemon import NO_SEAL_WARNING, Terminal
 cfg = validate({
     "device": {"id": "k", "checkpoint": "cp", "direction": "out"},
-    "scanner": {"source": "synthetic", "cooldown_s": 0.0, "synthetic_issuer_key": sys.argv[2]},
+    "scanner": {"source": "synthetic", "cooldown_s": 0.0},
     "pins": {"factory": "mock"},
     "policy": {"trusted_issuers": [sys.argv[3]]},
     "outbox": {"path": sys.argv[1]},
 }, SCHEMA)
-from device.simulate import crowd_texts
-term = Terminal.from_config(cfg, texts=crowd_texts(cfg))
-term.on_decision = lambda ev, d, v: ev and print(ev["seq"], flush=True)
+from chotdemo.crowd import crowd_source
+from device.credentials.keys import load_private_key
+term = Terminal.from_config(cfg, source=crowd_source(cfg.scanner, load_private_key(sys.argv[2])),
+                            on_decision=lambda ev, d, v: ev and print(ev["seq"], flush=True))
 term.run()
 """
 

@@ -24,12 +24,12 @@ from uplink_helpers import Watcher, fill, publish, terminal_cfg, wait_until
 
 from chot import wire
 from chot.personal import Sealer
+from chotdemo.testing import make_keys
 from collector import queries
 from collector.config import config_from_dict
 from collector.keys import CollectorKeys
 from collector.storage import Storage
 from collector.subscriber import Collector
-from collector.testing import make_keys
 from device.uplink.link import Link
 from device.uplink.outbox import Outbox
 

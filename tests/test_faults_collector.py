@@ -25,11 +25,11 @@ from peewee import DataError
 from uplink_helpers import ResendingPublisher, Watcher, wait_until
 
 from chot import wire
+from chotdemo.testing import collector_config, make_event, make_item, make_keys
 from collector import queries
 from collector.signing import keygen, load_public_key
 from collector.storage import ClockFlag, Storage, format_time, utcnow
 from collector.subscriber import Collector
-from collector.testing import collector_config, make_event, make_item, make_keys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASE = "case-faults"

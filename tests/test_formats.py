@@ -455,12 +455,12 @@ def test_wire_refers_to_is_checked():
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"])
 def test_the_same_person_by_id_card_and_by_declaration_is_one_person_for_tracing(tmp_path, issuer, mock_pins,
                                                                                  broker, db, request):
+    from chotdemo.testing import make_keys
     from collector import queries
     from collector.config import config_from_dict
     from collector.keys import CollectorKeys
     from collector.storage import Storage
     from collector.subscriber import Collector
-    from collector.testing import make_keys
 
     key, pub = issuer
     key_dir = tmp_path / "collector-keys"
@@ -511,8 +511,8 @@ def test_the_same_person_by_id_card_and_by_declaration_is_one_person_for_tracing
 
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"])
 def test_a_version_3_database_gets_the_refers_to_columns(tmp_path, db, request):
+    from chotdemo.testing import make_event
     from collector.storage import SCHEMA_VERSION, Storage
-    from collector.testing import make_event
 
     url = f"sqlite:///{tmp_path / 'collector.db'}" if db == "sqlite" else request.getfixturevalue("pg_dsn")
     with Storage(url) as st:

@@ -19,12 +19,12 @@ from uplink_helpers import terminal_cfg, wait_until
 
 from chot import wire
 from chot.personal import person_id_for_id
+from chotdemo.testing import collector_config, make_keys
 from collector.config import load_collector_config
 from collector.refresh import SignedStore, refresh_after_s
 from collector.signing import keygen, publish_denylist, publish_trust, set_config
 from collector.storage import Storage
 from collector.subscriber import Collector
-from collector.testing import collector_config, make_keys
 from device.credentials.denylist import DenyList
 from device.uplink.link import Link
 from device.uplink.outbox import Outbox

@@ -228,9 +228,9 @@ def test_real_terminal_and_collector_log_in_with_the_credentials(tmp_path):
     """The wiring the demo and the fault harness use: mqtt.username + mqtt.password_file."""
     from uplink_helpers import fill, terminal_cfg
 
+    from chotdemo.testing import make_keys
     from collector.config import config_from_dict
     from collector.subscriber import Collector
-    from collector.testing import make_keys
     from device.uplink.link import Link
     from device.uplink.outbox import Outbox
 

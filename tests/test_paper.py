@@ -25,12 +25,12 @@ from chot import staffcard
 from chot.config import validate
 from chot.personal import Opener
 from chot.staffcard import StaffCardError, StaffReason, make_card, read_card
+from chotdemo.testing import make_keys
 from collector import queries
 from collector.config import config_from_dict
 from collector.keys import CollectorKeys
 from collector.storage import Storage
 from collector.subscriber import Collector
-from collector.testing import make_keys
 from device.config import SCHEMA
 from device.credentials.denylist import DenyList
 from device.daemon import Terminal

@@ -18,10 +18,10 @@ import pytest
 
 from chot.personal import DataCipher, PersonIndex, Sealer, SealError, fold_name, generate_seal_keys, new_secret_file
 from chot.personal import load_public_key as load_seal_pub
+from chotdemo.testing import make_event
 from collector import queries
 from collector.keys import CollectorKeys
 from collector.storage import Storage
-from collector.testing import make_event
 
 PREFIX = "0791900"  # province 079, century/sex 1, birth year 90, then 0: 100,000 candidates
 PEOPLE = [

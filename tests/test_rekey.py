@@ -14,11 +14,11 @@ import pytest
 
 from chot.errors import CollectorError
 from chot.personal import DataCipher, SealError
+from chotdemo.testing import make_item
 from collector import queries
 from collector.keys import CollectorKeys, make_key_dir
 from collector.rekey import load_new_keys, rekey
 from collector.storage import Storage
-from collector.testing import make_item
 
 AT = datetime.now().replace(microsecond=0) - timedelta(hours=2)
 PEOPLE = [("079190012345", "Nguyễn Văn Ân"), ("079190020417", "Trần Thị Bích Ngọc"), ("079190031008", "Lê Hoàng Đức")]

@@ -5,9 +5,9 @@ from datetime import timedelta
 
 import pytest
 
+from chotdemo.testing import collector_config, make_event, make_item, make_keys
 from collector.storage import PG_DEFAULT_PARTITION, Storage, partition_name, utcnow
 from collector.subscriber import Collector
-from collector.testing import collector_config, make_event, make_item, make_keys
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

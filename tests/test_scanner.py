@@ -363,10 +363,14 @@ def test_open_source_picks_the_configured_source(tmp_path, monkeypatch):
     _write_images(folder)
     with open_source(scanner_cfg(source="files", path=str(folder), loop=True)) as src:
         assert type(src) is FileSource and src.loop and src.width == 640
-    with open_source(scanner_cfg(source="synthetic", synthetic_seed=4), texts=["a", "b"]) as src:
-        assert type(src) is SyntheticCrowd and src.width == 640 and src.height == 480
-    with pytest.raises(HardwareError, match="no QR texts"):
+    # The synthetic crowd is no part of the terminal: without the demo's plug-in it says how to get it.
+    with pytest.raises(HardwareError, match="chot demo-terminal"):
         open_source(scanner_cfg(source="synthetic"))
+    monkeypatch.setitem(frames_mod.PLUGINS, "synthetic",
+                        lambda cfg: SyntheticCrowd(["a", "b"], seed=cfg.synthetic_seed, width=cfg.width,
+                                                   height=cfg.height))
+    with open_source(scanner_cfg(source="synthetic", synthetic_seed=4)) as src:
+        assert type(src) is SyntheticCrowd and src.width == 640 and src.height == 480
     with pytest.raises(HardwareError, match="scanner.path is not set"):
         open_source(scanner_cfg(source="files"))
 

@@ -25,7 +25,6 @@ checkpoint = "cho-hang-da"
 direction = "in"
 [scanner]
 source = "synthetic"
-synthetic_issuer_key = "{priv}"
 [pins]
 factory = "mock"
 [policy]
@@ -40,8 +39,9 @@ seal_public_key = "{tmp_path / 'collector-keys' / 'seal.pub'}"
     sock.bind(sock_path)
     sock.settimeout(20)
     env = {"NOTIFY_SOCKET": sock_path, "WATCHDOG_USEC": "200000", "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen([sys.executable, "-m", "chot.cli", "terminal", "run", "--config", str(conf)],
-                            env=env, stderr=subprocess.PIPE, text=True)
+    # `chot demo-terminal` is `chot terminal run` with the synthetic crowd plugged in as its camera
+    proc = subprocess.Popen([sys.executable, "-m", "chot.cli", "demo-terminal", "--config", str(conf),
+                             "--issuer-key", str(priv)], env=env, stderr=subprocess.PIPE, text=True)
     try:
         messages = []
         while not any("WATCHDOG=1" in m for m in messages):

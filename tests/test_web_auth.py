@@ -330,7 +330,7 @@ def test_language_by_query_cookie_and_browser(console_sqlite):
 
 def test_user_cli(tmp_path, capsys, monkeypatch):
     from chot.cli import main
-    from collector.testing import make_keys
+    from chotdemo.testing import make_keys
 
     make_keys(tmp_path / "keys")
     conf = tmp_path / "collector.toml"
@@ -402,8 +402,8 @@ def test_password_rehashed_when_parameters_change(tmp_path):
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.1"])
 def test_refuses_to_listen_beyond_loopback_without_tls_or_proxy(tmp_path, host):
     from chot.errors import CollectorError
+    from chotdemo.testing import collector_config
     from collector.storage import Storage
-    from collector.testing import collector_config
     from collector.web import WebServer
 
     cfg = collector_config(f"sqlite:///{tmp_path}/c.db", http={"port": 0})
@@ -420,8 +420,8 @@ def test_a_slow_request_gets_503_and_the_server_goes_on(tmp_path):
 
     from fastapi import Depends
 
+    from chotdemo.testing import collector_config
     from collector.storage import Storage
-    from collector.testing import collector_config
     from collector.web import WebServer, create_app
     from collector.web.accounts import Role
     from collector.web.app import require

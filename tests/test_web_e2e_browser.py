@@ -29,10 +29,10 @@ from browser import fits_phone, shot, sign_in
 from uplink_helpers import terminal_cfg, wait_until
 from web_helpers import PASSWORD, Console
 
+from chotdemo.testing import collector_config, make_keys
 from collector.signing import keygen
 from collector.storage import parse_time
 from collector.subscriber import Collector
-from collector.testing import collector_config, make_keys
 from collector.web import WebServer
 from collector.web.accounts import Accounts, Role
 from device.credentials import keys as issuer_keys

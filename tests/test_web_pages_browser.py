@@ -17,8 +17,8 @@ from uplink_helpers import fill, terminal_cfg, wait_until
 from web_helpers import PASSWORD, Console
 
 from chot import wire
+from chotdemo.testing import collector_config, make_event, make_keys
 from collector.subscriber import Collector
-from collector.testing import collector_config, make_event, make_keys
 from collector.web import WebServer
 from collector.web.accounts import Accounts, Role
 from device.uplink.link import Link

@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 from web_helpers import login
 
+from chotdemo.testing import make_event
 from collector import queries
 from collector.storage import format_time, parse_time
-from collector.testing import make_event
 
 ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
 NAME = "Đặng Thị Riêng"  # a paper declaration's name: never on a viewer's page

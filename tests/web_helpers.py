@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
+from chotdemo.testing import collector_config, make_keys
 from collector.storage import Storage
-from collector.testing import collector_config, make_keys
 from collector.web import WebServer
 from collector.web.accounts import Accounts, Role
 

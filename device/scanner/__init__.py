@@ -1,1 +1,1 @@
-"""Frame sources (picamera2, USB camera, image files, a synthetic crowd) and QR decoding."""
+"""Frame sources (picamera2, USB camera, image files; plug-ins such as the demo's synthetic crowd) and QR decoding."""

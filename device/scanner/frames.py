@@ -1,4 +1,4 @@
-"""Frame sources behind one interface: picamera2, a USB camera, image files, a synthetic crowd.
+"""Frame sources behind one interface: picamera2, a USB camera, image files (and plug-ins).
 
 A `FrameSource` hands out grey frames (`Frame`: numpy uint8 H x W, the monotonic time of
 capture, a name) through `read()`, which returns None once the source is exhausted (the end
@@ -8,22 +8,29 @@ files, so they are closed with `close()` or used as context managers.
 `open_source(scanner_cfg)` picks the source from the [scanner] section of the terminal config
 (device/config.py): `source` = "picamera2" | "usb" | "files" | "synthetic", or a handheld
 scanner that gives text, not frames: "hid" | "serial" (device/scanner/texts.py; its `read()`
-returns a `Scanned`, which the daemon takes after the decode step).
+returns a `Scanned`, which the daemon takes after the decode step). The synthetic crowd
+is not part of the terminal: it is a plug-in that the demo and the tests register
+(`register_source("synthetic", factory)`, see chotdemo/crowd.py); a terminal run without it
+says so. `Frame` and `FrameSource` live in device/scanner/source.py (re-exported here).
+
+`load_image(path, width, height)` is the one image loader of the terminal (EXIF orientation,
+transparency on white, grey, scaled down to the frame size): the files source and `chot scan`
+(device/pipeline.py) both use it.
 
 Camera libraries are imported only when that source is chosen: picamera2 exists only on
 Raspberry Pi OS, OpenCV is an optional extra (`pip install chot[usb]`).
-File and synthetic sources run as fast as they are read; wrap them in `Paced` to get a
+File and simulated sources run as fast as they are read; wrap them in `Paced` to get a
 camera-like frame rate (the demo does).
 """
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from chot.errors import HardwareError
+from device.scanner.source import Frame, FrameSource
 
 log = logging.getLogger(__name__)
 
@@ -47,41 +54,6 @@ def cfg_get(cfg, key):
     from device.scanner.settings import ScannerSettings
 
     return rules(ScannerSettings)[key].default
-
-
-@dataclass
-class Frame:
-    """One grey frame: `gray` numpy uint8 H x W, `t` time.monotonic() of capture, `name` (a file name) or None."""
-
-    gray: np.ndarray
-    t: float
-    name: str | None = None
-
-
-class FrameSource:
-    """Base class of frame sources: `read() -> Frame | None` (None: exhausted), `close()`."""
-
-    def read(self):
-        """The next frame, or None when the source is exhausted."""
-        raise NotImplementedError
-
-    def close(self):
-        """Release the camera or files. Calling it twice is harmless."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
-    def __iter__(self):
-        """Frames until the source is exhausted."""
-        while True:
-            frame = self.read()
-            if frame is None:
-                return
-            yield frame
 
 
 def fit_within(gray, width=None, height=None):
@@ -113,6 +85,12 @@ def load_gray(path):
             return np.array(img.convert("L"), dtype=np.uint8)
     except (OSError, ValueError, SyntaxError) as exc:
         raise HardwareError(f"cannot read image {path}: {exc}; check that it is a PNG, JPEG or WebP file") from exc
+
+
+def load_image(path, width=None, height=None):
+    """The frame a terminal decodes from an image file: `load_gray` (EXIF orientation applied, alpha
+    on white), scaled down to fit width x height as a camera frame of that size. HardwareError if unreadable."""
+    return fit_within(load_gray(path), width, height)
 
 
 class FileSource(FrameSource):
@@ -152,12 +130,12 @@ class FileSource(FrameSource):
             p = self.files[self._i]
             self._i += 1
             try:
-                gray = load_gray(p)
+                gray = load_image(p, self.width, self.height)
             except HardwareError as exc:
                 log.warning("skipped: %s", exc)
                 continue
             self._read_in_pass += 1
-            return Frame(fit_within(gray, self.width, self.height), time.monotonic(), p.name)
+            return Frame(gray, time.monotonic(), p.name)
         return None
 
     def close(self):
@@ -306,12 +284,25 @@ class UsbSource(FrameSource):
             cap.release()
 
 
-def open_source(scanner_cfg, texts=None):
-    """The frame source the [scanner] config section asks for.
+# Frame sources that are not part of the terminal, registered by whoever provides them (the demo
+# and the tests register "synthetic"): name -> callable(scanner_cfg) -> FrameSource.
+PLUGINS = {}
+PLUGIN_MISSING = {
+    "synthetic": "scanner.source 'synthetic' is the demo's simulated crowd, not a camera: run it with "
+                 "`chot demo-terminal --config FILE --issuer-key KEY` (or `chot demo`), or use picamera2, usb or files",
+}
 
-    For source = "synthetic", `texts` (an iterable of QR texts, or `synthetic.Person`s) is the
-    crowd: the caller makes them (the daemon signs declarations; the scanner knows no credentials).
-    """
+
+def register_source(name, factory):
+    """Make `scanner.source = name` open `factory(scanner_cfg)` (a FrameSource); None removes it."""
+    if factory is None:
+        PLUGINS.pop(name, None)
+    else:
+        PLUGINS[name] = factory
+
+
+def open_source(scanner_cfg):
+    """The frame source the [scanner] config section asks for (a registered plug-in for other names)."""
     source = cfg_get(scanner_cfg, "source")
     width, height = cfg_get(scanner_cfg, "width"), cfg_get(scanner_cfg, "height")
     if source == "picamera2":
@@ -323,12 +314,6 @@ def open_source(scanner_cfg, texts=None):
         if not path:
             raise HardwareError("scanner.source is 'files' but scanner.path is not set: give an image file or folder")
         return FileSource(path, loop=cfg_get(scanner_cfg, "loop"), width=width, height=height)
-    if source == "synthetic":
-        from device.scanner.synthetic import SyntheticCrowd
-
-        if texts is None:
-            raise HardwareError("scanner.source is 'synthetic' but no QR texts were given for the crowd")
-        return SyntheticCrowd(texts, seed=cfg_get(scanner_cfg, "synthetic_seed"), width=width, height=height)
     if source == "hid":
         from device.scanner.hid import HidSource
 
@@ -337,4 +322,8 @@ def open_source(scanner_cfg, texts=None):
         from device.scanner.serialport import SerialSource
 
         return SerialSource.from_config(scanner_cfg)
-    raise HardwareError(f"unknown scanner.source {source!r}: use picamera2, usb, files, synthetic, hid or serial")
+    if source in PLUGINS:
+        return PLUGINS[source](scanner_cfg)
+    if source in PLUGIN_MISSING:
+        raise HardwareError(PLUGIN_MISSING[source])
+    raise HardwareError(f"unknown scanner.source {source!r}: use picamera2, usb, files, hid or serial")

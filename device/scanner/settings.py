@@ -32,8 +32,9 @@ class ScannerSettings(Settings):
     chunk_timeout_s: float = setting(
         30.0, min=1.0, max=600.0, help="how long parts of a multi-QR code wait for the rest"
     )
-    synthetic_seed: int = setting(1, help="random seed of the synthetic crowd (source = 'synthetic')")
-    synthetic_issuer_key: FilePath | None = setting(None, help="issuer private key the synthetic crowd signs with")
+    synthetic_seed: int = setting(
+        1, help="random seed of the synthetic crowd (source = 'synthetic': the demo's, `chot demo-terminal`)"
+    )
     hid_device: str | None = setting(
         None, help="the keyboard-mode scanner (source = 'hid'): a /dev/input path (best /dev/input/by-id/...), "
         "its name as `evtest` shows it, or its USB vendor:product in hex (e.g. '0c2e:0b61')"
@@ -89,6 +90,4 @@ class ScannerSettings(Settings):
             out.append(file_problem(f"{name}.hid_device", self.hid_device))
         if self.source == "serial" and self.serial_port:
             out.append(file_problem(f"{name}.serial_port", self.serial_port))
-        if self.source == "synthetic" and self.synthetic_issuer_key:
-            out.append(file_problem(f"{name}.synthetic_issuer_key", self.synthetic_issuer_key))
         return [p for p in out if p]

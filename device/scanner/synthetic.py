@@ -1,5 +1,8 @@
 """A synthetic crowd: camera-like grey frames of people walking up with a QR code, for tests and the demo.
 
+Not part of the terminal: no production module imports it (tests/test_layering.py). The demo and
+the tests plug it in as `scanner.source = "synthetic"` (chotdemo/crowd.py).
+
 `SyntheticCrowd(texts)` is a `FrameSource`. For each QR text (given by the caller: the
 daemon makes signed declarations; the scanner knows nothing of credentials) a person walks
 up and holds a phone or a card in front of the camera for a few frames; between people come
@@ -26,7 +29,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageFilter
 
-from device.scanner.frames import Frame, FrameSource
+from device.scanner.source import Frame, FrameSource
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,15 @@
 """The synthetic crowd's people: which QR texts they carry, for the demo and the tests.
 
-`crowd_texts(cfg, issuer_key, seed)` yields QR texts the way a checkpoint sees them: mostly
+`crowd_texts(issuer_key, seed)` yields QR texts the way a checkpoint sees them: mostly
 valid signed declarations, and some expired, symptomatic, forged (signed by a key nobody
 trusts), garbled (the text altered), damaged (the printed code torn or smudged beyond reading),
 unsigned (a bare ID number, a tokhaiyte.vn link) and foreign codes.
 The scanner renders them onto camera-like frames (device.scanner.synthetic); it never
 knows what they mean. Every person is fictional.
+
+`install(issuer_key)` plugs the crowd in as `scanner.source = "synthetic"` (the daemon's frame
+source factory knows no simulation of its own); `crowd_source(scanner_cfg, issuer_key)` is the
+frame source itself.
 """
 
 import random
@@ -75,18 +79,36 @@ def _garble(text, rng):
     return head + ":" + "".join(chars)
 
 
-def crowd_texts(cfg, issuer_key=None, now=None):
-    """What the synthetic source configured in `cfg.scanner` shows (key from synthetic_issuer_key).
-
-    QR texts, and a `device.scanner.synthetic.Person` with `garble=True` for a damaged code.
-    """
-    from device.credentials.keys import generate, load_private_key
+def crowd_texts(issuer_key=None, seed=1, now=None):
+    """What the synthetic crowd shows: QR texts signed by `issuer_key` (a private key, or None: a new
+    one nobody trusts), and a `device.scanner.synthetic.Person` with `garble=True` for a damaged code."""
+    from device.credentials.keys import generate
     from device.scanner.synthetic import Person
 
     if issuer_key is None:
-        path = cfg.scanner.synthetic_issuer_key
-        issuer_key = load_private_key(path) if path else generate("ed25519")
+        issuer_key = generate("ed25519")
     return (
         Person(text, garble=True) if kind == "damaged" else text
-        for kind, text in person_texts(issuer_key, seed=cfg.scanner.synthetic_seed, now=now)
+        for kind, text in person_texts(issuer_key, seed=seed, now=now)
     )
+
+
+def crowd_source(scanner_cfg, issuer_key=None, now=None):
+    """The synthetic crowd as a frame source for the [scanner] section (its size and `synthetic_seed`)."""
+    from device.scanner.frames import cfg_get
+    from device.scanner.synthetic import SyntheticCrowd
+
+    seed = cfg_get(scanner_cfg, "synthetic_seed")
+    return SyntheticCrowd(crowd_texts(issuer_key, seed=seed, now=now), seed=seed,
+                          width=cfg_get(scanner_cfg, "width"), height=cfg_get(scanner_cfg, "height"))
+
+
+def install(issuer_key=None, now=None):
+    """Plug the synthetic crowd in as `scanner.source = "synthetic"`, signing with `issuer_key`
+    (a private key or a key file path)."""
+    from device.credentials.keys import load_private_key
+    from device.scanner.frames import register_source
+
+    if isinstance(issuer_key, str) or hasattr(issuer_key, "__fspath__"):
+        issuer_key = load_private_key(issuer_key)  # a CredentialError saying what is wrong with the file
+    register_source("synthetic", lambda scanner_cfg: crowd_source(scanner_cfg, issuer_key, now=now))

@@ -1,4 +1,4 @@
-"""`chot demo`: the whole system running locally, ending by itself.
+"""`chot demo`: the whole system running locally, ending by itself; `chot demo-terminal`: one terminal on the crowd.
 
 It starts a Mosquitto on a free loopback port with a generated config, the collector on
 SQLite (with its HTTP API on a free port), and two simulated terminals — the entry and the
@@ -7,6 +7,11 @@ declaration QRs rendered onto noisy camera-like frames, some forged, expired, sy
 garbled or unsigned) and driving gpiozero's mock pins. It prints what each terminal decides,
 the pin changes, and what the collector stores; at the end it checks that every event of
 both terminals reached the collector exactly once. Everything lives in a temporary folder.
+
+`chot demo-terminal --config FILE --issuer-key KEY` runs one terminal daemon as `chot terminal
+run` does (systemd notifications, SIGTERM), with `scanner.source = "synthetic"` plugged in: the
+crowd signs with KEY (the fault suite and the tests run their terminals this way). The terminal
+itself knows no synthetic source and no test issuer (chotdemo/crowd.py).
 """
 
 import logging
@@ -36,6 +41,27 @@ def register(sub):
     p.add_argument("--no-pins", action="store_true", help="do not print pin changes")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder (databases, configs)")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser(
+        "demo-terminal",
+        help="run one terminal daemon on the synthetic crowd (scanner.source = 'synthetic')",
+        description="Run the terminal daemon as `chot terminal run` does, with the demo's synthetic crowd as "
+        "its camera (scanner.source = 'synthetic', scanner.synthetic_seed): people holding declarations "
+        "signed by --issuer-key, some forged, expired or garbled.",
+    )
+    p.add_argument("--config", "-c", required=True, help="terminal config (TOML) with scanner.source = 'synthetic'")
+    p.add_argument("--issuer-key", required=True,
+                   help="private key (PEM) the crowd signs its declarations with; trust its public key in the config")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.set_defaults(func=_demo_terminal)
+
+
+def _demo_terminal(args):
+    from chotdemo.crowd import install
+    from device.daemon import run_from_config
+
+    install(args.issuer_key)
+    return run_from_config(args.config, max_frames=args.max_frames)
 
 
 class Printer:
@@ -80,7 +106,7 @@ def _watch_pins(term_id, feedback, say, stop):
             say(term_id, "pins  " + "  ".join(c for _, c in sorted(changes)))
 
 
-def _terminal_cfg(tmp, term_id, direction, seed, port, issuer_pub, issuer_key, collector_pub, seal_pub, login):
+def _terminal_cfg(tmp, term_id, direction, seed, port, issuer_pub, collector_pub, seal_pub, login):
     from chot.config import validate
     from device.config import SCHEMA
 
@@ -88,8 +114,7 @@ def _terminal_cfg(tmp, term_id, direction, seed, port, issuer_pub, issuer_key, c
         {
             "device": {"id": term_id, "checkpoint": CHECKPOINT, "direction": direction},
             "scanner": {
-                "source": "synthetic", "synthetic_seed": seed, "synthetic_issuer_key": str(issuer_key),
-                "cooldown_s": 5.0,
+                "source": "synthetic", "synthetic_seed": seed, "cooldown_s": 5.0,
             },
             "pins": {"factory": "mock", "relay": "GPIO23", "button": "GPIO24"},
             "feedback": {"pass_led_s": 0.5, "fail_led_s": 0.8, "relay_s": 0.5},
@@ -110,19 +135,19 @@ def _terminal_cfg(tmp, term_id, direction, seed, port, issuer_pub, issuer_key, c
 
 
 def _demo(args):
+    from chotdemo.crowd import crowd_source
     from collector.config import config_from_dict
     from collector.subscriber import Collector
     from device.credentials import keys
     from device.daemon import Terminal
     from device.scanner.frames import Paced
-    from device.simulate import crowd_texts
     from provisioning.localbroker import LocalBroker
 
     say = Printer()
     tmp = Path(tempfile.mkdtemp(prefix="chot-demo-"))
     say("demo", f"working folder {tmp} (removed at the end unless --keep)")
     issuer_key = keys.generate("ed25519")
-    issuer_priv, issuer_pub = keys.save_keypair(issuer_key, tmp / "issuer")
+    _issuer_priv, issuer_pub = keys.save_keypair(issuer_key, tmp / "issuer")
     collector_key = keys.generate("ed25519")
     collector_priv, collector_pub = keys.save_keypair(collector_key, tmp / "collector", stem="collector")
     key_dir = _make_collector_keys(tmp / "collector-keys")
@@ -134,6 +159,7 @@ def _demo(args):
     broker.start()
     say("broker", f"mosquitto listening on 127.0.0.1:{broker.port} with logins and ACLs (config {broker.conf_path})")
     terms, threads, stop = [], [], threading.Event()
+    passed = {}  # terminal id -> the Verification of the first person who passed there
     collector = api = None
     try:
         ccfg = config_from_dict({
@@ -161,19 +187,21 @@ def _demo(args):
         say("console", f"{api.url}/  user: demo  password: {demo_password} (made for this run only)")
 
         for term_id, direction, seed in TERMINALS:
-            cfg = _terminal_cfg(tmp, term_id, direction, seed, broker.port, issuer_pub, issuer_priv, collector_pub,
+            cfg = _terminal_cfg(tmp, term_id, direction, seed, broker.port, issuer_pub, collector_pub,
                                 key_dir / "seal.pub", logins[term_id])
-            term = Terminal.from_config(cfg, texts=crowd_texts(cfg))
-            term.source = Paced(term.source, args.fps)
 
             def report(event, decision, v, term_id=term_id):
+                if event and decision.passed and v is not None and (v.person_id or "").startswith("id:"):
+                    passed.setdefault(term_id, v)  # the demo knows who passed (in memory only)
                 seq = f"seq {event['seq']:>4}" if event else "NOT RECORDED"
                 fmt = v.format if v is not None else "manual"
                 kind = (v.kind or "") if v is not None else ""
                 sealed = "sealed" if event and event.get("sealed") else ""
                 say(term_id, f"{seq}  {decision.decision:<4} {decision.reason:<18} {fmt:<7} {kind:<12} {sealed}")
 
-            term.on_decision = report
+            # the crowd as the camera, at a camera's pace; the crowd signs with the issuer the terminals trust
+            term = Terminal.from_config(cfg, source=Paced(crowd_source(cfg.scanner, issuer_key), args.fps),
+                                        on_decision=report)
             terms.append(term)
             say(term_id, f"terminal at {CHECKPOINT} ({direction}), outbox {cfg.outbox.path}")
             if not args.no_pins:
@@ -204,7 +232,7 @@ def _demo(args):
         for t in threads:
             if t.name.startswith("terminal-"):
                 t.join(10)
-        return _drain_and_check(terms, collector, say)
+        return _drain_and_check(terms, collector, say, passed.get(TERMINALS[0][0]))
     finally:
         stop.set()
         for term in terms:
@@ -220,13 +248,11 @@ def _demo(args):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _tracing_example(terms, collector, say):
-    """The tracer's core question, asked of the first person who passed the entry."""
+def _tracing_example(collector, say, first):
+    """The tracer's core question, asked of the first person who passed the entry (`first`, a Verification)."""
     from collector.queries import contacts
 
     # the demo knows who passed (in memory, as a tracer would know a case's ID number)
-    first = next((v for ev, d, v in terms[0].decisions
-                  if ev and d.passed and v is not None and (v.person_id or "").startswith("id:")), None)
     if first is None:
         return
     book = getattr(collector.storage, "case_book", None)  # with the console: reads need an open case
@@ -241,7 +267,7 @@ def _tracing_example(terms, collector, say):
                    f" {n_visits} visit(s), {n_contacts} other people within ±15 min; the read is in the audit log")
 
 
-def _drain_and_check(terms, collector, say):
+def _drain_and_check(terms, collector, say, first_passed=None):
     """Wait until the collector acked every event, then compare both sides; 0 when they agree."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(t.outbox.stats()["depth"] for t in terms):
@@ -256,6 +282,6 @@ def _drain_and_check(terms, collector, say):
         ok &= st["depth"] == 0 and stored == st["last_seq"]
     total = collector.storage.event_count()
     say("collector", f"{total} events stored in all; stats {collector.stats()}")
-    _tracing_example(terms, collector, say)
+    _tracing_example(collector, say, first_passed)
     say("demo", "every event reached the collector exactly once" if ok else "NOT all events were delivered")
     return 0 if ok else 1
