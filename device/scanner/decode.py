@@ -31,18 +31,37 @@ from chot.errors import HardwareError
 
 log = logging.getLogger(__name__)
 
-# Second-pass steps of ZxingDecoder: (scale, binarizer name), cheapest first. Tuned on the
-# ZXing black-box photos and on hard synthetic frames: a global-histogram binarizer reads
-# evenly lit blurred prints that the local-average one breaks up, and upscaling by 2 gives the
-# detector more pixels per module on small codes. On an empty 640x480 frame the three steps
-# cost about 3 ms here (with OpenCV for the resize).
-SECOND_PASS_STEPS = (
-    (1.0, "GlobalHistogram"),
-    (2.0, "LocalAverage"),
-    (2.0, "GlobalHistogram"),
+# Rescue steps of ZxingDecoder. Costs are estimates relative to the first pass on the same frame
+# (zxing-cpp's default read, which also tries inverted and downscaled copies), measured on empty
+# 640x480 and 1280x720 camera frames here and rounded up; they make the blind-step budget
+# deterministic (the same frames give the same reads on any machine).
+#
+# Blind looks: cheap, on every frame where the first pass saw nothing at all. The global-
+# histogram binarizer reads evenly lit blurred prints that the local-average one breaks up;
+# a half-size copy joins the modules of a code photographed too close or through a screen's
+# pixel grid. (binarizer, scale, cost)
+BLIND_LOOKS = (
+    ("GlobalHistogram", 0.5, 0.05),
+    ("GlobalHistogram", 1.0, 0.1),
+    ("LocalAverage", 0.5, 0.08),
 )
+# Blind upscales: the whole frame enlarged, which gives the detector more pixels per module on
+# small or distant codes; too dear for every frame, so one runs per frame in turn, paid from
+# credit that empty frames save (see BLIND_SHARE).
+BLIND_UPSCALES = (
+    ("LocalAverage", 1.5, 0.7),
+    ("GlobalHistogram", 2.0, 1.8),
+    ("GlobalHistogram", 1.5, 0.45),
+    ("LocalAverage", 2.0, 2.1),
+)
+# Blind steps cost, on average, at most this share of the first pass: the credit a frame adds.
+BLIND_SHARE = 0.4
+CREDIT_CAP = 2.5  # credit saved for at most about 6 idle frames: enough for the dearest upscale
 MAX_UPSCALED_PIXELS = 1280 * 960  # upscale less (or not at all) past this: the cost grows with the area
 MIN_UPSCALE = 1.2
+MARGIN = 0.25  # of the symbol's side, kept around it when a region is cut out or re-sampled
+WARP_SIDES = (1.0, 2.0, 0.6)  # perspective re-sampling: the symbol's side times these, clamped
+MIN_WARP, MAX_WARP = 120, 480
 
 
 @dataclass
@@ -73,6 +92,12 @@ def _as_gray(gray):
             return None
         a = np.clip(a, 0, 255).astype(np.uint8)
     return np.ascontiguousarray(a)
+
+
+def _same_place(a, b):
+    """Whether two symbol quads lie on the same spot (their centres closer than half a side)."""
+    r = max(float(np.linalg.norm(a[0] - a[1])), float(np.linalg.norm(b[0] - b[1]))) / 2
+    return float(np.linalg.norm(a.mean(axis=0) - b.mean(axis=0))) < r
 
 
 def _unique(texts):
@@ -141,11 +166,15 @@ class Decoder:
 
 
 class ZxingDecoder(Decoder):
-    """zxing-cpp restricted to QR, with a second pass, bounded in time, on frames where it found nothing."""
+    """zxing-cpp restricted to QR, with rescue steps gated on what the first pass saw.
+
+    `second_pass` turns the rescue (gated and blind) on; `second_pass_budget_ms` bounds the
+    time rescue steps take on one frame (a step starts only while the budget lasts).
+    """
 
     name = "zxing"
 
-    def __init__(self, second_pass=True, second_pass_budget_ms=15.0, steps=SECOND_PASS_STEPS):
+    def __init__(self, second_pass=True, second_pass_budget_ms=15.0):
         try:
             import zxingcpp
         except ImportError as exc:
@@ -157,14 +186,20 @@ class ZxingDecoder(Decoder):
         self._plain = zxingcpp.TextMode.Plain
         self.second_pass = bool(second_pass)
         self.budget_s = max(0.0, float(second_pass_budget_ms)) / 1000.0
-        self.steps = tuple((float(s), getattr(zxingcpp.Binarizer, b)) for s, b in steps)
-        # imported now, not inside the first second pass, whose time budget it would eat
+        self._bin = {n: getattr(zxingcpp.Binarizer, n) for n in ("GlobalHistogram", "LocalAverage")}
+        # imported now, not inside the first rescue, whose time budget it would eat
         self._cv2 = _cv2() if self.second_pass else None
         if self.second_pass and self._cv2 is None:
             from PIL import Image  # noqa: F401
+        self._qcd = self._cv2.QRCodeDetector() if self._cv2 is not None else None
+        # the rotation state: which blind upscale and which region step come next, and the credit
+        self._next_upscale = 0
+        self._next_region = 0
+        self._credit = CREDIT_CAP
+        self.stats = {"first": 0, "gated": 0, "blind": 0, "upscale": 0}  # frames read by each path
 
-    def _read(self, gray, binarizer=None, return_errors=False):
-        kw = {"formats": self._format, "text_mode": self._plain, "return_errors": return_errors}
+    def _read(self, gray, binarizer=None, return_errors=False, **kw):
+        kw.update(formats=self._format, text_mode=self._plain, return_errors=return_errors)
         if binarizer is not None:
             kw["binarizer"] = binarizer
         return self._z.read_barcodes(gray, **kw)
@@ -180,47 +215,177 @@ class ZxingDecoder(Decoder):
                 text = raw.decode("latin-1")
         return text
 
-    def _split(self, barcodes):
-        """(texts of the valid codes, number of distinct places holding a QR symbol that failed)."""
+    @staticmethod
+    def _quad(barcode, scale=1.0):
+        """The symbol's four corners (top-left, top-right, bottom-right, bottom-left) in frame pixels."""
+        pos = barcode.position
+        pts = (pos.top_left, pos.top_right, pos.bottom_right, pos.bottom_left)
+        return np.array([(p.x / scale, p.y / scale) for p in pts], dtype=np.float32)
+
+    def _split(self, barcodes, scale=1.0):
+        """(texts of the valid codes, [quad of each distinct place holding a QR symbol that failed])."""
         texts, bad = [], []
         for b in barcodes:
             if b.valid:
                 texts.append(self._text(b))
                 continue
             try:
-                pts = [(p.x, p.y) for p in (b.position.top_left, b.position.top_right, b.position.bottom_left)]
-            except Exception:  # noqa: BLE001
-                bad.append((float(len(bad)) * 1e6, 0.0, 0.0))
-                continue
-            cx = (pts[1][0] + pts[2][0]) / 2
-            cy = (pts[1][1] + pts[2][1]) / 2
-            r = math.dist(pts[0], pts[1]) / 2
+                quad = self._quad(b, scale)
+            except Exception:  # noqa: BLE001 - a symbol without a position still counts as seen
+                quad = None
             # one symbol reported twice (inverted, another corner guess) counts once
-            if not any(math.dist((cx, cy), (x, y)) < max(r, q) for x, y, q in bad):
-                bad.append((cx, cy, r))
-        return texts, len(bad)
+            if quad is None or not any(q is not None and _same_place(quad, q) for q in bad):
+                bad.append(quad)
+        return texts, bad
 
     def _scan(self, gray):
         texts, bad = self._split(self._read(gray, return_errors=True))
-        if texts or not self.second_pass or self.budget_s <= 0:
-            return Scan(_unique(texts), bad)
-        start = time.perf_counter()
+        if texts:
+            self._save_credit()
+            self.stats["first"] += 1
+            return Scan(_unique(texts), len(bad))
+        if not self.second_pass or self.budget_s <= 0:
+            return Scan([], len(bad))
+        deadline = time.perf_counter() + self.budget_s
+        if not bad:
+            texts, bad = self._blind(gray, deadline)
+            if texts:
+                return Scan(_unique(texts), 0)
+        else:
+            self._save_credit()
+        if bad:
+            texts = self._rescue(gray, bad, deadline)
+            if texts:
+                self.stats["gated"] += 1
+                return Scan(_unique(texts), 0)
+        return Scan([], len(bad))
+
+    def _save_credit(self):
+        self._credit = min(CREDIT_CAP, self._credit + BLIND_SHARE)
+
+    def _blind(self, gray, deadline):
+        """Cheap looks at a frame where nothing was seen, then one upscale in turn if the credit allows.
+
+        Returns (texts, failed symbols seen by these looks); stops at the first look that reads
+        or sees a symbol (the gated rescue takes over).
+        """
+        self._save_credit()
         area = gray.shape[0] * gray.shape[1]
         scaled = {1.0: gray}
-        for scale, binarizer in self.steps:
-            if time.perf_counter() - start >= self.budget_s:
-                break
-            if scale > 1.0 and scale * scale * area > MAX_UPSCALED_PIXELS:
-                scale = round(math.sqrt(MAX_UPSCALED_PIXELS / area), 2)
-                if scale < MIN_UPSCALE:
-                    continue
-            img = scaled.get(scale)
-            if img is None:
-                img = scaled[scale] = _resize(gray, scale, self._cv2)
-            found = [self._text(b) for b in self._read(img, binarizer)]
-            if found:
-                return Scan(_unique(found), 0)
-        return Scan([], bad)
+        for binarizer, scale, cost in BLIND_LOOKS:
+            if self._credit < cost or time.perf_counter() >= deadline:
+                return [], []
+            self._credit -= cost
+            texts, bad = self._look(gray, scaled, scale, binarizer)
+            if texts:
+                self.stats["blind"] += 1
+            if texts or bad:
+                return texts, bad
+        binarizer, scale, cost = BLIND_UPSCALES[self._next_upscale]
+        if scale * scale * area > MAX_UPSCALED_PIXELS:
+            scale = round(math.sqrt(MAX_UPSCALED_PIXELS / area), 2)
+        if scale < MIN_UPSCALE:  # a frame too large to upscale: no upscale step applies
+            return [], []
+        if self._credit < cost or time.perf_counter() >= deadline:
+            return [], []
+        self._credit -= cost
+        self._next_upscale = (self._next_upscale + 1) % len(BLIND_UPSCALES)
+        texts, bad = self._look(gray, scaled, scale, binarizer)
+        if texts:
+            self.stats["upscale"] += 1
+        return texts, bad
+
+    def _look(self, gray, scaled, scale, binarizer):
+        img = scaled.get(scale)
+        if img is None:
+            img = scaled[scale] = _resize(gray, scale, self._cv2)
+        found = self._read(img, self._bin[binarizer], return_errors=True, try_downscale=False,
+                           try_invert=scale == 1.0)
+        return self._split(found, scale)
+
+    def _rescue(self, gray, bad, deadline):
+        """Expensive steps on the region of each symbol seen but not read, in turn from frame to frame."""
+        steps = self._region_steps()
+        n = len(steps)
+        first = self._next_region
+        self._next_region = (self._next_region + 1) % n
+        for quad in bad[:2]:  # two damaged symbols at most: a crowd of them is not one person's code
+            if quad is None:
+                continue
+            for i in range(n):
+                if time.perf_counter() >= deadline:
+                    return []
+                try:
+                    texts = steps[(first + i) % n](gray, quad)
+                except Exception as exc:  # noqa: BLE001 - a failed step is a step that read nothing
+                    log.debug("rescue step failed: %s", exc)
+                    texts = []
+                if texts:
+                    return texts
+        return []
+
+    def _region_steps(self):
+        steps = [
+            lambda g, q: self._crop_read(g, q, "GlobalHistogram", 1.0),
+            lambda g, q: self._crop_read(g, q, "LocalAverage", 2.0),
+            lambda g, q: self._crop_read(g, q, "GlobalHistogram", 2.0),
+        ]
+        if self._cv2 is not None:
+            steps += [
+                lambda g, q: self._warp_read(g, q, WARP_SIDES[0]),
+                lambda g, q: self._opencv(g, q, curved=False),
+                lambda g, q: self._warp_read(g, q, WARP_SIDES[1]),
+                lambda g, q: self._opencv(g, q, curved=True),
+                lambda g, q: self._warp_read(g, q, WARP_SIDES[2]),
+            ]
+        return steps
+
+    @staticmethod
+    def _box(gray, quad):
+        """(x0, y0, x1, y1): the symbol's bounding box with a margin, inside the frame."""
+        h, w = gray.shape
+        side = max(float(np.linalg.norm(quad[i] - quad[(i + 1) % 4])) for i in range(4))
+        m = side * MARGIN
+        x0, y0 = np.floor(quad.min(axis=0) - m).astype(int)
+        x1, y1 = np.ceil(quad.max(axis=0) + m).astype(int)
+        return max(0, x0), max(0, y0), min(w, x1), min(h, y1), side
+
+    def _crop_read(self, gray, quad, binarizer, scale):
+        x0, y0, x1, y1, side = self._box(gray, quad)
+        if x1 - x0 < 16 or y1 - y0 < 16:
+            return []
+        crop = np.ascontiguousarray(gray[y0:y1, x0:x1])
+        if scale * scale * crop.size > MAX_UPSCALED_PIXELS:
+            scale = max(1.0, round(math.sqrt(MAX_UPSCALED_PIXELS / crop.size), 2))
+        if scale != 1.0:
+            crop = _resize(crop, scale, self._cv2)
+        return [self._text(b) for b in self._read(crop, self._bin[binarizer], try_downscale=scale == 1.0)]
+
+    def _warp_read(self, gray, quad, factor):
+        """The symbol re-sampled square (its perspective undone) at a side of `factor` times its own."""
+        cv2 = self._cv2
+        side = max(float(np.linalg.norm(quad[i] - quad[(i + 1) % 4])) for i in range(4))
+        n = int(min(MAX_WARP, max(MIN_WARP, side * factor)))
+        m = int(round(n * MARGIN))
+        dst = np.array([(m, m), (m + n, m), (m + n, m + n), (m, m + n)], dtype=np.float32)
+        h = cv2.getPerspectiveTransform(quad, dst)
+        img = cv2.warpPerspective(gray, h, (n + 2 * m, n + 2 * m), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REPLICATE)
+        found = self._read(img, try_downscale=False, try_rotate=False)
+        if not found:
+            found = self._read(img, self._bin["GlobalHistogram"], try_downscale=False, try_rotate=False)
+        return [self._text(b) for b in found]
+
+    def _opencv(self, gray, quad, curved):
+        """OpenCV's decoder (its own error correction) on the symbol zxing-cpp located."""
+        x0, y0, x1, y1, _side = self._box(gray, quad)
+        crop = np.ascontiguousarray(gray[y0:y1, x0:x1])
+        pts = (quad - np.array([x0, y0], dtype=np.float32)).reshape(1, 4, 2)
+        if curved:
+            text, _ = self._qcd.decodeCurved(crop, pts)
+        else:
+            text, _ = self._qcd.decode(crop, pts)
+        return [text] if text else []
 
 
 class PyzbarDecoder(Decoder):
