@@ -33,30 +33,31 @@ log = logging.getLogger(__name__)
 
 # Rescue steps of ZxingDecoder. Costs are estimates relative to the first pass on the same frame
 # (zxing-cpp's default read, which also tries inverted and downscaled copies), measured on empty
-# 640x480 and 1280x720 camera frames here and rounded up; they make the blind-step budget
-# deterministic (the same frames give the same reads on any machine).
+# 640x480 and 1280x720 camera frames here (resize included) and rounded up; being fixed, they make
+# the blind-step budget deterministic: the same frames give the same reads on any machine.
 #
-# Blind looks: cheap, on every frame where the first pass saw nothing at all. The global-
-# histogram binarizer reads evenly lit blurred prints that the local-average one breaks up;
-# a half-size copy joins the modules of a code photographed too close or through a screen's
-# pixel grid. (binarizer, scale, cost)
+# Blind looks: cheap, on every frame where the first pass saw nothing at all. A half-size copy
+# joins the modules of a code photographed too close or through a screen's pixel grid; the global-
+# histogram binarizer reads evenly lit blurred prints that the local-average one breaks up.
+# (binarizer, scale, cost)
 BLIND_LOOKS = (
-    ("GlobalHistogram", 0.5, 0.05),
-    ("GlobalHistogram", 1.0, 0.1),
-    ("LocalAverage", 0.5, 0.08),
+    ("GlobalHistogram", 0.5, 0.06),
+    ("LocalAverage", 0.5, 0.1),
 )
-# Blind upscales: the whole frame enlarged, which gives the detector more pixels per module on
-# small or distant codes; too dear for every frame, so one runs per frame in turn, paid from
-# credit that empty frames save (see BLIND_SHARE).
-BLIND_UPSCALES = (
-    ("LocalAverage", 1.5, 0.7),
-    ("GlobalHistogram", 2.0, 1.8),
-    ("GlobalHistogram", 1.5, 0.45),
-    ("LocalAverage", 2.0, 2.1),
+# Blind steps in turn: one per empty frame, paid from the credit that frames save (BLIND_SHARE),
+# so a code held in view for half a second meets several of them. Upscaling the whole frame gives
+# the detector more pixels per module on small or distant codes but is too dear for every frame.
+BLIND_TURNS = (
+    ("GlobalHistogram", 1.0, 0.3),
+    ("LocalAverage", 1.5, 0.8),
+    ("GlobalHistogram", 1.0, 0.3),
+    ("GlobalHistogram", 2.0, 2.4),
+    ("GlobalHistogram", 1.0, 0.3),
+    ("GlobalHistogram", 1.5, 1.0),
 )
-# Blind steps cost, on average, at most this share of the first pass: the credit a frame adds.
+# Blind steps cost, on average, at most this share of the first pass: the credit each frame adds.
 BLIND_SHARE = 0.4
-CREDIT_CAP = 2.5  # credit saved for at most about 6 idle frames: enough for the dearest upscale
+CREDIT_CAP = 2.5  # credit saved over about 6 frames: enough for the dearest step
 MAX_UPSCALED_PIXELS = 1280 * 960  # upscale less (or not at all) past this: the cost grows with the area
 MIN_UPSCALE = 1.2
 MARGIN = 0.25  # of the symbol's side, kept around it when a region is cut out or re-sampled
@@ -193,10 +194,10 @@ class ZxingDecoder(Decoder):
             from PIL import Image  # noqa: F401
         self._qcd = self._cv2.QRCodeDetector() if self._cv2 is not None else None
         # the rotation state: which blind upscale and which region step come next, and the credit
-        self._next_upscale = 0
+        self._next_turn = 0
         self._next_region = 0
         self._credit = CREDIT_CAP
-        self.stats = {"first": 0, "gated": 0, "blind": 0, "upscale": 0}  # frames read by each path
+        self.stats = {"first": 0, "gated": 0, "blind": 0, "turn": 0}  # frames read by each path
 
     def _read(self, gray, binarizer=None, return_errors=False, **kw):
         kw.update(formats=self._format, text_mode=self._plain, return_errors=return_errors)
@@ -281,18 +282,24 @@ class ZxingDecoder(Decoder):
                 self.stats["blind"] += 1
             if texts or bad:
                 return texts, bad
-        binarizer, scale, cost = BLIND_UPSCALES[self._next_upscale]
-        if scale * scale * area > MAX_UPSCALED_PIXELS:
-            scale = round(math.sqrt(MAX_UPSCALED_PIXELS / area), 2)
-        if scale < MIN_UPSCALE:  # a frame too large to upscale: no upscale step applies
+        for _ in range(len(BLIND_TURNS)):  # the next step in turn that applies to this frame size
+            binarizer, scale, cost = BLIND_TURNS[self._next_turn]
+            if scale > 1.0 and scale * scale * area > MAX_UPSCALED_PIXELS:
+                scale = round(math.sqrt(MAX_UPSCALED_PIXELS / area), 2)
+                cost *= (scale / BLIND_TURNS[self._next_turn][1]) ** 2
+                if scale < MIN_UPSCALE:
+                    self._next_turn = (self._next_turn + 1) % len(BLIND_TURNS)
+                    continue
+            break
+        else:
             return [], []
         if self._credit < cost or time.perf_counter() >= deadline:
-            return [], []
+            return [], []  # not yet: this step waits for the credit of the next frames
         self._credit -= cost
-        self._next_upscale = (self._next_upscale + 1) % len(BLIND_UPSCALES)
+        self._next_turn = (self._next_turn + 1) % len(BLIND_TURNS)
         texts, bad = self._look(gray, scaled, scale, binarizer)
         if texts:
-            self.stats["upscale"] += 1
+            self.stats["turn"] += 1
         return texts, bad
 
     def _look(self, gray, scaled, scale, binarizer):
