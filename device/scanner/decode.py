@@ -342,7 +342,6 @@ class ZxingDecoder(Decoder):
                 lambda g, q: self._warp_read(g, q, WARP_SIDES[0]),
                 lambda g, q: self._opencv(g, q, curved=False),
                 lambda g, q: self._warp_read(g, q, WARP_SIDES[1]),
-                lambda g, q: self._opencv(g, q, curved=True),
                 lambda g, q: self._warp_read(g, q, WARP_SIDES[2]),
             ]
         return steps
@@ -383,8 +382,12 @@ class ZxingDecoder(Decoder):
             found = self._read(img, self._bin["GlobalHistogram"], try_downscale=False, try_rotate=False)
         return [self._text(b) for b in found]
 
-    def _opencv(self, gray, quad, curved):
-        """OpenCV's decoder (its own error correction) on the symbol zxing-cpp located."""
+    def _opencv(self, gray, quad, curved=False):
+        """OpenCV's decoder (its own error correction) on the symbol zxing-cpp located.
+
+        `decodeCurved` is not among the steps: a process running it over the rescue set once died
+        of heap corruption ("malloc(): invalid size"); a crash would stop the terminal.
+        """
         x0, y0, x1, y1, _side = self._box(gray, quad)
         crop = np.ascontiguousarray(gray[y0:y1, x0:x1])
         pts = (quad - np.array([x0, y0], dtype=np.float32)).reshape(1, 4, 2)
