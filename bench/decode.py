@@ -4,7 +4,11 @@ Frames come from the synthetic camera (device.scanner.synthetic) at 640x480 and 
 signed declaration's QR on a phone screen (perspective, blur, glare, noise; difficulty 0.5)
 and empty scenes. Each round decodes the same frames with every decoder in turn; the ratio
 of each decoder is to zxing-cpp (the default decoder, second pass on) in the same round.
-Also: how many of the ZXing black-box photos each decoder reads to the exact text.
+Also: how many of the ZXing black-box photos each decoder reads to the exact text (qrcode-2/13's
+expected text is mislabelled upstream, so no decoder can match it: 384 of 388 is the most), the
+idle cost of the rescue (empty 640x480 frames, the default against zxing-cpp alone: goal at most
+1.5x), the p95 time of a frame with a code (goal at most 10 ms here), and the synthetic
+phone-screen table (bench/phone.py) for the current native QR and a ~200-character one.
 """
 
 import logging
@@ -110,6 +114,45 @@ def photos(ctx, decs):
     return out
 
 
+def latency(ctx, decs, text):
+    """{name: (p50, p95, read)} ms of single 640x480 frames with the declaration's QR, and the frame count.
+
+    The decoders take turns on each frame, so a burst of load from elsewhere hits them alike.
+    """
+    from device.scanner.synthetic import render_qr_frame
+
+    rng = np.random.default_rng(8)
+    grays = [render_qr_frame(text, rng, 640, 480, difficulty=DIFFICULTY) for _ in range(ctx.sizes["latency_frames"])]
+    times = {n: [] for n in decs}
+    read = dict.fromkeys(decs, 0)
+    for g in grays:
+        for name, dec in decs.items():
+            t = time.perf_counter()
+            read[name] += text in dec.decode(g)
+            times[name].append((time.perf_counter() - t) * 1000.0)
+    out = {}
+    for name, ts in times.items():
+        ts.sort()
+        out[name] = (ts[len(ts) // 2], ts[min(len(ts) - 1, int(0.95 * len(ts)))], read[name])
+    return out, len(grays)
+
+
+def phone(ctx, old_text):
+    """The phone-screen table (Markdown lines) and its raw counts, old and new native QR sizes."""
+    from bench import phone as ph
+    from device.scanner.decode import PyzbarDecoder, ZxingDecoder
+
+    new_text = ph.text_of_length(200, seed=1)
+    texts = {f"old v{ph.qr_version(old_text)}": old_text, f"new v{ph.qr_version(new_text)}": new_text}
+    decs = {"zxing-1pass": lambda: ZxingDecoder(second_pass=False), "zxing": ZxingDecoder,
+            "pyzbar": PyzbarDecoder, "opencv": OpenCvDecoder}
+    which = ctx.sizes["phone_conditions"]
+    names = ph.QUICK_CONDITIONS if which == "quick" else None if which == "all" else which
+    conds = [c for c in ph.CONDITIONS if names is None or c.name in names]
+    table = ph.phone_table(texts, decs, conds, per_condition=ctx.sizes["phone_images"])
+    return ph.format_table(table, texts, decs, conds), table, texts
+
+
 def run(ctx):
     area = Area("decode", "QR decoding")
     text = sample_text()
@@ -159,6 +202,28 @@ def run(ctx):
                  "basis": "decoding is deterministic; time scaled by the CPU assumption. " + PI4_ASSUMPTION},
             extra={"total": total, "ms_per_photo": mspp, "rotations": list(ctx.sizes["photos_rotations"])},
         )
+    zx = decs["zxing"]
+    idle = [a / b for a, b in zip(ms[(640, 480, "empty")]["zxing"], ms[(640, 480, "empty")]["zxing-1pass"],
+                                  strict=True)]
+    area.figure("idle_ratio.640x480", "rescue's idle cost: default / zxing-cpp alone, empty 640x480 frames",
+                "x", idle, goal={"text": "at most 1.5", "met": sorted(idle)[len(idle) // 2] <= 1.5})
+    lat, n = latency(ctx, {"zxing": zx, "zxing-1pass": decs["zxing-1pass"]}, text)
+    p50, p95, read = lat["zxing"]
+    area.figure("latency_p95.640x480.qr", f"p95 of one 640x480 frame with a code, default decoder "
+                f"(p50 {p50:.2f} ms, read {read}/{n})", "ms/frame", [p95],
+                baseline="latency_p95.640x480.qr.1pass", base_values=[lat["zxing-1pass"][1]], base_label="zxing-1pass",
+                goal={"text": "at most 10 ms here", "met": p95 <= 10.0},
+                pi4={"estimate": pi4_time(p95, "ms/frame"), "basis": PI4_ASSUMPTION})
+    progress("decode: synthetic phone-screen benchmark")
+    lines, table, texts = phone(ctx, text)
+    false = sum(v[1] for v in table.values())
+    area.note("Phone-screen benchmark (bench/phone.py): the QR text drawn by segno (EC M) on a ~6 cm phone "
+              "screen at 400 ppi, photographed synthetically at 640x480, "
+              f"{ctx.sizes['phone_images']} images per condition (seeded); "
+              + ", ".join(f"{k}: {len(v)} characters" for k, v in texts.items())
+              + f"; images read to the exact text; false reads in all: {false}.\n\n" + "\n".join(lines) + "\n")
+    area.note("qrcode-2/13's expected text (ZXing's black-box set) is mislabelled upstream: no decoder can "
+              "match it, so 384 of 388 photos (four rotations) is the most any decoder can reach.")
     area.note(f"Frames: synthetic camera frames (device.scanner.synthetic.render_qr_frame, difficulty "
               f"{DIFFICULTY}) of a signed declaration of {len(text)} characters; "
               f"{ctx.sizes['decode_frames']} frames per size and scene, {ctx.runs} rounds.")
