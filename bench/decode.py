@@ -114,27 +114,49 @@ def photos(ctx, decs):
     return out
 
 
-def latency(ctx, decs, text):
-    """{name: (p50, p95, read)} ms of single 640x480 frames with the declaration's QR, and the frame count.
-
-    The decoders take turns on each frame, so a burst of load from elsewhere hits them alike.
-    """
-    from device.scanner.synthetic import render_qr_frame
-
-    rng = np.random.default_rng(8)
-    grays = [render_qr_frame(text, rng, 640, 480, difficulty=DIFFICULTY) for _ in range(ctx.sizes["latency_frames"])]
+def interleaved(decs, grays, text=None):
+    """{name: (mean, p50, p95, read)} ms per frame; the decoders take turns on each frame, so a burst
+    of load from elsewhere on the machine hits them alike."""
     times = {n: [] for n in decs}
     read = dict.fromkeys(decs, 0)
     for g in grays:
         for name, dec in decs.items():
             t = time.perf_counter()
-            read[name] += text in dec.decode(g)
+            got = dec.decode(g)
             times[name].append((time.perf_counter() - t) * 1000.0)
+            read[name] += text is not None and text in got
     out = {}
     for name, ts in times.items():
+        mean = sum(ts) / len(ts)
         ts.sort()
-        out[name] = (ts[len(ts) // 2], ts[min(len(ts) - 1, int(0.95 * len(ts)))], read[name])
-    return out, len(grays)
+        out[name] = (mean, ts[len(ts) // 2], ts[min(len(ts) - 1, int(0.95 * len(ts)))], read[name])
+    return out
+
+
+def gated_figures(ctx, area, decs, text):
+    """The rescue's goals: idle cost against zxing-cpp alone, and p95 of a frame with a code."""
+    from device.scanner.synthetic import render_empty_frame, render_qr_frame
+
+    rng = np.random.default_rng(8)
+    n = ctx.sizes["latency_frames"]
+    pair = {"zxing": decs["zxing"], "zxing-1pass": decs["zxing-1pass"]}
+    empty = [render_empty_frame(rng, 640, 480) for _ in range(n)]
+    idle = [interleaved(pair, empty) for _ in range(ctx.runs)]
+    ratios = [r["zxing"][0] / r["zxing-1pass"][0] for r in idle]
+    area.figure("idle_ratio.640x480", f"rescue's idle cost: default / zxing-cpp alone, mean over {n} empty "
+                "640x480 frames, decoders taking turns", "x", ratios,
+                goal={"text": "at most 1.5", "met": sorted(ratios)[len(ratios) // 2] <= 1.5},
+                pi4={"estimate": "about the same ratio", "basis": "both decoders run the same C++ code at the "
+                     "same frame size, so a slower CPU scales them alike (an assumption, not measured)"},
+                extra={"ms_default": [r["zxing"][0] for r in idle], "ms_plain": [r["zxing-1pass"][0] for r in idle]})
+    qr = [render_qr_frame(text, rng, 640, 480, difficulty=DIFFICULTY) for _ in range(n)]
+    lat = interleaved(pair, qr, text)
+    _mean, p50, p95, read = lat["zxing"]
+    area.figure("latency_p95.640x480.qr", f"p95 of one 640x480 frame with a code, default decoder "
+                f"(p50 {p50:.2f} ms, read {read}/{n})", "ms/frame", [p95],
+                baseline="latency_p95.640x480.qr.1pass", base_values=[lat["zxing-1pass"][2]], base_label="zxing-1pass",
+                goal={"text": "at most 10 ms here", "met": p95 <= 10.0},
+                pi4={"estimate": pi4_time(p95, "ms/frame"), "basis": PI4_ASSUMPTION})
 
 
 def phone(ctx, old_text):
@@ -202,18 +224,7 @@ def run(ctx):
                  "basis": "decoding is deterministic; time scaled by the CPU assumption. " + PI4_ASSUMPTION},
             extra={"total": total, "ms_per_photo": mspp, "rotations": list(ctx.sizes["photos_rotations"])},
         )
-    zx = decs["zxing"]
-    idle = [a / b for a, b in zip(ms[(640, 480, "empty")]["zxing"], ms[(640, 480, "empty")]["zxing-1pass"],
-                                  strict=True)]
-    area.figure("idle_ratio.640x480", "rescue's idle cost: default / zxing-cpp alone, empty 640x480 frames",
-                "x", idle, goal={"text": "at most 1.5", "met": sorted(idle)[len(idle) // 2] <= 1.5})
-    lat, n = latency(ctx, {"zxing": zx, "zxing-1pass": decs["zxing-1pass"]}, text)
-    p50, p95, read = lat["zxing"]
-    area.figure("latency_p95.640x480.qr", f"p95 of one 640x480 frame with a code, default decoder "
-                f"(p50 {p50:.2f} ms, read {read}/{n})", "ms/frame", [p95],
-                baseline="latency_p95.640x480.qr.1pass", base_values=[lat["zxing-1pass"][1]], base_label="zxing-1pass",
-                goal={"text": "at most 10 ms here", "met": p95 <= 10.0},
-                pi4={"estimate": pi4_time(p95, "ms/frame"), "basis": PI4_ASSUMPTION})
+    gated_figures(ctx, area, decs, text)
     progress("decode: synthetic phone-screen benchmark")
     lines, table, texts = phone(ctx, text)
     false = sum(v[1] for v in table.values())

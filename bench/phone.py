@@ -46,9 +46,9 @@ class Condition:
 CONDITIONS = (
     Condition("clean"),
     Condition("defocus 1.5", defocus=1.5),
-    Condition("defocus 2.5", defocus=2.5),
+    Condition("defocus 2.0", defocus=2.0),
     Condition("motion 7px", motion=7),
-    Condition("motion 11px", motion=11),
+    Condition("motion 9px", motion=9),
     Condition("noise 20", noise=20.0),
     Condition("tilt 20%", tilt=0.20),
     Condition("tilt 35%", tilt=0.35),
@@ -58,9 +58,9 @@ CONDITIONS = (
     Condition("glare", glare=170.0),
     Condition("distance 0.6", distance=0.6),
     Condition("distance 0.45", distance=0.45),
-    Condition("blur+tilt+far", defocus=1.2, tilt=0.18, distance=0.7, noise=8.0),
+    Condition("blur+tilt+far", defocus=1.0, tilt=0.18, distance=0.75, noise=8.0),
 )
-QUICK_CONDITIONS = ("clean", "defocus 2.5", "motion 11px", "tilt 35%", "moire 0.5", "distance 0.45", "blur+tilt+far")
+QUICK_CONDITIONS = ("clean", "defocus 2.0", "motion 7px", "tilt 35%", "moire 0.5", "distance 0.45", "blur+tilt+far")
 
 
 def text_of_length(n, seed=0, prefix="CHOT1:"):
