@@ -101,6 +101,28 @@ def _same_place(a, b):
     return float(np.linalg.norm(a.mean(axis=0) - b.mean(axis=0))) < r
 
 
+def _area(quad):
+    x, y = quad[:, 0].astype(float), quad[:, 1].astype(float)
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def _sane(quad, shape):
+    """Whether a symbol's corners make a region worth re-reading: inside the frame (give or take a
+    little), not degenerate (convex, and an area of at least 21 x 21 pixels: the smallest QR code
+    has 21 modules a side, and a module under a pixel cannot be read)."""
+    h, w = shape
+    if not np.isfinite(quad).all():
+        return False
+    lo, hi = quad.min(axis=0), quad.max(axis=0)
+    if lo[0] < -w * 0.1 or lo[1] < -h * 0.1 or hi[0] > w * 1.1 or hi[1] > h * 1.1:
+        return False
+    if _area(quad) < 21 * 21:
+        return False
+    edges = np.roll(quad, -1, axis=0) - quad
+    cross = edges[:, 0] * np.roll(edges, -1, axis=0)[:, 1] - edges[:, 1] * np.roll(edges, -1, axis=0)[:, 0]
+    return bool((cross > 0).all() or (cross < 0).all())
+
+
 def _unique(texts):
     seen = set()
     out = []
@@ -175,7 +197,7 @@ class ZxingDecoder(Decoder):
 
     name = "zxing"
 
-    def __init__(self, second_pass=True, second_pass_budget_ms=15.0):
+    def __init__(self, second_pass=True, second_pass_budget_ms=8.0):
         try:
             import zxingcpp
         except ImportError as exc:
@@ -316,9 +338,8 @@ class ZxingDecoder(Decoder):
         n = len(steps)
         first = self._next_region
         self._next_region = (self._next_region + 1) % n
-        for quad in bad[:2]:  # two damaged symbols at most: a crowd of them is not one person's code
-            if quad is None:
-                continue
+        quads = sorted((q for q in bad if q is not None and _sane(q, gray.shape)), key=_area, reverse=True)
+        for quad in quads[:2]:  # the two largest: a crowd of damaged symbols is not one person's code
             for i in range(n):
                 if time.perf_counter() >= deadline:
                     return []
@@ -389,6 +410,8 @@ class ZxingDecoder(Decoder):
         of heap corruption ("malloc(): invalid size"); a crash would stop the terminal.
         """
         x0, y0, x1, y1, _side = self._box(gray, quad)
+        if x1 - x0 < 16 or y1 - y0 < 16:
+            return []
         crop = np.ascontiguousarray(gray[y0:y1, x0:x1])
         pts = (quad - np.array([x0, y0], dtype=np.float32)).reshape(1, 4, 2)
         if curved:
