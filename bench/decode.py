@@ -159,13 +159,12 @@ def gated_figures(ctx, area, decs, text):
                 pi4={"estimate": pi4_time(p95, "ms/frame"), "basis": PI4_ASSUMPTION})
 
 
-def phone(ctx, old_text):
+def phone(ctx, current_text):
     """The phone-screen table (Markdown lines) and its raw counts, old and new native QR sizes."""
     from bench import phone as ph
     from device.scanner.decode import PyzbarDecoder, ZxingDecoder
 
-    new_text = ph.text_of_length(200, seed=1)
-    texts = {f"old v{ph.qr_version(old_text)}": old_text, f"new v{ph.qr_version(new_text)}": new_text}
+    texts = ph.size_texts(current=len(current_text))
     decs = {"zxing-1pass": lambda: ZxingDecoder(second_pass=False), "zxing": ZxingDecoder,
             "pyzbar": PyzbarDecoder, "opencv": OpenCvDecoder}
     which = ctx.sizes["phone_conditions"]

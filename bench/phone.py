@@ -12,6 +12,11 @@ generator: the same arguments give the same frames.
 
     `phone_table(texts, decoders, conditions, per_condition)` -> {(size, condition, decoder): (read, false, total)}
 
+The texts are seeded base45 strings of the native QR's lengths (`size_texts`): the old
+declaration (372 characters, QR version 12) and the compact one (200, version 8), so that the
+images do not change with each signature; a text's length and alphabet fix its QR version, and
+that, not the content, is what the camera struggles with.
+
 A read is the exact text; a false read is any other text (there must be none).
 """
 
@@ -24,6 +29,8 @@ SCREEN_PPI = 400  # a typical phone screen
 SCREEN_CM = 6.0  # the width of the code's area on the screen, margin included
 CODE_PX = 300  # the screen's width in a 640x480 frame, held at arm's length (about 20 cm)
 FRAME = (640, 480)
+OLD_LENGTH = 372  # the native declaration QR text before issue 14 (`chot issue`: QR version 12 at EC M)
+NEW_LENGTH = 200  # the compact native declaration issue 14 aims at (version 8 at EC M)
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"  # base45, as the native QR text
 
 
@@ -68,6 +75,21 @@ def text_of_length(n, seed=0, prefix="CHOT1:"):
     rng = np.random.default_rng(seed)
     body = "".join(ALPHABET[i] for i in rng.integers(0, len(ALPHABET), max(0, n - len(prefix))))
     return (prefix + body)[:n]
+
+
+def size_texts(current=None):
+    """{label: text}: the old and new native QR sizes (seeded base45 texts of those lengths, so the
+    images are the same from run to run), and today's `chot issue` length when it is neither."""
+    lengths = {"old": OLD_LENGTH, "new": NEW_LENGTH}
+    texts = {}
+    for name, n in lengths.items():
+        t = text_of_length(n, seed=1)
+        texts[f"{name} v{qr_version(t)}"] = t
+    if current is not None:
+        t = text_of_length(current, seed=1)
+        if qr_version(t) not in {qr_version(x) for x in texts.values()}:
+            texts[f"today v{qr_version(t)}"] = t
+    return texts
 
 
 def qr_version(text):

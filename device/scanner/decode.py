@@ -14,7 +14,7 @@ happens next depends on what that first pass saw:
 - a code read: done (most frames with a code);
 - a QR symbol seen but not read (zxing-cpp located it, then error correction failed: a blurred,
   curved or distant code): the gated rescue works on that symbol's region only: the region cut
-  out and upscaled, with either binarizer; the symbol's quad re-sampled square (its perspective
+  out and upscaled, with either binarizer, or sharpened; the symbol's quad re-sampled square (its perspective
   undone) at a few sizes. Within `second_pass_budget_ms` per frame; the first step tried turns
   from frame to frame, so a code held in view for a few frames meets every step;
 - nothing seen (most empty frames): cheap blind looks (a half-size copy with either binarizer),
@@ -378,6 +378,7 @@ class ZxingDecoder(Decoder):
         ]
         if self._cv2 is not None:
             steps += [lambda g, q: self._warp_read(g, q, WARP_SIDES[1]),
+                      lambda g, q: self._sharp_read(g, q),
                       lambda g, q: self._warp_read(g, q, WARP_SIDES[0])]
         steps.append(lambda g, q: self._crop_read(g, q, "GlobalHistogram", 2.0))
         if self._cv2 is not None:
@@ -404,6 +405,21 @@ class ZxingDecoder(Decoder):
         if scale != 1.0:
             crop = _resize(crop, scale, self._cv2)
         return [self._text(b) for b in self._read(crop, self._bin[binarizer], try_downscale=scale == 1.0)]
+
+    def _sharp_read(self, gray, quad, scale=2.0, amount=1.5):
+        """The region upscaled (bicubic) and sharpened (unsharp mask): a defocused or shaken code."""
+        cv2 = self._cv2
+        x0, y0, x1, y1, _side = self._box(gray, quad)
+        if x1 - x0 < 16 or y1 - y0 < 16:
+            return []
+        crop = gray[y0:y1, x0:x1].astype(np.float32)
+        if scale * scale * crop.size > MAX_UPSCALED_PIXELS:
+            scale = max(1.0, math.sqrt(MAX_UPSCALED_PIXELS / crop.size))
+        if scale != 1.0:
+            crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        blurred = cv2.GaussianBlur(crop, (0, 0), scale)
+        sharp = np.clip(crop + amount * (crop - blurred), 0, 255).astype(np.uint8)
+        return [self._text(b) for b in self._read(sharp, try_downscale=False)]
 
     def _warp_read(self, gray, quad, factor):
         """The symbol re-sampled square (its perspective undone) at a side of `factor` times its own."""
