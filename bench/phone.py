@@ -21,6 +21,7 @@ A read is the exact text; a false read is any other text (there must be none).
 """
 
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -175,8 +176,10 @@ def frames(text, cond, n, seed=0):
     return [photograph(scr, cond, rng) for _ in range(n)]
 
 
-def phone_table(texts, decoders, conditions=CONDITIONS, per_condition=6, seed=0):
+def phone_table(texts, decoders, conditions=CONDITIONS, per_condition=6, seed=0, times=None):
     """{(size label, condition name, decoder name): (read, false reads, images)}.
+
+    `times`: a dict to fill with {decoder name: [ms per image]} (all sizes and conditions).
 
     `texts`: {size label: QR text}; `decoders`: {name: factory} (a fresh decoder per size and
     condition, which then sees that condition's images one after the other, like a camera
@@ -190,7 +193,10 @@ def phone_table(texts, decoders, conditions=CONDITIONS, per_condition=6, seed=0)
                 dec = make()
                 read = false = 0
                 for img in imgs:
+                    t = time.perf_counter()
                     got = dec.decode(img)
+                    if times is not None:
+                        times.setdefault(name, []).append((time.perf_counter() - t) * 1000.0)
                     read += text in got
                     false += sum(1 for t in got if t != text)
                 out[(label, cond.name, name)] = (read, false, len(imgs))
