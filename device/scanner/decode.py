@@ -70,7 +70,8 @@ BLIND_TURNS = (
 )
 # Blind steps cost, on average, at most this share of the first pass: the credit each frame adds.
 BLIND_SHARE = 0.4
-CREDIT_CAP = 2.5  # credit saved over about 6 frames: enough for the dearest step
+# the most credit saved: enough for the looks and the dearest step in turn on one frame (~6 frames' worth)
+CREDIT_CAP = sum(c for _b, _s, c in BLIND_LOOKS) + max(c for _b, _s, c in BLIND_TURNS) + BLIND_SHARE
 MAX_UPSCALED_PIXELS = 1280 * 960  # upscale less (or not at all) past this: the cost grows with the area
 MIN_UPSCALE = 1.2
 MARGIN = 0.25  # of the symbol's side, kept around it when a region is cut out or re-sampled
@@ -231,7 +232,8 @@ class ZxingDecoder(Decoder):
         self._next_turn = 0
         self._next_region = 0
         self._credit = CREDIT_CAP
-        self.stats = {"first": 0, "gated": 0, "blind": 0, "turn": 0}  # frames read by each path
+        # frames read by each path, and the blind steps' estimated cost (in first passes) and count
+        self.stats = {"first": 0, "gated": 0, "blind": 0, "turn": 0, "blind_cost": 0.0, "blind_steps": 0}
 
     def _read(self, gray, binarizer=None, return_errors=False, **kw):
         kw.update(formats=self._format, text_mode=self._plain, return_errors=return_errors)
@@ -298,6 +300,11 @@ class ZxingDecoder(Decoder):
     def _save_credit(self):
         self._credit = min(CREDIT_CAP, self._credit + BLIND_SHARE)
 
+    def _spend(self, cost):
+        self._credit -= cost
+        self.stats["blind_cost"] += cost
+        self.stats["blind_steps"] += 1
+
     def _blind(self, gray, deadline):
         """Cheap looks at a frame where nothing was seen, then one upscale in turn if the credit allows.
 
@@ -310,7 +317,7 @@ class ZxingDecoder(Decoder):
         for binarizer, scale, cost in BLIND_LOOKS:
             if self._credit < cost or time.perf_counter() >= deadline:
                 return [], []
-            self._credit -= cost
+            self._spend(cost)
             texts, bad = self._look(gray, scaled, scale, binarizer)
             if texts:
                 self.stats["blind"] += 1
@@ -329,7 +336,7 @@ class ZxingDecoder(Decoder):
             return [], []
         if self._credit < cost or time.perf_counter() >= deadline:
             return [], []  # not yet: this step waits for the credit of the next frames
-        self._credit -= cost
+        self._spend(cost)
         self._next_turn = (self._next_turn + 1) % len(BLIND_TURNS)
         texts, bad = self._look(gray, scaled, scale, binarizer)
         if texts:
