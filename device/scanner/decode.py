@@ -228,7 +228,7 @@ class ZxingDecoder(Decoder):
         self._cv2 = _cv2() if self.second_pass else None
         if self.second_pass and self._cv2 is None:
             from PIL import Image  # noqa: F401
-        # the rotation state: which blind upscale and which region step come next, and the credit
+        # the rotation state: which blind step in turn and which region step come next, and the credit
         self._next_turn = 0
         self._next_region = 0
         self._credit = CREDIT_CAP
@@ -352,18 +352,22 @@ class ZxingDecoder(Decoder):
         return self._split(found, scale)
 
     def _rescue(self, gray, bad, deadline):
-        """Expensive steps on the region of each symbol seen but not read, in turn from frame to frame."""
+        """Expensive steps on the region of each symbol seen but not read, in turn from frame to frame.
+
+        The first step tried is the one after the last this decoder tried (on a slow machine the
+        budget may stop a frame after a step or two: the next frame goes on from there).
+        """
         steps = self._region_steps()
         n = len(steps)
-        first = self._next_region
-        self._next_region = (self._next_region + 1) % n
         quads = sorted((q for q in bad if q is not None and _sane(q, gray.shape)), key=_area, reverse=True)
         for quad in quads[:2]:  # the two largest: a crowd of damaged symbols is not one person's code
-            for i in range(n):
+            for _ in range(n):
                 if time.perf_counter() >= deadline:
                     return []
+                step = steps[self._next_region]
+                self._next_region = (self._next_region + 1) % n
                 try:
-                    texts = steps[(first + i) % n](gray, quad)
+                    texts = step(gray, quad)
                 except Exception as exc:  # noqa: BLE001 - a failed step is a step that read nothing
                     log.debug("rescue step failed: %s", exc)
                     texts = []
@@ -394,7 +398,7 @@ class ZxingDecoder(Decoder):
 
     @staticmethod
     def _box(gray, quad):
-        """(x0, y0, x1, y1): the symbol's bounding box with a margin, inside the frame."""
+        """(x0, y0, x1, y1, side): the symbol's bounding box with a margin, inside the frame, and its longest side."""
         h, w = gray.shape
         side = max(float(np.linalg.norm(quad[i] - quad[(i + 1) % 4])) for i in range(4))
         m = side * MARGIN
