@@ -27,18 +27,21 @@ class BenchError(ChotError):
 SIZES = {
     "smoke": {
         "runs": 1, "decode_frames": 1, "photos_rotations": (0,), "photos_limit": 2,
+        "latency_frames": 4, "phone_images": 1, "phone_conditions": ("clean", "defocus 1.5"),
         "pipeline_frames": 4, "verify_s": 0.02, "outbox_commits": {"FULL": 5, "NORMAL": 10},
         "drain_events": 300, "drain_runs": 1, "collector_messages": 300, "tracing_events": 3000,
         "tracing_queries": 2, "tracing_store_batch_events": 500,
     },
     "quick": {
-        "runs": 3, "decode_frames": 3, "photos_rotations": (0,), "photos_limit": None,
+        "runs": 3, "decode_frames": 10, "photos_rotations": (0,), "photos_limit": None,
+        "latency_frames": 40, "phone_images": 3, "phone_conditions": "quick",
         "pipeline_frames": 40, "verify_s": 0.15, "outbox_commits": {"FULL": 100, "NORMAL": 400},
         "drain_events": 10_000, "drain_runs": 1, "collector_messages": 20_000, "tracing_events": 200_000,
         "tracing_queries": 10, "tracing_store_batch_events": 5_000,
     },
     "full": {
         "runs": 5, "decode_frames": 6, "photos_rotations": (0, 90, 180, 270), "photos_limit": None,
+        "latency_frames": 100, "phone_images": 6, "phone_conditions": "all",
         "pipeline_frames": 100, "verify_s": 0.3, "outbox_commits": {"FULL": 200, "NORMAL": 1000},
         "drain_events": 100_000, "drain_runs": 2, "collector_messages": 30_000, "tracing_events": 10_000_000,
         "tracing_queries": 20, "tracing_store_batch_events": 20_000,

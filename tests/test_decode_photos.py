@@ -124,3 +124,32 @@ def test_nothing_decoded_from_falsepositives(name):
             if texts:
                 found[f"{p.name}@{rot}"] = texts
     assert found == {}
+
+
+@pytest.mark.parametrize(("folder", "stem", "how"), [("qrcode-1", "19", "half"), ("qrcode-3", "32", "blur")])
+def test_gated_rescue_reads_a_symbol_seen_but_not_read(folder, stem, how):
+    """A public photo made worse (half size: a more distant camera; or defocused), which zxing-cpp
+    alone sees as a QR symbol but cannot read, is read by the rescue on that symbol's region."""
+    import cv2
+
+    need(PHOTOS.is_dir(), f"the ZXing black-box photos at {PHOTOS}")
+    gray = load_gray(PHOTOS / folder / f"{stem}.png")
+    expected = (PHOTOS / folder / f"{stem}.txt").read_bytes().decode("utf-8")
+    if how == "half":
+        frame = cv2.resize(gray, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+    else:
+        frame = cv2.GaussianBlur(gray, (0, 0), 1.5)
+    plain = ZxingDecoder(second_pass=False).scan(frame)
+    assert expected not in plain.texts and plain.unreadable > 0, "zxing-cpp alone sees the symbol and fails"
+    dec = ZxingDecoder(second_pass_budget_ms=1000.0)  # what it reads, not how fast: no time bound in play
+    assert dec.scan(frame).texts == [expected]
+    assert dec.stats["gated"] == 1
+
+
+def test_blind_steps_never_see_a_symbol_on_falsepositives():
+    """Nothing seen on photos without a code: the gated rescue stays off there (no idle cost)."""
+    need(PHOTOS.is_dir(), f"the ZXing black-box photos at {PHOTOS}")
+    dec = ZxingDecoder()
+    for p in sorted((PHOTOS / "falsepositives").glob("*.png")):
+        assert dec.scan(load_gray(p)).unreadable == 0, p.name
+    assert dec.stats["gated"] == 0

@@ -23,8 +23,12 @@ class ScannerSettings(Settings):
     height: int = setting(480, min=64, max=4096, help="height of the grey frame that is decoded")
     fps: float = setting(15.0, min=0.1, max=120.0, help="frames per second asked of the camera")
     decoder: Literal["zxing", "pyzbar"] = setting("zxing", help="QR decoder")
-    second_pass: bool = setting(True, help="retry an empty frame upscaled / with another binarizer")
-    second_pass_budget_ms: float = setting(15.0, min=0.0, max=1000.0, help="time bound of the second pass per frame")
+    second_pass: bool = setting(
+        True, help="rescue steps: on a QR symbol seen but not read, and cheap ones in turn on empty frames"
+    )
+    second_pass_budget_ms: float = setting(
+        8.0, min=0.0, max=1000.0, help="time bound of the rescue steps on one frame (the rest wait for the next frames)"
+    )
     cooldown_s: float = setting(
         5.0, min=0.0, max=3600.0,
         help="the same code or person again within this many seconds is ignored (kept in memory only)",
