@@ -325,7 +325,8 @@ def bombs(iss: Issuers):
         text = (native.PREFIX if fmt == "native" else "HC1:") + native.b45encode(zlib.compress(big, 9))
         out.append((fmt, "zlib bomb (4 MiB of zeros)", text))
         if fmt == "dcc":  # a native text is not compressed: this one would be far over MAX_TEXT
-            out.append((fmt, "zlib bomb of a CBOR array of zeros", iss.dcc_text(b"\x9f" + b"\x00" * 4_000_000 + b"\xff")))
+            zeros = b"\x9f" + b"\x00" * 4_000_000 + b"\xff"
+            out.append((fmt, "zlib bomb of a CBOR array of zeros", iss.dcc_text(zeros)))
         out.append((fmt, "zlib trailing bytes", (native.PREFIX if fmt == "native" else "HC1:")
                     + native.b45encode(zlib.compress(iss.cose(native_claims(), fmt)) + b"junk")))
         for label, (iat, exp) in {"exp 2^64-1": (0, 2**64 - 1), "iat -2^64": (-(2**64), 0),
