@@ -7,6 +7,7 @@ asserts the decision and its reason code; nothing may raise on any input.
 import base64
 import hashlib
 import json
+import math
 import os
 import random
 import zlib
@@ -547,10 +548,11 @@ def test_realistic_declarations_fit_qr_version_8():
 
     from device.credentials.issue_cli import qr_version, realistic_people
 
-    for alg in ("ed25519", "es256"):
+    for alg, n in (("ed25519", 1000), ("es256", 200)):  # both signatures are 64 bytes: the same sizes
         key = keys.generate(alg)
-        versions = sorted(qr_version(issue_declaration(key, p, AT)) for p in realistic_people(1000, seed=14))
-        assert versions[949] <= 8 and versions[-1] <= 9, (alg, versions[500], versions[949], versions[-1])
+        versions = sorted(qr_version(issue_declaration(key, p, AT)) for p in realistic_people(n, seed=14))
+        p50, p95 = versions[n // 2], versions[math.ceil(0.95 * n) - 1]
+        assert p95 <= 8 and versions[-1] <= 9, (alg, p50, p95, versions[-1])
     # base45 in QR alphanumeric mode beats base64url in byte mode for the same bytes
     raw = native.b45decode(issue_declaration(key, realistic_people(1, seed=1)[0], AT)[len(native.PREFIX):])
     b64 = "chot2:" + base64.urlsafe_b64encode(raw).decode().rstrip("=")
