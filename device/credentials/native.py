@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 PREFIX = "CHOT2:"
 OLD_PREFIXES = ("CHOT1:",)  # earlier versions of the format: recognised, refused with what to do
 MAX_TEXT = bounds.MAX_TEXT  # characters of QR text accepted at all
-MAX_INFLATED = bounds.MAX_INFLATED  # bytes a compressed payload may inflate to
+MAX_INFLATED = bounds.MAX_INFLATED  # for the DCC and SHC readers: a native declaration is not compressed
 MAX_VALIDITY = timedelta(days=366)  # exp - iat of a declaration: longer ones are not issued nor accepted
 DEFAULT_SKEW_S = 300.0
 
@@ -54,7 +54,6 @@ STEPS = ("decode", "signature", "issuer", "time")
 KIND = "declaration"
 DAY0 = date(1900, 1, 1)  # a birth date is the number of days since this day
 MINUTE0 = datetime(2020, 1, 1, tzinfo=UTC)  # times are minutes since this instant (iat)
-MAX_VALID_MIN = 366 * 24 * 60 * 2  # a validity beyond this is not decoded as a time at all
 CTI_DOMAIN = b"CHOT2 declaration id"
 _MAX_TIME = 2**40  # seconds; far beyond any real date, still a valid datetime
 
