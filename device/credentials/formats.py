@@ -3,7 +3,7 @@
 Every QR text a terminal reads is handled by the first format of `FORMATS` whose `sniff`
 says yes (the order is the registry's: prefixed formats first, shapes next, `plain` last):
 
-    native   "CHOT1:"                 signed declaration (native.py)
+    native   "CHOT2:"                 signed declaration (native.py; "CHOT1:" refused: re-issue)
     dcc      "HC1:"                   EU DCC (dcc.py)
     shc      "shc:/"                  SMART Health Card (shc.py); chunks "shc:/N/M/..." assembled here
     cccd     ID|old ID|name|...       chip ID card QR (cccd.py): an identity claim, unsigned
@@ -129,6 +129,10 @@ class BaseFormat:
 
 class NativeFormat(BaseFormat):
     name, prefix = "native", native.PREFIX
+
+    def sniff(self, text):
+        """CHOT2: and the earlier CHOT1: (refused by `native.verify` with what to do)."""
+        return super().sniff(text) or (isinstance(text, str) and text.lstrip().startswith(native.OLD_PREFIXES))
 
     def verify(self, text, trust, at, skew_s):
         return native.verify(text, trust, at, skew_s)

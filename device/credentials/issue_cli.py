@@ -1,4 +1,4 @@
-"""`chot issue`: make issuer keys and signed declarations (PNG and SVG).
+"""`chot issue`: make issuer keys and signed declarations (PNG and SVG, QR version printed).
 
 The tool for tests, the demo and technicians' test cards:
 
@@ -23,8 +23,8 @@ from device.credentials import keys as keymod
 from device.credentials import native
 
 CSV_COLUMNS = (
-    "id_number", "name", "dob", "phone", "address", "ward", "purpose", "symptoms", "contact", "travel",
-    "doses", "last_dose", "valid_hours", "issued_at", "declaration_id",
+    "id_number", "name", "dob", "phone", "purpose", "symptoms", "contact", "travel",
+    "doses", "valid_hours", "issued_at", "declaration_id",
 )
 CSV_REQUIRED = ("id_number", "name", "dob")
 QR_ERROR = "m"
@@ -33,7 +33,7 @@ QR_BORDER = 4  # modules of quiet zone, as ISO/IEC 18004 asks
 
 
 def issue_declaration(private_key, fields: dict, issued_at=None, valid_for=timedelta(hours=24)) -> str:
-    """Sign a declaration; return its QR text "CHOT1:...". `fields`: see native.normalise_fields."""
+    """Sign a declaration; return its QR text "CHOT2:...". `fields`: see native.normalise_fields."""
     return native.issue(private_key, fields, issued_at, valid_for)
 
 
@@ -67,17 +67,6 @@ _GIVEN_M = ["An", "Bình", "Cường", "Dũng", "Hải", "Hùng", "Khoa", "Long"
             "Việt"]
 _GIVEN_F = ["Anh", "Chi", "Dung", "Hà", "Hạnh", "Hoa", "Hương", "Lan", "Linh", "Mai", "Ngân", "Nhung", "Thảo",
             "Trang", "Yến"]
-# Wards of Hanoi with their districts.
-HANOI_WARDS = [
-    "Phúc Tân, Hoàn Kiếm", "Hàng Bạc, Hoàn Kiếm", "Hàng Bông, Hoàn Kiếm", "Hàng Buồm, Hoàn Kiếm",
-    "Chương Dương, Hoàn Kiếm", "Điện Biên, Ba Đình", "Kim Mã, Ba Đình", "Ngọc Hà, Ba Đình", "Quán Thánh, Ba Đình",
-    "Văn Miếu, Đống Đa", "Khâm Thiên, Đống Đa", "Láng Hạ, Đống Đa", "Ô Chợ Dừa, Đống Đa", "Bạch Đằng, Hai Bà Trưng",
-    "Bách Khoa, Hai Bà Trưng", "Minh Khai, Hai Bà Trưng", "Dịch Vọng, Cầu Giấy", "Nghĩa Đô, Cầu Giấy",
-    "Thanh Xuân Trung, Thanh Xuân", "Khương Đình, Thanh Xuân", "Giáp Bát, Hoàng Mai", "Tương Mai, Hoàng Mai",
-    "Thụy Khuê, Tây Hồ", "Quảng An, Tây Hồ", "Ngọc Lâm, Long Biên",
-]
-_STREETS = ["Hàng Bạc", "Hàng Mã", "Phúc Tân", "Hàng Đào", "Lò Sũ", "Kim Mã", "Đội Cấn", "Láng Hạ", "Bạch Mai",
-            "Minh Khai", "Xuân Thủy", "Nguyễn Trãi", "Giải Phóng", "Thụy Khuê", "Ngọc Lâm"]
 _PURPOSES = ["resident"] * 6 + ["visitor"] * 2 + ["delivery", "shopping"]
 
 
@@ -100,20 +89,52 @@ def make_test_identities(n, seed=1):
         seen.add(idn)
         middle, given = (_MIDDLE_F, _GIVEN_F) if female else (_MIDDLE_M, _GIVEN_M)
         doses = rng.choice([0, 1, 2, 2, 2, 3])
-        last = (date(2021, 3, 1) + timedelta(days=rng.randrange(160))).isoformat() if doses else None
         people.append({
             "id_number": idn,
             "name": f"{rng.choice(_SURNAMES)} {rng.choice(middle)} {rng.choice(given)}",
             "dob": dob.isoformat(),
             "phone": "09" + f"{rng.randrange(10**8):08d}",
-            "address": f"{rng.randint(1, 120)} {rng.choice(_STREETS)}",
-            "ward": rng.choice(HANOI_WARDS),
             "purpose": rng.choice(_PURPOSES),
             "symptoms": False,
             "contact": False,
             "travel": False,
             "doses": doses,
-            "last_dose": last,
+        })
+    return people
+
+
+# Wider pools for the size measure of `realistic_people`: the common family names (about 90 % of
+# the population), middle names, and given names with their diacritics, of one and two syllables.
+_FAMILY_ALL = _SURNAMES + ["Trịnh", "Đinh", "Lâm", "Mai", "Tô", "Trương", "Hà", "Cao", "Lương", "Đoàn", "Quách",
+                           "Tạ", "Thái", "Châu", "Kiều", "Vương", "Triệu", "Lưu", "Nghiêm", "Khổng"]
+_MIDDLE_ALL = _MIDDLE_M + _MIDDLE_F + ["Thị Ngọc", "Thị Thanh", "Văn Hữu", "Đình", "Bảo", "Khánh", "Hoàng", "Diệu",
+                                       "Mỹ", "Thùy", "Tường", "Nguyễn Thị", "Trọng", "Tuấn", "Thế", "Quốc"]
+_GIVEN_ALL = _GIVEN_M + _GIVEN_F + ["Nguyệt", "Hưởng", "Thưởng", "Khuyến", "Phượng", "Nghĩa", "Trường", "Thuận",
+                                    "Huyền", "Quyết", "Chiến", "Thắng", "Luyến", "Ngọc Ánh", "Thanh Hương",
+                                    "Minh Tuấn", "Quỳnh", "Duyên", "Khương", "Xuyến", "Hoàng Yến", "Tường Vy"]
+_MOBILE = ["032", "033", "034", "035", "036", "037", "038", "039", "056", "058", "070", "076", "077", "078", "079",
+           "081", "082", "083", "084", "085", "086", "088", "089", "090", "091", "093", "094", "096", "097", "098"]
+
+
+def realistic_people(n, seed=1):
+    """`n` made-up declarations of the whole country, for measuring the QR size (tests, docs): a
+    Vietnamese name of 3 or 4 syllables with its diacritics (sometimes 5), a 12-digit CCCD of any
+    province, a 10-digit mobile number of any carrier, any health answers, 0 to 4 doses."""
+    rng = random.Random(seed)
+    people = []
+    for _ in range(n):
+        female = rng.random() < 0.5
+        year = rng.randint(1930, 2010)
+        dob = date(year, 1, 1) + timedelta(days=rng.randrange(365))
+        century = 0 if year < 2000 else 2
+        idn = f"{rng.randint(1, 96):03d}{century + int(female)}{year % 100:02d}{rng.randrange(10**6):06d}"
+        name = " ".join([rng.choice(_FAMILY_ALL), rng.choice(_MIDDLE_ALL), rng.choice(_GIVEN_ALL)])
+        doses = rng.choice([0, 1, 2, 2, 3, 3, 4])
+        people.append({
+            "id_number": idn, "name": name, "dob": dob.isoformat() if rng.random() < 0.97 else str(year),
+            "phone": rng.choice(_MOBILE) + f"{rng.randrange(10**7):07d}", "purpose": rng.choice(_PURPOSES),
+            "symptoms": rng.random() < 0.1, "contact": rng.random() < 0.1, "travel": rng.random() < 0.1,
+            "doses": doses,
         })
     return people
 
@@ -125,7 +146,7 @@ def register(sub):
     p = sub.add_parser(
         "issue",
         help="make issuer keys and signed declaration QR codes",
-        description="Make issuer key pairs and signed native declarations (CHOT1:), written as PNG and SVG. "
+        description="Make issuer key pairs and signed native declarations (CHOT2:), written as PNG and SVG. "
         "See docs/native-declaration.md.",
     )
     p.set_defaults(group_parser=p)
@@ -143,14 +164,11 @@ def register(sub):
     d.add_argument("--id", dest="id_number", help="ID number (CCCD 12 digits, CMND 9 digits, or passport)")
     d.add_argument("--phone", default="")
     d.add_argument("--dob", help="date of birth YYYY-MM-DD (or YYYY)")
-    d.add_argument("--address", default="")
-    d.add_argument("--ward", default="", help="ward and district, e.g. 'Phúc Tân, Hoàn Kiếm'")
     d.add_argument("--purpose", default="resident", choices=sorted(native.PURPOSE_CODES))
     d.add_argument("--symptoms", action="store_true", help="declares symptoms")
     d.add_argument("--contact", action="store_true", help="declares contact with a case")
     d.add_argument("--travel", action="store_true", help="declares travel from an outbreak area")
     d.add_argument("--doses", type=int, default=0, help="vaccine doses received")
-    d.add_argument("--last-dose", default=None, help="date of the last dose YYYY-MM-DD")
     d.add_argument("--valid-hours", type=float, default=24.0, help="validity from issue (default 24)")
     d.add_argument("--issued-at", default=None, help="issue instant, ISO 8601 (default now)")
     d.add_argument("--fake", action="store_true", help="a made-up person of Hanoi (test cards)")
@@ -162,7 +180,7 @@ def register(sub):
         help="sign one declaration per CSV row",
         description="One declaration per CSV row (UTF-8, header row). Columns: "
         + ", ".join(CSV_COLUMNS) + f"; required: {', '.join(CSV_REQUIRED)}. Booleans: yes/no, true/false, 1/0. "
-        "Writes decl-<id>.png/.svg and index.csv (line, declaration id, files; no personal data). "
+        "Writes decl-<id>.png/.svg and index.csv (line, declaration id, files, QR version; no personal data). "
         "Rows with errors are reported with their line number and skipped; the exit status is then 1.",
     )
     _common(b)
@@ -206,15 +224,21 @@ def _keygen(args):
     priv, pub = keymod.save_keypair(key, args.out, args.name)
     print(f"private key: {priv} (keep it secret; mode 0600)")
     print(f"public key:  {pub} (give it to terminals: policy.trusted_issuers or --trust)")
-    print(f"key id:      {keymod.kid_of(key).hex()} ({args.alg})")
+    print(f"key id:      {keymod.kid_of(key).hex()} ({args.alg}; declarations carry its first "
+          f"{native.KID_LEN} bytes, {native.kid_of(key).hex()})")
     return 0
+
+
+def qr_version(text):
+    """The QR version (1-40) of `text` at error correction M, as `render` draws it."""
+    return qr_code(text).version
 
 
 def _issue_one(key, fields, issued_at, valid_for, out_dir):
     text = issue_declaration(key, fields, issued_at, valid_for)
     did = native.decode(text).fields["declaration_id"]
     png, svg = render(text, out_dir, f"decl-{did}")
-    return did, png, svg
+    return did, png, svg, qr_version(text)
 
 
 def _declaration(args):
@@ -228,13 +252,14 @@ def _declaration(args):
             raise CredentialError(f"missing {', '.join(missing)}: give them, or --fake for a made-up person")
         fields = {
             "id_number": args.id_number, "name": args.name, "dob": args.dob, "phone": args.phone,
-            "address": args.address, "ward": args.ward, "purpose": args.purpose, "symptoms": args.symptoms,
-            "contact": args.contact, "travel": args.travel, "doses": args.doses, "last_dose": args.last_dose,
+            "purpose": args.purpose, "symptoms": args.symptoms, "contact": args.contact, "travel": args.travel,
+            "doses": args.doses,
         }
     fields["issuer_name"] = args.issuer_name
-    did, png, svg = _issue_one(key, fields, _parse_time(args.issued_at), _hours(args.valid_hours), args.out)
+    did, png, svg, version = _issue_one(key, fields, _parse_time(args.issued_at), _hours(args.valid_hours), args.out)
     print(png)
     print(svg)
+    print(f"chot issue: declaration {did}: QR version {version} (error correction M)", file=sys.stderr)
     return 0
 
 
@@ -283,7 +308,7 @@ def _batch(args):
     out.mkdir(parents=True, exist_ok=True)
     src = args.csv or f"--fake {args.fake}"
     ok = failed = 0
-    index = []
+    index, versions = [], []
     for line, row in _rows(args):
         try:
             if isinstance(row, Exception):
@@ -294,18 +319,20 @@ def _batch(args):
             at = _parse_time(row.pop("issued_at", ""), "issued_at") or default_at
             row = {k: v for k, v in row.items() if v not in ("", None)}
             row["issuer_name"] = args.issuer_name
-            did, png, svg = _issue_one(key, row, at, valid, out)
+            did, png, svg, version = _issue_one(key, row, at, valid, out)
         except CredentialError as exc:
             failed += 1
             print(f"chot issue batch: {src} line {line}: {exc}", file=sys.stderr)
             continue
         ok += 1
-        index.append((line, did, png.name, svg.name))
+        versions.append(version)
+        index.append((line, did, png.name, svg.name, version))
         if ok % 50 == 0:
             print(f"chot issue batch: {ok} issued", file=sys.stderr)
     with open(out / "index.csv", "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["line", "declaration_id", "png", "svg"])
+        w.writerow(["line", "declaration_id", "png", "svg", "qr_version"])
         w.writerows(index)
-    print(f"chot issue batch: issued {ok}, failed {failed}; files in {out} (index.csv)", file=sys.stderr)
+    sizes = f"; QR versions {min(versions)} to {max(versions)} (error correction M)" if versions else ""
+    print(f"chot issue batch: issued {ok}, failed {failed}{sizes}; files in {out} (index.csv)", file=sys.stderr)
     return 1 if failed else 0

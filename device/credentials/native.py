@@ -1,19 +1,21 @@
-"""The native personal declaration QR (`CHOT1:`): encode, sign, decode and verify.
+"""The native personal declaration QR (`CHOT2:`): encode, sign, decode and verify.
 
-Specification: docs/native-declaration.md. QR text = "CHOT1:" + base45(zlib(COSE_Sign1(CWT))),
-signed with ES256 or EdDSA (Ed25519); the protected `kid` is sha256(issuer SPKI DER)[:8].
+Specification: docs/native-declaration.md. QR text = "CHOT2:" + base45(COSE_Sign1(claims)), no
+compression, an untagged COSE_Sign1 signed with ES256 (low-s) or EdDSA (Ed25519); the protected
+`kid` is sha256(issuer SPKI DER)[:4]; the claims are one CBOR map of small integer keys whose
+numbers and dates are integers (issue 14: a QR of version 8 or less at error correction M).
+The first format, `CHOT1:` (zlib, CWT claims, version 11-12 QR codes), is no longer read.
 
-The building blocks (`b45encode`/`b45decode`, `inflate_bounded`, `parse_sign1`,
+The building blocks (`b45encode`/`b45decode`, `inflate_bounded` (not used here), `parse_sign1`,
 `sig_structure`, `verify_cose_signature`) are public so that the EU DCC reader can reuse them.
 Pure logic: no files, no network; `verify` never raises on bad input.
 """
 
+import hashlib
 import logging
 import math
-import os
 import re
 import unicodedata
-import zlib
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 
@@ -31,23 +33,28 @@ from device.credentials.result import Verification
 
 log = logging.getLogger(__name__)
 
-PREFIX = "CHOT1:"
+PREFIX = "CHOT2:"
+OLD_PREFIXES = ("CHOT1:",)  # earlier versions of the format: recognised, refused with what to do
 MAX_TEXT = bounds.MAX_TEXT  # characters of QR text accepted at all
-MAX_INFLATED = bounds.MAX_INFLATED  # bytes a compressed payload may inflate to
+MAX_INFLATED = bounds.MAX_INFLATED  # for the DCC and SHC readers: a native declaration is not compressed
 MAX_VALIDITY = timedelta(days=366)  # exp - iat of a declaration: longer ones are not issued nor accepted
 DEFAULT_SKEW_S = 300.0
 
 ALG_ES256 = keymod.COSE_ES256
 ALG_EDDSA = keymod.COSE_EDDSA
 HDR_ALG, HDR_KID = 1, 4
-CWT_ISS, CWT_EXP, CWT_IAT, CWT_CTI = 1, 4, 6, 7
-CLAIM_DECL = -70000
-D_VERSION, D_ID, D_NAME, D_PHONE, D_DOB, D_ADDRESS, D_WARD, D_HEALTH, D_VACC, D_PURPOSE = range(10)
-H_SYMPTOMS, H_CONTACT, H_TRAVEL = 1, 2, 4
+KID_LEN = 4  # bytes of sha256(SPKI DER) in the protected header; a trust store may hold several per kid
+# the claims map (docs/native-declaration.md)
+C_ID, C_NAME, C_PHONE, C_DOB, C_ANSWERS, C_IAT, C_VALID, C_CTI, C_ISS = range(1, 10)
+H_SYMPTOMS, H_CONTACT, H_TRAVEL = 1, 2, 4  # the answers: bits 0-2 health, 3-5 purpose, 6 and up doses
+PURPOSE_SHIFT, DOSES_SHIFT = 3, 6
 PURPOSES = {1: "resident", 2: "visitor", 3: "delivery", 4: "shopping"}
 PURPOSE_CODES = {v: k for k, v in PURPOSES.items()}
 STEPS = ("decode", "signature", "issuer", "time")
 KIND = "declaration"
+DAY0 = date(1900, 1, 1)  # a birth date is the number of days since this day
+MINUTE0 = datetime(2020, 1, 1, tzinfo=UTC)  # times are minutes since this instant (iat)
+CTI_DOMAIN = b"CHOT2 declaration id"
 _MAX_TIME = 2**40  # seconds; far beyond any real date, still a valid datetime
 
 # ---------------------------------------------------------------- base45 (RFC 9285)
@@ -235,19 +242,42 @@ def _as_date(name, value, problems, year_ok=False):
     return None
 
 
+def _as_phone(value, problems):
+    """The phone number normalised: digits with an optional leading +; +84 becomes 0 (Viet Nam)."""
+    raw = str(value or "").strip()
+    if not raw:
+        return ""
+    if not _PHONE_RE.fullmatch(raw):
+        problems.append(f"phone: found {raw!r}; allowed: digits, spaces, +, -, ( ) (6 to 20 characters)")
+        return ""
+    digits = ("+" if raw.startswith("+") else "") + re.sub(r"[^0-9]", "", raw)
+    if digits.startswith("+84"):
+        digits = "0" + digits[3:]
+    return digits
+
+
+_NOT_CARRIED = ("address", "ward", "last_dose")  # fields of CHOT1 that CHOT2 leaves out for size
+
+
 def normalise_fields(fields: dict) -> dict:
     """Check and normalise the fields of a declaration to issue; CredentialError lists every problem.
 
-    Keys: id_number, name, dob (required); phone, address, ward, purpose (resident, visitor,
-    delivery, shopping), symptoms, contact, travel (booleans), doses (int), last_dose (date),
-    declaration_id (hex), issuer_name. The ID number and name are never echoed in messages.
+    Keys: id_number, name, dob (required); phone, purpose (resident, visitor, delivery,
+    shopping), symptoms, contact, travel (booleans), doses (int), declaration_id (hex, default:
+    derived from the signature), issuer_name. The compact format carries no street address, ward
+    nor date of the last dose: giving one is an error. The ID number and name are never
+    echoed in messages.
     """
     known = {
-        "id_number", "name", "dob", "phone", "address", "ward", "purpose", "symptoms", "contact", "travel",
-        "doses", "last_dose", "declaration_id", "issuer_name",
+        "id_number", "name", "dob", "phone", "purpose", "symptoms", "contact", "travel",
+        "doses", "declaration_id", "issuer_name",
     }
     problems = []
-    unknown = sorted(set(fields) - known)
+    dropped = sorted(k for k in _NOT_CARRIED if k in fields and fields[k] not in (None, ""))
+    if dropped:
+        problems.append(f"{', '.join(dropped)}: not carried by the native declaration (CHOT2 keeps the QR small; "
+                        "the ID number and phone reach the person): leave it out")
+    unknown = sorted(set(fields) - known - set(_NOT_CARRIED))
     if unknown:
         problems.append(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
     out = {}
@@ -261,15 +291,9 @@ def normalise_fields(fields: dict) -> dict:
         problems.append("name: missing or longer than 100 characters; allowed: the person's full name")
     out["name"] = name
     out["dob"] = _as_date("dob", fields.get("dob") or "", problems, year_ok=True)
-    for key, limit in (("address", 200), ("ward", 100)):
-        val = " ".join(str(fields.get(key) or "").split())
-        if len(val) > limit:
-            problems.append(f"{key}: longer than {limit} characters")
-        out[key] = unicodedata.normalize("NFC", val)
-    phone = str(fields.get("phone") or "").strip()
-    if phone and not _PHONE_RE.fullmatch(phone):
-        problems.append(f"phone: found {phone!r}; allowed: digits, spaces, +, -, ( ) (6 to 20 characters)")
-    out["phone"] = phone
+    if out["dob"] and out["dob"] < "1900":
+        problems.append("dob: before 1900; allowed: a date from 1900-01-01")
+    out["phone"] = _as_phone(fields.get("phone"), problems)
     purpose = str(fields.get("purpose") or "resident").strip().lower()
     if purpose not in PURPOSE_CODES:
         problems.append(f"purpose: found {purpose!r}; allowed: {', '.join(PURPOSE_CODES)}")
@@ -285,18 +309,16 @@ def normalise_fields(fields: dict) -> dict:
         problems.append(f"doses: found {fields.get('doses')!r}; allowed: an integer from 0 to 20")
         doses = 0
     out["doses"] = doses
-    last = fields.get("last_dose")
-    out["last_dose"] = _as_date("last_dose", last, problems) if last not in (None, "") else None
     did = fields.get("declaration_id")
-    if did in (None, ""):
-        did = os.urandom(8)
-    elif isinstance(did, str):
+    if isinstance(did, str) and did.strip():
         try:
-            did = bytes.fromhex(did)
+            did = bytes.fromhex(did.strip())
         except ValueError:
             did = b""
-    if not isinstance(did, bytes) or not 1 <= len(did) <= 32:
-        problems.append("declaration_id: allowed: 1 to 32 bytes, as hex")
+    elif did in (None, ""):
+        did = None
+    if did is not None and (not isinstance(did, bytes) or not 1 <= len(did) <= 32):
+        problems.append("declaration_id: allowed: 1 to 32 bytes, as hex (or none: derived from the signature)")
     out["declaration_id"] = did
     out["issuer_name"] = str(fields.get("issuer_name") or "")[:64]
     if problems:
@@ -312,8 +334,77 @@ def _as_utc(t):
     return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
+def kid_of(key) -> bytes:
+    """The key id a declaration carries: the first KID_LEN bytes of sha256(SPKI DER) (keys.kid_of)."""
+    return keymod.kid_of(key)[:KID_LEN]
+
+
+# ---------------------------------------------------------------- field encodings (docs/native-declaration.md)
+
+
+_ID_BYTES = {12: 5, 9: 4}  # digits -> bytes of the big-endian integer (10^12 < 2^40, 10^9 < 2^32)
+_ID_DIGITS = {v: k for k, v in _ID_BYTES.items()}
+
+
+def encode_id(idn: str):
+    """A CCCD (12 digits) as a 5-byte and a CMND (9 digits) as a 4-byte big-endian integer (the length
+    keeps the leading zeros; a CBOR integer above 2^32 would take 9 bytes), any other ID as text."""
+    if idn.isdigit() and len(idn) in _ID_BYTES:
+        return int(idn).to_bytes(_ID_BYTES[len(idn)], "big")
+    return idn
+
+
+def decode_id(v) -> str:
+    if isinstance(v, bytes) and len(v) in _ID_DIGITS:
+        n, digits = int.from_bytes(v, "big"), _ID_DIGITS[len(v)]
+        if n < 10**digits:
+            return str(n).zfill(digits)
+    elif isinstance(v, str) and 1 <= len(v) <= 32:
+        return v
+    raise ValueError("claims: the ID number is not 12 digits in 5 bytes, 9 digits in 4 bytes, or a text")
+
+
+def encode_phone(phone: str):
+    """A Vietnamese number (0 then 9 or 10 digits) as the integer after the 0, else the text."""
+    if re.fullmatch(r"0[1-9][0-9]{8,9}", phone):
+        return int(phone[1:])
+    return phone
+
+
+def decode_phone(v) -> str:
+    if type(v) is int and 10**8 <= v < 10**10:
+        return "0" + str(v)
+    if isinstance(v, str) and len(v) <= 32:
+        return v
+    raise ValueError("claims: the phone is not a national number (integer) or a text")
+
+
+def encode_day(text: str) -> int:
+    return (date.fromisoformat(text) - DAY0).days
+
+
+def decode_day(v, what) -> str:
+    if type(v) is not int or not 0 <= v <= (date(9999, 12, 31) - DAY0).days:
+        raise ValueError(f"claims: {what} is not a number of days since 1900-01-01")
+    return (DAY0 + timedelta(days=v)).isoformat()
+
+
+def encode_dob(text: str) -> int:
+    return -int(text) if len(text) == 4 else encode_day(text)
+
+
+def decode_dob(v) -> str:
+    if type(v) is int and v < 0:
+        if not 1900 <= -v <= 9999:
+            raise ValueError("claims: the birth year is not from 1900 to 9999")
+        return str(-v)
+    return decode_day(v, "the birth date")
+
+
 def issue(private_key, fields: dict, issued_at=None, valid_for=timedelta(hours=24)) -> str:
-    """Sign a declaration and return its QR text ("CHOT1:..."). See `normalise_fields` for `fields`."""
+    """Sign a declaration and return its QR text ("CHOT2:..."). See `normalise_fields` for `fields`.
+
+    The issue time is kept to the minute (rounded down), the validity in whole minutes (rounded up)."""
     keymod.check_supported(private_key, "issuer key")
     f = normalise_fields(fields)
     if not isinstance(valid_for, timedelta):
@@ -323,44 +414,42 @@ def issue(private_key, fields: dict, issued_at=None, valid_for=timedelta(hours=2
     if valid_for > MAX_VALIDITY:
         raise CredentialError(f"valid_for: at most {MAX_VALIDITY.days} days ({MAX_VALIDITY.days * 24} hours); "
                               "terminals refuse a declaration valid for longer")
-    iat = int(_as_utc(issued_at).timestamp())
-    exp = iat + max(1, int(valid_for.total_seconds()))
-    decl = {
-        D_VERSION: 1,
-        D_ID: f["id_number"],
-        D_NAME: f["name"],
-        D_DOB: f["dob"],
-        D_HEALTH: (H_SYMPTOMS if f["symptoms"] else 0) | (H_CONTACT if f["contact"] else 0)
-        | (H_TRAVEL if f["travel"] else 0),
-        D_PURPOSE: PURPOSE_CODES[f["purpose"]],
+    at = _as_utc(issued_at)
+    if at < MINUTE0:
+        raise CredentialError("issued_at: before 2020-01-01; the format counts minutes from then")
+    minutes = int((at - MINUTE0).total_seconds() // 60)
+    valid = max(1, math.ceil(valid_for.total_seconds() / 60))
+    claims = {
+        C_ID: encode_id(f["id_number"]),
+        C_NAME: f["name"],
     }
     if f["phone"]:
-        decl[D_PHONE] = f["phone"]
-    if f["address"]:
-        decl[D_ADDRESS] = f["address"]
-    if f["ward"]:
-        decl[D_WARD] = f["ward"]
-    if f["doses"] or f["last_dose"]:
-        decl[D_VACC] = [f["doses"], f["last_dose"]]
-    claims = {CWT_EXP: exp, CWT_IAT: iat, CWT_CTI: f["declaration_id"], CLAIM_DECL: decl}
+        claims[C_PHONE] = encode_phone(f["phone"])
+    claims[C_DOB] = encode_dob(f["dob"])
+    claims[C_ANSWERS] = ((H_SYMPTOMS if f["symptoms"] else 0) | (H_CONTACT if f["contact"] else 0)
+                         | (H_TRAVEL if f["travel"] else 0) | PURPOSE_CODES[f["purpose"]] << PURPOSE_SHIFT
+                         | f["doses"] << DOSES_SHIFT)
+    claims[C_IAT] = minutes
+    claims[C_VALID] = valid
+    if f["declaration_id"] is not None:
+        claims[C_CTI] = f["declaration_id"]
     if f["issuer_name"]:
-        claims = {CWT_ISS: f["issuer_name"], **claims}
+        claims[C_ISS] = f["issuer_name"]
     payload = cbor2.dumps(claims)
-    protected = cbor2.dumps({HDR_ALG: keymod.cose_alg(private_key), HDR_KID: keymod.kid_of(private_key)})
+    protected = cbor2.dumps({HDR_ALG: keymod.cose_alg(private_key), HDR_KID: kid_of(private_key)})
     signature = cose_sign(private_key, sig_structure(protected, payload))
-    cose = cbor2.dumps(cbor2.CBORTag(18, [protected, {}, payload, signature]))
-    return PREFIX + b45encode(zlib.compress(cose, 9))
+    return PREFIX + b45encode(cbor2.dumps([protected, {}, payload, signature]))
 
 
 # ---------------------------------------------------------------- decoding and verification
 
 
-def _str(m, key, required=True, limit=200):
+def _str(m, key, what, required=True, limit=200):
     v = m.get(key)
     if v is None and not required:
         return ""
     if not isinstance(v, str) or len(v) > limit or (required and not v):
-        raise ValueError(f"claims: field {key} missing or not text")
+        raise ValueError(f"claims: {what} missing or not text")
     return v
 
 
@@ -377,52 +466,49 @@ def _time_claim(v, what):
     return v
 
 
-def parse_claims(payload: bytes) -> dict:
-    """The CWT claims of a native declaration as plain fields; ValueError when malformed.
+def declaration_id_of(signature: bytes) -> str:
+    """The id of a declaration that carries none: sha256("CHOT2 declaration id" || signature)[:8], hex.
 
-    `iat` and `exp` are any integers here: `time_problem` says whether they are sane."""
-    claims = bounds.loads_cbor(payload, bounds.NO_TAGS, "claims")
-    if not isinstance(claims, Mapping):
+    A declaration has one valid signature (Ed25519 is deterministic, ES256 low-s only), so one id."""
+    return hashlib.sha256(CTI_DOMAIN + signature).digest()[:8].hex()
+
+
+def parse_claims(payload: bytes, signature: bytes = b"") -> dict:
+    """The claims of a native declaration as plain fields; ValueError when malformed.
+
+    `iat` and `exp` (seconds since 1970) may be absurd here: `time_problem` says whether they are
+    sane. Without a declaration id (key 10) the id is derived from `signature`."""
+    c = bounds.loads_cbor(payload, bounds.NO_TAGS, "claims")
+    if not isinstance(c, Mapping):
         raise ValueError("claims: not a map")
-    iat = _time_claim(claims.get(CWT_IAT), "iat")
-    exp = _time_claim(claims.get(CWT_EXP), "exp")
-    cti = claims.get(CWT_CTI)
-    if not isinstance(cti, bytes) or not 1 <= len(cti) <= 32:
-        raise ValueError("claims: cti (declaration id) missing")
-    iss = claims.get(CWT_ISS)
-    if iss is not None and not isinstance(iss, str):
+    minutes = _time_claim(c.get(C_IAT), "iat (minutes since 2020)")
+    valid = _time_claim(c.get(C_VALID), "validity (minutes)")
+    iat = int(MINUTE0.timestamp()) + 60 * minutes
+    exp = iat + 60 * valid
+    cti = c.get(C_CTI)
+    if cti is not None and not (isinstance(cti, bytes) and 1 <= len(cti) <= 32):
+        raise ValueError("claims: the declaration id is not 1 to 32 bytes")
+    iss = c.get(C_ISS)
+    if iss is not None and not (isinstance(iss, str) and len(iss) <= 64):
         raise ValueError("claims: iss is not text")
-    d = claims.get(CLAIM_DECL)
-    if not isinstance(d, Mapping):
-        raise ValueError("claims: the declaration map is missing")
-    if d.get(D_VERSION) != 1 or type(d.get(D_VERSION)) is not int:
-        raise ValueError("claims: unsupported declaration version")
-    health = _int(d.get(D_HEALTH), "health", 0, 255)
-    purpose = _int(d.get(D_PURPOSE), "purpose", 0, 2**32)
-    vacc = d.get(D_VACC, [0, None])
-    if not (isinstance(vacc, list | tuple) and len(vacc) == 2):
-        raise ValueError("claims: vaccination is not [doses, last]")
-    doses = _int(vacc[0], "doses", 0, 100)
-    last = vacc[1]
-    if last is not None and not (isinstance(last, str) and len(last) <= 10):
-        raise ValueError("claims: last dose date is not text")
-    dob = _str(d, D_DOB, limit=10)
+    answers = _int(c.get(C_ANSWERS), "answers (health, purpose, doses)", 0, 100 << DOSES_SHIFT)
+    health, purpose, doses = answers & 7, (answers >> PURPOSE_SHIFT) & 7, answers >> DOSES_SHIFT
+    if C_ID not in c:
+        raise ValueError("claims: the ID number is missing")
     return {
-        "declaration_id": cti.hex(),
+        "declaration_id": cti.hex() if cti is not None else declaration_id_of(signature),
         "iss": iss,
         "iat": iat,
         "exp": exp,
-        "id_number": _str(d, D_ID, limit=32),
-        "name": _str(d, D_NAME),
-        "phone": _str(d, D_PHONE, required=False, limit=32),
-        "dob": dob,
-        "address": _str(d, D_ADDRESS, required=False, limit=400),
-        "ward": _str(d, D_WARD, required=False),
+        "id_number": decode_id(c[C_ID]),
+        "name": _str(c, C_NAME, "name", limit=100),
+        "phone": decode_phone(c[C_PHONE]) if c.get(C_PHONE) is not None else "",
+        "dob": decode_dob(c.get(C_DOB)),
         "symptoms": bool(health & H_SYMPTOMS),
         "contact": bool(health & H_CONTACT),
         "travel": bool(health & H_TRAVEL),
         "doses": doses,
-        "last_dose": last,
+        "last_dose": None,
         "purpose": PURPOSES.get(purpose, "other"),
     }
 
@@ -447,32 +533,41 @@ class Decoded:
 
 
 def decode_envelope(text: str) -> Envelope:
-    """Unprefix, base45, inflate (bounded), parse the COSE_Sign1 and its protected header (walked,
-    bounded); the claims stay bytes. ValueError when malformed."""
+    """Unprefix, base45, parse the COSE_Sign1 and its protected header (walked, bounded); the claims
+    stay bytes. ValueError when malformed (an old `CHOT1:` text: with what to do)."""
+    if isinstance(text, str) and text.startswith(OLD_PREFIXES):
+        raise ValueError(f"{text[:6]} is an earlier, larger declaration format that terminals no longer read: "
+                         f"issue a new declaration ({PREFIX}, `chot issue declaration`)")
     if not isinstance(text, str) or not text.startswith(PREFIX):
         raise ValueError(f"not prefixed {PREFIX}")
     bounds.check_text(text)
-    raw = inflate_bounded(b45decode(text[len(PREFIX):]))
+    raw = b45decode(text[len(PREFIX):])
     protected, pmap, _unprot, payload, signature = parse_sign1(raw)
     alg, kid = pmap.get(HDR_ALG), pmap.get(HDR_KID)
     if alg not in (ALG_ES256, ALG_EDDSA) or type(alg) is not int:
         raise ValueError("COSE: alg is not ES256 (-7) or EdDSA (-8)")
-    if not isinstance(kid, bytes) or len(kid) != 8:
-        raise ValueError("COSE: protected kid (8 bytes) missing")
+    if not isinstance(kid, bytes) or len(kid) != KID_LEN:
+        raise ValueError(f"COSE: protected kid ({KID_LEN} bytes) missing")
     return Envelope(alg, kid, sig_structure(protected, payload), signature, payload)
 
 
 def decode(text: str) -> Decoded:
-    """Unprefix, base45, inflate (bounded), parse COSE_Sign1 and the claims; ValueError when malformed."""
+    """Unprefix, base45, parse COSE_Sign1 and the claims; ValueError when malformed."""
     env = decode_envelope(text)
-    return Decoded(env.alg, env.kid, env.to_be_signed, env.signature, parse_claims(env.payload))
+    return Decoded(env.alg, env.kid, env.to_be_signed, env.signature, parse_claims(env.payload, env.signature))
+
+
+def issuer_keys(trust, kid: bytes) -> list:
+    """The trusted native issuer keys whose key id starts with `kid` (usually one; a few in a collision)."""
+    native_keys = getattr(trust, "native_keys", None) or {}
+    return [key for full, key in native_keys.items() if full[:KID_LEN] == kid]
 
 
 def _ts(seconds):
     return datetime.fromtimestamp(seconds, UTC)
 
 
-_PERSON_TEXT = ("id_number", "name", "phone", "dob", "address", "ward")
+_PERSON_TEXT = ("id_number", "name", "phone", "dob")
 
 
 def person_of(fields: dict, kid: bytes) -> dict:
@@ -503,22 +598,26 @@ def signature_problem(key, env) -> str | None:
 
 def verify(text: str, trust, at=None, skew_s: float = DEFAULT_SKEW_S,
            max_validity: timedelta = MAX_VALIDITY) -> Verification:
-    """Verify a "CHOT1:" text against `trust` (a TrustStore) at instant `at`. Never raises on bad input.
+    """Verify a "CHOT2:" text against `trust` (a TrustStore) at instant `at`. Never raises on bad input.
 
     The signature is checked over the raw protected header and payload bytes before the claims
-    are decoded. The claims of a declaration whose issuer is unknown or whose signature fails are
-    decoded all the same (within the CBOR bounds): the terminal records them as an unverified claim.
+    are decoded, with each trusted key of that `kid` (a 4-byte id may be shared). The claims of a
+    declaration whose issuer is unknown or whose signature fails are decoded all the same (within the CBOR
+    bounds): the terminal records them as an unverified claim.
     """
     v = Verification(text=text, format="native", steps=dict.fromkeys(STEPS))
     try:
         env = decode_envelope(text)
     except ValueError as exc:
         return v.fail("decode", "unreadable", str(exc))
-    native_keys = getattr(trust, "native_keys", None) or {}
-    key = native_keys.get(env.kid)
-    bad_sig = signature_problem(key, env) if key is not None else None
+    candidates = issuer_keys(trust, env.kid)
+    bad_sig = None
+    for key in candidates:
+        bad_sig = signature_problem(key, env)
+        if bad_sig is None:
+            break
     try:
-        f = parse_claims(env.payload)
+        f = parse_claims(env.payload, env.signature)
     except ValueError as exc:
         return v.fail("decode", "unreadable", str(exc))
     try:
@@ -537,7 +636,7 @@ def verify(text: str, trust, at=None, skew_s: float = DEFAULT_SKEW_S,
         times = "exp is not after iat"
     if times is None:
         v.issued_at, v.expires_at = _ts(f["iat"]), _ts(f["exp"])
-    if key is None:
+    if not candidates:
         return v.fail("issuer", "unknown_issuer", f"issuer key id {env.kid.hex()} is not trusted")
     v.steps["issuer"] = True
     if bad_sig:

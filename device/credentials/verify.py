@@ -3,7 +3,7 @@
 It asks the format registry (formats.py) which format the text is, by prefix or shape, and
 returns that format's `Verification` (result.py); it never raises, whatever the input:
 
-- "CHOT1:"  the native declaration (native.py, docs/native-declaration.md)
+- "CHOT2:"  the native declaration (native.py, docs/native-declaration.md; "CHOT1:" refused)
 - "HC1:"    EU DCC (dcc.py); "shc:/" SMART Health Card (shc.py)
 - a chip ID card's QR (cccd.py) and a PC-Covid personal QR (pccovid.py): identity claims
 - other printable text: plain (an ID number, a link): format "plain", reason "unsigned"
