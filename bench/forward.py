@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from chot import personal  # noqa: E402
+from chotdemo.testing import collector_config, make_item, make_keys  # noqa: E402
 from collector import forward  # noqa: E402
 from collector.storage import Storage  # noqa: E402
-from collector.testing import collector_config, make_item, make_keys  # noqa: E402
 from provisioning.localbroker import free_port, wait_port  # noqa: E402
 
 RECEIVER = Path(__file__).resolve().parent.parent / "tests" / "forward_receiver.py"

@@ -319,7 +319,7 @@ def test_publish_trust_with_value_sets_reaches_a_running_terminal(tmp_path, brok
     from test_e2e_uplink import _qr_frame
     from uplink_helpers import terminal_cfg, wait_until
 
-    from collector.testing import make_keys
+    from chotdemo.testing import make_keys
     from device.daemon import Terminal
     from device.uplink.link import Link
     from device.uplink.outbox import Outbox

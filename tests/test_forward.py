@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 
 from chot import personal
+from chotdemo.testing import BASE_TIME, collector_config, make_item, make_keys
 from collector import forward
 from collector.queries import record_manual
 from collector.storage import Storage
 from collector.subscriber import Collector
-from collector.testing import BASE_TIME, collector_config, make_item, make_keys
 from provisioning.localbroker import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
