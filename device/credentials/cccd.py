@@ -38,7 +38,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from chot import personal
 from device.credentials.bounds import MAX_TEXT
-from device.credentials.result import Verification
+from device.credentials.claims import ClaimError, verify_claim
 
 NAME = "cccd"
 STEPS = ("decode", "fields", "signature")
@@ -51,12 +51,8 @@ _SPACES = re.compile(r"\s+")
 SEXES = {"NAM": "Nam", "NU": "Nữ", "MALE": "Nam", "FEMALE": "Nữ"}
 
 
-class CardError(ValueError):
+class CardError(ClaimError):
     """A field of the card is wrong: `reason` is the reason code, the message says what."""
-
-    def __init__(self, reason, message):
-        self.reason = reason
-        super().__init__(message)
 
 
 def _fields(text):
@@ -181,17 +177,9 @@ def verify(text, trust=None, at=None, skew_s=0.0):
 
     A bad card fails `decode` or `fields` with reason bad_id_number, bad_date or malformed (or
     unreadable) and a `detail`; it names nobody (`person` empty). Never raises on bad input."""
-    v = Verification(text=text if isinstance(text, str) and len(text) <= MAX_TEXT else None, format=NAME,
-                     steps=dict.fromkeys(STEPS))
-    v.kind = KIND
-    if not isinstance(text, str) or len(text) > MAX_TEXT:
-        return v.fail("decode", "unreadable", f"not text, or longer than {MAX_TEXT} characters")
-    v.steps["decode"] = True
-    try:
-        person = parse(text, at)
-    except CardError as exc:
-        return v.fail("fields", exc.reason, f"chip ID card QR: {exc}")
-    v.steps["fields"] = True
-    v.person = person
-    v.person_id = personal.person_id_for_id(person["id_number"])
-    return v.fail("signature", "unsigned", "a chip ID card's QR carries no signature: an identity claim")
+    def read(t):
+        person = parse(t, at)
+        return person, personal.person_id_for_id(person["id_number"]), None
+
+    return verify_claim(text, fmt=NAME, kind=KIND, steps=STEPS, read=read, label="chip ID card QR",
+                        unsigned="a chip ID card's QR carries no signature: an identity claim")

@@ -35,7 +35,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from chot import personal
 from device.credentials.bounds import MAX_TEXT
-from device.credentials.result import Verification
+from device.credentials.claims import ClaimError, verify_claim
 
 NAME = "pccovid"
 STEPS = ("decode", "fields", "signature")
@@ -48,10 +48,8 @@ _QID = re.compile(r"[A-Za-z0-9_-]{4,64}")
 _SPACES = re.compile(r"\s+")
 
 
-class CodeError(ValueError):
-    def __init__(self, reason, message):
-        self.reason = reason
-        super().__init__(message)
+class CodeError(ClaimError):
+    """A field of the code is wrong: `reason` is the reason code, the message says what."""
 
 
 def sniff(text):
@@ -110,18 +108,10 @@ def parse(text, at=None):
 
 def verify(text, trust=None, at=None, skew_s=0.0):
     """A Verification of format `pccovid`: fields checked, signature False (`unsigned`). Never raises."""
-    v = Verification(text=text if isinstance(text, str) and len(text) <= MAX_TEXT else None, format=NAME,
-                     steps=dict.fromkeys(STEPS))
-    v.kind = KIND
-    if not isinstance(text, str) or len(text) > MAX_TEXT:
-        return v.fail("decode", "unreadable", f"not text, or longer than {MAX_TEXT} characters")
-    v.steps["decode"] = True
-    try:
-        f = parse(text, at)
-    except CodeError as exc:
-        return v.fail("fields", exc.reason, f"PC-Covid QR: {exc}")
-    v.steps["fields"] = True
-    v.claims = {"on_behalf": f.pop("on_behalf")}
-    v.person = f
-    v.person_id = personal.person_id_for_qid(f["qid"])
-    return v.fail("signature", "unsigned", "a PC-Covid personal QR carries no signature this terminal can verify")
+    def read(t):
+        f = parse(t, at)
+        claims = {"on_behalf": f.pop("on_behalf")}
+        return f, personal.person_id_for_qid(f["qid"]), claims
+
+    return verify_claim(text, fmt=NAME, kind=KIND, steps=STEPS, read=read, label="PC-Covid QR",
+                        unsigned="a PC-Covid personal QR carries no signature this terminal can verify")
