@@ -398,6 +398,10 @@ else
   run systemctl restart "$UNIT" || die "systemctl restart $UNIT failed: see journalctl -u $UNIT"
 fi
 
+if [ "$selftest_rc" != 0 ] && [ "$BOOTED" = 0 ]; then
+  printf '%s: the terminal is installed and enabled (it starts at the next boot), but the self-test FAILED (see above): fix each item and run: %s terminal selftest --config /etc/chot/terminal.toml\n' "$PROG" "$VENV/bin/chot" >&2
+  exit 3
+fi
 if [ "$selftest_rc" != 0 ]; then
   printf '%s: the terminal is installed and running, but the self-test FAILED (see above): fix each item and run: %s terminal selftest --config /etc/chot/terminal.toml\n' "$PROG" "$VENV/bin/chot" >&2
   exit 3

@@ -54,6 +54,15 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+# the self-test's clock item reads the kernel's NTP state (adjtimex), shared with this machine: it may only
+# fail in the root when it fails here too
+HOST_CLOCK="$(cd "$WT" && "$HOSTPY" -c 'from device.clock import kernel_synced; print("synced" if kernel_synced() else "unsynced")')"
+selftest_ok() {  # selftest_ok LOG: nothing FAILED but, on an unsynchronised host, the clock
+  local failed; failed="$(sed -n 's/^FAIL  \([a-z_]*\).*/\1/p' "$1" | sort -u | tr '\n' ' ')"
+  [ -z "$failed" ] && return 0
+  [ "$HOST_CLOCK" = unsynced ] && [ "$failed" = "clock " ] && return 0
+  echo "the self-test failed: $failed(host clock $HOST_CLOCK)" >&2; return 1
+}
 [ "$(id -u)" = 0 ] || die "run it as root (debootstrap, chroot and binfmt need it)"
 [ -x "$HOSTPY" ] || die "$HOSTPY: no Python with chot's dependencies (make deps, or PI_CHECK_PY=...)"
 hchot() { (cd "$WT" && "$HOSTPY" -c 'import sys; from chot.cli import main; sys.exit(main())' "$@"); }
@@ -95,6 +104,15 @@ for m in proc sys dev dev/pts; do
                                           *) mount --bind "/$m" "$R/$m" ;; esac; MOUNTS+=("$R/$m"); }
 done
 cp -L /etc/resolv.conf "$R/etc/resolv.conf"
+# debootstrap writes no /etc/hosts; every installed system (Raspberry Pi OS too) has these lines
+grep -qs '^127.0.0.1[[:space:]].*localhost' "$R/etc/hosts" || printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >>"$R/etc/hosts"
+# this machine's own certificate authorities (a TLS-inspecting egress proxy, say), so that pip in the
+# root reaches PyPI as it does here; a real Pi needs none of this
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+  mkdir -p "$R/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$R/usr/local/share/ca-certificates/"
+  inroot update-ca-certificates >/dev/null 2>&1 || true
+fi
 NOTE="$NOTE; $(inroot python3 -c 'import platform; print(platform.machine(), platform.python_version())')"
 
 # --- fleet, wheel, bundle, frames (on this machine) --------------------------------------------------------
@@ -104,7 +122,7 @@ src_hash="$(cd "$WT" && git ls-files -co --exclude-standard -- chot device colle
             | sort | xargs sha256sum | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$W/src.sha256" ] || [ "$(cat "$W/src.sha256")" != "$src_hash" ] || ! ls "$W"/chot-*.whl >/dev/null 2>&1; then
   rm -rf "$W"; mkdir -p "$W"
-  (cd "$WT" && "$HOSTPY" -m pip wheel -q --no-deps --no-build-isolation -w "$W" . ) || die "cannot build the chot wheel"
+  (cd "$WT" && "$HOSTPY" -m pip wheel -q --no-deps -w "$W" . ) || die "cannot build the chot wheel"
   rm -rf "$WT/build"
   printf '%s\n' "$src_hash" >"$W/src.sha256"
 fi
@@ -149,8 +167,11 @@ mkdir -p "$R/srv/pi-check"; rm -rf "$R/srv/pi-check/frames"; cp -r "$FR" "$R/srv
 chmod -R a+rX "$R/srv/pi-check"
 rm -rf "$R/root/chot-$DEVICE" "$R/root/chot-$DEVICE.tar.gz"
 cp "$BUNDLE" "$R/root/"
-inroot bash -c "cd /root && tar xzf chot-$DEVICE.tar.gz && ./chot-$DEVICE/setup-terminal.sh" 2>&1 | tee "$CACHE/setup.log"
-[ "${PIPESTATUS[0]}" = 0 ] || die "setup-terminal.sh failed in the arm64 root (log: $CACHE/setup.log)"
+rc=0
+inroot bash -c "cd /root && tar xzf chot-$DEVICE.tar.gz && ./chot-$DEVICE/setup-terminal.sh" >"$CACHE/setup.log" 2>&1 || rc=$?
+grep -v '^\(Get\|Selecting\|Preparing\|Unpacking\|Setting up\|Processing\):\? ' "$CACHE/setup.log" || true
+# exit 3: installed, but the self-test failed: accepted only for the clock of an unsynchronised host
+[ "$rc" = 0 ] || { [ "$rc" = 3 ] && selftest_ok "$CACHE/setup.log"; } || die "setup-terminal.sh failed in the arm64 root (exit $rc, log: $CACHE/setup.log)"
 # what it must have left: the user, its groups, the modes, no key in the bundle
 inroot id chot | grep -q '(gpio)' || die "the user chot is not in the group gpio"
 inroot id chot | grep -q '(video)' || die "the user chot is not in the group video"
@@ -175,20 +196,35 @@ NOTE="$(grep -c '^==>' "$CACHE/setup.log") steps; $(inroot /opt/chot/venv/bin/pi
 phase "chot terminal check-config"
 aschot /opt/chot/venv/bin/chot terminal check-config /etc/chot/terminal.toml
 phase "chot terminal selftest (mock pins)"
-aschot /opt/chot/venv/bin/chot terminal selftest --config /etc/chot/terminal.toml | tee "$CACHE/selftest.log"
-[ "${PIPESTATUS[0]}" = 0 ] || die "the self-test failed in the arm64 root"
-NOTE="$(grep -c PASS "$CACHE/selftest.log") PASS, $(grep -c SKIP "$CACHE/selftest.log" || true) SKIP"
+aschot /opt/chot/venv/bin/chot terminal selftest --config /etc/chot/terminal.toml | tee "$CACHE/selftest.log" || true
+selftest_ok "$CACHE/selftest.log" || die "the self-test failed in the arm64 root"
+NOTE="$(grep -c '^PASS' "$CACHE/selftest.log") PASS, $(grep -c '^SKIP' "$CACHE/selftest.log" || true) SKIP, $(grep -c '^FAIL  ' "$CACHE/selftest.log" || true) FAIL (clock: host $HOST_CLOCK)"
 
 phase "systemd-analyze verify (the unit)"
-inroot systemd-analyze verify /etc/systemd/system/chot-terminal.service 2>&1 | tee "$CACHE/verify.log"
-[ "${PIPESTATUS[0]}" = 0 ] || die "systemd-analyze verify found problems in the unit"
+rc=0; inroot systemd-analyze verify /etc/systemd/system/chot-terminal.service >"$CACHE/verify.log" 2>&1 || rc=$?
+cat "$CACHE/verify.log"
+[ "$rc" = 0 ] || die "systemd-analyze verify found problems in the unit (exit $rc)"
 NOTE="clean; systemd as PID 1 not booted here (see docs/provisioning.md)"
 
 phase "chot scan: arm64 vs x86"
 rm -rf "$R/srv/pi-check/photos"; mkdir -p "$R/srv/pi-check/photos"
 cp -r "$PHOTOS"/. "$R/srv/pi-check/photos/"; chmod -R a+rX "$R/srv/pi-check/photos"
 list="$(cd "$PHOTOS" && find . -name '*.png' | sort)"
-(cd "$PHOTOS" && hchot scan $list) >"$CACHE/scan-x86.jsonl" 2>"$CACHE/scan-x86.err" || true
+# x86: the terminal's own set, made the way setup-terminal.sh makes it (Debian's numpy and pillow, the
+# same hashed requirements, the same wheel, no OpenCV): the dev venv has other versions and OpenCV,
+# whose resize the decoder's rescue pass prefers (1 of the 119 photos reads only with it)
+XV="$CACHE/x86-venv"
+for p in python3-venv python3-numpy python3-pil libzbar0; do
+  dpkg -s $p >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $p >/dev/null; }
+done
+xwant="$(sha256sum "$WHEEL" "$WT/provisioning/requirements-terminal.txt" | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$XV/stamp" ] || [ "$(cat "$XV/stamp")" != "$xwant" ]; then
+  rm -rf "$XV"; /usr/bin/python3 -m venv --system-site-packages "$XV"
+  "$XV/bin/pip" install -q --disable-pip-version-check --require-hashes --only-binary=:all: -r "$WT/provisioning/requirements-terminal.txt"
+  "$XV/bin/pip" install -q --disable-pip-version-check --no-deps "$WHEEL"
+  printf '%s\n' "$xwant" >"$XV/stamp"
+fi
+(cd "$PHOTOS" && "$XV/bin/chot" scan $list) >"$CACHE/scan-x86.jsonl" 2>"$CACHE/scan-x86.err" || true
 inroot bash -c "cd /srv/pi-check/photos && runuser -u chot -- /opt/chot/venv/bin/chot scan $(echo $list)" \
   >"$CACHE/scan-arm64.jsonl" 2>"$CACHE/scan-arm64.err" || true
 "$HOSTPY" - "$CACHE/scan-x86.jsonl" "$CACHE/scan-arm64.jsonl" <<'PY'
