@@ -13,7 +13,7 @@
 #
 # Environment: PI_CHECK_DIR (cache, default /var/tmp/chot-pi-check), PI_CHECK_PY (a Python with chot's
 # dependencies, default .venv/bin/python), PI_CHECK_FRESH=1 (rebuild the root from scratch),
-# PI_CHECK_BOOT=1 (also try to boot the root with systemd-nspawn -b).
+# PI_CHECK_BOOT=0 (skip booting the root with systemd-nspawn -b).
 set -euo pipefail
 
 WT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -90,7 +90,7 @@ phase "rootfs: debootstrap $SUITE arm64"
 KEY="$SUITE arm64 $MIRROR $INCLUDE"
 if [ "${PI_CHECK_FRESH:-0}" = 1 ]; then rm -rf "$R" "$CACHE/rootfs.stamp" "$CACHE/fleet" "$CACHE/wheel"; fi
 if [ -f "$CACHE/rootfs.stamp" ] && [ "$(cat "$CACHE/rootfs.stamp")" = "$KEY" ] && [ -x "$R/usr/bin/python3" ]; then
-  NOTE="cached ($(du -sh "$R" 2>/dev/null | cut -f1))"
+  NOTE="cached"
 else
   rm -rf "$R"; mkdir -p "$CACHE"
   debootstrap --arch=arm64 --variant=minbase --include="$INCLUDE" "$SUITE" "$R" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
@@ -110,8 +110,10 @@ grep -qs '^127.0.0.1[[:space:]].*localhost' "$R/etc/hosts" || printf '127.0.0.1\
 # root reaches PyPI as it does here; a real Pi needs none of this
 if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
   mkdir -p "$R/usr/local/share/ca-certificates"
-  cp /usr/local/share/ca-certificates/*.crt "$R/usr/local/share/ca-certificates/"
-  inroot update-ca-certificates >/dev/null 2>&1 || true
+  if ! diff -rq /usr/local/share/ca-certificates "$R/usr/local/share/ca-certificates" >/dev/null 2>&1; then
+    cp /usr/local/share/ca-certificates/*.crt "$R/usr/local/share/ca-certificates/"
+    inroot update-ca-certificates >/dev/null 2>&1 || true
+  fi
 fi
 NOTE="$NOTE; $(inroot python3 -c 'import platform; print(platform.machine(), platform.python_version())')"
 
@@ -204,7 +206,7 @@ phase "systemd-analyze verify (the unit)"
 rc=0; inroot systemd-analyze verify /etc/systemd/system/chot-terminal.service >"$CACHE/verify.log" 2>&1 || rc=$?
 cat "$CACHE/verify.log"
 [ "$rc" = 0 ] || die "systemd-analyze verify found problems in the unit (exit $rc)"
-NOTE="clean; systemd as PID 1 not booted here (see docs/provisioning.md)"
+NOTE="clean"
 
 phase "chot scan: arm64 vs x86"
 rm -rf "$R/srv/pi-check/photos"; mkdir -p "$R/srv/pi-check/photos"
@@ -247,19 +249,60 @@ PY
 NOTE="$(wc -l <"$CACHE/scan-x86.jsonl") JSON lines identical"
 
 phase "chot terminal run (frames, mock pins)"
+last="$("$HOSTPY" "$WT/tools/pi_check_outbox.py" "$R/var/lib/chot/outbox.db" --last-seq)"
 aschot /opt/chot/venv/bin/chot terminal run --config /etc/chot/terminal.toml --max-frames 8 >"$CACHE/run.log" 2>&1 \
   || { tail -30 "$CACHE/run.log"; die "chot terminal run failed in the arm64 root (log: $CACHE/run.log)"; }
 cp "$R/var/lib/chot/outbox.db" "$CACHE/outbox.db"
 for ext in -wal -shm; do [ -f "$R/var/lib/chot/outbox.db$ext" ] && cp "$R/var/lib/chot/outbox.db$ext" "$CACHE/outbox.db$ext"; done
-NOTE="$("$HOSTPY" "$WT/tools/pi_check_outbox.py" "$CACHE/outbox.db" --pass 3 --fail 1)" || { echo "$NOTE"; die "the outbox does not hold the expected events"; }
+NOTE="$("$HOSTPY" "$WT/tools/pi_check_outbox.py" "$CACHE/outbox.db" --after "$last" --pass 3 --fail 1)" || { echo "$NOTE"; die "the outbox does not hold the expected events"; }
 echo "$NOTE"
 
-if [ "${PI_CHECK_BOOT:-0}" = 1 ]; then
-  phase "systemd-nspawn -b (boot the root)"
-  if timeout 120 systemd-nspawn -q -D "$R" --register=no -b systemd.unit=multi-user.target >"$CACHE/nspawn.log" 2>&1; then
-    NOTE="booted (see $CACHE/nspawn.log)"
+# --- systemd as PID 1: the unit started in a booted container --------------------------------------------------
+# The root booted with systemd-nspawn -b (systemd under qemu-user): the unit, unchanged but for the
+# config it reads (a drop-in: the same frames, looped, so that the daemon keeps running), must reach
+# "active (running)" (Type=notify: only after READY=1) and still be running with no restart after
+# 75 s, more than twice WatchdogSec=30 (the loop's WATCHDOG=1 pings arrive). A probe unit records
+# that, then powers the container off.
+if [ "${PI_CHECK_BOOT:-1}" = 1 ]; then
+  phase "systemd-nspawn -b: READY and watchdog"
+  for ((i=${#MOUNTS[@]}-1; i>=0; i--)); do umount -l "${MOUNTS[$i]}" 2>/dev/null || true; done; MOUNTS=()
+  sed 's/^\(path = "\/srv\/pi-check\/frames"\)$/\1\nloop = true/' "$R/etc/chot/terminal.toml" >"$R/etc/chot/pi-check-boot.toml"
+  grep -q '^loop = true' "$R/etc/chot/pi-check-boot.toml" || die "cannot make the looping config for the boot"
+  chown --reference="$R/etc/chot/terminal.toml" "$R/etc/chot/pi-check-boot.toml"; chmod 640 "$R/etc/chot/pi-check-boot.toml"
+  mkdir -p "$R/etc/systemd/system/chot-terminal.service.d"
+  printf '[Service]\nExecStart=\nExecStart=/opt/chot/venv/bin/chot terminal run --config /etc/chot/pi-check-boot.toml\n' \
+    >"$R/etc/systemd/system/chot-terminal.service.d/pi-check.conf"
+  cat >"$R/etc/systemd/system/pi-check-probe.service" <<'UNIT'
+[Unit]
+Description=make pi-check: record the terminal's state, then power off
+After=chot-terminal.service
+[Service]
+Type=oneshot
+ExecStartPre=/bin/sleep 75
+ExecStart=/bin/sh -c 'systemctl show chot-terminal.service -p ActiveState -p SubState -p NRestarts -p WatchdogUSec -p Result -p Type > /var/tmp/pi-check-probe.txt; journalctl -b -u chot-terminal.service --no-pager -o short-monotonic > /var/tmp/pi-check-journal.txt 2>&1'
+ExecStartPost=/bin/systemctl --no-block poweroff
+[Install]
+WantedBy=multi-user.target
+UNIT
+  ln -sf /etc/systemd/system/pi-check-probe.service "$R/etc/systemd/system/multi-user.target.wants/pi-check-probe.service"
+  rm -f "$R/var/tmp/pi-check-probe.txt" "$R/var/tmp/pi-check-journal.txt"
+  SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=0 timeout 300 systemd-nspawn -q -D "$R" --register=no --keep-unit --console=pipe -b \
+    </dev/null >"$CACHE/nspawn.log" 2>&1 || true
+  rm -rf "$R/etc/systemd/system/chot-terminal.service.d" "$R/etc/systemd/system/pi-check-probe.service" \
+         "$R/etc/systemd/system/multi-user.target.wants/pi-check-probe.service" "$R/etc/chot/pi-check-boot.toml"
+  if [ -f "$R/var/tmp/pi-check-probe.txt" ]; then
+    cp "$R/var/tmp/pi-check-probe.txt" "$R/var/tmp/pi-check-journal.txt" "$CACHE/"
+    cat "$CACHE/pi-check-probe.txt"
+    grep -i -E 'ready|watchdog|started|error' "$CACHE/pi-check-journal.txt" | tail -n 8 || true
+    for want in ActiveState=active SubState=running NRestarts=0 WatchdogUSec=30s Type=notify; do
+      grep -qx "$want" "$CACHE/pi-check-probe.txt" || die "after 75 s under systemd the unit is not $want (see $CACHE/pi-check-probe.txt, $CACHE/pi-check-journal.txt)"
+    done
+    ! grep -qi 'watchdog timeout' "$CACHE/pi-check-journal.txt" || die "systemd killed the terminal: watchdog timeout"
+    NOTE="booted; active (running) after READY, 75 s with WatchdogSec=30, 0 restarts"
+  elif grep -q 'Welcome to' "$CACHE/nspawn.log"; then
+    die "the container booted but the probe left no record (see $CACHE/nspawn.log)"
   else
-    NOTE="could not boot here: $(grep -m1 -iE 'fail|error|cannot' "$CACHE/nspawn.log" || tail -n1 "$CACHE/nspawn.log")"
+    NOTE="not bootable here: $(grep -m1 -iE 'fail|error|cannot' "$CACHE/nspawn.log" || tail -n1 "$CACHE/nspawn.log")"
   fi
 fi
 phase ""
