@@ -9,7 +9,8 @@
 # a real TLS Mosquitto of the fleet on the host's loopback), `chot scan` of the public photos compared
 # with the same scan on this machine, a short `chot terminal run` on frames of signed declarations
 # whose outbox must hold the expected events, and `systemd-analyze verify` of the unit. Prints the
-# time of each phase. Not part of `make test`; a second run reuses the root, the fleet and the wheel.
+# time of each phase. Not part of `make test`; a second run reuses the root, the fleet and the wheel,
+# and the boot's result while the wheel, the unit, the config and the root are the same.
 #
 # Environment: PI_CHECK_DIR (cache, default /var/tmp/chot-pi-check), PI_CHECK_PY (a Python with chot's
 # dependencies, default .venv/bin/python), PI_CHECK_FRESH=1 (rebuild the root from scratch),
@@ -88,7 +89,7 @@ NOTE="$(qemu-aarch64-static --version | head -n1)"
 # --- the arm64 root --------------------------------------------------------------------------------------------
 phase "rootfs: debootstrap $SUITE arm64"
 KEY="$SUITE arm64 $MIRROR $INCLUDE"
-if [ "${PI_CHECK_FRESH:-0}" = 1 ]; then rm -rf "$R" "$CACHE/rootfs.stamp" "$CACHE/fleet" "$CACHE/wheel"; fi
+if [ "${PI_CHECK_FRESH:-0}" = 1 ]; then rm -rf "$R" "$CACHE/rootfs.stamp" "$CACHE/fleet" "$CACHE/wheel" "$CACHE/x86-venv" "$CACHE/boot.stamp"; fi
 if [ -f "$CACHE/rootfs.stamp" ] && [ "$(cat "$CACHE/rootfs.stamp")" = "$KEY" ] && [ -x "$R/usr/bin/python3" ]; then
   NOTE="cached"
 else
@@ -263,8 +264,13 @@ echo "$NOTE"
 # "active (running)" (Type=notify: only after READY=1) and still be running with no restart after
 # 75 s, more than twice WatchdogSec=30 (the loop's WATCHDOG=1 pings arrive). A probe unit records
 # that, then powers the container off.
-if [ "${PI_CHECK_BOOT:-1}" = 1 ]; then
+boot_key="$(cat "$WHEEL" "$R/etc/systemd/system/chot-terminal.service" "$R/etc/chot/terminal.toml" "$CACHE/rootfs.stamp" | sha256sum | cut -d' ' -f1)"
+if [ "${PI_CHECK_BOOT:-1}" = 1 ] && [ -f "$CACHE/boot.stamp" ] && [ "$(head -n1 "$CACHE/boot.stamp")" = "$boot_key" ]; then
   phase "systemd-nspawn -b: READY and watchdog"
+  NOTE="cached: passed $(sed -n 2p "$CACHE/boot.stamp") with this wheel, unit, config and root"
+elif [ "${PI_CHECK_BOOT:-1}" = 1 ]; then
+  phase "systemd-nspawn -b: READY and watchdog"
+  rm -f "$CACHE/boot.stamp"
   for ((i=${#MOUNTS[@]}-1; i>=0; i--)); do umount -l "${MOUNTS[$i]}" 2>/dev/null || true; done; MOUNTS=()
   sed 's/^\(path = "\/srv\/pi-check\/frames"\)$/\1\nloop = true/' "$R/etc/chot/terminal.toml" >"$R/etc/chot/pi-check-boot.toml"
   grep -q '^loop = true' "$R/etc/chot/pi-check-boot.toml" || die "cannot make the looping config for the boot"
@@ -299,6 +305,7 @@ UNIT
     done
     ! grep -qi 'watchdog timeout' "$CACHE/pi-check-journal.txt" || die "systemd killed the terminal: watchdog timeout"
     NOTE="booted; active (running) after READY, 75 s with WatchdogSec=30, 0 restarts"
+    printf '%s\n%s\n' "$boot_key" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$CACHE/boot.stamp"
   elif grep -q 'Welcome to' "$CACHE/nspawn.log"; then
     die "the container booted but the probe left no record (see $CACHE/nspawn.log)"
   else
