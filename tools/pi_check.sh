@@ -38,7 +38,7 @@ T0=$(date +%s); PHASE=""; PSTART=0
 : >"${SUMMARY}.new" 2>/dev/null || { mkdir -p "$CACHE"; : >"${SUMMARY}.new"; }
 phase() {  # phase NAME: end the previous phase (recording its time) and start NAME
   local now; now=$(date +%s)
-  [ -n "$PHASE" ] && printf '%-34s %5ss  %s\n' "$PHASE" $((now - PSTART)) "${NOTE:-ok}" >>"${SUMMARY}.new"
+  [ -n "$PHASE" ] && printf '%-40s %4ss  %s\n' "$PHASE" $((now - PSTART)) "${NOTE:-ok}" >>"${SUMMARY}.new"
   PHASE="$1"; PSTART=$now; NOTE=""
   [ -n "$PHASE" ] && say "$PHASE"
   return 0
@@ -89,7 +89,7 @@ NOTE="$(qemu-aarch64-static --version | head -n1)"
 # --- the arm64 root --------------------------------------------------------------------------------------------
 phase "rootfs: debootstrap $SUITE arm64"
 KEY="$SUITE arm64 $MIRROR $INCLUDE"
-if [ "${PI_CHECK_FRESH:-0}" = 1 ]; then rm -rf "$R" "$CACHE/rootfs.stamp" "$CACHE/fleet" "$CACHE/wheel" "$CACHE/x86-venv" "$CACHE/boot.stamp"; fi
+if [ "${PI_CHECK_FRESH:-0}" = 1 ]; then rm -rf "$R" "$CACHE/rootfs.stamp" "$CACHE/fleet" "$CACHE/wheel" "$CACHE/x86-venv" "$CACHE/boot.stamp" "$CACHE/setup.done"; fi
 if [ -f "$CACHE/rootfs.stamp" ] && [ "$(cat "$CACHE/rootfs.stamp")" = "$KEY" ] && [ -x "$R/usr/bin/python3" ]; then
   NOTE="cached"
 else
@@ -188,12 +188,21 @@ got="$(inroot stat -c '%a %U:%G %n' /etc/chot/terminal.toml /etc/chot/tls/device
 $got
 want
 $want"
+# run again with the same wheel and bundle, the script must change nothing (idempotent on a real system)
+wheel_sum="$(sha256sum "$WHEEL" | cut -d' ' -f1)"
+if [ -f "$CACHE/setup.done" ] && [ "$(cat "$CACHE/setup.done")" = "$wheel_sum" ]; then
+  grep -q '^==> nothing changed' "$CACHE/setup.log" || die "a second run of setup-terminal.sh with the same wheel and bundle changed something"
+  rerun=" (a second run: nothing changed)"
+else
+  rerun=""
+fi
 [ ! -e "$R/root/chot-$DEVICE/tls/device.key" ] && [ ! -e "$R/root/chot-$DEVICE.tar.gz" ] || die "the bundle's key was not removed"
 inroot test -L /etc/systemd/system/multi-user.target.wants/chot-terminal.service || die "the unit is not enabled"
 grep -q '^include-system-site-packages = true' "$R/opt/chot/venv/pyvenv.cfg" || die "the venv does not see the system's packages"
 inroot /opt/chot/venv/bin/python -c 'import lgpio, zxingcpp, cryptography, nacl, msgspec, numpy, PIL, gpiozero, paho.mqtt' \
   || die "a dependency does not import on aarch64"
-NOTE="$(grep -c '^==>' "$CACHE/setup.log") steps; $(inroot /opt/chot/venv/bin/pip list 2>/dev/null | wc -l) packages in the venv"
+printf '%s\n' "$wheel_sum" >"$CACHE/setup.done"
+NOTE="$(grep -c '^==>' "$CACHE/setup.log") steps; $(inroot /opt/chot/venv/bin/pip list 2>/dev/null | tail -n +3 | wc -l) packages in the venv$rerun"
 
 # --- checks as the service user --------------------------------------------------------------------------------
 phase "chot terminal check-config"
