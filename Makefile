@@ -11,7 +11,7 @@ APT_PKGS := mosquitto mosquitto-clients libzbar0 python3-venv openssl sqlite3 sy
             espeak-ng alsa-utils linux-libc-dev gcc python3-dev
 DURATION ?= 30
 
-.PHONY: demo test lint bench clean deps faults
+.PHONY: demo test lint bench clean deps faults pi-check
 
 $(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
@@ -56,6 +56,16 @@ $(STAMPS)/faults-apt: $(STAMPS)/apt
 	  || echo "==> could not install$$missing: the suite says what it skips"; \
 	fi
 	@touch $@
+
+# The terminal on a Pi's OS and CPU (docs/provisioning.md, "Checked on arm64"): a Debian bookworm
+# arm64 root (debootstrap, qemu-user-static), the real setup-terminal.sh run in it, then check-config,
+# selftest, scan (compared with x86) and a short run inside it. Not in `make test`. Root, fleet and
+# wheel cached in PI_CHECK_DIR (default /var/tmp/chot-pi-check): a second run is quick.
+# PI_CHECK_PY=... a Python with chot's deps instead of .venv's; PI_CHECK_FRESH=1 rebuilds the root.
+PI_CHECK_PY ?= $(VENV)/bin/python
+pi-check:
+	@[ "$(PI_CHECK_PY)" != "$(VENV)/bin/python" ] || $(MAKE) --no-print-directory deps
+	PI_CHECK_PY=$(PI_CHECK_PY) bash tools/pi_check.sh
 
 faults: deps $(STAMPS)/faults-apt
 	$(VENV)/bin/python -m faults.run $(FAULTS_ARGS)

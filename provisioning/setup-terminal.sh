@@ -26,7 +26,8 @@
 #                     with chot-<id>.tar.gz next to the bundle or in the current directory)
 #   -h, --help
 # Environment (tests): CHOT_USER / CHOT_GROUP (service user, default chot), CHOT_ADMIN (owner of
-# root's files, default root), CHOT_APT_PACKAGES (the package list).
+# root's files, default root), CHOT_APT_PACKAGES (the package list), CHOT_SYSTEMD_BOOTED (1 or 0:
+# whether systemd runs this system; default: /run/systemd/system exists, as sd_booted(3) checks).
 set -euo pipefail
 
 PROG=setup-terminal.sh
@@ -41,7 +42,8 @@ KEEP_BUNDLE=0
 SVC_USER="${CHOT_USER:-chot}"
 SVC_GROUP="${CHOT_GROUP:-$SVC_USER}"
 ADMIN="${CHOT_ADMIN:-root}"
-APT_PACKAGES="${CHOT_APT_PACKAGES:-python3 python3-venv python3-pip python3-picamera2 python3-numpy python3-pil python3-lgpio libzbar0 ca-certificates}"
+# lgpio is not among them: the pinned, hash-checked lgpio wheel in the venv carries its own library
+APT_PACKAGES="${CHOT_APT_PACKAGES:-python3 python3-venv python3-pip python3-numpy python3-pil libzbar0 ca-certificates}"
 CHANGED=0
 
 say()  { printf '==> %s\n' "$*"; }
@@ -104,6 +106,11 @@ info "terminal $DEVICE_ID"
 # A handheld scanner or the speaker (docs/terminal.md) needs a few more Debian packages (the venv sees
 # the system's site packages, so python3-evdev / python3-serial serve it).
 SPEAKER=0
+# the Pi camera's stack (libcamera, picamera2) only for scanner.source = "picamera2" (the default): it
+# comes from Raspberry Pi OS's own archive, which a plain Debian lacks
+if [ -z "${CHOT_APT_PACKAGES:-}" ] && ! grep -Eq '^[[:space:]]*source[[:space:]]*=[[:space:]]*"(usb|files|synthetic|hid|serial)"' "$BUNDLE/terminal.toml"; then
+  APT_PACKAGES="$APT_PACKAGES python3-picamera2"
+fi
 if grep -Eq '^[[:space:]]*source[[:space:]]*=[[:space:]]*"hid"' "$BUNDLE/terminal.toml"; then
   APT_PACKAGES="$APT_PACKAGES python3-evdev"
 elif grep -Eq '^[[:space:]]*source[[:space:]]*=[[:space:]]*"serial"' "$BUNDLE/terminal.toml"; then
@@ -134,7 +141,7 @@ if [ "$APT" = 1 ]; then
     if [ "$DRY_RUN" = 0 ]; then
       apt-get update -qq || die "apt-get update failed: check the network connection and /etc/apt/sources.list"
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" \
-        || die "apt-get install ${missing[*]} failed: see the message above (network? disk full? another apt running?)"
+        || die "apt-get install ${missing[*]} failed: see the message above (network? disk full? another apt running? 'Unable to locate package python3-picamera2': the camera's packages come from Raspberry Pi OS's archive (archive.raspberrypi.com), so use Raspberry Pi OS 64-bit, or set another scanner.source)"
       CHANGED=1
     else
       info "would run: apt-get update && apt-get install -y ${missing[*]}"
@@ -149,6 +156,12 @@ say "service user $SVC_USER"
 if getent passwd "$SVC_USER" >/dev/null 2>&1; then
   info "exists"
 else
+  # Raspberry Pi OS has both groups (its udev rules give /dev/gpiochip* to gpio); a plain Debian lacks gpio
+  for g in gpio video; do
+    getent group "$g" >/dev/null 2>&1 && continue
+    run groupadd --system "$g" || die "groupadd $g failed"
+    [ "$g" = gpio ] && info "(no group gpio: not Raspberry Pi OS? /dev/gpiochip* must belong to it, as Raspberry Pi OS's udev rules make it, or pins.factory = \"lgpio\" fails for $SVC_USER)"
+  done
   run useradd --system --user-group --home-dir /var/lib/chot --no-create-home --shell /usr/sbin/nologin \
       --groups gpio,video "$SVC_USER" || die "useradd $SVC_USER failed (do the groups gpio and video exist? this is meant for Raspberry Pi OS)"
   CHANGED=1
@@ -337,7 +350,11 @@ say "systemd unit $UNIT"
 ensure_dir "$UNIT_DIR" 755 "$ADMIN:$ADMIN"
 FILE_CHANGED=0
 install_file "$BUNDLE/chot-terminal.service" "$UNIT_DIR/$UNIT" 644 "$ADMIN:$ADMIN"
-if [ "$FILE_CHANGED" = 1 ]; then
+# systemd not running (a chroot, an image being prepared): the unit is enabled offline and starts at
+# the next boot; nothing is reloaded, stopped or started
+BOOTED="${CHOT_SYSTEMD_BOOTED:-}"
+if [ -z "$BOOTED" ]; then if [ -d /run/systemd/system ]; then BOOTED=1; else BOOTED=0; fi; fi
+if [ "$FILE_CHANGED" = 1 ] && [ "$BOOTED" = 1 ]; then
   run systemctl daemon-reload || die "systemctl daemon-reload failed"
 fi
 
@@ -345,6 +362,10 @@ fi
 active=0; enabled=0
 systemctl is-active --quiet "$UNIT" 2>/dev/null && active=1
 systemctl is-enabled --quiet "$UNIT" 2>/dev/null && enabled=1
+if [ "$CHANGED" = 0 ] && [ "$BOOTED" = 0 ] && [ "$enabled" = 1 ]; then
+  say "nothing changed and the service is enabled; systemd is not running here (a chroot or an image): it starts at the next boot"
+  exit 0
+fi
 if [ "$CHANGED" = 0 ] && [ "$active" = 1 ] && [ "$enabled" = 1 ]; then
   say "nothing changed and the terminal is running: done"
   info "to test it again: systemctl stop $UNIT; sudo -u $SVC_USER $VENV/bin/chot terminal selftest --config /etc/chot/terminal.toml; systemctl start $UNIT"
@@ -368,12 +389,25 @@ else
   say "self-test: skipped (--no-selftest)"
 fi
 
-say "service $UNIT: enable and start"
-if [ "$enabled" = 0 ]; then run systemctl enable "$UNIT" || die "systemctl enable $UNIT failed"; fi
-run systemctl restart "$UNIT" || die "systemctl restart $UNIT failed: see journalctl -u $UNIT"
+if [ "$BOOTED" = 0 ]; then
+  say "service $UNIT: enable (systemd is not running here, a chroot or an image: it starts at the next boot)"
+  if [ "$enabled" = 0 ]; then run systemctl enable "$UNIT" || die "systemctl enable $UNIT failed"; fi
+else
+  say "service $UNIT: enable and start"
+  if [ "$enabled" = 0 ]; then run systemctl enable "$UNIT" || die "systemctl enable $UNIT failed"; fi
+  run systemctl restart "$UNIT" || die "systemctl restart $UNIT failed: see journalctl -u $UNIT"
+fi
 
+if [ "$selftest_rc" != 0 ] && [ "$BOOTED" = 0 ]; then
+  printf '%s: the terminal is installed and enabled (it starts at the next boot), but the self-test FAILED (see above): fix each item and run: %s terminal selftest --config /etc/chot/terminal.toml\n' "$PROG" "$VENV/bin/chot" >&2
+  exit 3
+fi
 if [ "$selftest_rc" != 0 ]; then
   printf '%s: the terminal is installed and running, but the self-test FAILED (see above): fix each item and run: %s terminal selftest --config /etc/chot/terminal.toml\n' "$PROG" "$VENV/bin/chot" >&2
   exit 3
 fi
-say "done: terminal $DEVICE_ID is installed and running (journalctl -u $UNIT -f)"
+if [ "$BOOTED" = 0 ]; then
+  say "done: terminal $DEVICE_ID is installed and enabled; it starts at the next boot (then: journalctl -u $UNIT -f)"
+else
+  say "done: terminal $DEVICE_ID is installed and running (journalctl -u $UNIT -f)"
+fi

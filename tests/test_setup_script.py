@@ -55,6 +55,10 @@ grep -qx "$2" "$FAKE_STATE/users" 2>/dev/null
 echo "useradd $*" >> "$FAKE_LOG"
 for last; do :; done; echo "$last" >> "$FAKE_STATE/users"
 """,
+    "groupadd": """
+echo "groupadd $*" >> "$FAKE_LOG"
+for last; do :; done; echo "$last" >> "$FAKE_STATE/users"
+""",
     "systemctl": """
 echo "systemctl $*" >> "$FAKE_LOG"
 q=""; [ "${2:-}" = --quiet ] && q=1
@@ -147,6 +151,7 @@ def env(tmp_path):
         "CHOT_USER": ME,
         "CHOT_GROUP": MY_GROUP,
         "CHOT_ADMIN": ME,
+        "CHOT_SYSTEMD_BOOTED": "1",  # the fakes play a booted system; test_no_systemd_* plays a chroot
     }
 
 
@@ -223,8 +228,10 @@ def test_first_run_installs_everything_with_the_right_modes(bundle, env, made):
     log = calls(env)
     apt_install = [c for c in log if c.startswith("apt-get install")]
     assert len(apt_install) == 1
-    for pkg in ("python3-picamera2", "libzbar0", "python3-venv", "python3-lgpio"):
+    for pkg in ("python3-picamera2", "libzbar0", "python3-venv"):
         assert pkg in apt_install[0].split()
+    # lgpio comes from the hash-checked wheel in the venv (it carries its library), not from apt
+    assert "python3-lgpio" not in apt_install[0].split()
     assert any(c.startswith("useradd --system") and c.endswith(ME) for c in log)
     assert any(c.startswith("python3 -m venv --system-site-packages") for c in log)
     # the pinned dependencies first, each file checked against its sha256, then chot alone
@@ -576,3 +583,45 @@ def test_a_hid_scanner_and_the_speaker_bring_their_packages_and_prompts(bundle, 
     assert {"python3-evdev", "espeak-ng", "alsa-utils"} <= set(apt_install) and "python3-serial" not in apt_install
     assert f"chot terminal voice --dir {root}/var/lib/chot/voice" in log
     assert "speaker prompts" in r.stdout
+
+
+def test_a_scanner_without_the_pi_camera_needs_no_picamera2(bundle, env):
+    """python3-picamera2 is only in Raspberry Pi OS's archive: a files / usb / handheld source must not ask
+    for it (a plain Debian arm64 then installs everything: make pi-check)."""
+    bdir, _ = bundle
+    toml = bdir / "terminal.toml"
+    text = toml.read_text().replace('source = "picamera2"', 'source = "files"\npath = "/srv/frames"')
+    assert 'source = "files"' in text
+    toml.write_text(text)
+    r = run(bundle, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    apt_install = [c for c in calls(env) if c.startswith("apt-get install")][0].split()
+    assert "python3-picamera2" not in apt_install and "libzbar0" in apt_install
+
+
+def test_missing_gpio_and_video_groups_are_made_before_the_user(bundle, env):
+    """A plain Debian has no group gpio: useradd --groups gpio,video failed there (found by make pi-check)."""
+    r = run(bundle, env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    log = calls(env)
+    made = [i for i, c in enumerate(log) if c.startswith("groupadd --system")]
+    assert [log[i] for i in made] == ["groupadd --system gpio", "groupadd --system video"]
+    useradd = next(i for i, c in enumerate(log) if c.startswith("useradd"))
+    assert max(made) < useradd and "--groups gpio,video" in log[useradd]
+    assert "no group gpio" in r.stdout
+
+
+def test_no_systemd_running_enables_the_unit_offline_and_starts_nothing(bundle, env):
+    """In a chroot or an image being prepared (no /run/systemd/system), systemctl cannot reload or start:
+    the unit is enabled (offline), nothing else is asked of systemd, and the script says when it starts;
+    a second run there changes nothing and says so (found by make pi-check)."""
+    r = run(bundle, env, CHOT_SYSTEMD_BOOTED="0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    sys_calls = [c for c in calls(env) if c.startswith("systemctl") and "is-" not in c]
+    assert sys_calls == ["systemctl enable chot-terminal.service"]
+    assert "starts at the next boot" in r.stdout and "running (journalctl" not in r.stdout
+    n = len(calls(env))
+    r = run(bundle, env, CHOT_SYSTEMD_BOOTED="0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert changing(calls(env)[n:]) == []
+    assert "nothing changed and the service is enabled" in r.stdout
