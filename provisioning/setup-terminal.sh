@@ -160,7 +160,9 @@ else
   for g in gpio video; do
     getent group "$g" >/dev/null 2>&1 && continue
     run groupadd --system "$g" || die "groupadd $g failed"
-    [ "$g" = gpio ] && info "(no group gpio: not Raspberry Pi OS? /dev/gpiochip* must belong to it, as Raspberry Pi OS's udev rules make it, or pins.factory = \"lgpio\" fails for $SVC_USER)"
+    if [ "$g" = gpio ]; then
+      info "(no group gpio: not Raspberry Pi OS? /dev/gpiochip* must belong to it, as Raspberry Pi OS's udev rules make it, or pins.factory = \"lgpio\" fails for $SVC_USER)"
+    fi
   done
   run useradd --system --user-group --home-dir /var/lib/chot --no-create-home --shell /usr/sbin/nologin \
       --groups gpio,video "$SVC_USER" || die "useradd $SVC_USER failed (do the groups gpio and video exist? this is meant for Raspberry Pi OS)"
