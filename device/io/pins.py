@@ -52,9 +52,9 @@ def _lgpio():
         return LGPIOFactory()
     except ImportError as exc:
         raise HardwareError(
-            f"the lgpio pin factory needs the lgpio module ({exc}): install it with "
-            "'sudo apt install python3-lgpio' (and create the virtual environment with --system-site-packages) "
-            "or 'pip install lgpio'"
+            f"the lgpio pin factory needs the lgpio module ({exc}): the setup script installs the pinned "
+            "wheel (provisioning/requirements-terminal.txt); by hand: '/opt/chot/venv/bin/pip install lgpio', "
+            "or on Raspberry Pi OS 'sudo apt install python3-lgpio' with a venv made with --system-site-packages"
         ) from exc
     except Exception as exc:  # lgpio raises its own error types when the chip cannot be opened
         raise HardwareError(
