@@ -261,7 +261,7 @@ class Accounts:
             raise AccountError(f"user {name!r} exists already; change it with `chot collector user passwd|role`") \
                 from None
         if role in SCOPED_ROLES and not scope:
-            log.warning("user %s (%s) has no checkpoints: give --checkpoint to let them see any", name, role)
+            log.warning("a %s user was added without checkpoints: give --checkpoint to let them see any", role)
 
     def _role(self, role):
         try:

@@ -55,7 +55,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -181,12 +180,7 @@ _schema_dir_override = None
 def _schema_candidates():
     if _schema_dir_override is not None:
         yield Path(_schema_dir_override)
-    env = os.environ.get("CHOT_DCC_SCHEMA_DIR")
-    if env:
-        yield Path(env)
-    yield Path("/etc/chot/dcc-schema")
-    yield Path("/usr/share/chot/dcc-schema")
-    yield Path(__file__).resolve().parents[3] / "shared" / "testdata" / "dcc" / "ehn-dcc-schema"
+    yield from dcc_valuesets.installed_dirs("CHOT_DCC_SCHEMA_DIR", "dcc-schema", "ehn-dcc-schema")
 
 
 def set_schema_dir(path):

@@ -172,16 +172,22 @@ def folder_problem(base):
 _dir_override = None
 
 
+def installed_dirs(env_var, folder, testdata):
+    """Where installed DCC data may be, in order: $`env_var`, /etc/chot/`folder`, /usr/share/chot/`folder`,
+    and in a development checkout ../shared/testdata/dcc/`testdata` (the schemas and the value sets)."""
+    env = os.environ.get(env_var)
+    if env:
+        yield Path(env)
+    yield Path("/etc/chot") / folder
+    yield Path("/usr/share/chot") / folder
+    yield Path(__file__).resolve().parents[3] / "shared" / "testdata" / "dcc" / testdata
+
+
 def _candidates():
     if _dir_override is not None:
         yield Path(_dir_override)
         return
-    env = os.environ.get("CHOT_DCC_VALUESET_DIR")
-    if env:
-        yield Path(env)
-    yield Path("/etc/chot/dcc-valuesets")
-    yield Path("/usr/share/chot/dcc-valuesets")
-    yield Path(__file__).resolve().parents[3] / "shared" / "testdata" / "dcc" / "eu-dcc-valuesets"
+    yield from installed_dirs("CHOT_DCC_VALUESET_DIR", "dcc-valuesets", "eu-dcc-valuesets")
 
 
 def use_dir(path):
