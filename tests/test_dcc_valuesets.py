@@ -372,3 +372,15 @@ def test_publish_trust_with_value_sets_reaches_a_running_terminal(tmp_path, brok
         assert wait_until(lambda: (link.updates.version("trust") or 0) > version)
         assert decide() == ("PASS", "ok")
         link.close()
+
+
+def test_a_name_whose_standardised_form_is_empty_fails_the_schema(sets_dir):
+    """gn of emoji only, gnt = "": the transliteration lost the name (NL's 32 such vectors expect a
+    schema failure); gnt left out altogether, or both empty, is the release's business."""
+    base = {"ver": "1.3.0", "dob": "1990-05-17", "v": [vacc()]}
+    bad = {**base, "nam": {"fn": "Nguyễn", "fnt": "NGUYEN", "gn": "\U0001F600\U0001F603", "gnt": ""}}
+    assert "nam/gnt" in dcc.check_schema(bad)
+    bad_fn = {**base, "nam": {"fn": "Nguyễn", "fnt": " ", "gn": "An", "gnt": "AN"}}
+    assert "nam/fnt" in dcc.check_schema(bad_fn)
+    assert dcc.check_schema({**base, "nam": {"fn": "Nguyễn", "fnt": "NGUYEN", "gn": "", "gnt": ""}}) is None
+    assert dcc.check_schema({**base, "nam": {"fn": "Nguyễn", "fnt": "NGUYEN", "gn": "An"}}) is None

@@ -274,13 +274,33 @@ def _validators_for(ver):
     return out
 
 
+def _name_problem(nam):
+    """A problem text when a name (fn, gn) holds something but its standardised form (fnt, gnt) is
+    given empty, else None.
+
+    The standardised name is the ICAO 9303 transliteration of the name, the form a border officer
+    or a checkpoint matches against an identity document's machine-readable zone. A transliteration
+    of a non-empty name cannot be empty: such a certificate lost its holder's name on the way (a
+    name of emoji or symbols only, a broken issuer), and the reference vectors expect it refused.
+    A standardised form left out altogether is the schema's business (gnt is optional).
+    """
+    if not isinstance(nam, dict):
+        return None
+    for key in ("fn", "gn"):
+        name, standard = nam.get(key), nam.get(key + "t")
+        if isinstance(name, str) and name.strip() and isinstance(standard, str) and not standard.strip():
+            return f"nam/{key}t: the standardised name is empty while {key} is not"
+    return None
+
+
 def check_schema(dgc, issued_at=None):
     """None when `dgc` (JSON form) follows its schema and the one-kind rule, else a short problem text.
 
     Keys v, t, r that are null count as absent (early issuers wrote all three). Several entries of
     the one kind are left to the schema release (1.0.0 to 1.2.1 allow them, 1.3.0 on say maxItems
     1); without any schema loaded, one entry is required from 1.3.0 on. A date of birth after the
-    issuing time is refused as well.
+    issuing time is refused as well, and so is a name whose standardised form is there but empty
+    (`_name_problem`).
     """
     if not isinstance(dgc, dict):
         return "the certificate is not a map"
@@ -297,6 +317,9 @@ def check_schema(dgc, issued_at=None):
     dob = dgc.get("dob")
     if isinstance(dob, str) and dob[:4].isdigit() and issued_at is not None and int(dob[:4]) > issued_at.year:
         return "the date of birth is after the issuing time"
+    name = _name_problem(dgc.get("nam"))
+    if name:
+        return name
     validators = _validators_for(ver)
     if not validators:
         if _schemas():
@@ -304,14 +327,14 @@ def check_schema(dgc, issued_at=None):
         if len(entries) != 1 and _version_key(ver) >= (1, 3, 0):
             return f"{kinds[0]} must hold exactly one entry (schema {ver[:16]})"
         return None
-    first = None
+    err = None
     for validator in validators:
         err = next(iter(validator.iter_errors(dgc)), None)
         if err is None:
             return None
-        first = first or err
-    where = "/".join(str(p) for p in first.absolute_path) or "(top)"
-    return f"schema {ver[:16]}: {where}: {first.validator} failed"
+    # the last validator is the newest, most lenient release: its error is the one that matters
+    where = "/".join(str(p) for p in err.absolute_path) or "(top)"
+    return f"schema {ver[:16]}: {where}: {err.validator} failed"
 
 
 # ---------------------------------------------------------------- signature
