@@ -25,6 +25,14 @@ certificate, that briefly displaces a running collector, which reconnects at onc
 Several collectors on one database: every change of a row is a compare-and-set on its version
 (`UPDATE ... WHERE version = old`), so only one of them re-signs a given list; publishing the
 same message twice is harmless (the terminals ignore a version they have).
+
+A broker that lost its retained messages (restarted without persistence, or its store wiped) would
+leave the fleet without lists until the next refresh, up to `refresh_lists_h` later. The collector
+notices on connecting: it subscribes to its own retained presence before publishing it, and a broker
+that lost its retained messages has none to send (collector/subscriber.py). On such a connection the
+list thread publishes every kept message again, as it is (same version, no new signature; counted as
+`restored`). A reconnect to a broker that kept its retained messages publishes nothing again, so a
+flapping link does not send a large deny list to every terminal over and over.
 """
 
 import json
@@ -210,8 +218,9 @@ class ListRefresher:
         self._thread = None
         self._last_beat = (0.0, None)
         self._inflight = {}  # topic -> (version, connection generation, MQTTMessageInfo) not confirmed yet
+        self._restored_gen = 0  # the connection (lost retained messages) whose lists were all published again
         self._failing_since = None
-        self.counters = {"refreshed": 0, "published": 0, "publish_failures": 0, "errors": 0}
+        self.counters = {"refreshed": 0, "published": 0, "restored": 0, "publish_failures": 0, "errors": 0}
 
     def start(self):
         self._thread = threading.Thread(target=self._loop, name="collector-lists", daemon=True)
@@ -260,6 +269,9 @@ class ListRefresher:
         if not connected:
             return
         now = now or datetime.now(UTC)
+        lost = self.col.retained_lost_gen
+        restore = bool(lost) and lost != self._restored_gen  # the broker lost its retained messages
+        restored = []
         for topic, row in self.store.summary().items():
             if self._stop.is_set():
                 return
@@ -268,10 +280,16 @@ class ListRefresher:
                 row["kind"], row["ttl_s"], self.refresh_lists_h)
             if due:
                 self._resign(topic, row)
-            elif row["published_version"] != row["version"]:  # handed over by a command, or not confirmed yet
+            elif restore or row["published_version"] != row["version"]:  # handed over, not confirmed yet, or lost
                 payload = self.store.payload(topic, row["version"])
                 if payload is not None:
-                    self._publish(topic, row["version"], payload)
+                    restored.append(self._publish(topic, row["version"], payload))
+        if restore and all(restored):  # else the next pass tries the unconfirmed ones again
+            self._restored_gen = lost
+            self.counters["restored"] += len(restored)
+            if restored:
+                log.info("the broker had lost its retained messages: %d kept list(s) published again",
+                         len(restored))
 
     def _resign(self, topic, row):
         payload = self.store.payload(topic, row["version"])
@@ -288,12 +306,13 @@ class ListRefresher:
         self._publish(topic, version, new)
 
     def _publish(self, topic, version, payload):
+        """Publish `payload` retained on `topic` once per connection; True once the broker confirmed it."""
         client, gen = self.col.client, self.col._gen
         if client is None:
-            return
+            return False
         sent = self._inflight.get(topic)
         if sent is not None and sent[0] == version and sent[1] == gen and not sent[2].is_published():
-            return  # sent on this connection, not confirmed yet: not again
+            return False  # sent on this connection, not confirmed yet: not again
         if sent is None or sent[0] != version or sent[1] != gen:
             data = payload.encode("utf-8") if isinstance(payload, str) else payload
             info = client.publish(topic, data, qos=1, retain=True)
@@ -306,8 +325,9 @@ class ListRefresher:
                 self.counters["publish_failures"] += 1
                 log.warning("version %d on %s not confirmed by the broker within 10 s (rc %s); waiting for it",
                             version, topic, info.rc)
-                return
+                return False
         self._inflight.pop(topic, None)
         self.store.mark_published(topic, version, f"collector {self.cid}")
         self.counters["published"] += 1
         log.info("published version %d on %s (retained)", version, topic)
+        return True

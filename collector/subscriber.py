@@ -130,6 +130,11 @@ class Collector:
         self._drop_log = RejectLog(log, c.reject_log_interval_s, "dropped (ingest queue full)")
         self.bindings = Bindings(self.storage)
         self._gen = 0  # connection generation: message ids of an old connection are not acked
+        # the connection generation on which the broker had no retained presence of this collector: it lost
+        # its retained messages (or this is the first start); the list thread publishes the kept signed
+        # lists again (collector/refresh.py). `_presence_gen`: the connection whose presence was seen.
+        self.retained_lost_gen = 0
+        self._presence_gen = 0
         self._reported_gaps = set()
         self._last_gap_check = 0.0
         self.connected = threading.Event()
@@ -268,10 +273,14 @@ class Collector:
         self.connected.set()
         group = self.cfg.mqtt.shared_group
         opts = SubscribeOptions(qos=1)
-        # retain as published: a status that came retained is known as such (an invalid one is cleared)
-        client.subscribe([(f"$share/{group}/{EVENT_FILTER}", opts),
-                          (STATUS_FILTER, SubscribeOptions(qos=1, retainAsPublished=True))])
         cid = self.cfg.collector.id
+        # retain as published: a status that came retained is known as such (an invalid one is cleared).
+        # Its own presence topic, before publishing on it: a broker that kept its retained messages sends
+        # the last presence (online, or the will's offline) first, retained; one that lost them (restarted
+        # without persistence) sends only the live one below (see _on_message, collector/refresh.py).
+        client.subscribe([(f"$share/{group}/{EVENT_FILTER}", opts),
+                          (STATUS_FILTER, SubscribeOptions(qos=1, retainAsPublished=True)),
+                          (wire.presence_topic(cid), SubscribeOptions(qos=0))])
         client.publish(wire.presence_topic(cid), wire.encode_presence(cid, True, _now_iso()), qos=1, retain=True)
         log.info("connected (session present: %s)", flags.session_present)
 
@@ -305,6 +314,14 @@ class Collector:
         Each drop is counted per reason and logged aggregated.
         """
         topic, payload, qos = msg.topic, msg.payload, msg.qos
+        if topic == wire.presence_topic(self.cfg.collector.id):  # its own presence: did the broker keep it?
+            if self._presence_gen != self._gen:
+                self._presence_gen = self._gen
+                if not msg.retain:
+                    self.retained_lost_gen = self._gen
+                    log.warning("the broker holds no retained presence of this collector (restarted without "
+                                "persistence, or a first start): the signed lists are published again")
+            return
         status = topic.endswith("/status")
         limit = wire.MAX_STATUS_BYTES if status else wire.MAX_MESSAGE_BYTES
         if len(payload) > limit:

@@ -214,13 +214,48 @@ def test_a_collector_with_nothing_published_publishes_nothing(tmp_path, broker, 
         assert wait_until(lambda: store.live_publishers() == ["test"], timeout=30)
         col.lists.tick()
         assert store.summary() == {}
-        assert col.stats()["lists"] == {"refreshed": 0, "published": 0, "publish_failures": 0, "errors": 0}
+        assert col.stats()["lists"] == {"refreshed": 0, "published": 0, "restored": 0, "publish_failures": 0,
+                                         "errors": 0}
     assert retained_on(broker.port, [DENY, TRUST, "chot/v1/dev/+/config"]) == {}
     with Storage(cfg.collector.database) as st:
         assert SignedStore(st).live_publishers() == []  # it said so when it stopped
 
 
 # --- the commands hand their list to the running collector -----------------------------------------
+
+
+def test_lists_a_restarted_broker_lost_are_published_again_unchanged(tmp_path, broker, keys):
+    """A broker restarted without persistence has lost its retained lists and the collector's presence:
+    reconnecting, the collector gets no retained presence of its own, and publishes every kept list
+    again, the same version (no new signature), instead of leaving the fleet without lists until the
+    next refresh."""
+    cfg = col_cfg(f"sqlite:///{tmp_path}/c.db", broker, keys)
+    (tmp_path / "deny.txt").write_text("revoked:decl-7\n")
+    with Collector(cfg) as col:
+        col.wait_subscribed()
+        store = SignedStore(col.storage)
+        assert wait_until(lambda: store.live_publishers() == ["test"], timeout=30)
+        with Storage(cfg.collector.database) as st:
+            publish_trust(st, cfg, [keys / "sign" / "collector.pub"])
+            publish_denylist(st, cfg, tmp_path / "deny.txt", params=FAST)
+        kept = {t: store.get(t)["payload"] for t in (DENY, TRUST)}
+        assert {t: p.decode() for t, p in retained_on(broker.port, [DENY, TRUST]).items()} == kept
+        assert col.stats()["lists"]["restored"] == 0  # its first connection: nothing was kept yet
+        connects = col.stats()["connects"]
+
+        broker.stop()
+        broker.start()  # persistence off: the retained lists and every session are gone
+        assert wait_until(lambda: col.stats()["connects"] > connects and col.stats()["lists"]["restored"] == 2,
+                          timeout=60), col.stats()
+        assert {t: p.decode() for t, p in retained_on(broker.port, [DENY, TRUST]).items()} == kept
+        assert {t: store.get(t)["payload"] for t in (DENY, TRUST)} == kept  # not re-signed
+
+        # a reconnect to a broker that kept its retained messages (here: the link dropped) sends nothing again
+        published, connects = col.stats()["lists"]["published"], col.stats()["connects"]
+        col.client.reconnect()
+        assert wait_until(lambda: col.stats()["connects"] > connects and col.subscribed.is_set(), timeout=30)
+        col.lists.tick()
+        assert col.stats()["lists"]["published"] == published and col.stats()["lists"]["restored"] == 2
 
 
 def test_the_publish_commands_hand_the_list_to_the_running_collector(tmp_path, broker, keys):
