@@ -410,7 +410,8 @@ def test_dcc_high_s_twin_is_the_same_certificate(iss):
 def test_shc_high_s_twin_is_the_same_card(iss):
     """JWS ES256 (RFC 7518) and SMART Health Cards do not require low-s: both twins verify, same card."""
     payload = json.dumps({"iss": hostile.SHC_ISS, "nbf": AT.timestamp() - 86400, "vc": {
-        "rid": "RID-TWIN", "credentialSubject": {"fhirBundle": {"entry": [{"resource": {
+        "rid": "RID-TWIN", "type": [shc.HEALTH_CARD], "credentialSubject": {"fhirBundle": {
+            "resourceType": "Bundle", "entry": [{"resource": {
             "resourceType": "Patient", "name": [{"family": "Trần", "given": ["Bình"]}],
             "birthDate": "1985-03-02"}}]}}}}).encode()
     text = iss.shc_text(payload, True)
@@ -462,7 +463,8 @@ def test_native_validity_is_at_most_366_days(iss):
     (_NOW, 1e20, "exp is after the year 9999"),
 ])
 def test_absurd_shc_times_fail_bad_validity(iss, nbf, exp, want):
-    p = {"iss": hostile.SHC_ISS, "nbf": nbf, "vc": {"rid": "R1"}}
+    p = {"iss": hostile.SHC_ISS, "nbf": nbf, "vc": {"rid": "R1", "type": [shc.HEALTH_CARD], "credentialSubject": {
+        "fhirBundle": {"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Patient"}}]}}}}
     if exp is not None:
         p["exp"] = exp
     v = _sane(shc.verify(iss.shc_text(json.dumps(p).encode(), True), iss.trust, AT))

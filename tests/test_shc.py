@@ -148,6 +148,34 @@ def test_forged_and_tampered_cards_fail(issuers):
     assert shc.verify(numeric(nozip), trust, NOW).reason == "unreadable"
 
 
+def test_a_signed_payload_that_is_not_a_health_card_fails_schema(issuers):
+    """The spec's musts for what a card holds: vc.type has the health-card type, and
+    vc.credentialSubject.fhirBundle is a FHIR Bundle with entries. Signed by a trusted issuer or not,
+    anything else is no SMART Health Card (reason schema, at the inflate step; nothing after it)."""
+    keys, trust, _ = issuers
+    good = card([patient(), immunization("208"), immunization("208")])
+    assert shc.verify(numeric(sign(keys["a1"], "a1", good)), trust, NOW).verified
+
+    def variant(change):
+        p = json.loads(json.dumps(good))
+        change(p["vc"])
+        return shc.verify(numeric(sign(keys["a1"], "a1", p)), trust, NOW)
+
+    for change, what in (
+        (lambda vc: vc.pop("type"), "vc.type"),
+        (lambda vc: vc.update(type=["VerifiableCredential"]), "vc.type"),
+        (lambda vc: vc.update(type="https://smarthealth.cards#health-card"), "vc.type"),
+        (lambda vc: vc.pop("credentialSubject"), "fhirBundle"),
+        (lambda vc: vc["credentialSubject"].pop("fhirBundle"), "fhirBundle"),
+        (lambda vc: vc["credentialSubject"]["fhirBundle"].update(resourceType="Patient"), "fhirBundle"),
+        (lambda vc: vc["credentialSubject"]["fhirBundle"].update(entry=[]), "fhirBundle"),
+    ):
+        v = variant(change)
+        assert (v.reason, v.steps["signature"], v.steps["inflate"], v.steps["issuer"]) == (
+            "schema", True, False, None), v.detail
+        assert what in v.detail and not v.verified and not v.person and v.person_id is None
+
+
 def test_time_nbf_and_exp(issuers):
     keys, trust, _ = issuers
     future = numeric(sign(keys["a1"], "a1", card([patient()], nbf=NOW + dt.timedelta(hours=1))))

@@ -26,7 +26,8 @@ REASONS = {
     "outbox_full": "the outbox is full: the terminal fails closed until it drains",
     "incomplete": "a multi-part code (shc:/N/M/) whose parts did not all arrive",
     "key_usage": "DCC: the signing certificate may not sign this kind of certificate",
-    "schema": "DCC: the certificate does not follow its JSON schema",
+    "schema": "DCC: the certificate does not follow its JSON schema; SHC: the card's vc is not a health card "
+              "(its type, or a FHIR Bundle with entries, missing)",
     "revoked": "the credential is revoked: its id is on the deny list, or an SHC is on its issuer's revocation list",
     "vaccination_incomplete": "DCC/SHC: the vaccination series is not complete",
     "recovery_expired": "DCC: the recovery is older than policy.dcc_recovery_days",

@@ -8,7 +8,9 @@ A text is checked in these steps, each recorded in `Verification.steps` (None: n
                 "incomplete" (the registry's ChunkAssembler, device/credentials/formats.py,
                 joins the chunks of a card first with `parse_chunk` and `join_chunks`; "shc:/1/1/..." is a whole card);
 - `inflate`:    the payload is raw DEFLATE, inflated to at most MAX_INFLATED bytes, and JSON
-                with iss, nbf and vc;
+                with iss, nbf and vc; a vc whose type lacks "https://smarthealth.cards#health-card"
+                or whose credentialSubject.fhirBundle is not a FHIR Bundle with entries fails with
+                reason "schema" (the spec's two musts for what a card holds);
 - `signature`:  a trusted key with the header's kid verifies the ES256 signature;
 - `issuer`:     that kid belongs to the JWKS of the payload's iss (a key of one issuer cannot
                 vouch for another);
@@ -71,6 +73,7 @@ COVID_TEST_LOINC = {
     "96120-1", "96121-9", "96122-7", "96123-5", "96448-6", "96986-5", "97097-0", "97099-6",
 }
 NEGATIVE_SNOMED = {"260385009", "260415000"}  # Negative, Not detected
+HEALTH_CARD = "https://smarthealth.cards#health-card"  # the type every SMART Health Card's vc has
 
 
 # ---------------------------------------------------------------- chunks (several QR symbols)
@@ -319,6 +322,19 @@ def _revoked(entries, rid, nbf):
     return False
 
 
+def _vc_problem(vc):
+    """What is wrong with the shape of a card's `vc` (the spec's musts), or None."""
+    types = vc.get("type")
+    if not isinstance(types, list) or HEALTH_CARD not in types:
+        return f"payload: vc.type lacks {HEALTH_CARD}"
+    cs = vc.get("credentialSubject")
+    bundle = cs.get("fhirBundle") if isinstance(cs, dict) else None
+    if not (isinstance(bundle, dict) and bundle.get("resourceType") == "Bundle"
+            and isinstance(bundle.get("entry"), list) and bundle["entry"]):
+        return "payload: vc.credentialSubject.fhirBundle is not a FHIR Bundle with entries"
+    return None
+
+
 def _verify(v, text, trust, at, skew_s, trace):
     try:
         jws = numeric_to_jws(text)
@@ -361,6 +377,9 @@ def _verify(v, text, trust, at, skew_s, trace):
     iss, nbf_raw, exp_raw = payload.get("iss"), payload.get("nbf"), payload.get("exp")
     if not isinstance(iss, str) or not iss or not _is_number(nbf_raw) or not isinstance(payload.get("vc"), dict):
         return v.fail("inflate", "unreadable", "payload: iss, nbf or vc missing")
+    shape = _vc_problem(payload["vc"])
+    if shape:
+        return v.fail("inflate", "schema", shape)
     v.steps["inflate"] = True
     trace["payload"] = payload
     times = bounds.time_problem(nbf_raw, exp_raw if _is_number(exp_raw) else None, MAX_VALIDITY_S, "nbf")
