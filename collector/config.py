@@ -85,6 +85,11 @@ class CollectorSettings(Settings):
         600.0, min=0.0, max=7 * 86400.0,
         help="an event dated more than this after its arrival is stored flagged `future`",
     )
+    qos1_queue_max: int = setting(
+        50000, min=2, max=1_000_000,
+        help="QoS 1 messages queued for the worker at most (>= 2 x mqtt.receive_maximum); more are acked, dropped"
+        " and counted (the terminal sends them again). Room for brokers that overshoot the receive maximum",
+    )
     qos0_queue_max: int = setting(
         1000, min=0, max=1_000_000,
         help="QoS 0 messages queued for the worker at most; more are dropped and counted (no flow control)",
@@ -358,10 +363,14 @@ class CollectorConfig(Config):
     forward: ForwardSettings
 
     def problems(self):
+        out = []
         if self.mqtt.receive_maximum < self.collector.batch_size:
-            return [f"mqtt.receive_maximum: found {self.mqtt.receive_maximum!r}; allowed: at least "
-                    f"collector.batch_size ({self.collector.batch_size}), or a batch never fills"]
-        return []
+            out.append(f"mqtt.receive_maximum: found {self.mqtt.receive_maximum!r}; allowed: at least "
+                       f"collector.batch_size ({self.collector.batch_size}), or a batch never fills")
+        if self.collector.qos1_queue_max < 2 * self.mqtt.receive_maximum:
+            out.append(f"collector.qos1_queue_max: found {self.collector.qos1_queue_max!r}; allowed: at least twice "
+                       f"mqtt.receive_maximum ({2 * self.mqtt.receive_maximum}), or a full window is dropped")
+        return out
 
 
 SCHEMA = CollectorConfig  # the schema `chot.config.validate(data, SCHEMA)` takes

@@ -11,9 +11,10 @@ each event until the collector's ack and resends it. On connect the collector pu
 presence (`chot/v1/broadcast/presence/<id>`, retained, online) with a last will saying
 offline, so that terminals resend at once when a collector (re)appears.
 
-`on_message` only queues the message, within bounds for every QoS (QoS 1: twice the receive
-maximum; QoS 0: `qos0_queue_max`; all payloads: `queue_max_mb`; beyond, QoS 0 is dropped and QoS 1
-acked and dropped, its terminal resends; counted in `stats()["dropped"]`); one worker thread takes up to
+`on_message` only queues the message, within bounds for every QoS (QoS 1: `qos1_queue_max`, room
+for a broker that overshoots the receive maximum; QoS 0: `qos0_queue_max`; all payloads:
+`queue_max_mb`; beyond, QoS 0 is dropped and QoS 1 acked and dropped, its terminal resends; counted
+in `stats()["dropped"]`); one worker thread takes up to
 `batch_size` messages or waits `batch_max_wait_ms`, validates each one, stores the good events
 in ONE transaction, and only THEN acks the MQTT messages to the broker and publishes each
 device's contiguous seq to `chot/v1/dev/<id>/ack`, with the collector's UTC time (terminals
@@ -107,10 +108,10 @@ class Collector:
         self.batch_size = cfg.collector.batch_size
         self.max_wait = cfg.collector.batch_max_wait_ms / 1000.0
         self.gap_report_s = cfg.collector.gap_report_s
-        # the ingest queue, bounded for every QoS (see _on_message): QoS 1 by the receive maximum (acks
-        # are manual; twice it, for what an old connection left queued), QoS 0 by qos0_queue_max, and
-        # every queued payload together by queue_max_mb
-        self.qos1_queue_max = 2 * cfg.mqtt.receive_maximum
+        # the ingest queue, bounded for every QoS (see _on_message): QoS 1 by qos1_queue_max (the broker
+        # should send no more than the receive maximum unacked, but Mosquitto 2.0.11 overshoots it), QoS 0
+        # by qos0_queue_max, and every queued payload together by queue_max_mb (the memory bound)
+        self.qos1_queue_max = c.qos1_queue_max
         self.qos0_queue_max = c.qos0_queue_max
         self.queue_max_bytes = int(c.queue_max_mb * 1024 * 1024)
         self._q = queue.Queue(maxsize=self.qos1_queue_max + self.qos0_queue_max)

@@ -277,6 +277,40 @@ def test_qos1_beyond_the_byte_bound_is_acked_dropped_and_counted(broker, tmp_pat
         dev.close()
 
 
+def _burst(broker, tmp_path, key_dir, n, **collector):
+    """n one-event QoS 1 messages published at full speed from two devices; (stats, last acks) once all
+    are stored or dropped."""
+    cfg = collector_config(f"sqlite:///{tmp_path}/c.db", port=broker.port, key_dir=key_dir,
+                           collector={"batch_size": 100, **collector}, mqtt={"receive_maximum": 100})
+    with Collector(cfg) as col:
+        col.wait_subscribed()
+        devs = [Device(broker, f"burst-{i}") for i in range(2)]
+        infos = [d.publish(wire.encode_events([make_event(d.device_id, s)]))
+                 for s in range(1, n // 2 + 1) for d in devs]
+        for info in infos:
+            info.wait_for_publish(30)
+        wait_for(lambda: col.stats()["stored"] + sum(col.stats()["dropped"].values()) >= n, timeout=120,
+                 what="every message stored or dropped")
+        stats = col.stats()
+        for d in devs:
+            d.close()
+    return stats
+
+
+def test_a_burst_beyond_the_receive_maximum_is_stored_whole(broker, tmp_path, key_dir):
+    """Mosquitto 2.0.11 (Debian bookworm's) sends a collector more unacked QoS 1 messages than its
+    receive maximum once acks flow (its in-flight quota fixes came in 2.0.13). The QoS 1 bound has
+    room for that (collector.qos1_queue_max): a burst is stored whole, nothing left to resends."""
+    stats = _burst(broker, tmp_path, key_dir, 3000)
+    assert stats["stored"] == 3000 and stats["dropped"] == {}, stats
+    assert stats["queue_bounds"]["qos1"] == 50000
+
+
+def test_config_wants_the_qos1_bound_at_least_twice_the_receive_maximum():
+    with pytest.raises(Exception, match="collector.qos1_queue_max"):
+        collector_config("sqlite:///x.db", collector={"qos1_queue_max": 1000}, mqtt={"receive_maximum": 1000})
+
+
 # --- the status -------------------------------------------------------------------------------
 
 
