@@ -44,11 +44,12 @@ class ScanPipeline:
 
     `checker` (device.credentials.policy.Checker) may be replaced at any time (signed updates).
     `cooldown_s` defaults to `scanner.cooldown_s`; 0 keeps nothing back (`chot scan`).
+    `still`: the frames are still images, each on its own (`chot scan` of files; see the decoder).
     """
 
-    def __init__(self, scanner_cfg, checker, cooldown_s=None, mono=time.monotonic):
+    def __init__(self, scanner_cfg, checker, cooldown_s=None, mono=time.monotonic, still=False):
         self.scanner_cfg = scanner_cfg
-        self.decoder = make_decoder(scanner_cfg)
+        self.decoder = make_decoder(scanner_cfg, still=still)
         self.assembler = ChunkAssembler(timeout_s=cfg_get(scanner_cfg, "chunk_timeout_s"))
         self.cooldown = Cooldown(cfg_get(scanner_cfg, "cooldown_s") if cooldown_s is None else cooldown_s)
         self.checker = checker

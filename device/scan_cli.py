@@ -25,6 +25,7 @@ from device.config import SCHEMA, load_terminal_config
 
 SCAN_KEYS = ("source", "text", "format", "steps", "decision", "reason", "kind", "person", "detail")
 NO_PERSON = {"present": False, "verified": False}
+STILL_MAX_SIDE = 2560  # a photo with no code read at the camera's frame size is decoded again up to this
 
 
 def register(sub):
@@ -66,9 +67,10 @@ def scan_config(path):
     return validate({"device": {"id": "scan", "checkpoint": "scan", "direction": "in"}}, SCHEMA, "<defaults>")
 
 
-def load_grey(path, cfg=None):
+def load_grey(path, cfg=None, max_side=None):
     """Read an image file as the terminal of `cfg` would see it (device/scanner/frames.py's load_image:
-    EXIF orientation, alpha on white, scaled down to the frame size), or raise UsageError saying why."""
+    EXIF orientation, alpha on white, scaled down to the frame size; with `max_side`, to fit that
+    square instead), or raise UsageError saying why."""
     from pathlib import Path
 
     from device.scanner.frames import cfg_get, load_image
@@ -76,8 +78,9 @@ def load_grey(path, cfg=None):
     if not Path(path).is_file():
         raise UsageError(f"{path}: no such file")
     scanner = getattr(cfg, "scanner", None)
+    size = (max_side, max_side) if max_side else (cfg_get(scanner, "width"), cfg_get(scanner, "height"))
     try:
-        return load_image(path, cfg_get(scanner, "width"), cfg_get(scanner, "height"))
+        return load_image(path, *size)
     except HardwareError as exc:
         raise UsageError(f"{path}: not an image this tool reads (PNG, JPEG, WebP): {exc}") from None
 
@@ -105,7 +108,7 @@ class Scanner:
 
         self.cfg = cfg
         self.pipeline = ScanPipeline(cfg.scanner, Checker.from_config(cfg.policy, extra_trust=extra_trust),
-                                     cooldown_s=0.0)
+                                     cooldown_s=0.0, still=True)  # each file on its own: every decoder step
         self.at = at
 
     def check_text(self, text, source):
@@ -127,6 +130,12 @@ class Scanner:
     def check_image(self, path):
         grey = load_grey(path, self.cfg)
         scan = self.pipeline.frame(grey)
+        if not scan.decoded:
+            # A photo larger than the camera's frame (a technician's phone photo of a card): the code
+            # may be too small once scaled down; the photo itself, up to STILL_MAX_SIDE, is tried too.
+            full = load_grey(path, None, max_side=STILL_MAX_SIDE)
+            if full.shape[0] > grey.shape[0] or full.shape[1] > grey.shape[1]:
+                scan = self.pipeline.frame(full)
         if not scan.decoded:
             return [self.no_code(str(path))]
         return [self.check_text(text, str(path)) for text in scan.texts]

@@ -27,6 +27,7 @@ UPRIGHT_THRESHOLDS = {"qrcode-1": 17, "qrcode-2": 32, "qrcode-3": 38}
 DECODERS = {
     "zxing": lambda: ZxingDecoder(),  # the default: second pass on
     "zxing-1pass": lambda: ZxingDecoder(second_pass=False),
+    "zxing-still": lambda: ZxingDecoder(still=True),  # `chot scan` of image files
     "pyzbar": lambda: PyzbarDecoder(),
 }
 
@@ -99,6 +100,47 @@ def test_second_pass_never_reads_less():
     for f in FOLDERS:
         for r in ROTATIONS:
             assert table[("zxing", f, r)][0] >= table[("zxing-1pass", f, r)][0], (f, r)
+
+
+def test_still_images_never_read_less():
+    """`chot scan` decodes each file on its own with every step: never fewer photos than the camera's decoder."""
+    table = _results()
+    for f in FOLDERS:
+        for r in ROTATIONS:
+            assert table[("zxing-still", f, r)][0] >= table[("zxing", f, r)][0], (f, r)
+
+
+def _degraded(how):
+    """The public photos made worse: (frame, expected text) of each."""
+    import cv2
+
+    out = []
+    for folder in FOLDERS:
+        for path, expected in _photos(folder):
+            gray = load_gray(path)
+            if how == "half":  # a more distant camera
+                frame = cv2.resize(gray, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)
+            else:  # "inverted": light modules on a dark ground (a phone's dark mode)
+                frame = 255 - gray
+            out.append((np.ascontiguousarray(frame), expected))
+    return out
+
+
+@pytest.mark.parametrize("how", ["half", "inverted"])
+def test_a_still_image_gets_every_step_whatever_came_before(how):
+    """On a still image the decoder runs every look and step (larger upscales, inverted codes at every
+    size), so it reads more of the photos made worse than the camera's decoder, whose steps take
+    turns from frame to frame; and what it reads of one image does not depend on the images before."""
+    need(PHOTOS.is_dir(), f"the ZXing black-box photos at {PHOTOS}")
+    frames = _degraded(how)
+    stream, still = ZxingDecoder(), ZxingDecoder(still=True)
+    read_stream = sum(expected in stream.decode(frame) for frame, expected in frames)
+    read_still = [expected in still.decode(frame) for frame, expected in frames]
+    print(f"\n{how}: the camera's decoder read {read_stream}, still images {sum(read_still)} of {len(frames)}")
+    assert sum(read_still) > read_stream
+    for i in (0, len(frames) // 2, len(frames) - 1):  # alone, with a fresh decoder: the same answer
+        frame, expected = frames[i]
+        assert (expected in ZxingDecoder(still=True).decode(frame)) == read_still[i]
 
 
 def test_turned_photos_read_as_well():

@@ -65,6 +65,27 @@ def test_expired_untrusted_and_no_code(card, tmp_path):
     assert expired["person"] == {"present": True, "verified": True}  # authentic, though expired
 
 
+def test_a_large_photo_whose_code_is_small_is_read_at_its_own_size(card, tmp_path):
+    """A technician's phone photo (3200 x 2400) with the card small in it: scaled down to the camera's
+    640 x 480 the code's modules are under 2 pixels and nothing reads; `chot scan` then decodes the
+    photo itself (up to 2560 pixels a side) and finds it."""
+    from device.scanner.decode import ZxingDecoder
+    from device.scanner.frames import fit_within, load_gray
+
+    code = load_gray(card["png"])
+    small = np.asarray(Image.fromarray(code).resize((code.shape[1] * 2 // 5, code.shape[0] * 2 // 5),
+                                                    Image.NEAREST))
+    photo = np.full((2400, 3200), 235, np.uint8)
+    photo[1000:1000 + small.shape[0], 1400:1400 + small.shape[1]] = small
+    path = tmp_path / "phone.png"
+    Image.fromarray(photo).save(path)
+    assert card["text"] not in ZxingDecoder(still=True).decode(fit_within(photo, 640, 480))  # the camera's size
+    res = chot("scan", str(path), "--trust", str(card["pub"]), "--at", "2021-08-20T17:00:00+07:00")
+    assert res.returncode == 0, res.stderr
+    (out,) = lines(res)
+    assert (out["text"], out["decision"], out["reason"]) == (card["text"], "PASS", "ok")
+
+
 def test_texts_plain_and_garbled():
     res = chot("scan", "--text", "001090012345", "--text", "CHOT1:NOT-BASE45!!", "--text", "https://tokhaiyte.vn/x")
     assert res.returncode == 0, res.stderr

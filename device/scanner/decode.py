@@ -23,6 +23,11 @@ happens next depends on what that first pass saw:
   measured here), so on average an idle camera costs at most 1.4 times the first pass alone,
   and the same frames always give the same reads. A symbol one of them sees goes to the rescue.
 
+A still image (`still=True`: `chot scan` of image files) is one frame, not a stream: no later
+frame brings the steps this one had no credit or budget for. So every blind look (inverted codes
+too) and every blind step runs on it, within STILL_BUDGET_MS, and the result depends on the image
+alone, never on the images before it.
+
 Zero false reads: every text returned is one zxing-cpp decoded with its error correction
 passing; nothing is guessed or pieced together.
 
@@ -72,6 +77,9 @@ BLIND_TURNS = (
 BLIND_SHARE = 0.4
 # the most credit saved: enough for the looks and the dearest step in turn on one frame (~6 frames' worth)
 CREDIT_CAP = sum(c for _b, _s, c in BLIND_LOOKS) + max(c for _b, _s, c in BLIND_TURNS) + BLIND_SHARE
+STILL_BUDGET_MS = 400.0  # a still image (chot scan of a file): every step, within this
+# and then, on a still image only, larger upscales (a small or distant code): (binarizer, scale, cost)
+STILL_LOOKS = (("LocalAverage", 2.0, 0.0), ("GlobalHistogram", 2.0, 0.0), ("LocalAverage", 3.0, 0.0))
 MAX_UPSCALED_PIXELS = 1280 * 960  # upscale less (or not at all) past this: the cost grows with the area
 MIN_UPSCALE = 1.2
 MARGIN = 0.25  # of the symbol's side, kept around it when a region is cut out or re-sampled
@@ -211,7 +219,7 @@ class ZxingDecoder(Decoder):
 
     name = "zxing"
 
-    def __init__(self, second_pass=True, second_pass_budget_ms=8.0):
+    def __init__(self, second_pass=True, second_pass_budget_ms=8.0, still=False):
         try:
             import zxingcpp
         except ImportError as exc:
@@ -223,6 +231,9 @@ class ZxingDecoder(Decoder):
         self._plain = zxingcpp.TextMode.Plain
         self.second_pass = bool(second_pass)
         self.budget_s = max(0.0, float(second_pass_budget_ms)) / 1000.0
+        self.still = bool(still)
+        if self.still and self.second_pass:
+            self.budget_s = max(self.budget_s, STILL_BUDGET_MS / 1000.0)
         self._bin = {n: getattr(zxingcpp.Binarizer, n) for n in ("GlobalHistogram", "LocalAverage")}
         # imported now, not inside the first rescue, whose time budget it would eat
         self._cv2 = _cv2() if self.second_pass else None
@@ -285,7 +296,7 @@ class ZxingDecoder(Decoder):
             return Scan([], len(bad))
         deadline = time.perf_counter() + self.budget_s
         if not bad:
-            texts, bad = self._blind(gray, deadline)
+            texts, bad = self._blind_still(gray, deadline) if self.still else self._blind(gray, deadline)
             if texts:
                 return Scan(_unique(texts), 0)
         else:
@@ -343,12 +354,33 @@ class ZxingDecoder(Decoder):
             self.stats["turn"] += 1
         return texts, bad
 
-    def _look(self, gray, scaled, scale, binarizer):
+    def _blind_still(self, gray, deadline):
+        """`_blind` for a still image: every look and every step that applies to its size, in order,
+        inverted codes too, until one reads; no credit (there is no next frame). Returns (texts, the
+        symbols the looks saw but did not read), for the gated rescue."""
+        area = gray.shape[0] * gray.shape[1]
+        scaled = {1.0: gray}
+        seen = []
+        for binarizer, scale, _cost in (*BLIND_LOOKS, *BLIND_TURNS, *STILL_LOOKS):
+            if scale > 1.0 and scale * scale * area > MAX_UPSCALED_PIXELS:
+                scale = round(math.sqrt(MAX_UPSCALED_PIXELS / area), 2)
+                if scale < MIN_UPSCALE:
+                    continue
+            if time.perf_counter() >= deadline:
+                break
+            texts, bad = self._look(gray, scaled, scale, binarizer, invert=True)
+            if texts:
+                self.stats["blind"] += 1
+                return texts, []
+            seen += [q for q in bad if q is None or not any(s is not None and _same_place(q, s) for s in seen)]
+        return [], seen
+
+    def _look(self, gray, scaled, scale, binarizer, invert=None):
         img = scaled.get(scale)
         if img is None:
             img = scaled[scale] = _resize(gray, scale, self._cv2)
         found = self._read(img, self._bin[binarizer], return_errors=True, try_downscale=False,
-                           try_invert=scale == 1.0)
+                           try_invert=scale == 1.0 if invert is None else invert)
         return self._split(found, scale)
 
     def _rescue(self, gray, bad, deadline):
@@ -485,8 +517,9 @@ class PyzbarDecoder(Decoder):
         return Scan(_unique(self._text(s.data) for s in found), 0)
 
 
-def make_decoder(scanner_cfg):
-    """The decoder the [scanner] config section asks for (keys decoder, second_pass, second_pass_budget_ms)."""
+def make_decoder(scanner_cfg, still=False):
+    """The decoder the [scanner] config section asks for (keys decoder, second_pass, second_pass_budget_ms);
+    `still`: for still images, one frame each (`chot scan` of files), not a camera's stream."""
     from device.scanner.frames import cfg_get
 
     name = cfg_get(scanner_cfg, "decoder")
@@ -494,6 +527,7 @@ def make_decoder(scanner_cfg):
         return ZxingDecoder(
             second_pass=cfg_get(scanner_cfg, "second_pass"),
             second_pass_budget_ms=cfg_get(scanner_cfg, "second_pass_budget_ms"),
+            still=still,
         )
     if name == "pyzbar":
         return PyzbarDecoder()
