@@ -123,6 +123,7 @@ def rec(**kw):
     ("t", tst(tt="LP0000-0"), "tt", "covid-19-lab-test-type"),
     ("t", tst(tr="260415001"), "tr", "covid-19-lab-result"),
     ("r", rec(co="QQ"), "co", "country-2-codes"),
+    ("v", vacc(ma="Sinovac-Biotek"), "ma", "vaccines-covid-19-auth-holders"),  # near, but no entry's name
 ])
 def test_an_unknown_code_fails_with_unknown_value(sets_dir, signer, kind, entry, field, value_set):
     v, d = Checker(signer[2], Policy()).check(make_dcc(signer, kind, [entry]), NOW)
@@ -139,6 +140,9 @@ def test_an_unknown_code_fails_with_unknown_value(sets_dir, signer, kind, entry,
     ("t", tst(tt="LP6464-4", ma="N/A")),  # a PCR test: the device list names rapid tests only
     ("t", tst(ma="")),  # no device given: left to the schema
     ("r", rec()),
+    # display text naming a known entry, in other letters (dgc-testdata GE/1): not an unknown code
+    ("v", vacc(mp="CoronaVac", ma="SinovacBiotech", vp="J07BX03")),
+    ("v", vacc(ma="sinovac-biotech")),
 ])
 def test_known_codes_pass(sets_dir, signer, kind, entry):
     v, d = Checker(signer[2], Policy()).check(make_dcc(signer, kind, [entry]), NOW)

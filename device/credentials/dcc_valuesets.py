@@ -17,6 +17,9 @@ A value set folder holds the published JSON files (`{"valueSetId", "valueSetDate
 "valueSetValues": {code: {...}}}`), in any sub-folders: files of the same `valueSetId` are
 merged (e.g. the 2021 rapid test device list and a newer one), other JSON files are ignored.
 Codes no longer `active` still count: a certificate issued while they were is still genuine.
+A value that names an entry of the set in other letters (its code or its `display` text, compared
+without case, spaces or punctuation: "SinovacBiotech" for Sinovac-Biotech, "Sinovac Biotech") is
+display text for a known entry, not an unknown code, and passes as free text does (`is_code`).
 Each of the eight value sets must be there (`REQUIRED`), else the folder is broken.
 
 Where they come from, as for the JSON schemas: `policy.dcc_valueset_dir` (`use_dir`, set at
@@ -63,18 +66,26 @@ MAX_CODE = 100
 _SHOWN = re.compile(r"[A-Za-z0-9/._ -]{1,40}")
 
 
+def plain(text):
+    """`text` without case, spaces or punctuation: how a value is matched to an entry's names."""
+    return re.sub(r"[\W_]+", "", text.casefold())
+
+
 @dataclass(frozen=True)
 class ValueSets:
-    """{valueSetId: codes}; `source` says where they were read (for messages)."""
+    """{valueSetId: codes} and {valueSetId: the entries' codes and display texts, `plain`};
+    `source` says where they were read (for messages)."""
 
     codes: dict = field(default_factory=dict)
     source: str = ""
+    names: dict = field(default_factory=dict)
 
     def merged(self, newer):
         """These value sets with the ones of `newer` (a ValueSets or None) replacing those of the same id."""
         if not newer or not newer.codes:
             return self
-        return ValueSets({**self.codes, **newer.codes}, f"{self.source} + {newer.source}".strip(" +"))
+        return ValueSets({**self.codes, **newer.codes}, f"{self.source} + {newer.source}".strip(" +"),
+                         {**self.names, **newer.names})
 
     def missing(self):
         return [s for s in REQUIRED if s not in self.codes]
@@ -84,27 +95,35 @@ class ValueSets:
 
 
 def _document_codes(doc):
-    """(valueSetId, codes) of one published value set document, or None when it is not one."""
+    """(valueSetId, codes, plain names) of one published value set document, or None when it is not one."""
     if not isinstance(doc, dict) or not isinstance(doc.get("valueSetId"), str):
         return None
     values = doc.get("valueSetValues")
     if not isinstance(values, dict):
         return None
-    return doc["valueSetId"], frozenset(k for k in values if isinstance(k, str) and 0 < len(k) <= MAX_CODE)
+    codes = frozenset(k for k in values if isinstance(k, str) and 0 < len(k) <= MAX_CODE)
+    names = {plain(k) for k in codes}
+    for k in codes:
+        display = values[k].get("display") if isinstance(values[k], dict) else None
+        if isinstance(display, str) and len(display) <= 4 * MAX_CODE:
+            names.add(plain(display))
+    names.discard("")
+    return doc["valueSetId"], codes, frozenset(names)
 
 
 def from_documents(docs, source):
     """ValueSets from parsed value set documents (a list); CredentialError when one is not a value set."""
     if not isinstance(docs, list):
         raise CredentialError(f"{source}: DCC value sets must be a list of value set documents")
-    codes = {}
+    codes, names = {}, {}
     for i, doc in enumerate(docs):
         got = _document_codes(doc.get("json") if isinstance(doc, dict) and "json" in doc else doc)
         if got is None:
             raise CredentialError(f"{source}: DCC value set {i} is not a value set (needs valueSetId and "
                                   "valueSetValues, as eu-dcc-valuesets publishes them)")
         codes[got[0]] = codes.get(got[0], frozenset()) | got[1]
-    return ValueSets(codes, source)
+        names[got[0]] = names.get(got[0], frozenset()) | got[2]
+    return ValueSets(codes, source, names)
 
 
 def files(base):
@@ -270,5 +289,7 @@ def check(dgc, sets):
                     continue  # the device list names rapid antigen tests only
                 codes = sets.codes.get(set_id)
                 if codes is not None and value not in codes:
+                    if plain(value) in sets.names.get(set_id, ()):
+                        continue  # display text naming a known entry ("SinovacBiotech"), as free text passes
                     return f"{kind}/{i}/{name}: {_shown(value)} is not in the EU value set {set_id}"
     return None
