@@ -67,22 +67,33 @@ def scan_config(path):
     return validate({"device": {"id": "scan", "checkpoint": "scan", "direction": "in"}}, SCHEMA, "<defaults>")
 
 
-def load_grey(path, cfg=None, max_side=None):
-    """Read an image file as the terminal of `cfg` would see it (device/scanner/frames.py's load_image:
-    EXIF orientation, alpha on white, scaled down to the frame size; with `max_side`, to fit that
-    square instead), or raise UsageError saying why."""
+def load_photo(path):
+    """An image file as grey pixels at its own size (device/scanner/frames.py's load_gray: EXIF
+    orientation, alpha on white), or raise UsageError saying why."""
     from pathlib import Path
 
-    from device.scanner.frames import cfg_get, load_image
+    from device.scanner.frames import load_gray
 
     if not Path(path).is_file():
         raise UsageError(f"{path}: no such file")
-    scanner = getattr(cfg, "scanner", None)
-    size = (max_side, max_side) if max_side else (cfg_get(scanner, "width"), cfg_get(scanner, "height"))
     try:
-        return load_image(path, *size)
+        return load_gray(path)
     except HardwareError as exc:
         raise UsageError(f"{path}: not an image this tool reads (PNG, JPEG, WebP): {exc}") from None
+
+
+def camera_frame(photo, cfg=None):
+    """`photo` as the terminal of `cfg` would see it: scaled down to its frame size (load_image's way)."""
+    from device.scanner.frames import cfg_get, fit_within
+
+    scanner = getattr(cfg, "scanner", None)
+    return fit_within(photo, cfg_get(scanner, "width"), cfg_get(scanner, "height"))
+
+
+def load_grey(path, cfg=None):
+    """Read an image file as the terminal of `cfg` would see it (EXIF orientation, alpha on white,
+    scaled down to the frame size), or raise UsageError saying why."""
+    return camera_frame(load_photo(path), cfg)
 
 
 def shown_steps(steps):
@@ -128,12 +139,15 @@ class Scanner:
         }
 
     def check_image(self, path):
-        grey = load_grey(path, self.cfg)
+        from device.scanner.frames import fit_within
+
+        photo = load_photo(path)  # read once: the camera's frame and the photo's own size come from it
+        grey = camera_frame(photo, self.cfg)
         scan = self.pipeline.frame(grey)
         if not scan.decoded:
             # A photo larger than the camera's frame (a technician's phone photo of a card): the code
             # may be too small once scaled down; the photo itself, up to STILL_MAX_SIDE, is tried too.
-            full = load_grey(path, None, max_side=STILL_MAX_SIDE)
+            full = fit_within(photo, STILL_MAX_SIDE, STILL_MAX_SIDE)
             if full.shape[0] > grey.shape[0] or full.shape[1] > grey.shape[1]:
                 scan = self.pipeline.frame(full)
         if not scan.decoded:

@@ -6,6 +6,8 @@ from this console's Origin; failures are throttled per user name and per client 
 Secure under TLS, and lives at most `http.session_hours` (idle: `http.session_idle_minutes`).
 """
 
+import hashlib
+import hmac
 import logging
 import math
 import secrets
@@ -30,6 +32,13 @@ from collector.web.i18n import LANGUAGES
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+_TAG_KEY = secrets.token_bytes(32)  # per process: a typed name's tag tells attempts apart, never the name
+
+
+def _typed(name):
+    """What the log says of a name typed into the login form: a tag (8 hex, keyed per process), never the
+    text: the field may hold anything (a password typed in the wrong box, somebody's ID number)."""
+    return "name#" + hmac.new(_TAG_KEY, name.lower().encode("utf-8"), hashlib.sha256).hexdigest()[:8]
 
 
 def _login_page(request, nxt, error=None, status=200, name=""):
@@ -62,7 +71,7 @@ async def login(request: Request):
     keys = (f"user:{name.lower()}", f"addr:{addr}")
     wait = w.throttle.wait_s(*keys)
     if wait > 0:
-        log.warning("login throttled for %r from %s (%.0f s)", name, addr, wait)
+        log.warning("login throttled for %s from %s (%.0f s)", _typed(name), addr, wait)
         return _login_page(request, nxt, lang.gettext("Too many failed attempts. Try again in %(s)d seconds.",
                                                       s=math.ceil(wait)), 429, name)
 
@@ -76,7 +85,7 @@ async def login(request: Request):
     principal, made = await run_in_threadpool(check)
     if principal is None:
         w.throttle.failed(*keys)
-        log.warning("failed login for %r from %s", name, addr)
+        log.warning("failed login for %s from %s", _typed(name), addr)
         return _login_page(request, nxt, lang.gettext("Wrong user name or password."), 401, name)
     w.throttle.succeeded(*keys)
     log.info("%s signed in from %s", principal.name, addr)

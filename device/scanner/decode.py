@@ -117,6 +117,23 @@ def _as_gray(gray):
     return np.ascontiguousarray(a)
 
 
+def _add_place(places, quad):
+    """Add `quad` to `places` unless it is one already there: one symbol reported twice (inverted,
+    another corner guess) counts once. A symbol without a position (None) always counts."""
+    if quad is None or not any(q is not None and _same_place(quad, q) for q in places):
+        places.append(quad)
+
+
+def _fit_upscale(scale, area):
+    """`scale` for a frame of `area` pixels, an upscale lowered to stay within MAX_UPSCALED_PIXELS;
+    None when that leaves less than MIN_UPSCALE (the step does not apply to frames this large)."""
+    if scale > 1.0 and scale * scale * area > MAX_UPSCALED_PIXELS:
+        scale = round(math.sqrt(MAX_UPSCALED_PIXELS / area), 2)
+        if scale < MIN_UPSCALE:
+            return None
+    return scale
+
+
 def _same_place(a, b):
     """Whether two symbol quads lie on the same spot (their centres closer than half a side)."""
     r = max(float(np.linalg.norm(a[0] - a[1])), float(np.linalg.norm(b[0] - b[1]))) / 2
@@ -281,9 +298,7 @@ class ZxingDecoder(Decoder):
                 quad = self._quad(b, scale)
             except Exception:  # noqa: BLE001 - a symbol without a position still counts as seen
                 quad = None
-            # one symbol reported twice (inverted, another corner guess) counts once
-            if quad is None or not any(q is not None and _same_place(quad, q) for q in bad):
-                bad.append(quad)
+            _add_place(bad, quad)
         return texts, bad
 
     def _scan(self, gray):
@@ -335,13 +350,12 @@ class ZxingDecoder(Decoder):
             if texts or bad:
                 return texts, bad
         for _ in range(len(BLIND_TURNS)):  # the next step in turn that applies to this frame size
-            binarizer, scale, cost = BLIND_TURNS[self._next_turn]
-            if scale > 1.0 and scale * scale * area > MAX_UPSCALED_PIXELS:
-                scale = round(math.sqrt(MAX_UPSCALED_PIXELS / area), 2)
-                cost *= (scale / BLIND_TURNS[self._next_turn][1]) ** 2
-                if scale < MIN_UPSCALE:
-                    self._next_turn = (self._next_turn + 1) % len(BLIND_TURNS)
-                    continue
+            binarizer, wanted, cost = BLIND_TURNS[self._next_turn]
+            scale = _fit_upscale(wanted, area)
+            if scale is None:
+                self._next_turn = (self._next_turn + 1) % len(BLIND_TURNS)
+                continue
+            cost *= (scale / wanted) ** 2
             break
         else:
             return [], []
@@ -361,18 +375,18 @@ class ZxingDecoder(Decoder):
         area = gray.shape[0] * gray.shape[1]
         scaled = {1.0: gray}
         seen = []
-        for binarizer, scale, _cost in (*BLIND_LOOKS, *BLIND_TURNS, *STILL_LOOKS):
-            if scale > 1.0 and scale * scale * area > MAX_UPSCALED_PIXELS:
-                scale = round(math.sqrt(MAX_UPSCALED_PIXELS / area), 2)
-                if scale < MIN_UPSCALE:
-                    continue
+        for binarizer, wanted, _cost in (*BLIND_LOOKS, *BLIND_TURNS, *STILL_LOOKS):
+            scale = _fit_upscale(wanted, area)
+            if scale is None:
+                continue
             if time.perf_counter() >= deadline:
                 break
             texts, bad = self._look(gray, scaled, scale, binarizer, invert=True)
             if texts:
                 self.stats["blind"] += 1
                 return texts, []
-            seen += [q for q in bad if q is None or not any(s is not None and _same_place(q, s) for s in seen)]
+            for quad in bad:
+                _add_place(seen, quad)
         return [], seen
 
     def _look(self, gray, scaled, scale, binarizer, invert=None):
