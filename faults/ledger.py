@@ -120,6 +120,10 @@ class TerminalBook:
         self._seen_max = 0
 
     def poll(self):
+        # pulses first: a pulse is written after its event's commit, so the outbox read after it
+        # holds every seq a pulse read here can name (read the other way round, a scan between
+        # the two reads gave a pulse whose event was not seen yet)
+        self._read_pulses()
         path = self.term.outbox
         if path.exists():
             try:
@@ -139,7 +143,6 @@ class TerminalBook:
             except sqlite3.Error:
                 pass  # busy, or the disk is full: the next poll reads it
         self._read_log()
-        self._read_pulses()
         return self
 
     def _read_log(self):
@@ -277,7 +280,12 @@ class Ledger:
             # the witness: PASS pulses of this window
             pulses = b.pulses[self.pulse_marks[dev]:]
             if advance:
-                self.pulse_marks[dev] = len(b.pulses)
+                # a pulse naming a seq the outbox could not be read for yet (busy, disk full) waits
+                # for the next window; the whole-history count judges every pulse
+                seen = max(b._seen_max, max(b.logged, default=0))
+                wait = next((i for i, s in enumerate(pulses) if s > seen), len(pulses))
+                pulses = pulses[:wait]
+                self.pulse_marks[dev] += wait
             counts = Counter(pulses)
             for seq, n in counts.items():
                 known_event = b.events.get(seq) or (b.logged.get(seq) and (None,) + b.logged[seq])
