@@ -40,6 +40,8 @@ import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 
+import msgspec
+
 from chot.errors import ChotError
 from chot.files import atomic_write
 
@@ -387,10 +389,12 @@ class Opener:
         box = self._box(sealed["kid"], sealed["epk"])
         try:
             plain = box.decrypt(_b64d(sealed["ct"]))
-            obj = json.loads(plain)
-        except (CryptoError, ValueError, TypeError):
+            obj = msgspec.json.decode(plain)
+        except (CryptoError, ValueError, TypeError, msgspec.DecodeError):
             raise SealError("damaged", "the sealed part does not decrypt (damaged or forged)") from None
-        if not isinstance(obj, dict) or obj.get("u") != uuid:
+        if not isinstance(obj, dict):
+            raise SealError("damaged", "the sealed part does not hold an object")
+        if obj.get("u") != uuid:
             raise SealError("misbound", "the sealed part belongs to another event")
         person, pid, cid = obj.get("p"), obj.get("i"), obj.get("c")
         if not isinstance(person, dict) or not (pid is None or isinstance(pid, str)) or not (
@@ -419,7 +423,7 @@ class PersonIndex:
         """The index key (64 hex) of a person id, or None for None."""
         if not person_id:
             return None
-        return hmac.new(self._secret, person_id.encode("utf-8"), hashlib.sha256).hexdigest()
+        return hmac.digest(self._secret, person_id.encode("utf-8"), "sha256").hex()
 
 
 class DataCipher:
@@ -444,7 +448,7 @@ class DataCipher:
     def encrypt(self, obj, device_id, seq):
         """`kid:base64url(nonce + ciphertext)` of a JSON-able object."""
         nonce = os.urandom(12)
-        plain = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        plain = msgspec.json.encode(obj)  # compact UTF-8 JSON, as json.dumps(separators, ensure_ascii=False)
         return f"{self.kid}:{_b64e(nonce + self._aead.encrypt(nonce, plain, self._aad(device_id, seq)))}"
 
     def decrypt(self, text, device_id, seq):

@@ -67,6 +67,10 @@ def parse_time(text):
     if isinstance(text, datetime):
         return to_naive_utc(text)
     s = str(text).strip()
+    try:  # the usual wire time (...Z, 3 or 6 digits of fraction) as it is
+        return to_naive_utc(datetime.fromisoformat(s))
+    except ValueError:
+        pass
     if s.endswith(("Z", "z")):
         s = s[:-1] + "+00:00"
     m = re.fullmatch(r"(.*T\d\d:\d\d:\d\d|.* \d\d:\d\d:\d\d)\.(\d+)(.*)", s)
