@@ -414,6 +414,7 @@ class PersonIndex:
         if len(secret) < 32:
             raise KeyFileError("the index secret must be 32 bytes")
         self._secret = secret
+        self._keyed = hmac.new(secret, digestmod=hashlib.sha256)
 
     @classmethod
     def from_file(cls, path):
@@ -423,7 +424,9 @@ class PersonIndex:
         """The index key (64 hex) of a person id, or None for None."""
         if not person_id:
             return None
-        return hmac.digest(self._secret, person_id.encode("utf-8"), "sha256").hex()
+        h = self._keyed.copy()  # the keyed state made once (a one-shot HMAC fetches the digest each call)
+        h.update(person_id.encode("utf-8"))
+        return h.hexdigest()
 
 
 class DataCipher:
