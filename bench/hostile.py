@@ -27,7 +27,6 @@ from device.credentials.trust import TrustStore, dcc_kid
 
 AT = datetime(2021, 9, 1, 12, 0, tzinfo=UTC)
 SHC_ISS = "https://issuer.hostile.example/shc"
-SHC_KID = "hostile-test-key"
 B45 = native.B45
 MAX_TEXT = bounds.MAX_TEXT
 
@@ -81,13 +80,16 @@ class Issuers:
         self.trust.add_native_key(self.native_es.public_key())
         self.trust.add_native_key(self.native_ed.public_key())
         self.trust.add_certificate(self.dcc_cert)
-        shc.load_trust_json(self.trust, {"iss": SHC_ISS, "keys": [self.jwk(self.shc_key, SHC_KID)]})
+        self.shc_kid = self.jwk(self.shc_key)["kid"]
+        shc.load_trust_json(self.trust, {"iss": SHC_ISS, "keys": [self.jwk(self.shc_key)]})
 
     @staticmethod
-    def jwk(key, kid):
+    def jwk(key):
+        """The issuer's public JWK, its kid the key's thumbprint (RFC 7638) as the SHC spec requires."""
         n = key.public_key().public_numbers()
-        return {"kty": "EC", "kid": kid, "use": "sig", "alg": "ES256", "crv": "P-256",
-                "x": b64u(n.x.to_bytes(32, "big")), "y": b64u(n.y.to_bytes(32, "big"))}
+        jwk = {"kty": "EC", "use": "sig", "alg": "ES256", "crv": "P-256",
+               "x": b64u(n.x.to_bytes(32, "big")), "y": b64u(n.y.to_bytes(32, "big"))}
+        return {**jwk, "kid": shc.jwk_thumbprint(jwk)}
 
     # -- COSE (native and DCC)
 
@@ -123,9 +125,10 @@ class Issuers:
 
     # -- JWS (SHC)
 
-    def shc_text(self, payload: bytes, signed=True, header=None, raw=False, key=None, kid=SHC_KID) -> str:
-        """An shc:/ text whose JWS payload is `payload` deflated (or, with `raw`, `payload` as it is)."""
-        header = header if header is not None else {"zip": "DEF", "alg": "ES256", "kid": kid}
+    def shc_text(self, payload: bytes, signed=True, header=None, raw=False, key=None, kid=None) -> str:
+        """An shc:/ text whose JWS payload is `payload` deflated (or, with `raw`, `payload` as it is); the
+        header's kid is the trusted key's unless `kid` is given."""
+        header = header if header is not None else {"zip": "DEF", "alg": "ES256", "kid": kid or self.shc_kid}
         head = header if isinstance(header, bytes) else json.dumps(header).encode()
         signing_input = b64u(head) + "." + b64u(payload if raw else deflate_raw(payload))
         sig = es256_raw(key or self.shc_key, signing_input.encode()) if signed else bytes(64)

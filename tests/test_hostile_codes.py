@@ -490,14 +490,14 @@ def test_trust_is_kept_apart_per_format(tmp_path):
     (tmp_path / "dsc.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
     (tmp_path / "issuer.pub.pem").write_bytes(keys.public_pem(key))
     (tmp_path / "jwks.json").write_text(json.dumps({"iss": hostile.SHC_ISS,
-                                                    "keys": [hostile.Issuers.jwk(key, "k1")]}))
+                                                    "keys": [hostile.Issuers.jwk(key)]}))
 
     signer = hostile.Issuers.__new__(hostile.Issuers)  # reuse the encoders with this one key
     signer.native_es, signer.dcc_key, signer.dcc_cert, signer.shc_key = key, key, cert, key
     texts = {"native": signer.cose_text("native", hostile.native_claims(), True),
              "dcc": signer.cose_text("dcc", hostile.dcc_claims(), True),
              "shc": signer.shc_text(json.dumps({"iss": hostile.SHC_ISS, "nbf": _NOW - 60, "vc": {}}).encode(),
-                                    True, kid="k1")}
+                                    True, kid=hostile.Issuers.jwk(key)["kid"])}
     for files, fmt, store_attr in ((["dsc.pem"], "dcc", "dcc_certs"), (["dsc.der"], "dcc", "dcc_certs"),
                                    (["issuer.pub.pem"], "native", "native_keys"),
                                    (["jwks.json"], "shc", "shc_issuers")):

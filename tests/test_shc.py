@@ -30,18 +30,24 @@ def b64u(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def jwk(key, kid):
+# the tests name keys (a1, a2, b1); a key's kid is its JWK thumbprint (RFC 7638), as the spec requires
+KID = {}
+
+
+def jwk(key, name):
     n = key.public_key().public_numbers()
-    return {"kty": "EC", "kid": kid, "use": "sig", "alg": "ES256", "crv": "P-256",
-            "x": b64u(n.x.to_bytes(32, "big")), "y": b64u(n.y.to_bytes(32, "big"))}
+    out = {"kty": "EC", "use": "sig", "alg": "ES256", "crv": "P-256",
+           "x": b64u(n.x.to_bytes(32, "big")), "y": b64u(n.y.to_bytes(32, "big"))}
+    KID[name] = shc.jwk_thumbprint(out)
+    return {**out, "kid": KID[name]}
 
 
 def numeric(jws):
     return "shc:/" + "".join(f"{ord(c) - 45:02d}" for c in jws)
 
 
-def sign(key, kid, payload, header=None):
-    header = header or {"zip": "DEF", "alg": "ES256", "kid": kid}
+def sign(key, name, payload, header=None):
+    header = header or {"zip": "DEF", "alg": "ES256", "kid": KID.get(name, name)}
     c = zlib.compressobj(9, zlib.DEFLATED, -15)
     body = c.compress(json.dumps(payload, separators=(",", ":")).encode()) + c.flush()
     signing_input = b64u(json.dumps(header).encode()) + "." + b64u(body)
@@ -88,7 +94,7 @@ def issuers(tmp_path_factory):
     (wk / "crl").mkdir(parents=True)
     (wk / "jwks.json").write_text(json.dumps({"keys": [jwk(keys["a1"], "a1"), jwk(keys["a2"], "a2")]}))
     (d / "a" / "issuer.txt").write_text(ISS_A + "\n")
-    (wk / "crl" / "a1.json").write_text(json.dumps({"kid": "a1", "method": "rid", "ctr": 1,
+    (wk / "crl" / f"{KID['a1']}.json").write_text(json.dumps({"kid": KID["a1"], "method": "rid", "ctr": 1,
                                                     "rids": ["REVOKED01", "UNTIL0001.1630000000"]}))
     (d / "b.json").write_text(json.dumps({"iss": ISS_B, "keys": [jwk(keys["b1"], "b1")]}))
     trust = TrustStore.load([wk / "jwks.json", d / "b.json"])
@@ -98,7 +104,7 @@ def issuers(tmp_path_factory):
 def test_trust_files_are_loaded_with_their_issuer_and_crl(issuers):
     keys, trust, _ = issuers
     assert set(trust.shc_issuers) == {ISS_A, ISS_B}
-    assert set(trust.shc_issuers[ISS_A]) == {"a1", "a2"}
+    assert set(trust.shc_issuers[ISS_A]) == {KID["a1"], KID["a2"]}
     assert trust.shc_revoked[ISS_A] == {"REVOKED01", "UNTIL0001.1630000000"}
 
 
@@ -142,9 +148,9 @@ def test_forged_and_tampered_cards_fail(issuers):
     assert shc.verify(numeric(f"{h}.{other}.{s}"), trust, NOW).reason == "bad_signature"
     v = shc.verify(numeric(sign(keys["a1"], "zz", card([patient()]))), trust, NOW)
     assert v.reason == "unknown_issuer"
-    rs256 = sign(keys["a1"], "a1", card([patient()]), header={"zip": "DEF", "alg": "RS256", "kid": "a1"})
+    rs256 = sign(keys["a1"], "a1", card([patient()]), header={"zip": "DEF", "alg": "RS256", "kid": KID["a1"]})
     assert shc.verify(numeric(rs256), trust, NOW).reason == "bad_signature"
-    nozip = sign(keys["a1"], "a1", card([patient()]), header={"alg": "ES256", "kid": "a1"})
+    nozip = sign(keys["a1"], "a1", card([patient()]), header={"alg": "ES256", "kid": KID["a1"]})
     assert shc.verify(numeric(nozip), trust, NOW).reason == "unreadable"
 
 
@@ -232,7 +238,7 @@ def test_trust_file_errors(tmp_path, issuers):
     with pytest.raises(CredentialError, match="ES256"):
         TrustStore.load([tmp_path / "rsa.json"])
     crl = tmp_path / "crl.json"
-    crl.write_text(json.dumps({"kid": "b1", "method": "rid", "rids": ["X"]}))
+    crl.write_text(json.dumps({"kid": KID["b1"], "method": "rid", "rids": ["X"]}))
     with pytest.raises(CredentialError, match="before its CRL"):
         TrustStore.load([crl])
     store = TrustStore.load([issuers[2] / "b.json", crl])  # a CRL given on its own (policy.shc_crl)
@@ -272,3 +278,27 @@ def test_shc_not_accepted_when_policy_excludes_it(issuers):
     text = numeric(sign(keys["a1"], "a1", card([patient(), immunization("212")])))
     assert Checker(trust, Policy({"accept_formats": ["native", "dcc"]})).check(text, NOW)[1].reason == \
         "format_not_accepted"
+
+
+def test_a_key_whose_kid_is_not_its_thumbprint_is_not_trusted(tmp_path):
+    """The spec: an issuer key's kid is its JWK thumbprint (RFC 7638). A key published under another kid
+    is skipped at load (said in the error when it was the only one), so a card naming that kid fails."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    good = jwk(key, "t1")
+    assert good["kid"] == KID["t1"] and len(good["kid"]) == 43
+    renamed = {**good, "kid": "my-key-2021"}
+    (tmp_path / "only.json").write_text(json.dumps({"iss": ISS_A, "keys": [renamed]}))
+    with pytest.raises(CredentialError, match="RFC 7638"):
+        TrustStore.load([tmp_path / "only.json"])
+    other = jwk(ec.generate_private_key(ec.SECP256R1()), "t2")
+    (tmp_path / "mixed.json").write_text(json.dumps({"iss": ISS_A, "keys": [renamed, other]}))
+    trust = TrustStore.load([tmp_path / "mixed.json"])
+    assert set(trust.shc_issuers[ISS_A]) == {KID["t2"]}
+    v = shc.verify(numeric(sign(key, "my-key-2021", card([patient()]))), trust, NOW)
+    assert (v.reason, v.steps["signature"]) == ("unknown_issuer", False)
+
+
+def test_the_spec_examples_keys_have_their_thumbprints_as_kids(testdata):
+    jwks = testdata / "shc" / "spec-examples" / "issuer" / ".well-known" / "jwks.json"
+    keys = json.loads(jwks.read_text())["keys"]
+    assert keys and all(shc.jwk_thumbprint(k) == k["kid"] for k in keys)

@@ -36,6 +36,7 @@ Pure logic (apart from reading the CRLs beside a jwks at load time); `verify` ne
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import re
@@ -425,6 +426,14 @@ def _verify(v, text, trust, at, skew_s, trace):
 # ---------------------------------------------------------------- trust: JWKS and CRLs
 
 
+def jwk_thumbprint(jwk):
+    """The RFC 7638 thumbprint of an EC JWK: base64url(SHA-256) of its required members (crv, kty, x, y)
+    in lexicographic order, without whitespace. An SHC issuer's kid must be it."""
+    members = {k: jwk[k] for k in ("crv", "kty", "x", "y")}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode("ascii")
+
+
 def jwk_public_key(jwk):
     """The P-256 public key of an ES256 JWK; ValueError for any other key."""
     if not isinstance(jwk, dict) or jwk.get("kty") != "EC" or jwk.get("crv") != "P-256":
@@ -436,6 +445,8 @@ def jwk_public_key(jwk):
     x, y = b64url_decode(jwk.get("x", "")), b64url_decode(jwk.get("y", ""))
     if len(x) != 32 or len(y) != 32:
         raise ValueError("bad coordinates")
+    if "kid" in jwk and jwk["kid"] != jwk_thumbprint(jwk):
+        raise ValueError("its kid is not the key's JWK thumbprint (RFC 7638), as the SMART Health Cards spec requires")
     nums = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1())
     return nums.public_key()
 
@@ -515,7 +526,7 @@ def load_trust_json(store, obj, path=None):
             f"SHC issuer keys {where}: the issuer URL is unknown; put it in issuer.txt beside the jwks.json, "
             'or wrap the keys as {"iss": "https://issuer.example", "keys": [...]}'
         )
-    loaded = {}
+    loaded, skipped = {}, []
     for jwk in keys:
         kid = jwk.get("kid") if isinstance(jwk, dict) else None
         if not isinstance(kid, str) or not kid:
@@ -524,8 +535,10 @@ def load_trust_json(store, obj, path=None):
             loaded[kid] = jwk_public_key(jwk)
         except ValueError as exc:
             log.info("SHC issuer %s: key %s skipped (%s)", iss, kid[:64], exc)
+            skipped.append(f"{kid[:64]}: {exc}")
     if not loaded:
-        raise CredentialError(f"SHC issuer keys {where}: no ES256 (EC P-256) signing key in it")
+        why = f" (skipped: {'; '.join(skipped[:5])})" if skipped else ""
+        raise CredentialError(f"SHC issuer keys {where}: no ES256 (EC P-256) signing key in it{why}")
     store.shc_issuers.setdefault(iss, {}).update(loaded)
     log.info("SHC issuer %s: %d keys", iss, len(loaded))
     if path is not None:
