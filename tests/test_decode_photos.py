@@ -221,3 +221,23 @@ def test_grainy_photos_are_read_by_smoothing_the_frame_in_the_gated_rescue(monke
              with_smoothing, without, plain, len(frames))
     assert with_smoothing >= without + 5, (with_smoothing, without)
     assert without >= plain
+
+
+def test_a_grainy_still_image_whose_symbol_no_look_sees_is_smoothed_too(monkeypatch):
+    """`chot scan`: when the noise hides the symbol from every look (nothing seen, so no rescue), a
+    still image is also read smoothed; the camera leaves that out (it would cost every empty frame)."""
+    need(PHOTOS.is_dir(), f"the ZXing black-box photos at {PHOTOS}")
+    frames = [(_grainy(load_gray(p), seed, sigma=35.0), expected)
+              for folder in FOLDERS for seed, (p, expected) in enumerate(_photos(folder))]
+
+    def reads(dec):
+        return sum(expected in dec.decode(frame) for frame, expected in frames)
+
+    with_look = reads(ZxingDecoder(still=True, second_pass_budget_ms=1000.0))
+    camera = reads(ZxingDecoder(second_pass_budget_ms=1000.0))
+    monkeypatch.setattr(ZxingDecoder, "_smoothed_look", lambda self, gray: ([], []))
+    without = reads(ZxingDecoder(still=True, second_pass_budget_ms=1000.0))
+    log.info("grainy photos (sigma 35): %d read as still images, %d without the smoothed look, %d by the "
+             "camera's decoder, of %d", with_look, without, camera, len(frames))
+    assert with_look > without
+    assert with_look >= camera
