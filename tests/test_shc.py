@@ -280,22 +280,24 @@ def test_shc_not_accepted_when_policy_excludes_it(issuers):
         "format_not_accepted"
 
 
-def test_a_key_whose_kid_is_not_its_thumbprint_is_not_trusted(tmp_path):
-    """The spec: an issuer key's kid is its JWK thumbprint (RFC 7638). A key published under another kid
-    is skipped at load (said in the error when it was the only one), so a card naming that kid fails."""
+def test_a_key_whose_kid_is_not_its_thumbprint_is_trusted_with_a_warning(tmp_path, caplog):
+    """The spec: an issuer key's kid is its JWK thumbprint (RFC 7638). The kid only names the key; the
+    signature is what is checked. A key published under another kid is trusted under that kid, and the
+    technician who loads it is warned."""
     key = ec.generate_private_key(ec.SECP256R1())
     good = jwk(key, "t1")
-    assert good["kid"] == KID["t1"] and len(good["kid"]) == 43
-    renamed = {**good, "kid": "my-key-2021"}
-    (tmp_path / "only.json").write_text(json.dumps({"iss": ISS_A, "keys": [renamed]}))
-    with pytest.raises(CredentialError, match="RFC 7638"):
-        TrustStore.load([tmp_path / "only.json"])
-    other = jwk(ec.generate_private_key(ec.SECP256R1()), "t2")
-    (tmp_path / "mixed.json").write_text(json.dumps({"iss": ISS_A, "keys": [renamed, other]}))
-    trust = TrustStore.load([tmp_path / "mixed.json"])
-    assert set(trust.shc_issuers[ISS_A]) == {KID["t2"]}
-    v = shc.verify(numeric(sign(key, "my-key-2021", card([patient()]))), trust, NOW)
-    assert (v.reason, v.steps["signature"]) == ("unknown_issuer", False)
+    assert good["kid"] == KID["t1"] == shc.jwk_thumbprint(good) and len(good["kid"]) == 43
+    (tmp_path / "renamed.json").write_text(json.dumps({"iss": ISS_A, "keys": [{**good, "kid": "my-key-2021"}]}))
+    with caplog.at_level("WARNING", logger="device.credentials.shc"):
+        trust = TrustStore.load([tmp_path / "renamed.json"])
+    assert set(trust.shc_issuers[ISS_A]) == {"my-key-2021"}
+    assert any("my-key-2021" in r.getMessage() and "RFC 7638" in r.getMessage() for r in caplog.records)
+    assert shc.verify(numeric(sign(key, "my-key-2021", card([patient()]))), trust, NOW).verified
+    caplog.clear()
+    (tmp_path / "good.json").write_text(json.dumps({"iss": ISS_A, "keys": [good]}))
+    with caplog.at_level("WARNING", logger="device.credentials.shc"):
+        TrustStore.load([tmp_path / "good.json"])
+    assert not [r for r in caplog.records if "RFC 7638" in r.getMessage()]
 
 
 def test_the_spec_examples_keys_have_their_thumbprints_as_kids(testdata):

@@ -445,8 +445,6 @@ def jwk_public_key(jwk):
     x, y = b64url_decode(jwk.get("x", "")), b64url_decode(jwk.get("y", ""))
     if len(x) != 32 or len(y) != 32:
         raise ValueError("bad coordinates")
-    if "kid" in jwk and jwk["kid"] != jwk_thumbprint(jwk):
-        raise ValueError("its kid is not the key's JWK thumbprint (RFC 7638), as the SMART Health Cards spec requires")
     nums = ec.EllipticCurvePublicNumbers(int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1())
     return nums.public_key()
 
@@ -536,6 +534,12 @@ def load_trust_json(store, obj, path=None):
         except ValueError as exc:
             log.info("SHC issuer %s: key %s skipped (%s)", iss, kid[:64], exc)
             skipped.append(f"{kid[:64]}: {exc}")
+            continue
+        if kid != jwk_thumbprint(jwk):
+            # the spec wants the thumbprint; the kid is only how a card names its key, the signature
+            # is what is checked, so the key is trusted all the same and the technician is told
+            log.warning("SHC issuer %s: key %s has a kid that is not its JWK thumbprint (RFC 7638), as the "
+                        "SMART Health Cards spec requires; trusted as published", iss, kid[:64])
     if not loaded:
         why = f" (skipped: {'; '.join(skipped[:5])})" if skipped else ""
         raise CredentialError(f"SHC issuer keys {where}: no ES256 (EC P-256) signing key in it{why}")
