@@ -184,6 +184,10 @@ class TerminalBook:
                 out[seq] = v
         return out
 
+    def seen_top(self):
+        """The highest seq whose event was read (outbox or log), not merely counted in outbox_state."""
+        return max(self._seen_max, max(self.logged, default=0))
+
     def top(self):
         return max(self.last_seq, self._seen_max, max(self.logged, default=0))
 
@@ -282,7 +286,7 @@ class Ledger:
             if advance:
                 # a pulse naming a seq the outbox could not be read for yet (busy, disk full) waits
                 # for the next window; the whole-history count judges every pulse
-                seen = max(b._seen_max, max(b.logged, default=0))
+                seen = b.seen_top()
                 wait = next((i for i, s in enumerate(pulses) if s > seen), len(pulses))
                 pulses = pulses[:wait]
                 self.pulse_marks[dev] += wait

@@ -261,7 +261,7 @@ class ZxingDecoder(Decoder):
         # the rotation state: which blind step in turn and which region step come next, and the credit
         self._next_turn = 0
         self._next_region = 0
-        self._smoothed = None  # the frame `_smooth_read` was tried on in this rescue (once per frame)
+        self._smoothed = None  # the frame already read smoothed (`_read_smoothed`: once per frame)
         self._credit = CREDIT_CAP
         # frames read by each path, and the blind steps' estimated cost (in first passes) and count
         self.stats = {"first": 0, "gated": 0, "blind": 0, "turn": 0, "blind_cost": 0.0, "blind_steps": 0}
@@ -313,6 +313,7 @@ class ZxingDecoder(Decoder):
         if not self.second_pass or self.budget_s <= 0:
             return Scan([], len(bad))
         deadline = time.perf_counter() + self.budget_s
+        self._smoothed = None
         if not bad:
             texts, bad = self._blind_still(gray, deadline) if self.still else self._blind(gray, deadline)
             if texts:
@@ -400,7 +401,13 @@ class ZxingDecoder(Decoder):
     def _smoothed_look(self, gray):
         """A still image's last look, when no other saw a symbol: the whole frame smoothed (noise can hide a
         symbol from every look). Not on a camera, where it would cost every empty frame. (texts, seen)."""
-        return self._split(self._read(self._cv2.GaussianBlur(gray, SMOOTH_KERNEL, 0), return_errors=True))
+        return self._split(self._read_smoothed(gray, return_errors=True))
+
+    def _read_smoothed(self, gray, return_errors=False):
+        """The whole frame smoothed (Gaussian, SMOOTH_KERNEL) and read as the first pass reads; remembered,
+        so that the rescue does not read the same frame smoothed again."""
+        self._smoothed = gray
+        return self._read(self._cv2.GaussianBlur(gray, SMOOTH_KERNEL, 0), return_errors=return_errors)
 
     def _look(self, gray, scaled, scale, binarizer, invert=None):
         img = scaled.get(scale)
@@ -418,7 +425,6 @@ class ZxingDecoder(Decoder):
         """
         steps = self._region_steps()
         n = len(steps)
-        self._smoothed = None
         quads = sorted((q for q in bad if q is not None and _sane(q, gray.shape)), key=_area, reverse=True)
         for quad in quads[:2]:  # the two largest: a crowd of damaged symbols is not one person's code
             for _ in range(n):
@@ -459,14 +465,12 @@ class ZxingDecoder(Decoder):
 
     def _smooth_read(self, gray, quad):
         """The whole frame smoothed (Gaussian, 5 x 5) and read as the first pass reads: a grainy frame
-        (a dim gate at night, a cheap sensor) whose noise breaks the modules up. Once per rescue,
+        (a dim gate at night, a cheap sensor) whose noise breaks the modules up. Once per frame,
         whichever symbol asked for it (`quad` is not used): on the public photos with sensor-like
         noise added, smoothing the symbol's region alone read 2 of 11 where the whole frame read 12."""
-        if self._smoothed is gray:
+        if self._smoothed is gray:  # read smoothed already on this frame (a still image's last look)
             return []
-        self._smoothed = gray
-        img = self._cv2.GaussianBlur(gray, SMOOTH_KERNEL, 0)
-        return [self._text(b) for b in self._read(img)]
+        return [self._text(b) for b in self._read_smoothed(gray)]
 
     @staticmethod
     def _box(gray, quad):
