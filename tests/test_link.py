@@ -147,10 +147,12 @@ def test_malformed_acks_are_counted_and_ignored_and_events_go_out_as_stored(tmp_
         acker.client.on_message = spy
         with Link(cfg, outbox) as link:
             assert link.wait_connected(10)
+            # acked first: a link that got its ack is subscribed to its ack topic, so none of the bad
+            # acks below (not retained) can arrive before the subscription and be missed
+            assert link.wait_acked(3, 10)
             for bad in (b"not json", b'{"device_id": "term-1"}', b'{"device_id": "term-1", "seq": -1}'):
                 publish(broker.port, wire.ack_topic(DEV), bad, retain=False)
             assert wait_until(lambda: link.counters["bad_acks"] == 3)
-            assert link.wait_acked(3, 10)
         sent = []
         for payload in seen:  # each event's bytes as the outbox stored them, one message or a batch
             if payload.startswith(b'{"batch"'):
